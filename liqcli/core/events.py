@@ -1,0 +1,104 @@
+"""The one normalised event model. Every source (live WebSocket, recorded file, Parquet store)
+yields these, so watch, cascade, map and backtests run the same code live and on history.
+
+Timestamps are integer milliseconds since the epoch (UTC); prices and quantities are floats in
+base units; ``notional_usd`` is always in USD (inverse contracts included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from liqcli.core.timeutil import iso_ms
+
+Side = Literal["long", "short"]
+LONG: Side = "long"
+SHORT: Side = "short"
+
+
+@dataclass(slots=True, frozen=True)
+class Liquidation:
+    """A forced close. ``side`` is the side of the position that was liquidated."""
+
+    exchange: str
+    symbol: str  # normalised BASEQUOTE, e.g. BTCUSDT
+    side: Side
+    price: float
+    qty: float  # base units
+    notional_usd: float
+    ts: int  # venue event time, ms
+    venue_symbol: str = ""  # the venue's own name (BTC-USDT-SWAP), empty when equal to symbol
+    received_ts: int = 0  # local receive time, ms
+
+    def to_dict(self) -> dict:
+        """The jsonl / web representation (CONTRACT.md: ts as ISO-8601 UTC with ms)."""
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "side": self.side,
+            "price": self.price,
+            "qty": self.qty,
+            "notional_usd": self.notional_usd,
+            "ts": iso_ms(self.ts),
+            "venue_symbol": self.venue_symbol or self.symbol,
+            "received_ts": iso_ms(self.received_ts) if self.received_ts else None,
+        }
+
+    def to_row(self) -> dict:
+        """A row of the ``liquidations`` dataset (ms ints; the store casts to Datetime)."""
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "ts": self.ts,
+            "side": self.side,
+            "price": self.price,
+            "qty": self.qty,
+            "notional_usd": self.notional_usd,
+            "venue_symbol": self.venue_symbol or self.symbol,
+            "received_ts": self.received_ts or self.ts,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class AggTrade:
+    """An aggregate trade. ``is_buyer_maker=True`` means the taker sold."""
+
+    exchange: str
+    symbol: str
+    trade_id: int
+    ts: int
+    price: float
+    qty: float
+    is_buyer_maker: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "trade_id": self.trade_id,
+            "ts": iso_ms(self.ts),
+            "price": self.price,
+            "qty": self.qty,
+            "is_buyer_maker": self.is_buyer_maker,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class BookTop:
+    """Best bid and ask."""
+
+    exchange: str
+    symbol: str
+    ts: int
+    bid_price: float
+    bid_qty: float
+    ask_price: float
+    ask_qty: float
+
+    @property
+    def mid(self) -> float:
+        return (self.bid_price + self.ask_price) / 2
+
+
+Event = Liquidation | AggTrade | BookTop
