@@ -1,0 +1,72 @@
+"""What every subcommand shares: the app state, option types, async running, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from liqcli.errors import UsageError
+from liqcli.render.output import Format, StreamFormat
+
+T = TypeVar("T")
+log = logging.getLogger("liq")
+
+
+@dataclass
+class AppState:
+    data_dir: Path
+    log_level: str = "warning"
+
+    def store(self):
+        from liqcli.store.parquet import Store
+
+        return Store(self.data_dir)
+
+
+def state(ctx: typer.Context) -> AppState:
+    """The root callback's state; commands invoked directly in tests get the defaults."""
+    root = ctx.find_root()
+    if isinstance(root.obj, AppState):
+        return root.obj
+    from liqcli.core.config import default_data_dir
+
+    return AppState(data_dir=default_data_dir())
+
+
+FormatOpt = Annotated[
+    Format,
+    typer.Option("--format", "-f", help="Output format: table for people, json (one document) or csv."),
+]
+StreamFormatOpt = Annotated[
+    StreamFormat,
+    typer.Option("--format", "-f", help="dashboard (live terminal view) or jsonl (one JSON object per event)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr (for cron).")]
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine. Ctrl-C cancels it (its ``finally`` blocks flush and close), then
+    KeyboardInterrupt propagates and the CLI exits 130."""
+    return asyncio.run(coro)
+
+
+def upper_symbols(symbols: list[str] | None) -> list[str]:
+    """Validate and normalise user-typed symbols (``btcusdt`` -> ``BTCUSDT``) before any network call."""
+    out: list[str] = []
+    for s in symbols or []:
+        sym = s.strip().upper()
+        if not sym or not sym.replace("-", "").replace("_", "").isalnum():
+            raise UsageError(f"invalid symbol {s!r}: expected e.g. BTCUSDT")
+        out.append(sym)
+    return out
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,1 @@
+"""Binance USDⓈ-M futures: REST (rest.py), live streams (stream.py), data.binance.vision (archive.py)."""

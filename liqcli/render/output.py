@@ -1,0 +1,96 @@
+"""The one rendering helper behind every command's ``--format``.
+
+``table`` (tabulate) for people, ``json`` (one document on stdout, nothing else), ``csv`` and, for
+streaming commands, ``jsonl`` (one object per line, flushed per event).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TextIO
+
+import orjson
+import polars as pl
+from tabulate import tabulate
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class StreamFormat(StrEnum):
+    dashboard = "dashboard"
+    jsonl = "jsonl"
+
+
+def _iso(dt: datetime) -> str:
+    dt = dt.astimezone(UTC) if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _plain(value: Any) -> Any:
+    """JSON/CSV-friendly scalar: datetimes as ISO-8601 UTC with ms, floats unchanged."""
+    if isinstance(value, datetime):
+        return _iso(value)
+    return value
+
+
+def rows_of(data: pl.DataFrame | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(data, pl.DataFrame):
+        data = data.to_dicts()
+    return [{k: _plain(v) for k, v in row.items()} for row in data]
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+def render(
+    data: pl.DataFrame | Sequence[dict[str, Any]],
+    fmt: str,
+    *,
+    document: dict[str, Any] | None = None,
+    rows_key: str = "rows",
+    floatfmt: str = ",.4f",
+    out: TextIO | None = None,
+) -> None:
+    """Print rows as a table, JSON or CSV.
+
+    For JSON the rows are the whole document (a list) unless ``document`` is given, in which case they
+    go under ``document[rows_key]`` (e.g. ``liq map``'s ``{"symbol": …, "bins": [...]}``).
+    """
+    out = out or sys.stdout
+    rows = rows_of(data)
+    if fmt == Format.json:
+        payload: Any = rows if document is None else {**document, rows_key: rows}
+        out.write(dumps(payload).decode() + "\n")
+    elif fmt == Format.csv:
+        columns = list(rows[0]) if rows else (list(data.columns) if isinstance(data, pl.DataFrame) else [])
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        out.write(buf.getvalue())
+    elif fmt == Format.table:
+        if not rows:
+            out.write("(no rows)\n")
+        else:
+            out.write(tabulate(rows, headers="keys", floatfmt=floatfmt, disable_numparse=True) + "\n")
+    else:
+        raise ValueError(f"unsupported format {fmt!r}")
+    out.flush()
+
+
+def write_jsonl(objs: Iterable[dict[str, Any]], out: TextIO | None = None) -> None:
+    """One JSON object per line, flushed so a downstream ``| jq`` sees events live."""
+    out = out or sys.stdout
+    for obj in objs:
+        out.write(dumps(obj).decode() + "\n")
+    out.flush()
