@@ -18,7 +18,9 @@ class UsageError(LiqError):
 class ExchangeError(LiqError):
     """The venue answered with an error body, e.g. Binance ``{"code":-1121,"msg":"Invalid symbol."}``."""
 
-    def __init__(self, venue: str, message: str, *, code: int | str | None = None, status: int | None = None):
+    def __init__(
+        self, venue: str, message: str, *, code: int | str | None = None, status: int | None = None
+    ):
         self.venue = venue
         self.code = code
         self.status = status

@@ -29,7 +29,9 @@ class LiqGroup(TyperGroup):
     """Root group: loads the config file as click's default_map and turns expected failures into
     one-line errors with CONTRACT.md exit codes."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ):
         if parent is None and "default_map" not in extra:
             try:
                 extra["default_map"] = load_config()
@@ -91,12 +93,16 @@ def root(
     ] = "warning",
     version: Annotated[
         bool | None,
-        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = None,
 ) -> None:
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        raise typer.BadParameter(f"{log_level!r} is not one of debug, info, warning, error", param_hint="--log-level")
+        raise typer.BadParameter(
+            f"{log_level!r} is not one of debug, info, warning, error", param_hint="--log-level"
+        )
     logging.basicConfig(level=level, stream=sys.stderr, format="liq: %(levelname)s: %(message)s")
     logging.getLogger("liq").setLevel(level)
     ctx.obj = AppState(data_dir=(data_dir or default_data_dir()).expanduser(), log_level=log_level)

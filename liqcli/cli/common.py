@@ -42,13 +42,21 @@ def state(ctx: typer.Context) -> AppState:
 
 FormatOpt = Annotated[
     Format,
-    typer.Option("--format", "-f", help="Output format: table for people, json (one document) or csv."),
+    typer.Option(
+        "--format", "-f", help="Output format: table for people, json (one document) or csv."
+    ),
 ]
 StreamFormatOpt = Annotated[
     StreamFormat,
-    typer.Option("--format", "-f", help="dashboard (live terminal view) or jsonl (one JSON object per event)."),
+    typer.Option(
+        "--format",
+        "-f",
+        help="dashboard (live terminal view) or jsonl (one JSON object per event).",
+    ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr (for cron).")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or warnings on stderr (for cron).")
+]
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

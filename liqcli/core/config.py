@@ -36,7 +36,9 @@ def default_data_dir() -> Path:
 
 def _normalise(table: dict[str, Any]) -> dict[str, Any]:
     # Option names may be written as on the command line (min-usd) or as parameters (min_usd).
-    return {k.replace("-", "_"): _normalise(v) if isinstance(v, dict) else v for k, v in table.items()}
+    return {
+        k.replace("-", "_"): _normalise(v) if isinstance(v, dict) else v for k, v in table.items()
+    }
 
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:

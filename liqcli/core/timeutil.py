@@ -21,7 +21,9 @@ def duration_ms(text: str) -> int:
     """``'30d'`` -> milliseconds. Raises UsageError on anything else."""
     m = _DURATION_RE.match(str(text))
     if not m:
-        raise UsageError(f"invalid duration {text!r}: expected a number and a unit s/m/h/d/w, e.g. 30d")
+        raise UsageError(
+            f"invalid duration {text!r}: expected a number and a unit s/m/h/d/w, e.g. 30d"
+        )
     value = float(m.group(1)) * _UNIT_MS[m.group(2)]
     if value <= 0:
         raise UsageError(f"invalid duration {text!r}: must be positive")
@@ -57,7 +59,9 @@ def parse_time(text: str, *, now: int | None = None) -> int:
             return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"invalid date {text!r}: use YYYY-MM-DD, an ISO datetime, epoch ms, or e.g. 7d") from None
+        raise UsageError(
+            f"invalid date {text!r}: use YYYY-MM-DD, an ISO datetime, epoch ms, or e.g. 7d"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

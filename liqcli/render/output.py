@@ -49,7 +49,9 @@ def rows_of(data: pl.DataFrame | Sequence[dict[str, Any]]) -> list[dict[str, Any
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(
+        obj, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    )
 
 
 def render(
@@ -72,7 +74,11 @@ def render(
         payload: Any = rows if document is None else {**document, rows_key: rows}
         out.write(dumps(payload).decode() + "\n")
     elif fmt == Format.csv:
-        columns = list(rows[0]) if rows else (list(data.columns) if isinstance(data, pl.DataFrame) else [])
+        columns = (
+            list(rows[0])
+            if rows
+            else (list(data.columns) if isinstance(data, pl.DataFrame) else [])
+        )
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -82,7 +88,9 @@ def render(
         if not rows:
             out.write("(no rows)\n")
         else:
-            out.write(tabulate(rows, headers="keys", floatfmt=floatfmt, disable_numparse=True) + "\n")
+            out.write(
+                tabulate(rows, headers="keys", floatfmt=floatfmt, disable_numparse=True) + "\n"
+            )
     else:
         raise ValueError(f"unsupported format {fmt!r}")
     out.flush()

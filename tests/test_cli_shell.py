@@ -1,0 +1,122 @@
+"""The root command: version, help, config precedence, error and exit-code rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from liqcli import __version__
+from liqcli.cli.app import LiqGroup, app
+from liqcli.cli.common import state
+from liqcli.errors import DataError, UsageError
+
+runner = CliRunner()
+
+
+def _probe_app() -> typer.Typer:
+    """A throwaway app with the same root group, to observe option precedence and error mapping."""
+    probe = typer.Typer(cls=LiqGroup, add_completion=False)
+    probe.callback()(app.registered_callback.callback)
+
+    @probe.command("show")
+    def show(ctx: typer.Context, min_usd: float = typer.Option(0.0, envvar="LIQ_MIN_USD")) -> None:
+        typer.echo(f"data_dir={state(ctx).data_dir} min_usd={min_usd}")
+
+    @probe.command("boom")
+    def boom(kind: str) -> None:
+        if kind == "usage":
+            raise UsageError("invalid period '7x'")
+        if kind == "data":
+            raise DataError("binance: malformed JSON from /fapi/v1/klines")
+        raise KeyboardInterrupt
+
+    return probe
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"liq {__version__}"
+
+
+def test_python_m_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "liqcli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"liq {__version__}"
+
+
+def test_help_lists_examples():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "Examples" in result.output and "--data-dir" in result.output
+
+
+def test_unknown_command_is_usage_error():
+    result = runner.invoke(app, ["no-such-command"])
+    assert result.exit_code == 2
+
+
+def test_bad_log_level_is_usage_error():
+    probe = _probe_app()
+    result = runner.invoke(probe, ["--log-level", "loud", "show"])
+    assert result.exit_code == 2
+    assert "loud" in result.output
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "text"),
+    [("usage", 2, "invalid period '7x'"), ("data", 1, "malformed JSON"), ("interrupt", 130, "")],
+)
+def test_expected_failures_are_one_line(kind, code, text):
+    result = runner.invoke(_probe_app(), ["boom", kind])
+    assert result.exit_code == code
+    assert "Traceback" not in result.output
+    if text:
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert lines == [f"liq: error: {lines[0].split('liq: error: ', 1)[1]}"]
+        assert text in lines[0]
+
+
+def test_precedence_flag_env_config_default(tmp_path, monkeypatch):
+    probe = _probe_app()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('data-dir = "/from/config"\n[show]\nmin-usd = 5000\n')
+
+    # defaults
+    out = runner.invoke(probe, ["show"]).output
+    assert "min_usd=0.0" in out and "liq" in out
+
+    # config beats defaults
+    monkeypatch.setenv("LIQ_CONFIG", str(cfg))
+    out = runner.invoke(probe, ["show"]).output
+    assert "data_dir=/from/config" in out and "min_usd=5000.0" in out
+
+    # env beats config
+    monkeypatch.setenv("LIQ_DATA_DIR", "/from/env")
+    monkeypatch.setenv("LIQ_MIN_USD", "7000")
+    out = runner.invoke(probe, ["show"]).output
+    assert "data_dir=/from/env" in out and "min_usd=7000.0" in out
+
+    # flags beat env
+    out = runner.invoke(probe, ["--data-dir", "/from/flag", "show", "--min-usd", "9000"]).output
+    assert "data_dir=/from/flag" in out and "min_usd=9000.0" in out
+
+
+def test_broken_config_is_one_line_usage_error(tmp_path, monkeypatch):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("this is = = not toml\n")
+    monkeypatch.setenv("LIQ_CONFIG", str(cfg))
+    result = runner.invoke(_probe_app(), ["show"])
+    assert result.exit_code == 2
+    assert "config.toml" in result.output and "Traceback" not in result.output
+
+
+def test_missing_explicit_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIQ_CONFIG", str(tmp_path / "nope.toml"))
+    result = runner.invoke(_probe_app(), ["show"])
+    assert result.exit_code == 2 and "does not exist" in result.output
