@@ -52,10 +52,11 @@ app = typer.Typer(
     help=(
         "Command-line toolkit for crypto-derivatives traders: live liquidations, cascades, "
         "liquidation maps, pressure scores, Binance futures metrics.\n\n"
-        "Examples:\n\n"
-        "  liq watch BTCUSDT                 # live liquidations across Binance, OKX, Bybit\n\n"
-        "  liq fetch BTCUSDT ETHUSDT --since 7d   # store Binance futures metrics\n\n"
-        "  liq --data-dir /srv/liq fetch BTCUSDT --quiet   # from cron"
+        "\b\nExamples:\n"
+        "  liq watch BTCUSDT                      # live liquidations: Binance, OKX, Bybit\n"
+        "  liq fetch BTCUSDT ETHUSDT --since 7d   # store Binance futures metrics\n"
+        "  liq --data-dir /srv/liq fetch BTCUSDT --quiet   # from cron\n"
+        "  liq COMMAND --help                     # every command has examples"
     ),
     no_args_is_help=True,
     add_completion=False,
