@@ -488,6 +488,11 @@ def _seed_components() -> dict[str, tuple[pl.Expr, pl.Expr]]:
     }
 
 
+def _attributed(side_moved: pl.Expr, value: pl.Expr) -> pl.Expr:
+    """``value`` for the side the price moved against, 0 for the other, null when unknown."""
+    return pl.when(side_moved.is_null()).then(None).when(side_moved).then(value).otherwise(0.0)
+
+
 def _default_components(config: PressureConfig) -> dict[str, tuple[pl.Expr, pl.Expr]]:
     horizon = config.window_ms / 60_000 / REFERENCE_LOOKBACK_MIN
     step_scale = math.sqrt(config.period_ms / 300_000)
@@ -508,10 +513,7 @@ def _default_components(config: PressureConfig) -> dict[str, tuple[pl.Expr, pl.E
         "top_crowding": (t_dev / TOP_CROWDING_FULL_LOG, -t_dev / TOP_CROWDING_FULL_LOG),
         "funding": (f / FUNDING_LONG_FULL, -f / FUNDING_SHORT_FULL),
         # Rising OI with rising price is longs piling in; with falling price, shorts.
-        "oi_trend": (
-            pl.when(price_up).then(trend).otherwise(0.0),
-            pl.when(price_down).then(trend).otherwise(0.0),
-        ),
+        "oi_trend": (_attributed(price_up, trend), _attributed(price_down, trend)),
         "force_share": (
             (long_share - 0.5) / FORCE_SHARE_FULL,
             (0.5 - long_share) / FORCE_SHARE_FULL,
@@ -519,18 +521,33 @@ def _default_components(config: PressureConfig) -> dict[str, tuple[pl.Expr, pl.E
         "force_volume": (long_usd / volume_full, short_usd / volume_full),
         "taker_pressure": (-taker / TAKER_FULL_LOG, taker / TAKER_FULL_LOG),
         # Fast OI drop with falling price is longs being liquidated; with rising price, shorts.
-        "oi_velocity": (
-            pl.when(roc_down).then(velocity).otherwise(0.0),
-            pl.when(roc_up).then(velocity).otherwise(0.0),
-        ),
+        "oi_velocity": (_attributed(roc_down, velocity), _attributed(roc_up, velocity)),
     }
 
 
-def _level(score: pl.Expr) -> pl.Expr:
+def level_expr(score: pl.Expr) -> pl.Expr:
+    """Score (0-100) -> EXTREME/HIGH/MEDIUM/LOW/VERY_LOW (null stays null)."""
     expr = pl.when(score.is_null()).then(pl.lit(None, pl.String))
     for threshold, name in LEVELS:
         expr = expr.when(score >= threshold).then(pl.lit(name))
     return expr.otherwise(pl.lit(LOWEST_LEVEL))
+
+
+def bias_expr(long_s: pl.Expr, short_s: pl.Expr) -> pl.Expr:
+    """The seed's strategy bias from the two scores (see :data:`BIAS_TEXT`)."""
+    return (
+        pl.when(long_s.is_null() | short_s.is_null())
+        .then(pl.lit(None, pl.String))
+        .when((long_s >= 65) & (short_s >= 65))
+        .then(pl.lit("BOTH_HIGH"))
+        .when((long_s <= 25) & (short_s <= 25))
+        .then(pl.lit("NEUTRAL"))
+        .when((long_s - short_s).abs() < 10)
+        .then(pl.lit("BALANCED"))
+        .when(long_s > short_s)
+        .then(pl.lit("SHORT"))
+        .otherwise(pl.lit("LONG"))
+    )
 
 
 def score_frame(raw: pl.DataFrame, config: PressureConfig) -> pl.DataFrame:
@@ -568,23 +585,10 @@ def score_frame(raw: pl.DataFrame, config: PressureConfig) -> pl.DataFrame:
         side_score("short").alias("short_score"),
     )
     long_s, short_s = pl.col("long_score"), pl.col("short_score")
-    bias = (
-        pl.when(long_s.is_null() | short_s.is_null())
-        .then(pl.lit(None, pl.String))
-        .when((long_s >= 65) & (short_s >= 65))
-        .then(pl.lit("BOTH_HIGH"))
-        .when((long_s <= 25) & (short_s <= 25))
-        .then(pl.lit("NEUTRAL"))
-        .when((long_s - short_s).abs() < 10)
-        .then(pl.lit("BALANCED"))
-        .when(long_s > short_s)
-        .then(pl.lit("SHORT"))
-        .otherwise(pl.lit("LONG"))
-    )
     return out.with_columns(
-        _level(long_s).alias("long_level"),
-        _level(short_s).alias("short_level"),
-        bias.alias("bias"),
+        level_expr(long_s).alias("long_level"),
+        level_expr(short_s).alias("short_level"),
+        bias_expr(long_s, short_s).alias("bias"),
         ((long_s - short_s).abs() / 100).alias("bias_confidence"),
     )
 
