@@ -46,7 +46,12 @@ def parse_windows(spec: str | Sequence[str], *, resolution_ms: int = 1000) -> tu
         raise UsageError("--windows needs at least one window, e.g. 3m,15m,1h,4h,1d")
     windows: dict[int, Window] = {}
     for label in labels:
-        ms = duration_ms(label)
+        try:
+            ms = duration_ms(label)
+        except UsageError:
+            raise UsageError(
+                f"invalid window {label!r}: expected e.g. 3m, 15m, 1h, 4h, 1d"
+            ) from None
         if ms % resolution_ms:
             raise UsageError(f"invalid window {label!r}: must be a whole number of seconds")
         if ms in windows:
