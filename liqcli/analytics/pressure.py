@@ -159,6 +159,14 @@ class PressureInputs:
     open_interest: pl.DataFrame | None = None  # open_interest, open_interest_value
     funding: pl.DataFrame | None = None  # funding_rate
     liquidations: pl.DataFrame | None = None  # side (long|short), notional_usd; all venues
+    # When recording began, if earlier than the first row given (a caller that loads a time range).
+    liquidations_since: int | None = None
+
+    def liquidation_start(self) -> int | None:
+        if self.liquidations is None or self.liquidations.height == 0:
+            return None
+        first = _ms(self.liquidations)["ts"][0]
+        return first if self.liquidations_since is None else min(first, self.liquidations_since)
 
 
 def parse_weights(text: str | None) -> dict[str, float]:
@@ -229,16 +237,17 @@ def _seed_liquidation_estimate(oi: np.ndarray, value: np.ndarray) -> tuple[float
     return long_usd * SEED_ESTIMATE_FACTOR, short_usd * SEED_ESTIMATE_FACTOR
 
 
-def _liquidations_covered(liq: pl.DataFrame | None, at: int, window_ms: int) -> bool:
+def _liquidations_covered(
+    liq: pl.DataFrame | None, since: int | None, at: int, window_ms: int
+) -> bool:
     """Whether stored liquidations can be trusted for (at - window, at]. The store keeps no record
     of when ``liq watch`` ran, so: recording must have started before the window and something
     must have been recorded in the day before ``at``."""
-    if liq is None or liq.height == 0:
+    if liq is None or since is None:
         return False
-    liq = _ms(liq)
-    before = liq.filter(pl.col("ts") <= at)
+    before = _ms(liq).filter(pl.col("ts") <= at)
     return (
-        liq["ts"][0] <= at - window_ms
+        since <= at - window_ms
         and before.height > 0
         and before["ts"][-1] >= at - window_ms - LIQ_STALE_MS
     )
@@ -278,7 +287,8 @@ def raw_inputs_at(inputs: PressureInputs, config: PressureConfig, at: int) -> di
             raw["oi_roc4"] = float((oi[-1] - oi[-5]) / oi[-5])
             raw["price_roc4"] = float((price[-1] - price[-5]) / price[-5])
 
-    if _liquidations_covered(inputs.liquidations, at, config.window_ms):
+    since = inputs.liquidation_start()
+    if _liquidations_covered(inputs.liquidations, since, at, config.window_ms):
         window = _ms(inputs.liquidations).filter(
             (pl.col("ts") > at - config.window_ms) & (pl.col("ts") <= at)
         )
@@ -366,12 +376,13 @@ def _oi_features(
 
 
 def _liquidation_sums(
-    grid: pl.DataFrame, liq: pl.DataFrame | None, config: PressureConfig
+    grid: pl.DataFrame, inputs: PressureInputs, config: PressureConfig
 ) -> pl.DataFrame:
     """Stored long/short liquidated notional over (ts - window, ts] per step, null where the
     store does not cover the window (see :func:`_liquidations_covered`)."""
     step, window = config.period_ms, config.window_ms
-    if liq is None or liq.height == 0:
+    liq, since = inputs.liquidations, inputs.liquidation_start()
+    if liq is None or since is None:
         return grid.with_columns(
             pl.lit(None, pl.Float64).alias("long_liq_usd"),
             pl.lit(None, pl.Float64).alias("short_liq_usd"),
@@ -386,7 +397,6 @@ def _liquidation_sums(
             pl.col("notional_usd").filter(pl.col("side") == "short").sum().alias("short"),
         )
     )
-    first_ts = liq["ts"][0]
     span = _step_grid(grid["ts"][0] - window, grid["ts"][-1], step)
     sums = (
         span.join(buckets, on="ts", how="left")
@@ -398,7 +408,7 @@ def _liquidation_sums(
         .select("ts", "long_liq_usd", "short_liq_usd")
     )
     last_seen = liq.select("ts", pl.col("ts").alias("last_liq_ts"))
-    covered = (pl.lit(first_ts) <= pl.col("ts") - window) & (
+    covered = (pl.lit(since) <= pl.col("ts") - window) & (
         pl.col("last_liq_ts") >= pl.col("ts") - window - LIQ_STALE_MS
     )
     return (
@@ -435,7 +445,7 @@ def raw_inputs_history(
             grid, inputs.funding, "funding_rate", "funding_rate", None if seed else FUNDING_STALE_MS
         ),
         _oi_features(grid, inputs.open_interest, config),
-        _liquidation_sums(grid, inputs.liquidations, config),
+        _liquidation_sums(grid, inputs, config),
     ]
     raw = pl.concat([p.drop("ts") if i else p for i, p in enumerate(parts)], how="horizontal")
     stored = pl.col("long_liq_usd").is_not_null()
