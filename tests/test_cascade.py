@@ -95,6 +95,18 @@ def test_late_events_count_inside_the_window_and_are_dropped_outside():
     assert d.late_dropped == 1
 
 
+def test_state_without_a_cascade():
+    d, _, _ = detector()
+    d.feed(liq(T0, 1_000, "short"))
+    state = d.state()
+    assert (state["phase"], state["recommended_action"], state["confidence"]) == (
+        "quiet",
+        "hold",
+        0,
+    )
+    assert state["started_at"] is None and state["direction"] == "short_liquidation"
+
+
 def test_other_symbols_and_other_event_types_are_ignored():
     d, alerts, _ = detector()
     d.feed(liq(T0, 900_000, symbol="ETHUSDT"))

@@ -148,6 +148,8 @@ def recommend(phase: str, direction: str, dominant_share: float) -> tuple[str, s
     """(action code, one-line reason) for a cascade in ``phase``."""
     if phase == "ended":
         return "hold", "cascade over"
+    if phase == "quiet":
+        return "hold", "no cascade"
     if dominant_share < TWO_SIDED_SHARE:
         return "hold", "two-sided liquidations: volatile, reduce size"
     longs = direction == LONG_LIQUIDATION
@@ -189,7 +191,10 @@ class LiquidationCascadeDetector:
         if not symbol or not str(symbol).strip():
             raise UsageError("cascade detector needs a symbol")
         if quiet_ms <= 0 or decay_ms < 0 or eval_interval_s <= 0 or context_max_age_ms <= 0:
-            raise UsageError("quiet_ms and eval_interval_s must be positive, decay_ms not negative")
+            raise UsageError(
+                "quiet_ms, eval_interval_s and context_max_age_ms must be positive, "
+                "decay_ms not negative"
+            )
         if not 0 <= hysteresis < 1:
             raise UsageError(f"hysteresis must be in [0, 1), got {hysteresis}")
         self.symbol = str(symbol).strip().upper()
