@@ -1,0 +1,317 @@
+"""`liq pressure` end to end: the CLI over a real store (offline) and against the fake Binance server."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from liqcli.analytics.pressure import COMPONENTS, PressureConfig, pressure_at
+from liqcli.cli.app import app
+from liqcli.core.timeutil import now_ms
+from liqcli.services.pressure import load_inputs
+from liqcli.store.parquet import Store
+
+STEP = 300_000
+runner = CliRunner()
+
+
+def invoke(data_dir, *args, env=None):
+    return runner.invoke(app, ["--data-dir", str(data_dir), "pressure", *args], env=env)
+
+
+def _ratio_rows(symbol: str, ts: np.ndarray, values: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": symbol,
+            "period": "5m",
+            "ts": ts,
+            "long_short_ratio": values,
+            "long_share": values / (1 + values),
+            "short_share": 1 / (1 + values),
+        }
+    )
+
+
+def store_market(
+    store: Store, symbol: str, last: int, steps: int, *, seed: int = 1
+) -> dict[str, np.ndarray]:
+    """Write every input dataset for ``steps`` 5m periods ending at ``last``, like `liq fetch` does."""
+    rng = np.random.default_rng(seed)
+    ts = last - np.arange(steps)[::-1] * STEP
+    walk = lambda level, sigma: level * np.exp(np.cumsum(rng.normal(0, sigma, steps)))  # noqa: E731
+    series = {
+        "g": walk(1.8, 0.01),
+        "t_account": walk(1.2, 0.01),
+        "t_position": walk(0.9, 0.01),
+        "taker": np.exp(rng.normal(0, 0.2, steps)),
+        "oi": walk(8e4, 0.003),
+        "price": walk(6e4, 0.002),
+    }
+    store.write("global_account_ratio", _ratio_rows(symbol, ts, series["g"]))
+    store.write("top_account_ratio", _ratio_rows(symbol, ts, series["t_account"]))
+    store.write("top_position_ratio", _ratio_rows(symbol, ts, series["t_position"]))
+    common = {"exchange": "binance", "symbol": symbol, "period": "5m", "ts": ts}
+    store.write(
+        "taker_ratio",
+        pl.DataFrame(
+            {
+                **common,
+                "buy_sell_ratio": series["taker"],
+                "buy_vol": series["taker"],
+                "sell_vol": 1.0,
+            }
+        ),
+    )
+    store.write(
+        "open_interest",
+        pl.DataFrame(
+            {
+                **common,
+                "open_interest": series["oi"],
+                "open_interest_value": series["oi"] * series["price"],
+            }
+        ),
+    )
+    funding_ts = ts[ts % (8 * 3_600_000) == 0]
+    store.write(
+        "funding",
+        pl.DataFrame(
+            {
+                "exchange": "binance",
+                "symbol": symbol,
+                "ts": funding_ts,
+                "funding_rate": rng.normal(1e-4, 1e-4, len(funding_ts)),
+                "mark_price": 6e4,
+            }
+        ),
+    )
+    return series
+
+
+def store_liquidations(store: Store, symbol: str, start: int, end: int, n: int = 400) -> None:
+    rng = np.random.default_rng(5)
+    ts = np.sort(rng.integers(start, end, n))
+    for exchange in ("binance", "okx"):
+        qty = rng.exponential(0.5, n)
+        store.write(
+            "liquidations",
+            pl.DataFrame(
+                {
+                    "exchange": exchange,
+                    "symbol": symbol,
+                    "ts": ts,
+                    "side": rng.choice(["long", "short"], n),
+                    "price": 6e4,
+                    "qty": qty,
+                    "notional_usd": qty * 6e4,
+                    "venue_symbol": symbol,
+                    "received_ts": ts,
+                }
+            ),
+        )
+
+
+@pytest.fixture
+def recent():
+    """The newest finished 5m step: what Binance would have published by now."""
+    now = now_ms()
+    return now - now % STEP - STEP
+
+
+def test_offline_with_an_empty_store_says_what_to_do(tmp_path):
+    result = invoke(tmp_path, "BTCUSDT", "--offline")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "liq: error: no stored 5m data for BTCUSDT: run `liq fetch BTCUSDT --period 5m` first "
+        "or drop --offline"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weights", "crowding=10,nope=3"], "unknown weight 'nope'"),
+        (["--weights", "funding=-2"], "must be a number >= 0"),
+        (["--period", "7m"], "invalid period '7m'"),
+        (["--lookback", "3"], "at least 5 steps"),
+        (["--chart", "x.png"], "need --history"),
+        (["--history", "--start", "2026-01-02", "--end", "2026-01-01"], "must be before --end"),
+        (["--history", "--chart", "x.jpg"], "name it *.png"),
+        (["--history", "--start", "yesterday"], "invalid date 'yesterday'"),
+        (["--model", "magic"], "Invalid value"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_network_call(tmp_path, args, message):
+    # LIQ_BINANCE_REST_URL points at a closed port (conftest): a network call would exit 1.
+    result = invoke(tmp_path, "BTCUSDT", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_offline_panel_is_plain_when_piped(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 400)
+    store_liquidations(store, "BTCUSDT", recent - 200 * STEP, recent)
+    result = invoke(tmp_path, "btcusdt", "--offline")
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "\x1b[" not in out  # no colour codes into a pipe
+    lines = out.splitlines()
+    longs = next(line for line in lines if line.startswith("LONGS"))
+    shorts = next(line for line in lines if line.startswith("SHORTS"))
+    for line in (longs, shorts):
+        bar = line[line.index("[") : line.index("]") + 1]
+        assert len(bar) == 12 and set(bar[1:-1]) <= {"█", "-"}
+    for text in (
+        "OI change (30 x 5m)",
+        "Taker buy/sell ratio",
+        "OI velocity",
+        "Interpretation:",
+        "Strategy bias:",
+    ):
+        assert text in out
+    for name in COMPONENTS:
+        assert any(line.startswith(name) for line in lines)
+    assert "missing" not in out and "renormalised" not in out
+
+
+def test_offline_json_document_and_renormalisation(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "ETHUSDT", recent, 400)
+    result = invoke(tmp_path, "ETHUSDT", "--offline", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = orjson.loads(result.stdout)
+    for key in (
+        "long_score",
+        "short_score",
+        "long_level",
+        "short_level",
+        "bias",
+        "bias_confidence",
+    ):
+        assert key in doc
+    assert set(doc["components"]) == set(COMPONENTS)
+    for name, comp in doc["components"].items():
+        assert {"weight", "long", "short"} <= set(comp), name
+    # No liquidations stored: both liquidation components are missing, not estimated.
+    assert doc["missing"] == ["force_share", "force_volume"]
+    assert doc["components"]["force_share"]["long"] is None
+    assert doc["components"]["force_share"]["missing"] is True
+    assert doc["weights_renormalised"] is True and doc["weight_used"] == 78
+    present = [c for c in doc["components"].values() if not c["missing"]]
+    assert sum(c["effective_weight"] for c in present) == pytest.approx(100)
+    assert doc["long_score"] == pytest.approx(
+        sum(c["weight"] * c["long"] for c in present) / 78 * 100
+    )
+    assert doc["components"]["crowding"]["g"] > 0 and "g_norm" in doc["components"]["crowding"]
+    assert doc["inputs"]["liquidations"]["status"] == "missing"
+    assert doc["inputs"]["open_interest"]["status"] == "ok"
+    assert "liq: warning: input liquidations is missing" in result.stderr
+    # The panel says the same.
+    panel = invoke(tmp_path, "ETHUSDT", "--offline").stdout
+    assert "weights renormalised over 78 of 100 (missing: force_share, force_volume)" in panel
+    assert "force_share" in panel and "no stored liquidations" in panel
+
+
+def test_offline_reports_stale_inputs_and_scores_the_newest_step(tmp_path, recent):
+    store = Store(tmp_path)
+    old = recent - 2 * 86_400_000
+    store_market(store, "BTCUSDT", old, 100)
+    result = invoke(tmp_path, "BTCUSDT", "--offline", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    doc = orjson.loads(result.stdout)
+    assert doc["ts"].startswith(
+        pl.select(pl.lit(old).cast(pl.Datetime("ms", "UTC"))).item().strftime("%Y-%m-%dT%H:%M")
+    )
+    assert doc["inputs"]["open_interest"]["status"] == "stale"
+    assert "liq: warning: input open_interest is stale (newest " in result.stderr
+    quiet = invoke(tmp_path, "BTCUSDT", "--offline", "-f", "json", "--quiet")
+    assert quiet.stderr == ""
+
+
+def test_seed_model_through_the_cli_matches_the_analytics(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 60)
+    csv = invoke(tmp_path, "BTCUSDT", "--offline", "--model", "seed", "-f", "csv")
+    assert csv.exit_code == 0, csv.stderr
+    header, row = csv.stdout.strip().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    config = PressureConfig(model="seed")
+    inputs = load_inputs(store, "BTCUSDT", config, recent - 100 * STEP, recent)
+    expected = pressure_at(inputs, config, recent)
+    assert float(values["long_score"]) == pytest.approx(expected.long_score)
+    assert float(values["short_score"]) == pytest.approx(expected.short_score)
+    assert values["model"] == "seed"
+    # Without stored liquidations the seed estimates them from falling OI, as it always did.
+    assert expected.raw["liq_source"] == "estimated"
+
+
+def test_weights_change_the_result(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 60)
+    zeros = ",".join(f"{n}=0" for n in COMPONENTS if n != "funding")
+    doc = orjson.loads(
+        invoke(tmp_path, "BTCUSDT", "--offline", "-f", "json", "-w", f"{zeros},funding=5").stdout
+    )
+    funding = doc["components"]["funding"]
+    assert doc["long_score"] == pytest.approx(100 * funding["long"])
+    assert funding["effective_weight"] == pytest.approx(100)
+
+
+def test_history_offline_stores_rows_and_draws_the_chart(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "SOLUSDT", recent, 700)
+    store_liquidations(store, "SOLUSDT", recent - 690 * STEP, recent)
+    start, end = recent - 300 * STEP, recent
+    chart = tmp_path / "out" / "sol.png"
+    result = invoke(
+        tmp_path, "SOLUSDT", "--offline", "--history", "--start", str(start), "--end", str(end),
+        "--chart", str(chart), "-f", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    doc = orjson.loads(result.stdout)
+    assert doc["stored_rows"] == 301 and len(doc["rows"]) == 301
+    assert doc["rows"][0]["ts"].endswith("Z")
+    stored = store.read("pressure", symbol="SOLUSDT", period="5m", model="default")
+    assert stored.height == 301
+    assert stored["ts"].dt.epoch("ms").to_list() == list(range(start, end + 1, STEP))
+    # Stored rows equal point computations at sampled steps.
+    config = PressureConfig()
+    inputs = load_inputs(store, "SOLUSDT", config, start, end)
+    for at in (start, start + 17 * STEP, end - 40 * STEP, end):
+        row = stored.filter(pl.col("ts").dt.epoch("ms") == at).row(0, named=True)
+        snap = pressure_at(inputs, config, at)
+        assert row["long_score"] == pytest.approx(snap.long_score)
+        assert row["short_score"] == pytest.approx(snap.short_score)
+        assert row["long_level"] == snap.long_level and row["bias"] == snap.bias
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 20_000
+    # Re-running is idempotent: same keys, no duplicates.
+    again = invoke(
+        tmp_path, "SOLUSDT", "--offline", "--history", "--start", str(start), "--end", str(end)
+    )
+    assert again.exit_code == 0 and "long_score" in again.stdout
+    assert store.read("pressure", symbol="SOLUSDT").height == 301
+
+
+def test_liquidations_recorded_before_the_load_range_still_cover_the_window(tmp_path, recent):
+    # Recording began 10 days ago (outside what is loaded) and saw one print inside the window:
+    # the window is covered, so the liquidation components are readings, not missing.
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 60)
+    store_liquidations(
+        store, "BTCUSDT", recent - 10 * 86_400_000, recent - 10 * 86_400_000 + 1, n=1
+    )
+    store_liquidations(store, "BTCUSDT", recent - 5 * STEP, recent - 5 * STEP + 1, n=1)
+    doc = orjson.loads(invoke(tmp_path, "BTCUSDT", "--offline", "-f", "json").stdout)
+    assert doc["missing"] == []
+    assert math.isclose(doc["weight_used"], 100)
+    inside = store.read("liquidations", start=recent - 6 * STEP)["notional_usd"].sum()
+    volume = doc["components"]["force_volume"]
+    assert volume["long_liq_usd"] + volume["short_liq_usd"] == pytest.approx(inside)
