@@ -1,0 +1,693 @@
+"""liqcli.store.parquet and liqcli.store.lock: layout, keyed upserts, crash safety, concurrency, scans."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from liqcli.core.schemas import dataset
+from liqcli.errors import DataError, LiqError, UsageError
+from liqcli.store import Store, file_lock
+
+JAN_1 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+FEB_1 = 1_706_745_600_000
+MAR_1 = 1_709_251_200_000
+APR_1 = 1_711_929_600_000
+HOUR = 3_600_000
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def funding(
+    symbol: str, ts: list[int], rate: float = 0.0001, exchange: str = "binance"
+) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "ts": ts,
+            "funding_rate": [rate] * len(ts),
+            "mark_price": [100.0 + i for i in range(len(ts))],
+        }
+    )
+
+
+def taker(exchange: str, symbol: str, period: str, ts: list[int]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "period": period,
+            "ts": ts,
+            "buy_sell_ratio": [1.0 + i for i in range(len(ts))],
+            "buy_vol": [10.0] * len(ts),
+            "sell_vol": [5.0] * len(ts),
+        }
+    )
+
+
+def epoch_ms(df: pl.DataFrame, column: str = "ts") -> list[int]:
+    return df[column].dt.epoch("ms").to_list()
+
+
+class LineReader:
+    """Lines of a subprocess's stdout, read by a thread so waits can time out."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.put(line.strip())
+
+    def wait_for(self, expected: str, timeout: float = 20.0) -> None:
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line == expected:
+                return
+
+
+def spawn(script: str, *args: str) -> tuple[subprocess.Popen, LineReader]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, LineReader(proc)
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------- layout and types
+
+
+def test_layout_file_contents_and_external_hive_read(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rows = taker("binance", "BTCUSDT", "5m", [FEB_1 + 300_000, FEB_1 - 300_000, FEB_1])
+    result = store.write("taker_ratio", rows)
+
+    base = tmp_path / "taker_ratio" / "exchange=binance" / "symbol=BTCUSDT" / "period=5m"
+    assert sorted(result.files) == [base / "2024-01.parquet", base / "2024-02.parquet"]
+    assert (result.rows_in, result.new_rows) == (3, 3)
+
+    feb = pl.read_parquet(base / "2024-02.parquet")
+    assert feb.columns == ["ts", "buy_sell_ratio", "buy_vol", "sell_vol"]  # no partition columns
+    assert feb.schema["ts"] == pl.Datetime("ms", "UTC")
+    assert epoch_ms(feb) == [FEB_1, FEB_1 + 300_000]  # sorted by key
+
+    hive = pl.scan_parquet(tmp_path / "taker_ratio" / "**" / "*.parquet", hive_partitioning=True)
+    got = hive.collect().sort("ts")
+    assert got["symbol"].to_list() == ["BTCUSDT"] * 3
+    assert epoch_ms(got) == [FEB_1 - 300_000, FEB_1, FEB_1 + 300_000]
+
+
+def test_day_files_for_day_datasets(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    trades = pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "trade_id": [1, 2],
+            "ts": [ms("2024-03-09T23:59:59.999"), ms("2024-03-10T00:00:00")],
+            "price": [1.0, 2.0],
+            "qty": [1.0, 1.0],
+            "is_buyer_maker": [True, False],
+        }
+    )
+    result = store.write("agg_trades", trades)
+    assert [p.name for p in sorted(result.files)] == ["2024-03-09.parquet", "2024-03-10.parquet"]
+
+
+def test_time_column_casts_from_any_unit_and_zone(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    instant = ms("2024-01-31T20:00:00.123")  # 05:00:00.123 on Feb 1 in Tokyo: a January row in UTC
+    base = funding("BTCUSDT", [instant])
+    tokyo = base.with_columns(
+        pl.col("ts")
+        .cast(pl.Datetime("ms", "UTC"))
+        .dt.convert_time_zone("Asia/Tokyo")
+        .dt.cast_time_unit("us")
+    )
+    naive_ns = funding("ETHUSDT", [instant]).with_columns(
+        pl.col("ts").cast(pl.Datetime("ms")).dt.cast_time_unit("ns")
+    )
+    store.write("funding", tokyo)
+    store.write("funding", naive_ns)
+    got = store.read("funding")
+    assert got.schema["ts"] == pl.Datetime("ms", "UTC")
+    assert epoch_ms(got) == [instant, instant]
+    assert (
+        sorted(p.name for p in (tmp_path / "funding").rglob("*.parquet")) == ["2024-01.parquet"] * 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (funding("BTCUSDT", [JAN_1]).drop("mark_price"), "funding: missing column(s) mark_price"),
+        (
+            funding("BTCUSDT", [JAN_1]).with_columns(funding_rate=pl.lit("abc")),
+            "funding: column 'funding_rate' (String) cannot be stored as Float64",
+        ),
+        (
+            funding("BTCUSDT", [JAN_1]).with_columns(ts=pl.lit("2024-01-01")),
+            "funding: column 'ts' (String) cannot be stored as Datetime",
+        ),
+        (
+            funding("BTCUSDT", [JAN_1, None]),
+            "funding: column 'ts' has 1 null value(s)",
+        ),
+        (
+            funding("BTC/USDT", [JAN_1]),
+            "funding: column 'symbol' has values unfit for a directory name",
+        ),
+    ],
+)
+def test_bad_frames_raise_data_error_naming_dataset_and_column(
+    tmp_path: Path, frame: pl.DataFrame, message: str
+) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(DataError) as err:
+        store.write("funding", frame)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_unknown_dataset_and_empty_frame(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(UsageError, match="unknown dataset 'nope'"):
+        store.write("nope", funding("BTCUSDT", [JAN_1]))
+    assert store.write("funding", funding("BTCUSDT", [])).files == []
+    assert not (tmp_path / "funding").exists()
+
+
+# ---------------------------------------------------------------------- upsert semantics
+
+
+def test_upsert_later_wins_and_counts_new_keys(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write("funding", funding("BTCUSDT", [JAN_1, JAN_1 + HOUR], rate=0.1))
+    result = store.write("funding", funding("BTCUSDT", [JAN_1 + HOUR, JAN_1 + 2 * HOUR], rate=0.2))
+    assert result.new_rows == 1
+    got = store.read("funding")
+    assert epoch_ms(got) == [JAN_1, JAN_1 + HOUR, JAN_1 + 2 * HOUR]
+    assert got["funding_rate"].to_list() == [0.1, 0.2, 0.2]
+
+    # Within one batch the later duplicate wins too.
+    dupes = pl.concat(
+        [funding("BTCUSDT", [JAN_1], rate=0.3), funding("BTCUSDT", [JAN_1], rate=0.4)]
+    )
+    assert store.write("funding", dupes).new_rows == 0
+    assert store.read("funding")["funding_rate"].to_list() == [0.4, 0.2, 0.2]
+
+
+def test_rewriting_identical_rows_leaves_files_untouched(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rows = funding("BTCUSDT", [JAN_1, FEB_1])
+    store.write("funding", rows)
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
+    again = store.write("funding", rows)
+    assert (again.new_rows, again.files) == (0, [])
+    assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
+
+
+# Timestamps straddle three month boundaries so batches span several files.
+BOUNDARY_TS = st.sampled_from([JAN_1, FEB_1, MAR_1]).flatmap(
+    lambda boundary: st.integers(-3, 3).map(lambda h: boundary + h * HOUR)
+)
+ROWS = st.lists(
+    st.tuples(st.sampled_from(["BTCUSDT", "ETHUSDT"]), BOUNDARY_TS, st.integers(-1000, 1000)),
+    max_size=25,
+)
+
+
+def rows_frame(rows: list[tuple[str, int, int]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "exchange": ["binance"] * len(rows),
+            "symbol": [r[0] for r in rows],
+            "ts": [r[1] for r in rows],
+            "funding_rate": [r[2] / 1e6 for r in rows],
+            "mark_price": [float(r[2]) for r in rows],
+        },
+        schema_overrides={"symbol": pl.String, "exchange": pl.String, "ts": pl.Int64},
+    )
+
+
+def expected_frame(rows: list[tuple[str, int, int]]) -> pl.DataFrame:
+    """The keyed-upsert model: a dict keyed by (exchange, symbol, ts), later rows winning."""
+    latest = {("binance", symbol, ts): value for symbol, ts, value in rows}
+    ordered = [(symbol, ts, value) for (_, symbol, ts), value in sorted(latest.items())]
+    return rows_frame(ordered).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=ROWS)
+def test_property_writing_twice_equals_writing_once(batch: list[tuple[str, int, int]]) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        store = Store(root)
+        first = store.write("funding", rows_frame(batch))
+        once = store.read("funding")
+        second = store.write("funding", rows_frame(batch))
+        assert store.read("funding").equals(once)
+        assert once.equals(expected_frame(batch))
+        assert first.new_rows == once.height
+        assert (second.new_rows, second.files) == (0, [])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(ROWS, min_size=1, max_size=4))
+def test_property_any_split_equals_the_union(batches: list[list[tuple[str, int, int]]]) -> None:
+    union = [row for batch in batches for row in batch]
+    with tempfile.TemporaryDirectory() as split_root, tempfile.TemporaryDirectory() as union_root:
+        split_store, union_store = Store(split_root), Store(union_root)
+        new_rows = sum(split_store.write("funding", rows_frame(b)).new_rows for b in batches)
+        union_store.write("funding", rows_frame(union))
+        split = split_store.read("funding")
+        assert split.equals(union_store.read("funding"))
+        assert split.equals(expected_frame(union))
+        assert new_rows == split.height
+
+
+# ---------------------------------------------------------------------- crash safety
+
+_SLOW_PUBLISH = """
+import sys, time
+import polars as pl
+import liqcli.store.parquet as parquet
+from liqcli.store import Store
+
+def stalled_publish(tmp, path):
+    print("temp-written", flush=True)
+    time.sleep(60)
+
+parquet._publish = stalled_publish
+n = 50_000
+rows = pl.DataFrame({
+    "exchange": "binance", "symbol": "BTCUSDT",
+    "ts": [1_704_067_200_000 + i * 1000 for i in range(n)],
+    "funding_rate": [0.5] * n, "mark_price": [1.0] * n,
+})
+Store(sys.argv[1]).write("funding", rows)
+"""
+
+
+def test_write_killed_between_temp_file_and_rename_keeps_previous_data(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    before = funding("BTCUSDT", [JAN_1, JAN_1 + 1000], rate=0.1)
+    store.write("funding", before)
+    expected = store.read("funding")
+
+    proc, lines = spawn(_SLOW_PUBLISH, str(tmp_path))
+    try:
+        lines.wait_for("temp-written")
+    finally:
+        kill9(proc)
+
+    directory = tmp_path / "funding" / "exchange=binance" / "symbol=BTCUSDT"
+    leftovers = list(directory.glob(".*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the new file was fully written
+    assert store.read("funding").equals(expected)
+    assert store.corrupt_files == []
+
+    # The next writer (the dead one's lock is gone) succeeds and clears the leftover.
+    store.write("funding", funding("BTCUSDT", [JAN_1 + 2000], rate=0.2), lock_timeout=5)
+    assert not list(directory.glob(".*.tmp"))
+    assert store.read("funding").height == 3
+
+
+_WRITE_FOREVER = """
+import sys
+import polars as pl
+from liqcli.store import Store
+
+store = Store(sys.argv[1])
+n = 30_000
+ts = [1_704_067_200_000 + i * 60_000 * 3 for i in range(n)]  # 2024-01-01 .. 2024-03-04
+print("ready", flush=True)
+version = 1
+while True:
+    version += 1
+    store.write("funding", pl.DataFrame({
+        "exchange": "binance", "symbol": "BTCUSDT", "ts": ts,
+        "funding_rate": [float(version)] * n, "mark_price": [float(version)] * n,
+    }))
+"""
+
+
+def test_writes_killed_at_random_points_leave_every_file_whole(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    n = 30_000
+    ts = [JAN_1 + i * 180_000 for i in range(n)]
+    store.write("funding", funding("BTCUSDT", ts, rate=1.0))
+    expected_counts = store.read("funding").group_by(pl.col("ts").dt.month()).len()
+    rng = random.Random(7)
+    for _ in range(5):
+        proc, lines = spawn(_WRITE_FOREVER, str(tmp_path))
+        try:
+            lines.wait_for("ready")
+            time.sleep(rng.uniform(0.05, 0.35))  # a random point in some write
+        finally:
+            kill9(proc)
+        files = sorted(tmp_path.rglob("*.parquet"))
+        assert [f.name for f in files] == ["2024-01.parquet", "2024-02.parquet", "2024-03.parquet"]
+        for f in files:
+            content = pl.read_parquet(f)  # readable: never a half-written file
+            assert content["funding_rate"].n_unique() == 1  # one write's version, whole
+        got = store.read("funding")
+        assert store.corrupt_files == []
+        assert got["ts"].is_unique().all()
+        assert (
+            got.group_by(pl.col("ts").dt.month())
+            .len()
+            .sort("ts")
+            .equals(expected_counts.sort("ts"))
+        )
+
+
+# ---------------------------------------------------------------------- concurrency and locks
+
+_OVERLAPPING_WRITER = """
+import sys, time
+from pathlib import Path
+import polars as pl
+from liqcli.store import Store
+
+root, first, tag = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+store = Store(root)
+print("ready", flush=True)
+while not (Path(root) / "go").exists():
+    time.sleep(0.005)
+for batch in range(10):
+    ids = range(first + batch * 100, first + batch * 100 + 100)
+    store.write("funding", pl.DataFrame({
+        "exchange": "binance", "symbol": "BTCUSDT",
+        "ts": [1_704_067_200_000 + i * 1000 for i in ids],
+        "funding_rate": [tag] * 100, "mark_price": [float(i) for i in ids],
+    }))
+print("done", flush=True)
+"""
+
+
+def test_two_processes_writing_overlapping_batches_end_with_the_union(tmp_path: Path) -> None:
+    writers = [
+        spawn(_OVERLAPPING_WRITER, str(tmp_path), str(first), tag)
+        for first, tag in ((0, "1"), (500, "2"))
+    ]
+    for _, lines in writers:
+        lines.wait_for("ready")
+    (tmp_path / "go").touch()
+    for proc, lines in writers:
+        lines.wait_for("done")
+        assert proc.wait(timeout=20) == 0
+
+    got = Store(tmp_path).read("funding")
+    assert epoch_ms(got) == [JAN_1 + i * 1000 for i in range(1500)]  # union, sorted, no duplicates
+    assert got["mark_price"].to_list() == [float(i) for i in range(1500)]
+    assert set(got.filter(pl.col("mark_price") < 500)["funding_rate"]) == {1.0}
+    assert set(got.filter(pl.col("mark_price") >= 1000)["funding_rate"]) == {2.0}
+
+
+def test_file_lock_times_out_naming_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "sub" / "x.lock"
+    with file_lock(lock, timeout=1):
+        with (
+            pytest.raises(
+                LiqError, match=r"waiting for lock .*x\.lock: another liq process holds it"
+            ),
+            file_lock(lock, timeout=0.05),
+        ):
+            pass
+        # Shared locks exclude the exclusive holder too.
+        with pytest.raises(LiqError), file_lock(lock, timeout=0, shared=True):
+            pass
+    with file_lock(lock, timeout=0, shared=True), file_lock(lock, timeout=0, shared=True):
+        pass  # readers share
+
+
+def test_store_write_waits_for_the_dataset_lock(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with (
+        file_lock(tmp_path / "funding" / ".lock"),
+        pytest.raises(LiqError, match="another liq process holds it"),
+    ):
+        store.write("funding", funding("BTCUSDT", [JAN_1]), lock_timeout=0.05)
+    assert store.write("funding", funding("BTCUSDT", [JAN_1]), lock_timeout=0.05).new_rows == 1
+
+
+_HOLD_LOCK = """
+import sys, time
+from liqcli.store import file_lock
+with file_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_lock_held_by_another_process_is_released_when_it_dies(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    proc, lines = spawn(_HOLD_LOCK, str(lock))
+    try:
+        lines.wait_for("locked")
+        with pytest.raises(LiqError, match="another liq process"), file_lock(lock, timeout=0.05):
+            pass
+    finally:
+        kill9(proc)
+    with file_lock(lock, timeout=1):
+        pass
+
+
+# ---------------------------------------------------------------------- scans
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Store:
+    """taker_ratio for 2 exchanges x 2 symbols x 2 periods, one row at the start of Jan, Feb, Mar."""
+    store = Store(tmp_path)
+    frames = [
+        taker(exchange, symbol, period, [JAN_1, FEB_1, MAR_1])
+        for exchange in ("binance", "okx")
+        for symbol in ("BTCUSDT", "ETHUSDT")
+        for period in ("5m", "1h")
+    ]
+    store.write("taker_ratio", pl.concat(frames))
+    return store
+
+
+def partition_file(store: Store, exchange: str, symbol: str, period: str, month: str) -> Path:
+    return (
+        store.root
+        / "taker_ratio"
+        / f"exchange={exchange}"
+        / f"symbol={symbol}"
+        / f"period={period}"
+        / f"{month}.parquet"
+    )
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_scan_returns_all_schema_columns_typed(market: Store) -> None:
+    lf = market.scan("taker_ratio")
+    assert isinstance(lf, pl.LazyFrame)
+    assert lf.collect_schema() == dataset("taker_ratio").pl_schema
+    assert market.read("taker_ratio").height == 24
+
+
+def test_scan_filters_by_partition_values(market: Store) -> None:
+    btc = market.read("taker_ratio", symbol="BTCUSDT")
+    assert set(btc["symbol"]) == {"BTCUSDT"} and btc.height == 12
+    assert set(btc["exchange"]) == {"binance", "okx"}
+
+    some = market.read("taker_ratio", exchange="okx", symbol=["BTCUSDT", "ETHUSDT"], period="5m")
+    assert some.select("exchange", "symbol", "period").unique().sort("symbol").rows() == [
+        ("okx", "BTCUSDT", "5m"),
+        ("okx", "ETHUSDT", "5m"),
+    ]
+    assert some.height == 6
+    assert market.read("taker_ratio", symbol="SOLUSDT").height == 0
+
+
+def test_scan_time_range_is_half_open(market: Store) -> None:
+    got = market.read(
+        "taker_ratio", exchange="binance", symbol="BTCUSDT", period="5m", start=FEB_1, end=MAR_1
+    )
+    assert epoch_ms(got) == [FEB_1]
+    got = market.read(
+        "taker_ratio", exchange="binance", symbol="BTCUSDT", period="5m", start=FEB_1 + 1
+    )
+    assert epoch_ms(got) == [MAR_1]
+    got = market.read(
+        "taker_ratio", exchange="binance", symbol="BTCUSDT", period="5m", end=FEB_1 + 1
+    )
+    assert epoch_ms(got) == [JAN_1, FEB_1]
+
+
+def test_scan_prunes_other_partitions_and_months(
+    market: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Damage files the filtered scans must not open: reading them would log and record them.
+    corrupt(partition_file(market, "binance", "ETHUSDT", "5m", "2024-03"))
+    corrupt(partition_file(market, "binance", "BTCUSDT", "5m", "2024-01"))
+    with caplog.at_level(logging.WARNING):
+        assert market.read("taker_ratio", symbol="BTCUSDT", period="5m", start=FEB_1).height == 4
+        assert market.read("taker_ratio", symbol="ETHUSDT", end=MAR_1).height == 8
+    assert market.corrupt_files == []
+    assert caplog.records == []
+
+
+def test_corrupt_file_is_named_skipped_and_the_rest_stays_readable(
+    market: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = partition_file(market, "okx", "BTCUSDT", "1h", "2024-02")
+    corrupt(bad)
+    with caplog.at_level(logging.WARNING, logger="liqcli.store.parquet"):
+        got = market.read("taker_ratio")
+    assert got.height == 23
+    assert market.corrupt_files == [bad]
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+
+    # Next scan starts afresh.
+    market.read("taker_ratio", exchange="binance")
+    assert market.corrupt_files == []
+
+
+def test_damaged_pages_behind_an_intact_footer_are_found_by_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path)
+    n = 20_000
+    store.write(
+        "funding",
+        pl.concat(
+            [funding(s, [JAN_1 + i * 1000 for i in range(n)]) for s in ("BTCUSDT", "ETHUSDT")]
+        ),
+    )
+    bad = tmp_path / "funding" / "exchange=binance" / "symbol=BTCUSDT" / "2024-01.parquet"
+    data = bytearray(bad.read_bytes())
+    for i in range(100, len(data) // 2, 7):
+        data[i] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    pl.read_parquet_schema(bad)  # the footer still parses
+
+    with caplog.at_level(logging.WARNING):
+        got = store.read("funding")
+    assert set(got["symbol"]) == {"ETHUSDT"} and got.height == n
+    assert store.corrupt_files == [bad]
+
+
+def test_write_over_a_corrupt_file_sets_it_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path)
+    store.write("funding", funding("BTCUSDT", [JAN_1, JAN_1 + HOUR]))
+    path = tmp_path / "funding" / "exchange=binance" / "symbol=BTCUSDT" / "2024-01.parquet"
+    corrupt(path)
+    with caplog.at_level(logging.WARNING):
+        result = store.write("funding", funding("BTCUSDT", [JAN_1 + 2 * HOUR]))
+    assert result.new_rows == 1 and store.corrupt_files == [path]
+    assert [p.name.startswith("2024-01.parquet.corrupt-") for p in path.parent.iterdir()].count(
+        True
+    ) == 1
+    assert epoch_ms(store.read("funding")) == [JAN_1 + 2 * HOUR]
+
+
+def test_empty_dataset_scans_to_an_empty_frame_with_the_schema(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for df in (store.read("klines"), store.scan("klines", symbol="BTCUSDT", start=JAN_1).collect()):
+        assert df.height == 0
+        assert df.schema == dataset("klines").pl_schema
+
+
+def test_scan_ignores_journal_and_temp_files(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write("funding", funding("BTCUSDT", [JAN_1]))
+    journal = tmp_path / "funding" / "_journal"
+    journal.mkdir()
+    (journal / "1-0.jsonl").write_text('{"not": "parquet"}\n')
+    (
+        tmp_path / "funding" / "exchange=binance" / "symbol=BTCUSDT" / ".2024-02.parquet.1.ab.tmp"
+    ).write_bytes(b"junk")
+    assert store.read("funding").height == 1
+    assert store.partitions("funding") == [{"exchange": "binance", "symbol": "BTCUSDT"}]
+    assert store.corrupt_files == []
+
+
+def test_scan_rejects_unknown_partitions_and_unsafe_values(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(UsageError, match="funding is partitioned by exchange, symbol, not period"):
+        store.scan("funding", period="5m")
+    with pytest.raises(UsageError, match=r"invalid symbol '\.\./x'"):
+        store.scan("funding", symbol="../x")
+
+
+# ---------------------------------------------------------------------- first/last ts, partitions
+
+
+def test_first_and_last_ts(market: Store) -> None:
+    market.write("taker_ratio", taker("okx", "BTCUSDT", "5m", [MAR_1 + 3 * HOUR, JAN_1 - HOUR]))
+    assert (
+        market.last_ts("taker_ratio", exchange="okx", symbol="BTCUSDT", period="5m")
+        == MAR_1 + 3 * HOUR
+    )
+    assert (
+        market.first_ts("taker_ratio", exchange="okx", symbol="BTCUSDT", period="5m")
+        == JAN_1 - HOUR
+    )
+    assert market.last_ts("taker_ratio", exchange="binance", symbol="BTCUSDT", period="5m") == MAR_1
+    assert market.last_ts("taker_ratio", symbol="BTCUSDT") == MAR_1 + 3 * HOUR  # across partitions
+    assert market.first_ts("taker_ratio") == JAN_1 - HOUR
+    assert market.last_ts("taker_ratio", symbol="SOLUSDT") is None
+    assert Store(market.root / "elsewhere").last_ts("funding") is None
+
+
+def test_last_ts_reads_only_the_newest_file(market: Store) -> None:
+    older = partition_file(market, "binance", "BTCUSDT", "5m", "2024-01")
+    corrupt(older)
+    assert market.last_ts("taker_ratio", exchange="binance", symbol="BTCUSDT", period="5m") == MAR_1
+    assert market.corrupt_files == []  # never opened
+
+    newest = partition_file(market, "binance", "BTCUSDT", "5m", "2024-03")
+    corrupt(newest)
+    assert market.last_ts("taker_ratio", exchange="binance", symbol="BTCUSDT", period="5m") == FEB_1
+    assert market.corrupt_files == [newest]
+
+
+def test_partitions_lists_every_stored_partition(market: Store) -> None:
+    parts = market.partitions("taker_ratio")
+    assert len(parts) == 8
+    assert parts[0] == {"exchange": "binance", "symbol": "BTCUSDT", "period": "1h"}
+    assert {tuple(p.values()) for p in parts} == {
+        (e, s, p) for e in ("binance", "okx") for s in ("BTCUSDT", "ETHUSDT") for p in ("5m", "1h")
+    }
+    assert Store(market.root).partitions("funding") == []
+
+
+def test_store_root_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert Store("~/data").root == tmp_path / "data"
+    assert Store("~/data").dataset_dir("funding") == tmp_path / "data" / "funding"
