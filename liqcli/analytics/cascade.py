@@ -260,11 +260,16 @@ class LiquidationCascadeDetector:
         """
         kind = type(event)
         if kind is AggTrade:
-            if event.symbol == self.symbol and event.ts >= self._price_ts:
-                if event.ts > self._now:
-                    self._advance(event.ts)
+            ts = event.ts
+            if event.symbol == self.symbol and ts >= self._price_ts:
+                if ts > self._now:
+                    # Within the current second only the time moves: skip the call.
+                    if ts // 1000 > self._sec:
+                        self._advance(ts)
+                    else:
+                        self._now = ts
                 self._price = event.price
-                self._price_ts = event.ts
+                self._price_ts = ts
                 if self._active and self._start_price is None:
                     self._start_price = event.price
         elif kind is Liquidation and event.symbol == self.symbol:
@@ -353,8 +358,10 @@ class LiquidationCascadeDetector:
             return
         ts = event.ts
         sec = ts // 1000
-        if ts > self._now:
+        if sec > self._sec:
             self._advance(ts)
+        elif ts > self._now:
+            self._now = ts
         elif sec <= self._sec - WINDOW_S:
             self.late_dropped += 1
             return
