@@ -407,3 +407,11 @@ def test_two_journals_in_one_process_keep_their_own_segments(tmp_path: Path) -> 
         second.append(liquidation(10))
     first.close()
     assert stored(store).equals(expected(range(11)))
+
+
+def test_unwritable_data_dir_fails_open_with_a_liq_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    journal = Journal(Store(not_a_dir), "liquidations")
+    with pytest.raises(LiqError, match="cannot open the liquidations journal in"):
+        journal.open()

@@ -691,3 +691,11 @@ def test_store_root_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("HOME", str(tmp_path))
     assert Store("~/data").root == tmp_path / "data"
     assert Store("~/data").dataset_dir("funding") == tmp_path / "data" / "funding"
+
+
+def test_unwritable_data_dir_is_a_one_line_liq_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(LiqError, match=r"^funding: cannot write under .*file: ") as err:
+        Store(not_a_dir).write("funding", funding("BTCUSDT", [JAN_1]))
+    assert "\n" not in str(err.value)

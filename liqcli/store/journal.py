@@ -112,9 +112,14 @@ class Journal:
         """
         if self._is_open:
             raise LiqError(f"journal of {self.spec.name} is already open")
-        recovered = self.recover()
-        with self._io_lock:
-            self._segment = self._new_segment()
+        try:
+            recovered = self.recover()
+            with self._io_lock:
+                self._segment = self._new_segment()
+        except OSError as exc:
+            raise LiqError(
+                f"cannot open the {self.spec.name} journal in {self.directory}: {exc}"
+            ) from None
         self._last_compact = self._clock()
         self._stop.clear()
         self._is_open = True

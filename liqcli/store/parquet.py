@@ -26,7 +26,7 @@ import polars as pl
 
 from liqcli.core.schemas import DatasetSpec, time_column
 from liqcli.core.schemas import dataset as dataset_spec
-from liqcli.errors import DataError, UsageError
+from liqcli.errors import DataError, LiqError, UsageError
 from liqcli.store.lock import file_lock
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,20 @@ class Store:
         groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
         self.corrupt_files = []
         result = WriteResult(df.height, 0, [])
-        with file_lock(self.dataset_dir(dataset) / _LOCK_NAME, timeout=lock_timeout):
-            for group_key, group in sorted(groups.items()):
-                *partition_values, bucket = group_key
-                directory = self._partition_dir(spec, partition_values)
-                path = directory / f"{bucket}.parquet"
-                new_rows, rewritten = self._merge_into(
-                    spec, path, group.select(spec.file_columns), file_key
-                )
-                result.new_rows += new_rows
-                if rewritten:
-                    result.files.append(path)
+        try:
+            with file_lock(self.dataset_dir(dataset) / _LOCK_NAME, timeout=lock_timeout):
+                for group_key, group in sorted(groups.items()):
+                    *partition_values, bucket = group_key
+                    directory = self._partition_dir(spec, partition_values)
+                    path = directory / f"{bucket}.parquet"
+                    new_rows, rewritten = self._merge_into(
+                        spec, path, group.select(spec.file_columns), file_key
+                    )
+                    result.new_rows += new_rows
+                    if rewritten:
+                        result.files.append(path)
+        except OSError as exc:  # read-only or full disk: an expected failure, one line
+            raise LiqError(f"{spec.name}: cannot write under {self.root}: {exc}") from None
         return result
 
     def _merge_into(
