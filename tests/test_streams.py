@@ -353,6 +353,7 @@ async def test_reconnect_and_malformed_frames_inside_the_merged_stream(monkeypat
             status = stream.statuses["bybit"]
             assert [e.price for e in got] == [60000.0 + i for i in range(6)]
             assert (status.reconnects, status.malformed, status.events) == (2, 1, 6)
+        assert [e async for e in stream] == []  # a closed stream ends, it does not hang
 
 
 async def test_every_venue_failing_ends_the_stream_with_one_error(monkeypatch) -> None:
@@ -413,3 +414,43 @@ async def test_binance_events_and_aggtrade_stream(monkeypatch) -> None:
             [trade] = await take(stream, 1)
             assert trade.trade_id == 999
         assert fake.paths[1] == "/market/stream?streams=btcusdt@aggTrade"
+
+
+async def test_cancelling_the_consumer_closes_every_venue(monkeypatch) -> None:
+    async with FakeBinance() as fake_binance, FakeBybit() as fake_bybit:
+        point_env_at(monkeypatch, binance=fake_binance, bybit=fake_bybit)
+        stream = liquidation_stream(["binance", "bybit"], ["BTCUSDT"], options=FAST)
+
+        async def consume() -> None:
+            async with stream:
+                async for _ in stream:
+                    pass
+
+        task = asyncio.create_task(consume())
+        await fake_binance.wait_until(
+            lambda: all(s.state == "connected" for s in stream.statuses.values())
+        )
+        task.cancel()  # what Ctrl-C does to the command's coroutine
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert all(s.state == "closed" for s in stream.statuses.values())
+        await fake_binance.wait_until(lambda: not fake_binance._live and not fake_bybit._live)
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("liq-")]
+
+
+async def test_binance_stream_closed_from_another_task_ends_its_consumer(monkeypatch) -> None:
+    async with FakeBinance() as fake:
+        point_env_at(monkeypatch, binance=fake)
+        stream = aggtrade_stream("BTCUSDT", timings=FAST.timings)
+        seen: list[Any] = []
+
+        async def consume() -> None:
+            async for event in stream:
+                seen.append(event)
+
+        task = asyncio.create_task(consume())
+        await fake.wait_until(lambda: stream.status.state == "connected")
+        await stream.aclose()
+        await asyncio.wait_for(task, 2.0)
+        assert seen == [] and stream.status.state == "closed"
+        await fake.wait_until(lambda: not fake._live)

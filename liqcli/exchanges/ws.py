@@ -16,6 +16,10 @@ iterator of decoded JSON messages that survives the network:
 - :class:`VenueStatus` (state, reconnects, garbage, gaps, last message time) for dashboards;
 - cancellation or ``aclose()`` closes the socket; nothing is left running.
 
+Consume promptly: frames are read only as the consumer asks for them, so a consumer that stalls
+for longer than ``stale_timeout`` makes a healthy connection look dead (services buffer events in
+a queue for that reason).
+
 Usage::
 
     async with ReconnectingWebSocket(protocol, timings=WsTimings(stale_timeout=30)) as ws:

@@ -25,9 +25,13 @@ Symbols are user symbols (``BTCUSDT``): Binance ``btcusdt@forceOrder``, OKX ``BT
 symbols = every symbol: Binance ``!forceOrder@arr``, OKX SWAP+FUTURES, Bybit every trading
 linear perpetual (listed over REST). ``received_ts`` on each event is the local wall clock.
 
+``StreamOptions`` holds the knobs (``timings``: WsTimings for stale timeout, backoff, lifetime;
+``data_dir`` for the OKX instruments cache; HTTP timeout/retries; the event queue size).
 Everything that waits is injectable (``timings``, ``wall_clock``, ``rng``) so tests run in
 milliseconds. Always use ``async with`` (or ``await stream.aclose()``): it closes every socket
-and HTTP client; Ctrl-C (cancellation) does the same.
+and HTTP client; Ctrl-C (cancellation) does the same. Venues retry forever; only a venue that
+cannot run at all (e.g. an invalid URL) stops, and when every venue has stopped the iteration
+raises LiqError naming each failure.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ class LiquidationStream:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = 0
         self._failures: dict[str, BaseException] = {}
+        self._closed = False
 
     async def __aenter__(self) -> LiquidationStream:
         self._start()
@@ -131,6 +136,8 @@ class LiquidationStream:
         return self
 
     async def __anext__(self) -> Liquidation:
+        if self._closed:
+            raise StopAsyncIteration
         self._start()
         while True:
             if self._running == 0 and self._queue.empty():
@@ -148,6 +155,7 @@ class LiquidationStream:
 
     async def aclose(self) -> None:
         """Stop every venue and close its sockets; safe to call more than once."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -343,8 +351,10 @@ class BinanceEventStream:
         return self._events
 
     async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
+        """Close the socket; safe from any task (a consumer inside the loop sees it end)."""
         await self._ws.aclose()
+        if not getattr(self._events, "ag_running", False):
+            await self._events.aclose()  # type: ignore[attr-defined]
 
     async def _run(self) -> AsyncIterator[Liquidation | AggTrade]:
         status = self.status
