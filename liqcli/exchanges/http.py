@@ -1,0 +1,415 @@
+"""The one async HTTP client every venue's REST calls go through.
+
+:class:`VenueHttp` wraps ``httpx.AsyncClient`` with what exchanges need:
+
+- client-side request budgets (:class:`RateBudget`) so normal use never draws a 429;
+- 429 and 418 honour ``Retry-After`` *venue-wide*: a ban pauses every request to that venue,
+  not just the one that was refused;
+- reads (GET) are retried with exponential backoff and jitter on timeouts, dropped connections and
+  5xx; writes only when the request provably never left (connect errors) or was refused by a
+  rate limit, since a 5xx or a timeout leaves a write's outcome unknown;
+- venue error bodies become :class:`~liqcli.errors.ExchangeError` (or a subclass) through the
+  venue's ``error_parser``; malformed JSON becomes :class:`~liqcli.errors.DataError` naming the
+  endpoint;
+- an injectable clock, sleep and random source, so tests never wait for real.
+
+Budgets count a request from the moment it is reserved until it completes, and only then start
+its window: the server sees each request at some instant between send and response, so an
+in-flight request can never be the one that slips into a window the client thought was free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from liqcli.errors import DataError, ExchangeError, LiqError, NetworkError, RateLimitError
+
+log = logging.getLogger("liq.http")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+# (status, decoded body or None, path, params) -> the error to raise, or None when not an error body.
+ErrorParser = Callable[[int, Any, str, Mapping[str, Any]], LiqError | None]
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class RateBudget:
+    """A sliding-window budget: at most ``limit`` units in any ``window_s`` seconds.
+
+    ``unit="requests"`` charges 1 per request; ``unit="weight"`` charges the request's cost
+    (Binance's REQUEST_WEIGHT). ``paths`` restricts the budget to path prefixes (None = every
+    request of the venue).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        window_s: float,
+        *,
+        paths: Sequence[str] | None = None,
+        unit: Literal["requests", "weight"] = "requests",
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if limit <= 0 or window_s <= 0:
+            raise ValueError("a budget needs a positive limit and window")
+        self.name = name
+        self.limit = limit
+        self.window_s = window_s
+        self.paths = tuple(paths) if paths is not None else None
+        self.unit = unit
+        self._clock = clock
+        self._sleep = sleep
+        self._done: deque[tuple[float, int]] = deque()  # (completion time, cost), time-ordered
+        self._done_total = 0
+        self._pending = 0  # reserved, not yet completed: counts until it completes
+        self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
+        self._settled = asyncio.Event()
+        self.waited_s = 0.0
+
+    def applies_to(self, path: str) -> bool:
+        return self.paths is None or path.startswith(self.paths)
+
+    def cost_of(self, cost: int) -> int:
+        return 1 if self.unit == "requests" else cost
+
+    @property
+    def used(self) -> int:
+        """Units counted in the current window (pending included)."""
+        self._expire(self._clock())
+        return self._pending + self._done_total
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._done and self._done[0][0] <= horizon:
+            self._done_total -= self._done.popleft()[1]
+
+    async def _reserve(self, cost: int) -> None:
+        if cost > self.limit:
+            raise ValueError(f"{self.name}: a cost of {cost} exceeds the budget of {self.limit}")
+        async with self._lock:
+            started = self._clock()
+            while True:
+                now = self._clock()
+                self._expire(now)
+                if self._pending + self._done_total + cost <= self.limit:
+                    self._pending += cost
+                    self.waited_s += now - started
+                    return
+                if self._done:
+                    await self._sleep(max(self._done[0][0] + self.window_s - now, 0.0))
+                else:
+                    # Everything counted is still in flight: only a completion can start a window.
+                    self._settled.clear()
+                    await self._settled.wait()
+
+    def _complete(self, cost: int) -> None:
+        self._pending -= cost
+        self._done.append((self._clock(), cost))
+        self._done_total += cost
+        self._settled.set()
+
+    async def acquire(self, cost: int = 1) -> None:
+        """Wait until ``cost`` units fit, then count them as used now."""
+        await self._reserve(cost)
+        self._complete(cost)
+
+    @asynccontextmanager
+    async def hold(self, cost: int = 1):
+        """Reserve ``cost`` units for the duration of one request; its window starts at the end."""
+        await self._reserve(cost)
+        try:
+            yield
+        finally:
+            self._complete(cost)
+
+    def observe_used(self, used: int) -> None:
+        """Align with a server-reported usage (e.g. ``X-MBX-USED-WEIGHT-1M``): other processes on
+        the same IP spend the same budget."""
+        now = self._clock()
+        self._expire(now)
+        extra = used - (self._pending + self._done_total)
+        if extra > 0:
+            self._done.append((now, extra))
+            self._done_total += extra
+
+
+@dataclass
+class HttpStats:
+    requests: int = 0  # attempts sent
+    retries: int = 0
+    timeouts: int = 0
+    transport_errors: int = 0  # refused / dropped connections
+    status: Counter = field(default_factory=Counter)
+    rate_limit_wait_s: float = 0.0  # time spent honouring Retry-After
+
+    @property
+    def rate_limited(self) -> int:
+        return self.status[429]
+
+    @property
+    def banned(self) -> int:
+        return self.status[418]
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for code, n in self.status.items() if code >= 500)
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth retrying; ``final`` is raised once retries run out."""
+
+    def __init__(self, final: LiqError, delay: float | None = None):
+        self.final = final
+        self.delay = delay  # None: use backoff
+
+
+class VenueHttp:
+    """Async JSON-over-HTTP client for one venue; see the module docstring."""
+
+    def __init__(
+        self,
+        venue: str,
+        base_url: str,
+        *,
+        budgets: Sequence[RateBudget] | None = None,
+        error_parser: ErrorParser | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 300.0,
+        max_concurrency: int = 10,
+        headers: Mapping[str, str] | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.venue = venue
+        self.base_url = base_url.rstrip("/")
+        self.budgets = list(budgets or [])
+        self.error_parser = error_parser
+        self.on_response = on_response
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.stats = HttpStats()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._blocked_until = 0.0  # venue-wide pause after a 429/418
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            headers={"User-Agent": "liq", **(headers or {})},
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> VenueHttp:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def get_json(
+        self, path: str, params: Mapping[str, Any] | None = None, *, cost: int = 1
+    ) -> Any:
+        return await self.request_json("GET", path, params=params, cost=cost)
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        cost: int = 1,
+    ) -> Any:
+        method = method.upper()
+        params = dict(params or {})
+        failures = 0
+        while True:
+            try:
+                return await self._attempt(method, path, params, json, headers, cost)
+            except _Retry as retry:
+                if failures >= self.max_retries:
+                    raise retry.final from None
+                failures += 1
+                self.stats.retries += 1
+                delay = retry.delay if retry.delay is not None else self._backoff(failures)
+                log.info(
+                    "%s %s %s: %s; retrying in %.2fs", self.venue, method, path, retry.final, delay
+                )
+                await self._sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        # Equal jitter: half the exponential step is fixed, half random, so clients spread out.
+        step = min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1))
+        return step / 2 + self._rng.uniform(0, step / 2)
+
+    async def _wait_unblocked(self) -> None:
+        while (remaining := self._blocked_until - self._clock()) > 0:
+            self.stats.rate_limit_wait_s += remaining
+            await self._sleep(remaining)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        json: Any,
+        headers: Mapping[str, str] | None,
+        cost: int,
+    ) -> Any:
+        read = method in READ_METHODS
+        async with AsyncExitStack() as budgets:
+            for budget in self.budgets:
+                if budget.applies_to(path):
+                    await budgets.enter_async_context(budget.hold(budget.cost_of(cost)))
+            async with self._slots:
+                await self._wait_unblocked()
+                self.stats.requests += 1
+                try:
+                    response = await self._client.request(
+                        method, path, params=params, json=json, headers=headers
+                    )
+                except httpx.TimeoutException as exc:
+                    self.stats.timeouts += 1
+                    error = NetworkError(
+                        f"{self.venue}: {method} {path} timed out after {self.timeout:g}s"
+                    )
+                    if read or isinstance(exc, httpx.ConnectTimeout):
+                        raise _Retry(error) from None
+                    raise error from None
+                except httpx.TransportError as exc:
+                    self.stats.transport_errors += 1
+                    error = NetworkError(
+                        f"{self.venue}: {method} {path} failed: {_describe(exc)} ({self.base_url})"
+                    )
+                    if read or isinstance(exc, httpx.ConnectError):
+                        raise _Retry(error) from None
+                    raise error from None
+        return self._handle(response, method, path, params, read)
+
+    def _handle(
+        self, response: httpx.Response, method: str, path: str, params: dict[str, Any], read: bool
+    ) -> Any:
+        status = response.status_code
+        self.stats.status[status] += 1
+        if self.on_response is not None:
+            self.on_response(response)
+        if status in (429, 418):
+            retry_after = _retry_after(response)
+            what = "banned this IP" if status == 418 else "rate limit hit"
+            if retry_after is not None and retry_after > self.max_retry_after_s:
+                raise RateLimitError(
+                    self.venue,
+                    f"{what} (HTTP {status}) on {path}; Retry-After {retry_after:g}s is longer "
+                    f"than the {self.max_retry_after_s:g}s this command waits",
+                    status=status,
+                )
+            wait = retry_after if retry_after is not None else self._backoff(1)
+            # Refused requests were not executed, so even writes are safe to resend.
+            self._blocked_until = max(self._blocked_until, self._clock() + wait)
+            log.warning(
+                "%s: %s (HTTP %d) on %s; pausing all requests %.1fs",
+                self.venue,
+                what,
+                status,
+                path,
+                wait,
+            )
+            raise _Retry(
+                RateLimitError(self.venue, f"{what} (HTTP {status}) on {path}", status=status),
+                delay=0.0,
+            )
+        payload, decode_error = _decode(response)
+        if status >= 400 or _is_error_body(payload):
+            error = self.error_parser(status, payload, path, params) if self.error_parser else None
+            if status >= 500:
+                final = error or NetworkError(
+                    f"{self.venue}: HTTP {status} from {method} {path}: {_snippet(response)}"
+                )
+                if read:
+                    raise _Retry(final)
+                raise final
+            if error is not None:
+                raise error
+            if status >= 400:
+                hint = " (blocked by the venue's firewall)" if status == 403 else ""
+                raise ExchangeError(
+                    self.venue,
+                    f"HTTP {status}{hint} from {method} {path}: {_snippet(response)}",
+                    status=status,
+                )
+        if decode_error is not None:
+            raise DataError(
+                f"{self.venue}: malformed JSON from {method} {path} (HTTP {status}): {decode_error}"
+            )
+        return payload
+
+
+def _decode(response: httpx.Response) -> tuple[Any, str | None]:
+    if not response.content:
+        return None, "empty body"
+    try:
+        return orjson.loads(response.content), None
+    except orjson.JSONDecodeError as exc:
+        return None, f"{exc}; body starts {response.content[:60]!r}"
+
+
+def _is_error_body(payload: Any) -> bool:
+    # Some venues answer errors with HTTP 200 and a {"code": <negative>, "msg": ...} body.
+    return (
+        isinstance(payload, dict)
+        and "msg" in payload
+        and isinstance(payload.get("code"), int)
+        and payload["code"] < 0
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None  # the HTTP-date form: venues don't use it; fall back to backoff
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:200] or "(empty body)"
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
