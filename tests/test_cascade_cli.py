@@ -332,6 +332,25 @@ def test_replay_store_flag_writes_cascades_and_history_lists_them(tmp_path, sess
     )
 
 
+async def test_a_rejecting_webhook_never_holds_up_detection(tmp_path, session_file):
+    from tests.test_cascade_e2e import Webhook
+
+    async with Webhook(status=404) as hook:
+        args = ["BTCUSDT", "--replay", str(session_file), "--threshold-scale", SCALE]
+        result = await asyncio.to_thread(
+            invoke, tmp_path, *args, "-f", "jsonl", "--webhook", hook.url
+        )
+        quiet = await asyncio.to_thread(
+            invoke, tmp_path, *args, "-f", "jsonl", "--webhook", hook.url, "--quiet"
+        )
+    assert result.exit_code == 0, result.stderr
+    alerts = jsonl(result.stdout)
+    assert levels(alerts)[-1] == ("BTCUSDT", "cascade_end", "MAJOR") and len(alerts) == 3
+    assert hook.bodies == alerts + alerts  # both runs posted every alert once
+    assert f"webhook {hook.url}: 3 alert(s) not delivered" in result.stderr
+    assert quiet.exit_code == 0 and quiet.stderr == "" and jsonl(quiet.stdout) == alerts
+
+
 def test_empty_history(tmp_path):
     result = invoke(tmp_path, "BTCUSDT", "--history")
     assert result.exit_code == 0

@@ -81,9 +81,11 @@ def bybit_liquidation(ts: int, side: str, qty: str, price: str) -> dict[str, Any
 
 
 class Webhook:
-    """An HTTP/1.1 server on 127.0.0.1:0 that records every POSTed JSON body."""
+    """An HTTP/1.1 server on 127.0.0.1:0 that records every POSTed JSON body and answers
+    ``status``."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 204) -> None:
+        self.status = status
         self.bodies: list[dict] = []
         self.changed = asyncio.Condition()
 
@@ -111,7 +113,7 @@ class Webhook:
                 async with self.changed:
                     self.bodies.append(orjson.loads(body))
                     self.changed.notify_all()
-                writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\n\r\n".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass

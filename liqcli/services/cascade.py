@@ -702,7 +702,7 @@ async def run_cascade(
         result.alerts_passed = router.passed
         result.alerts_filtered = router.filtered
         result.sinks = {
-            sink.name: {
+            f"webhook {sink.url}" if isinstance(sink, WebhookSink) else f"exec {sink.command}": {
                 "delivered": sink.delivered,
                 "failed": sink.failed,
                 "dropped": sink.dropped,
