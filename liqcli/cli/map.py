@@ -1,0 +1,300 @@
+"""``liq map SYMBOL``: liquidation map from historical (or live) trades."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, upper_symbols
+from liqcli.core.timeutil import day_floor, duration_ms, now_ms, parse_time
+from liqcli.errors import UsageError
+from liqcli.render.output import Format, dumps, render
+
+log = logging.getLogger("liq")
+
+HELP = """Liquidation map: where positions opened by large trades would be liquidated.
+
+\b
+Large taker buys are taken as longs opened, large sells as shorts; each one's notional is put
+at the liquidation price of every leverage tier, and summed per price bin. Trades come from the
+venue's daily archive (downloaded once into {data-dir}/_archive, checksum-verified on Binance),
+from files (--input: zip, csv, csv.gz or parquet; with or without header; ms or µs time), or
+live from the Binance aggTrade stream (--live).
+
+\b
+--model default: leverage tiers with weights (--tiers), a maintenance margin rate (--mmr), and
+levels the later price already crossed are removed. --model compat: py-liquidation-map's
+levels (10x/25x/50x/100x, full notional each), binned without loss.
+"""
+
+EPILOG = """\b
+Examples:
+  liq map BTCUSDT --start 2024-03-01 --end 2024-03-02 --mode top_n --threshold 100
+  liq map BTCUSDT --start 7d --chart all --out charts/
+  liq map ETHUSDT --exchange bybit --start 2024-03-01 --end 2024-03-03 -f json
+  liq map BTCUSDT --input BTCUSDT-aggTrades-2024-03-01.zip BTCUSDT-aggTrades-2024-03-02.zip
+  liq map BTCUSDT --input trades.parquet --model compat --mode portion --threshold 0.01 -f csv
+  liq map BTCUSDT --tiers 10:0.4,25:0.3,50:0.2,100:0.1 --mmr 0.005 --bin-size 50
+  liq map BTCUSDT --live --window 4h --refresh 30 --chart map --out /tmp/liq
+"""
+
+
+class ExchangeChoice(StrEnum):
+    binance = "binance"
+    bybit = "bybit"
+
+
+class ModeChoice(StrEnum):
+    gross_value = "gross_value"
+    top_n = "top_n"
+    portion = "portion"
+
+
+class ModelChoice(StrEnum):
+    default = "default"
+    compat = "compat"
+
+
+class ChartChoice(StrEnum):
+    map = "map"
+    depth = "depth"
+    heatmap = "heatmap"
+    all = "all"
+
+
+def liquidation_map(
+    ctx: typer.Context,
+    symbol_and_files: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SYMBOL [FILE]...",
+            help="Linear perpetual, e.g. BTCUSDT; with --input, more input files may follow.",
+            show_default=False,
+        ),
+    ],
+    exchange: Annotated[
+        ExchangeChoice, typer.Option("--exchange", "-e", help="Archive to download trades from.")
+    ] = ExchangeChoice.binance,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            help="Start: date, ISO time or e.g. 2d [default: one day before --end].",
+            show_default=False,
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--end",
+            help="End, exclusive [default: today 00:00 UTC, the newest archived day].",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[
+        ModeChoice,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="Large-trade selection: notional >= threshold, top N per side, or top fraction.",
+        ),
+    ] = ModeChoice.gross_value,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help="gross_value: USD notional [100000]; top_n: trades per side [100]; portion: fraction [0.01].",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        ModelChoice,
+        typer.Option(
+            "--model", help="default (weighted tiers, mmr, sweeps) or compat (reference)."
+        ),
+    ] = ModelChoice.default,
+    tiers: Annotated[
+        str | None,
+        typer.Option(
+            "--tiers",
+            help="Leverage tiers and weights, e.g. 5:0.1,10:0.25,20:0.25,25:0.15,50:0.15,100:0.1 (the default).",
+            show_default=False,
+        ),
+    ] = None,
+    mmr: Annotated[
+        float | None,
+        typer.Option("--mmr", help="Maintenance margin rate [0.004].", show_default=False),
+    ] = None,
+    bin_size: Annotated[
+        float | None,
+        typer.Option(
+            "--bin-size", help="Price bin width [auto: ~100-200 bins].", show_default=False
+        ),
+    ] = None,
+    chart: Annotated[
+        list[ChartChoice] | None,
+        typer.Option(
+            "--chart", "-c", help="PNG chart(s) to write: map, depth, heatmap or all (repeatable)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PNG charts.")] = Path(
+        "."
+    ),
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input", "-i", help="Trade file(s) instead of downloading: zip, csv, csv.gz, parquet."
+        ),
+    ] = None,
+    live: Annotated[
+        bool,
+        typer.Option("--live", help="Build and refresh the map from the Binance aggTrade stream."),
+    ] = False,
+    window: Annotated[
+        str, typer.Option("--window", help="--live: trades of the last WINDOW.")
+    ] = "1h",
+    refresh: Annotated[
+        float, typer.Option("--refresh", help="--live: seconds between rebuilds.")
+    ] = 10.0,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="--live: stop after SECONDS.", show_default=False),
+    ] = None,
+    fmt: FormatOpt = Format.table,
+    quiet: QuietOpt = False,
+) -> None:
+    from liqcli.analytics.liqmap import MapSpec, parse_tiers
+
+    if not symbol_and_files:
+        raise UsageError("missing SYMBOL, e.g. liq map BTCUSDT")
+    (symbol,) = upper_symbols(symbol_and_files[:1])
+    files = [*(inputs or []), *(Path(f) for f in symbol_and_files[1:])]
+    if symbol_and_files[1:] and not inputs:
+        raise UsageError(
+            f"unexpected extra argument {symbol_and_files[1]!r} (input files follow --input)"
+        )
+    charts = _charts(chart)
+    now = now_ms()
+    start_ms = parse_time(start, now=now) if start else None
+    end_ms = parse_time(end, now=now) if end else None
+    if live:
+        if files or start or end:
+            raise UsageError("--live reads the stream: drop --input, --start and --end")
+        if exchange != ExchangeChoice.binance:
+            raise UsageError("--live uses the Binance aggTrade stream: drop --exchange bybit")
+        if refresh <= 0 or (duration is not None and duration <= 0):
+            raise UsageError("--refresh and --duration must be positive seconds")
+    elif not files:
+        end_ms = end_ms if end_ms is not None else day_floor(now)
+        start_ms = start_ms if start_ms is not None else end_ms - 86_400_000
+    spec = MapSpec(
+        mode=mode.value,
+        threshold=threshold,
+        model=model.value,
+        tiers=parse_tiers(tiers) if tiers else None,
+        mmr=mmr,
+        bin_size=bin_size,
+        start_ms=start_ms,
+        end_ms=end_ms,
+    ).resolved()
+    for f in files:
+        if not f.is_file():
+            raise UsageError(f"--input {f}: no such file")
+    data_dir = state(ctx).data_dir
+
+    if live:
+        _live(symbol, spec, duration_ms(window), refresh, duration, charts, out, fmt, quiet)
+        return
+    from liqcli.render.charts import ChartWorkers
+
+    # Renderers start now, importing matplotlib while the map is built.
+    workers = ChartWorkers(charts) if charts else None
+    try:
+        if files:
+            from liqcli.services.liqmap import map_from_files
+
+            liqmap = map_from_files(files, symbol, spec, data_dir)
+        else:
+            from liqcli.services.liqmap import map_from_archive
+
+            liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
+        written = workers.render(liqmap, out) if workers else []
+    finally:
+        if workers:
+            workers.close()
+    if not quiet:
+        for path in written:
+            typer.echo(f"liq: wrote {path}", err=True)
+    _print(liqmap, fmt, written)
+
+
+def _charts(chosen: list[ChartChoice] | None) -> list[str]:
+    names = [c.value for c in chosen or []]
+    if "all" in names:
+        return ["map", "depth", "heatmap"]
+    return list(dict.fromkeys(names))
+
+
+def _print(liqmap, fmt: Format, charts: list[Path]) -> None:
+    if fmt == Format.json:
+        document = liqmap.document() | {"charts": [str(p) for p in charts]}
+        render(liqmap.bins, fmt, document=document, rows_key="bins")
+    elif fmt == Format.csv:
+        render(liqmap.bins, fmt)
+    else:
+        typer.echo(_headline(liqmap))
+        render(liqmap.summary(), fmt, floatfmt=",.2f")
+
+
+def _headline(liqmap) -> str:
+    from liqcli.render.charts import threshold_text, title
+
+    doc = liqmap.document()
+    active = doc["active_usd"]
+    return (
+        title(liqmap, "map").replace("\n", "\n  ")
+        + f"\n  {liqmap.trades:,} trades, {liqmap.selected.height:,} selected ({threshold_text(liqmap)}); "
+        f"levels left: longs ${active['long']:,.0f} below, shorts ${active['short']:,.0f} above\n"
+    )
+
+
+def _live(
+    symbol, spec, window_ms: int, refresh: float, duration, charts, out, fmt: Format, quiet: bool
+) -> None:
+    from liqcli.render.charts import write_charts
+    from liqcli.services.liqmap import run_live
+
+    clear = fmt == Format.table and sys.stdout.isatty()
+
+    def show(liqmap) -> None:
+        written = write_charts(liqmap, charts, out, live=True) if charts else []
+        if fmt == Format.json:
+            # One document per refresh, one per line (JSON Lines).
+            sys.stdout.write(
+                dumps(
+                    liqmap.document()
+                    | {"bins": liqmap.bins.to_dicts(), "charts": [str(p) for p in written]}
+                ).decode()
+                + "\n"
+            )
+            sys.stdout.flush()
+            return
+        if clear:
+            sys.stdout.write("\033[2J\033[H")
+        _print(liqmap, fmt, written)
+
+    trades = run_async(
+        run_live(symbol, spec, show, window_ms=window_ms, refresh_s=refresh, duration_s=duration)
+    )
+    if not quiet:
+        typer.echo(f"liq: live map done: {trades.received:,} trades received", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("map", help=HELP, epilog=EPILOG)(liquidation_map)
