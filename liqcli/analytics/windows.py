@@ -87,6 +87,7 @@ class Totals:
             "total_usd": self.total_usd,
             "long_count": self.long_count,
             "short_count": self.short_count,
+            "count": self.count,
             "long_share": self.long_share,
         }
 

@@ -117,7 +117,13 @@ def watch(
     )
     config.validate()
     try:
-        run_async(run_watch(config, data_dir=state(ctx).data_dir))
+        run_async(
+            run_watch(
+                config,
+                data_dir=state(ctx).data_dir,
+                on_web_ready=lambda url: typer.echo(f"liq: web dashboard at {url}", err=True),
+            )
+        )
     except KeyboardInterrupt:
         # run_watch has flushed and closed everything by now (CONTRACT.md: 130 on Ctrl-C).
         raise typer.Exit(130) from None

@@ -485,7 +485,6 @@ async def run_watch(
                 state, host=config.host, port=config.port, push_interval=config.refresh
             )
             result.web_url = await web.start()
-            log.warning("web dashboard at %s", result.web_url)
             if on_web_ready is not None:
                 on_web_ready(result.web_url)
         if config.fmt == "dashboard":
@@ -522,6 +521,8 @@ async def run_watch(
         if live_view is not None:
             live_view.update(state.render(), refresh=True)
             live_view.stop()
+            if not live_view.console.is_terminal:
+                live_view.console.line()  # a non-terminal gets one final frame: end its line
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
     return result
