@@ -224,6 +224,16 @@ def test_config_thresholds_per_symbol_and_min_level_default(tmp_path, monkeypatc
     assert levels(jsonl(result.stdout))[0] == ("ETHUSDT", "cascade_level", "SIGNIFICANT")
 
 
+def test_a_broken_recording_is_a_one_line_runtime_error(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"exchange": "binance", "symbol": "BTCUSDT"}\n')
+    result = invoke(tmp_path, "BTCUSDT", "--replay", str(path))
+    assert result.exit_code == 1
+    assert result.stdout == ""  # no dashboard frame for a run that never started
+    assert result.stderr.startswith("liq: error: ") and "broken.jsonl:1" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
 def test_duplicate_venue_messages_count_once(tmp_path):
     path = tmp_path / "dupes.jsonl"
     write_jsonl(path, [liq(T0, 200), liq(T0, 200), liq(T0 + 1_000, 50), liq(T0 + 200_000, 1)])

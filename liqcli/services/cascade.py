@@ -641,9 +641,17 @@ async def run_cascade(
             statuses,
             {s: c.to_dict() for s, c in poller.snapshots.items()} if poller else {},
             info,
-            now_ms=clock() if config.replay else wall_clock(),
+            now_ms=(clock() or started) if config.replay else wall_clock(),
         )
 
+    # Read a replay before anything is shown or started: a bad file is just a one-line error.
+    replayed = (
+        replay_events(
+            config.replay, data_dir=data_dir, symbols=config.symbols, exchanges=config.exchanges
+        )
+        if config.replay
+        else iter(())
+    )
     try:
         await router.start()
         if not config.replay and config.store is not False:
@@ -658,7 +666,7 @@ async def run_cascade(
         try:
             async with asyncio.timeout(config.duration):
                 if config.replay:
-                    await _replay(session, config, data_dir, stop)
+                    await _replay(session, config, replayed, stop)
                 else:
                     sources = (live_sources or open_sources)(config, data_dir)
                     for source in sources:
@@ -764,14 +772,11 @@ async def _consume(session: CascadeSession, sources: Sequence[Any], stop: asynci
 
 
 async def _replay(
-    session: CascadeSession, config: CascadeConfig, data_dir: Path, stop: asyncio.Event
+    session: CascadeSession,
+    config: CascadeConfig,
+    events: Iterator[Liquidation | AggTrade],
+    stop: asyncio.Event,
 ) -> None:
-    events = replay_events(
-        config.replay or "store",
-        data_dir=data_dir,
-        symbols=config.symbols,
-        exchanges=config.exchanges,
-    )
     handle, tick = session.handle, session.monitor.tick
     second = -1
     for i, event in enumerate(events):
