@@ -308,7 +308,7 @@ async def test_kill_9_then_restart_keeps_the_totals(tmp_path: Path) -> None:
         second = await start_liq(*args, "--format", "jsonl", "--web", "--port", "0", env=env)
         banner = (await read_lines(second.stderr, 1))[0]
         url = banner.rsplit(" ", 1)[-1].strip()
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(trust_env=False) as client:
             doc = (await client.get(url + "snapshot.json")).json()
         second.send_signal(signal.SIGINT)
         await asyncio.wait_for(second.wait(), 20)

@@ -1,0 +1,354 @@
+"""The ``liq watch --web`` dashboard: HTTP routes, the WebSocket protocol, and the real page in
+headless Chromium (driven over the DevTools protocol) showing live events from the fake venues."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from liqcli.core.events import Liquidation
+from liqcli.core.timeutil import now_ms
+from liqcli.render.web import WebDashboard, parse_client_filter
+from liqcli.services.watch import WatchConfig, WatchState
+from tests.fakes.ws_servers import FakeBinance, FakeBybit
+from tests.test_watch import binance_force, bybit_push, fake_env, read_lines, start_liq
+
+pytestmark = pytest.mark.timeout(90)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def liq(symbol: str, side: str, usd: float, ts: int, exchange: str = "binance") -> Liquidation:
+    return Liquidation(exchange, symbol, side, 100.0, usd / 100.0, usd, ts, received_ts=ts + 3)
+
+
+async def recv_json(ws: ClientConnection) -> dict:
+    return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def recv_until(ws: ClientConnection, predicate, timeout: float = 5.0) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            doc = await recv_json(ws)
+            if predicate(doc):
+                return doc
+
+
+# -- server without a browser ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dashboard() -> AsyncIterator[tuple[WatchState, WebDashboard, Clock]]:
+    t = 1_763_700_000_000
+    clock = Clock(t + 10_000)
+    state = WatchState(
+        WatchConfig(exchanges=["binance", "bybit"], windows="1m,1h", web=True),
+        clock=clock,
+        keep_history=True,
+    )
+    state.ingest(liq("BTCUSDT", "long", 50_000, t))
+    state.ingest(liq("ETHUSDT", "short", 8_000, t + 1, "bybit"))
+    web = WebDashboard(state, host="127.0.0.1", port=0, push_interval=0.05)
+    await web.start()
+    try:
+        yield state, web, clock
+    finally:
+        await web.close()
+
+
+async def test_http_routes(dashboard) -> None:
+    _, web, _ = dashboard
+    async with httpx.AsyncClient(base_url=web.url, trust_env=False) as client:
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'id="latest"' in page.text and "/ws" in page.text
+        snap = await client.get("/snapshot.json")
+        assert snap.status_code == 200
+        doc = snap.json()
+        assert doc["snapshot"]["overall"]["1h"]["long_usd"] == 50_000.0
+        assert doc["snapshot"]["overall"]["1h"]["short_usd"] == 8_000.0
+        assert "lower bound" in doc["info"]["binance_note"]
+        assert (await client.get("/nope")).status_code == 404
+
+
+async def test_websocket_pushes_live_updates_and_per_client_filters(dashboard) -> None:
+    state, web, clock = dashboard
+    ws_url = web.url.replace("http://", "ws://") + "ws"
+    async with connect(ws_url, proxy=None) as plain, connect(ws_url, proxy=None) as filtered:
+        first = await recv_json(plain)
+        assert first["type"] == "snapshot"
+        assert first["snapshot"]["overall"]["1m"]["count"] == 2
+        await recv_json(filtered)
+        await filtered.send(
+            orjson.dumps({"type": "filter", "symbols": "ethusdt", "min_usd": "1000"})
+        )
+        doc = await recv_until(
+            filtered, lambda d: d["snapshot"]["filter"]["symbols"] == ["ETHUSDT"]
+        )
+        assert doc["snapshot"]["overall"]["1m"]["count"] == 1
+        assert [e["symbol"] for e in doc["snapshot"]["latest"]] == ["ETHUSDT"]
+
+        # A live event reaches both clients, each through its own view.
+        clock.now += 1_000
+        state.ingest(liq("ETHUSDT", "long", 2_500, clock.now, "binance"))
+        state.ingest(liq("BTCUSDT", "short", 700, clock.now))
+        doc = await recv_until(filtered, lambda d: d["snapshot"]["overall"]["1m"]["count"] == 2)
+        assert doc["snapshot"]["latest"][0]["notional_usd"] == 2_500
+        doc = await recv_until(plain, lambda d: d["snapshot"]["overall"]["1m"]["count"] == 4)
+        assert doc["snapshot"]["latest"][0]["symbol"] == "BTCUSDT"
+
+        await filtered.send(b'{"type": "filter", "min_usd": "-5"}')
+        error = await recv_until(filtered, lambda d: d["type"] == "error")
+        assert "must be >= 0" in error["message"]
+    await asyncio.sleep(0.1)
+    assert not web._views  # closed connections released their views
+
+
+def test_parse_client_filter() -> None:
+    flt = parse_client_filter('{"type":"filter","symbols":" btcusdt, ETHUSDT ,","min_usd":"1e4"}')
+    assert flt is not None
+    assert flt.symbols == frozenset({"BTCUSDT", "ETHUSDT"}) and flt.min_usd == 10_000
+    assert parse_client_filter('{"type":"filter","symbols":"","min_usd":""}') is None
+    for bad in [
+        "nope",
+        "[]",
+        '{"type":"x"}',
+        '{"type":"filter","symbols":"<b>"}',
+        '{"type":"filter","min_usd":"NaN"}',
+    ]:
+        with pytest.raises(Exception):  # noqa: B017 - UsageError, asserted by message in the WS test
+            parse_client_filter(bad)
+
+
+# -- the page in headless Chromium ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed on first use when we are root (as CI is)."""
+    path = shutil.which("chromium")
+    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
+            subprocess.run(install, env=env, capture_output=True, timeout=900)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.skip(
+            "headless chromium is not installed and cannot be installed here (not root or no apt-get)"
+        )
+    return path
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol: call a method, evaluate, wait for a condition."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict:
+        call_id = next(self._ids)
+        await self.ws.send(
+            orjson.dumps({"id": call_id, "method": method, "params": params}).decode()
+        )
+        while True:
+            message = orjson.loads(await asyncio.wait_for(self.ws.recv(), 20))
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message["result"]
+
+    async def eval(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait(self, expression: str, timeout: float = 15.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = await self.eval(expression)
+                if value:
+                    return value
+                await asyncio.sleep(0.05)
+
+
+async def open_browser(chromium: str, profile: Path) -> tuple[asyncio.subprocess.Process, int]:
+    browser = await asyncio.create_subprocess_exec(
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-proxy-server",
+        "--window-size=1280,1500",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    port_file = profile / "DevToolsActivePort"
+    async with asyncio.timeout(30):
+        while not (port_file.exists() and port_file.read_text().strip()):
+            await asyncio.sleep(0.05)
+    return browser, int(port_file.read_text().split()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_page_shows_live_events_in_headless_chromium(chromium: str, tmp_path: Path) -> None:
+    binance = FakeBinance()
+    bybit = FakeBybit()
+    async with binance, bybit:
+        watch = await start_liq(
+            "--data-dir",
+            str(tmp_path / "data"),
+            "watch",
+            "BTCUSDT",
+            "ETHUSDT",
+            "-e",
+            "binance",
+            "-e",
+            "bybit",
+            "--web",
+            "--port",
+            "0",
+            "--format",
+            "jsonl",
+            "--no-store",
+            "--latest",
+            "10",
+            env=fake_env(binance, None, bybit),
+        )
+        browser, devtools_port = await open_browser(chromium, tmp_path / "profile")
+        try:
+            banner = (await read_lines(watch.stderr, 1))[0]
+            url = banner.rsplit(" ", 1)[-1].strip()
+            async with httpx.AsyncClient(trust_env=False) as client:
+                targets = (await client.get(f"http://127.0.0.1:{devtools_port}/json/list")).json()
+            page_ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            async with connect(page_ws, proxy=None, max_size=2**26) as ws:
+                page = DevTools(ws)
+                await page.call("Page.navigate", url=url)
+                await page.wait("document.getElementById('conn')?.textContent === 'live'")
+                assert (
+                    await page.eval("document.querySelectorAll('#latest tbody tr.event').length")
+                    == 0
+                )
+                await page.wait(
+                    "document.getElementById('venues').textContent.includes('connected')"
+                )
+
+                # Live events arrive after the page is up: a long on Binance, shorts on Bybit.
+                t = now_ms()
+                binance.push_to(
+                    "btcusdt@forceOrder", binance_force("BTCUSDT", "SELL", "65000", "0.5", t)
+                )
+                bybit.push_to(
+                    "allLiquidation.ETHUSDT", bybit_push("ETHUSDT", "Sell", "3000", "4", t + 1)
+                )
+                bybit.push_to(
+                    "allLiquidation.BTCUSDT", bybit_push("BTCUSDT", "Sell", "64000", "0.1", t + 2)
+                )
+                await page.wait("document.querySelectorAll('#latest tbody tr.event').length === 3")
+
+                rows = await page.eval(
+                    "[...document.querySelectorAll('#latest tbody tr')].map(tr =>"
+                    " [...tr.children].slice(1).map(td => td.textContent))"
+                )
+                assert sorted(rows) == sorted(
+                    [
+                        ["binance", "BTCUSDT", "LONG", "65,000", "0.5", "$32.5K"],
+                        ["bybit", "ETHUSDT", "SHORT", "3,000", "4", "$12.0K"],
+                        ["bybit", "BTCUSDT", "SHORT", "64,000", "0.1", "$6.40K"],
+                    ]
+                )
+                colours = await page.eval(
+                    "Object.fromEntries([...document.querySelectorAll('#latest tbody tr')].map(tr =>"
+                    " [tr.querySelector('.side').textContent, getComputedStyle(tr.querySelector('.side')).color]))"
+                )
+                assert colours == {"LONG": "rgb(255, 92, 92)", "SHORT": "rgb(51, 209, 122)"}
+                windows = await page.eval(
+                    "[...document.querySelectorAll('#windows tbody tr')].map(tr => tr.children[0].textContent + '|' + tr.children[5].textContent)"
+                )
+                assert windows == [f"{w}|$50.9K" for w in ("3m", "15m", "1h", "4h", "1d")]
+                assert "BTCUSDT" in await page.eval(
+                    "document.querySelector('#top-long tbody').textContent"
+                )
+                assert (
+                    await page.eval(
+                        "document.querySelector('#top-short tbody tr td:nth-child(2)').textContent"
+                    )
+                    == "ETHUSDT"
+                )
+                assert "lower bound" in await page.eval(
+                    "document.getElementById('note').textContent"
+                )
+
+                # The page's own filter: ETHUSDT only.
+                await page.eval(
+                    "document.getElementById('filter-symbols').value = 'ethusdt';"
+                    "document.getElementById('filter').requestSubmit(); true"
+                )
+                await page.wait(
+                    "[...document.querySelectorAll('#latest tbody tr.event .symbol')]"
+                    ".every(td => td.textContent === 'ETHUSDT') &&"
+                    " document.querySelectorAll('#latest tbody tr.event').length === 1"
+                )
+                assert (
+                    await page.eval(
+                        "document.querySelector('#windows tbody tr').children[5].textContent"
+                    )
+                    == "$12.0K"
+                )
+                await page.eval(
+                    "document.getElementById('filter-symbols').value = '';"
+                    "document.getElementById('filter').requestSubmit(); true"
+                )
+                await page.wait("document.querySelectorAll('#latest tbody tr.event').length === 3")
+
+                shot = await page.call(
+                    "Page.captureScreenshot", format="png", captureBeyondViewport=True
+                )
+                ARTIFACTS.mkdir(exist_ok=True)
+                path = ARTIFACTS / "watch-web.png"
+                path.write_bytes(base64.b64decode(shot["data"]))
+                print(f"screenshot: {path}")
+        finally:
+            browser.terminate()
+            await browser.wait()
+            if watch.returncode is None:
+                watch.send_signal(signal.SIGINT)
+                await asyncio.wait_for(watch.wait(), 20)
+    assert watch.returncode == 130
+    assert path.stat().st_size > 10_000
