@@ -344,8 +344,12 @@ class ContextPoller:
             while True:
                 started = loop.time()
                 for symbol in self.symbols:
-                    if symbol not in self._disabled:
+                    if symbol in self._disabled:
+                        continue
+                    try:
                         await self.poll(http, symbol)
+                    except Exception:  # a bug here must not end the context for good
+                        log.exception("%s: REST context poll failed", symbol)
                 await asyncio.sleep(max(0.0, self.interval_s - (loop.time() - started)))
 
     async def poll(self, http: Any, symbol: str) -> ContextSnapshot:
@@ -584,14 +588,11 @@ async def run_cascade(
     data_dir: Path,
     out: TextIO | None = None,
     wall_clock: Callable[[], int] = now_ms,
-    live_sources: Callable[[CascadeConfig, Path], list[Any]] | None = None,
-    context_http: Callable[[], Any] | None = None,
-    context_interval_s: float = CONTEXT_INTERVAL_S,
 ) -> CascadeResult:
     """Run ``liq cascade`` until ``duration``, cancellation, a closed stdout or the replay's end.
 
-    ``live_sources(config, data_dir)`` builds the event sources (default: :func:`open_sources`);
-    ``context_http()`` the Binance REST client for the context (default: ``binance_http``).
+    Live sources are :func:`open_sources` and the context comes from ``binance_http``, both
+    at the ``LIQ_*_URL`` endpoints.
     """
     config.validate()
     out = out or sys.stdout
@@ -668,16 +669,12 @@ async def run_cascade(
                 if config.replay:
                     await _replay(session, config, replayed, stop)
                 else:
-                    sources = (live_sources or open_sources)(config, data_dir)
+                    sources = open_sources(config, data_dir)
                     for source in sources:
                         statuses.update(_statuses_of(source))
                     if config.context:
                         poller = ContextPoller(
-                            session.monitor,
-                            config.symbols,
-                            http_factory=context_http,
-                            interval_s=context_interval_s,
-                            wall_clock=wall_clock,
+                            session.monitor, config.symbols, wall_clock=wall_clock
                         )
                         tasks.append(asyncio.create_task(poller.run(), name="cascade-context"))
                     await session.monitor.start()
@@ -690,7 +687,9 @@ async def run_cascade(
         await session.monitor.stop()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):  # a helper's bug: say so, the run itself is done
+                log.error("background task failed: %r", outcome, exc_info=outcome)
         session.monitor.finish(clock())
         if store is not None:
             await recorder.flush()
