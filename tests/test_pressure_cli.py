@@ -315,3 +315,99 @@ def test_liquidations_recorded_before_the_load_range_still_cover_the_window(tmp_
     inside = store.read("liquidations", start=recent - 6 * STEP)["notional_usd"].sum()
     volume = doc["components"]["force_volume"]
     assert volume["long_liq_usd"] + volume["short_liq_usd"] == pytest.approx(inside)
+
+
+# --------------------------------------------------------------------------- against the fake Binance
+
+
+@pytest.fixture
+def binance():
+    from tests.fakes.binance_rest import FakeBinanceRest
+
+    with FakeBinanceRest(symbols=["BTCUSDT", "ETHUSDT"]) as fake:
+        yield fake
+
+
+def test_end_to_end_fetches_stores_and_scores(tmp_path, binance):
+    env = {"LIQ_BINANCE_REST_URL": binance.url}
+    result = invoke(tmp_path, "BTCUSDT", "-f", "json", env=env)
+    assert result.exit_code == 0, result.stderr
+    doc = orjson.loads(result.stdout)
+    assert doc["fetch_errors"] == []
+    for dataset in (
+        "global_account_ratio",
+        "top_position_ratio",
+        "taker_ratio",
+        "open_interest",
+        "funding",
+    ):
+        assert doc["inputs"][dataset]["status"] == "ok", dataset
+    assert binance.requests_to("/futures/data/") and binance.requests_to("/fapi/v1/fundingRate")
+    # The baselines need a week of history: it was fetched and stored.
+    store = Store(tmp_path)
+    oi = store.read("open_interest", symbol="BTCUSDT", period="5m")
+    assert oi.height >= 7 * 288
+    assert store.read("top_account_ratio").height == 0  # the default model does not read it
+    assert doc["missing"] == ["force_share", "force_volume"]  # `liq watch` never ran here
+    assert 0 <= doc["long_score"] <= 100 and 0 <= doc["short_score"] <= 100
+    config = PressureConfig()
+    at = oi["ts"].dt.epoch("ms").max()
+    expected = pressure_at(load_inputs(store, "BTCUSDT", config, at - STEP, at), config, at)
+    assert doc["long_score"] == pytest.approx(expected.long_score)
+
+    # Seed model: fetches the account ratio it reads; estimates liquidations from falling OI.
+    binance.clear_log()
+    seed = invoke(tmp_path, "BTCUSDT", "--model", "seed", "-f", "json", env=env)
+    assert seed.exit_code == 0, seed.stderr
+    seed_doc = orjson.loads(seed.stdout)
+    assert seed_doc["missing"] == []
+    assert seed_doc["components"]["force_volume"]["liq_source"] == "estimated"
+    assert store.read("top_account_ratio", symbol="BTCUSDT").height > 0
+    # Incremental: the datasets already stored are not fetched again from scratch.
+    oi_pages = binance.requests_to("/futures/data/openInterestHist")
+    assert len(oi_pages) <= 1
+
+
+def test_end_to_end_history_with_chart(tmp_path, binance):
+    env = {"LIQ_BINANCE_REST_URL": binance.url}
+    chart = tmp_path / "btc.png"
+    result = invoke(
+        tmp_path,
+        "BTCUSDT",
+        "--history",
+        "--start",
+        "1d",
+        "--chart",
+        str(chart),
+        "-f",
+        "csv",
+        env=env,
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("ts,") and 280 <= len(lines) - 1 <= 290
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    store = Store(tmp_path)
+    assert store.read("klines", symbol="BTCUSDT").height > 0  # price for the chart
+    assert store.read("pressure", symbol="BTCUSDT", model="default").height == len(lines) - 1
+
+
+def test_end_to_end_unknown_symbol_is_one_line_exit_1(tmp_path, binance):
+    result = invoke(tmp_path, "NOPEUSDT", env={"LIQ_BINANCE_REST_URL": binance.url})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("liq: error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "NOPEUSDT" in result.stderr or "Invalid symbol" in result.stderr
+
+
+def test_end_to_end_a_failed_input_is_reported_and_left_out(tmp_path, binance):
+    binance.inject(
+        "error", path="/fapi/v1/fundingRate", code=-1003, msg="Way too much request weight used."
+    )
+    result = invoke(tmp_path, "ETHUSDT", "-f", "json", env={"LIQ_BINANCE_REST_URL": binance.url})
+    assert result.exit_code == 0, result.stderr
+    doc = orjson.loads(result.stdout)
+    assert len(doc["fetch_errors"]) == 1 and doc["fetch_errors"][0].startswith("funding: ")
+    assert "liq: warning: fetch failed, using stored data: funding: " in result.stderr
+    assert doc["inputs"]["funding"]["status"] == "missing"
+    assert doc["components"]["funding"]["missing"] is True
+    assert doc["weight_used"] == 100 - 15 - 10 - 12  # funding and both liquidation components

@@ -188,7 +188,10 @@ def _history(
             typer.echo(f"liq: chart written to {chart}", err=True)
     frame = report.history.with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
     if fmt == Format.table:
-        render(frame.select(HISTORY_TABLE_COLUMNS), fmt, floatfmt=".1f")
+        table = frame.select(HISTORY_TABLE_COLUMNS).with_columns(
+            pl.col("long_score", "short_score").round(1)
+        )
+        render(table, fmt)
     elif fmt == Format.json:
         document = {
             "symbol": symbol,

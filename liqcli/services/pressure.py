@@ -177,8 +177,10 @@ async def _fetch(
         from liqcli.services.fetch import run_fetch as fetch
     # Binance keeps only 30 days of these series; asking for more is refused.
     start = max(start, now - FUTURES_DATA_HISTORY_MS + config.period_ms)
-    results = await fetch(store, [symbol], datasets, period=config.period, start=start, end=now)
-    errors = [f"{r.dataset}: {r.error}" for r in results if r.status != "ok"]
+    results = await fetch(
+        store, [symbol], datasets, period=config.period, start=start, end=now, now=now
+    )
+    errors = [f"{r.dataset}: {r.error or r.note}" for r in results if r.status != "ok"]
     for line in errors:
         log.warning("fetch %s %s", symbol, line)
     return errors
