@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated
 
@@ -253,16 +255,28 @@ def _detect(
     )
     config.min_level = config.min_level.strip().upper()
     config.validate()
-    if quiet:
-        for name in ("liq", "liqcli"):
-            logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        result = run_async(run_cascade(config, data_dir=state(ctx).data_dir))
+        with _errors_only(quiet):
+            result = run_async(run_cascade(config, data_dir=state(ctx).data_dir))
     except KeyboardInterrupt:
         # run_cascade has ended open cascades, drained the sinks and closed the journals.
         raise typer.Exit(130) from None
     if not quiet:
         _summary(result, config)
+
+
+@contextmanager
+def _errors_only(quiet: bool) -> Iterator[None]:
+    """--quiet: warnings off for this run only (the levels are process-wide)."""
+    loggers = [logging.getLogger(name) for name in ("liq", "liqcli")] if quiet else []
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, saved, strict=True):
+            logger.setLevel(level)
 
 
 def _summary(result, config) -> None:
