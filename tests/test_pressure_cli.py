@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import orjson
@@ -393,10 +396,14 @@ def test_end_to_end_history_with_chart(tmp_path, binance):
 
 
 def test_end_to_end_unknown_symbol_is_one_line_exit_1(tmp_path, binance):
-    result = invoke(tmp_path, "NOPEUSDT", env={"LIQ_BINANCE_REST_URL": binance.url})
-    assert result.exit_code == 1
-    assert result.stderr.startswith("liq: error: ") and len(result.stderr.strip().splitlines()) == 1
-    assert "NOPEUSDT" in result.stderr or "Invalid symbol" in result.stderr
+    env = {**os.environ, "LIQ_BINANCE_REST_URL": binance.url}
+    command = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "pressure", "NOPEUSDT"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("liq: error: no 5m data for NOPEUSDT: fetch failed: ")
+    assert "unknown symbol NOPEUSDT" in line
 
 
 def test_end_to_end_a_failed_input_is_reported_and_left_out(tmp_path, binance):
@@ -411,3 +418,25 @@ def test_end_to_end_a_failed_input_is_reported_and_left_out(tmp_path, binance):
     assert doc["inputs"]["funding"]["status"] == "missing"
     assert doc["components"]["funding"]["missing"] is True
     assert doc["weight_used"] == 100 - 15 - 10 - 12  # funding and both liquidation components
+
+
+def test_panel_is_coloured_on_a_terminal(tmp_path, recent):
+    import io
+
+    from rich.console import Console
+
+    from liqcli.render.pressure_panel import panel_text, print_panel
+
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 60)
+    config = PressureConfig()
+    snap = pressure_at(load_inputs(store, "BTCUSDT", config, recent - STEP, recent), config, recent)
+    text = panel_text(snap, symbol="BTCUSDT", period="5m", lookback=30)
+    tty = io.StringIO()
+    print_panel(
+        text, Console(file=tty, force_terminal=True, color_system="standard", highlight=False)
+    )
+    assert "\x1b[" in tty.getvalue()
+    piped = io.StringIO()
+    print_panel(text, Console(file=piped, highlight=False))
+    assert piped.getvalue() == text.plain

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -13,8 +12,6 @@ from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, upper_symbo
 from liqcli.core.timeutil import iso_ms, now_ms, parse_time
 from liqcli.errors import UsageError
 from liqcli.render.output import Format, render
-
-log = logging.getLogger("liq")
 
 HELP = """Liquidation-pressure score (0-100) for longs and shorts, with its eight components.
 

@@ -3,7 +3,6 @@ and store the history as the ``pressure`` dataset."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +22,6 @@ from liqcli.analytics.pressure import (
 from liqcli.core.schemas import TS, DatasetSpec, register
 from liqcli.core.timeutil import iso_ms, now_ms
 from liqcli.errors import LiqError
-
-log = logging.getLogger("liq")
 
 EXCHANGE = "binance"  # the metrics are Binance's; liquidations come from every venue
 FUTURES_DATA_HISTORY_MS = 30 * 86_400_000  # /futures/data/* serve the latest 30 days only
@@ -180,10 +177,8 @@ async def _fetch(
     results = await fetch(
         store, [symbol], datasets, period=config.period, start=start, end=now, now=now
     )
-    errors = [f"{r.dataset}: {r.error or r.note}" for r in results if r.status != "ok"]
-    for line in errors:
-        log.warning("fetch %s %s", symbol, line)
-    return errors
+    # Reported by the caller (stderr unless --quiet, and in the JSON document).
+    return [f"{r.dataset}: {r.error or r.note}" for r in results if r.status != "ok"]
 
 
 def _latest_step(inputs: PressureInputs, config: PressureConfig, now: int) -> int:
