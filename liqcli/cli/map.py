@@ -207,27 +207,29 @@ def liquidation_map(
         if not f.is_file():
             raise UsageError(f"--input {f}: no such file")
     data_dir = state(ctx).data_dir
+    if quiet:
+        logging.getLogger("liq").setLevel(logging.ERROR)
 
     if live:
         _live(symbol, spec, duration_ms(window), refresh, duration, charts, out, fmt, quiet)
         return
-    from liqcli.render.charts import ChartWorkers
+    if charts:
+        from liqcli.render.charts import preload
 
-    # Renderers start now, importing matplotlib while the map is built.
-    workers = ChartWorkers(charts) if charts else None
-    try:
-        if files:
-            from liqcli.services.liqmap import map_from_files
+        preload()
+    if files:
+        from liqcli.services.liqmap import map_from_files
 
-            liqmap = map_from_files(files, symbol, spec, data_dir)
-        else:
-            from liqcli.services.liqmap import map_from_archive
+        liqmap = map_from_files(files, symbol, spec, data_dir)
+    else:
+        from liqcli.services.liqmap import map_from_archive
 
-            liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
-        written = workers.render(liqmap, out) if workers else []
-    finally:
-        if workers:
-            workers.close()
+        liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
+    written = []
+    if charts:
+        from liqcli.render.charts import write_charts
+
+        written = write_charts(liqmap, charts, out)
     if not quiet:
         for path in written:
             typer.echo(f"liq: wrote {path}", err=True)
@@ -249,7 +251,23 @@ def _print(liqmap, fmt: Format, charts: list[Path]) -> None:
         render(liqmap.bins, fmt)
     else:
         typer.echo(_headline(liqmap))
-        render(liqmap.summary(), fmt, floatfmt=",.2f")
+        render(_table(liqmap), fmt)
+
+
+def _table(liqmap):
+    """The per-bin summary with readable numbers (the shared renderer prints values as given)."""
+    import polars as pl
+
+    # As many decimals as the bin edges need: 100 -> 0, 2.5 -> 1, 0.01 -> 2.
+    decimals = len(f"{liqmap.bin_size:.8f}".rstrip("0").split(".")[1])
+    usd = ("long_usd", "short_usd", "cum_long_usd", "cum_short_usd")
+    return liqmap.summary().with_columns(
+        pl.col("price_low", "price_high").map_elements(
+            lambda v: f"{v:,.{decimals}f}", return_dtype=pl.String
+        ),
+        pl.col("distance_pct").map_elements(lambda v: f"{v:+.2f}%", return_dtype=pl.String),
+        pl.col(usd).map_elements(lambda v: f"{v:,.0f}" if v else "", return_dtype=pl.String),
+    )
 
 
 def _headline(liqmap) -> str:

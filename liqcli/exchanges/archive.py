@@ -120,19 +120,20 @@ class ArchiveClient:
         async with self._slots:
             if target.is_file():  # a concurrent fetch of the same path finished meanwhile
                 return target
-            expected = None
+            expected, unverified = None, False
             if checksum_path is not None:
                 try:
-                    expected = parse_checksum(
-                        (await self._get_bytes(checksum_path)).decode(errors="replace")
-                    )
+                    text = (await self._get_bytes(checksum_path)).decode(errors="replace")
+                    expected = parse_checksum(text)
                 except _NotFound:
-                    log.warning("%s: no checksum published for %s; not verified", self.venue, path)
+                    unverified = True
             try:
                 await self._download(path, target, expected)
             except _NotFound:
                 log.warning("%s: %s not in the archive (404), skipped", self.venue, path)
                 return None
+            if unverified:
+                log.warning("%s: no checksum published for %s; not verified", self.venue, path)
             self.downloads += 1
             return target
 

@@ -12,16 +12,13 @@ figure state, no GUI backend, safe to call repeatedly (``liq map --live`` redraw
   and ends where the price path swept it.
 
 Drawing works on :class:`ChartData` (numpy arrays and strings, prepared from the LiqMap with
-Polars); matplotlib is imported only by the drawing code. :class:`ChartWorkers` forks one
-renderer per chart before the map is built, so importing matplotlib and drawing overlap the
-computation and each other on separate cores.
+Polars); matplotlib is imported only by the drawing code (``preload()`` imports it early on a
+side thread).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +164,14 @@ def chart_data(liqmap: LiqMap, charts: list[str]) -> ChartData:
 
 
 # --- drawing (matplotlib imported here only) ---------------------------------------------------
+
+
+def preload() -> None:
+    """Import matplotlib on a daemon thread: it overlaps with Polars building the map (Polars
+    releases the GIL), instead of adding its ~0.3 s after it."""
+    import threading
+
+    threading.Thread(target=_mpl, name="liq-matplotlib-import", daemon=True).start()
 
 
 def _mpl() -> Any:
@@ -454,88 +459,3 @@ def write_charts(
         return [_DRAW[c](data, out_dir / chart_filename(liqmap, c, live=live)) for c in charts]
     except OSError as exc:
         raise LiqError(f"cannot write charts to {out_dir}: {exc.strerror or exc}") from None
-
-
-class ChartWorkers:
-    """One forked renderer per chart, started before the map is built.
-
-    Each child imports matplotlib at once (a quarter of a second) while the parent computes,
-    then waits on a pipe for its ChartData and draws one PNG, in parallel with the others. The
-    children never touch Polars (its thread pool does not survive a fork): they get plain
-    arrays. Without ``os.fork`` (Windows) everything is drawn in-process.
-    """
-
-    def __init__(self, charts: list[str]) -> None:
-        self.charts = charts
-        self._children: list[tuple[int, int, int]] = []  # (pid, send fd, result fd)
-        if not hasattr(os, "fork"):
-            return
-        for chart in charts:
-            job_r, job_w = os.pipe()
-            res_r, res_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # child: keep only its own pipe ends, or a sibling never sees EOF
-                for fd in (job_w, res_r, *(fd for _, w, r in self._children for fd in (w, r))):
-                    os.close(fd)
-                _child(chart, job_r, res_w)
-            os.close(job_r)
-            os.close(res_w)
-            self._children.append((pid, job_w, res_r))
-
-    def render(self, liqmap: LiqMap, out_dir: Path, *, live: bool = False) -> list[Path]:
-        if not self._children:
-            return write_charts(liqmap, self.charts, out_dir, live=live)
-        _prepare_dir(out_dir)
-        data = pickle.dumps(chart_data(liqmap, self.charts), protocol=pickle.HIGHEST_PROTOCOL)
-        paths = [out_dir / chart_filename(liqmap, c, live=live) for c in self.charts]
-        for (_pid, job_w, _res), path in zip(self._children, paths, strict=True):
-            payload = pickle.dumps(str(path))
-            with os.fdopen(job_w, "wb") as pipe:
-                pipe.write(struct.pack("<QQ", len(payload), len(data)) + payload + data)
-        errors = []
-        for pid, _job, res_r in self._children:
-            with os.fdopen(res_r, "rb") as pipe:
-                message = pipe.read().decode(errors="replace")
-            os.waitpid(pid, 0)
-            if message != "ok":
-                errors.append(message or "chart renderer died")
-        self._children = []
-        if errors:
-            raise LiqError(f"cannot draw charts: {errors[0]}")
-        return paths
-
-    def close(self) -> None:
-        """Stop renderers that never got work (the map failed): EOF makes them exit."""
-        for pid, job_w, res_r in self._children:
-            for fd in (job_w, res_r):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            os.waitpid(pid, 0)
-        self._children = []
-
-
-def _child(chart: str, job_r: int, res_w: int) -> None:
-    status, message = 1, ""
-    try:
-        _mpl()  # import while the parent builds the map
-        with os.fdopen(job_r, "rb") as pipe:
-            head = pipe.read(16)
-            if len(head) == 16:
-                path_len, data_len = struct.unpack("<QQ", head)
-                path = Path(pickle.loads(pipe.read(path_len)))
-                data = pickle.loads(pipe.read(data_len))
-                _DRAW[chart](data, path)
-                status, message = 0, "ok"
-            else:
-                status = 0  # the parent gave up: nothing to draw
-    except OSError as exc:
-        message = f"{exc.filename or ''}: {exc.strerror or exc}"
-    except BaseException as exc:  # the child must never return into the parent's code
-        message = f"{type(exc).__name__}: {exc}"
-    finally:
-        try:
-            os.write(res_w, message.encode())
-        finally:
-            os._exit(status)
