@@ -317,8 +317,10 @@ class WindowAggregator:
 
     def add(self, event: Liquidation) -> bool:
         """Count one event; False when the filter rejects it or it is older than every window."""
-        if not self.filter.accepts(event):
-            return False
+        return self.filter.accepts(event) and self.count(event)
+
+    def count(self, event: Liquidation) -> bool:
+        """``add`` for an event the caller has already passed through ``self.filter``."""
         cutoffs = self._cutoffs()
         bucket = event.ts // self.resolution_ms
         if bucket <= cutoffs[-1]:

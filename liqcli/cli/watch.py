@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -116,6 +117,9 @@ def watch(
         replay=replay,
     )
     config.validate()
+    # Everything imported so far lives as long as the process: keep the cyclic collector from
+    # re-scanning it on every full collection of a long run (about 10% of the per-event cost).
+    gc.freeze()
     try:
         run_async(
             run_watch(

@@ -216,10 +216,10 @@ class WatchState:
                 self.counters.stored += 1
             if self._history is not None:
                 self._history.append(row)
-        self.main.add(event)
         for aggregator, _ in self._views.values():
             aggregator.add(event)
         if self.filter.accepts(event):
+            self.main.count(event)
             self.counters.shown += 1
             return True
         return False

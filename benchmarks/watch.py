@@ -1,0 +1,217 @@
+"""``liq watch`` throughput: events per second through parse -> aggregate -> journal.
+
+    python benchmarks/watch.py [--events 200000] [--symbols 200] [--jsonl]
+
+A replay server in a separate process (pinned to another core when there is one) plays
+``--events`` Binance ``forceOrder`` frames (combined-stream format, one event per frame, as the
+venue sends them) over a real WebSocket on 127.0.0.1 as fast as it can. The measured process,
+pinned to one core, runs the real pipeline: ReconnectingWebSocket (orjson decode) -> Binance parser
+-> WatchState.ingest (de-duplication, Journal.append, rolling windows) -> nothing printed (or jsonl
+to /dev/null with ``--jsonl``), with the journal compacting into Parquet in its background threads.
+The clock starts at the first event and stops at the last one; the rate is given per CPU-second
+of the measured process (all its threads: the figure for one core, robust to other load on the
+machine) and per wall-second.
+
+Then each stage alone, on the same frames in memory, to show where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from liqcli.analytics.windows import WindowAggregator
+from liqcli.core.timeutil import now_ms
+from liqcli.exchanges.binance import stream as binance
+from liqcli.services.watch import WatchConfig, WatchState, run_watch
+from liqcli.store.journal import Journal
+from liqcli.store.parquet import Store
+
+
+def make_frames(count: int, symbols: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    names = ["BTCUSDT", "ETHUSDT"] + [f"C{i}USDT" for i in range(symbols - 2)]
+    start = now_ms() - 3_600_000  # inside every window, so every event is counted
+    frames = []
+    for i in range(count):
+        price = rng.uniform(0.5, 70_000)
+        qty = round(rng.expovariate(1 / (2_000 / price)), 6) or 0.001
+        event = {
+            "e": "forceOrder",
+            "E": start + i // 20 + 5,
+            "o": {
+                "s": names[i % len(names)],
+                "S": "SELL" if rng.random() < 0.6 else "BUY",
+                "o": "LIMIT",
+                "f": "IOC",
+                "q": f"{qty}",
+                "p": f"{price * 0.999:.4f}",
+                "ap": f"{price:.4f}",
+                "X": "FILLED",
+                "l": f"{qty}",
+                "z": f"{qty}",
+                "T": start + i // 20,  # 20 events per ms of event time: ~3 min for 200k
+            },
+        }
+        frames.append(orjson.dumps({"stream": "!forceOrder@arr", "data": event}))
+    return frames
+
+
+def pin(cpu_index: int) -> str:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus:
+        return "unpinned"
+    cpu = cpus[cpu_index % len(cpus)]
+    os.sched_setaffinity(0, {cpu})
+    return f"cpu {cpu}"
+
+
+def serve(frames: list[bytes], port_queue: multiprocessing.Queue) -> None:
+    from websockets.asyncio.server import serve as ws_serve
+
+    pin(1)
+
+    async def handler(ws) -> None:
+        for frame in frames:
+            await ws.send(frame.decode())
+        await ws.wait_closed()
+
+    async def main() -> None:
+        async with ws_serve(handler, "127.0.0.1", 0, max_size=None, compression=None) as server:
+            port_queue.put(server.sockets[0].getsockname()[1])
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class CountedStream:
+    """The real Binance stream, stopped after ``limit`` events; times first to last event."""
+
+    def __init__(self, limit: int) -> None:
+        from liqcli.services.streams import StreamOptions, liquidation_stream  # default queue
+
+        self.inner = liquidation_stream(["binance"], [], options=StreamOptions())
+        self.statuses = self.inner.statuses
+        self.limit = limit
+        self.first = self.last = 0.0  # wall clock
+        self.first_cpu = self.last_cpu = 0.0  # this process's CPU time, every thread
+
+    def __aiter__(self) -> AsyncIterator:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator:
+        n = 0
+        async for event in self.inner:
+            if n == 0:
+                self.first, self.first_cpu = time.perf_counter(), time.process_time()
+            yield event
+            n += 1
+            if n == self.limit:
+                self.last, self.last_cpu = time.perf_counter(), time.process_time()
+                return
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[float, float, dict]:
+    port_queue: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve, args=(frames, port_queue), daemon=True)
+    server.start()
+    try:
+        os.environ["LIQ_BINANCE_WS_URL"] = f"ws://127.0.0.1:{port_queue.get(timeout=30)}"
+        stream = CountedStream(len(frames))
+        with tempfile.TemporaryDirectory() as data_dir, open(os.devnull, "w") as devnull:
+            config = WatchConfig(exchanges=["binance"], fmt="jsonl" if jsonl else "dashboard")
+            result = asyncio.run(
+                run_watch(
+                    config,
+                    data_dir=Path(data_dir),
+                    out=devnull,
+                    stream_factory=lambda cfg, d: stream,
+                )
+            )
+            stored = Store(data_dir).read("liquidations").height
+        counters = result.counters.to_dict() | {"stored_rows": stored}
+        return stream.last - stream.first, stream.last_cpu - stream.first_cpu, counters
+    finally:
+        server.terminate()
+        server.join()
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:>12,.0f} events/s  ({seconds * 1e6 / n:.2f} µs/event)"
+
+
+def stages(frames: list[bytes]) -> None:
+    n = len(frames)
+    started = time.process_time()
+    for f in frames:
+        orjson.loads(f)
+    decoded = time.process_time() - started
+    print(f"  decode (orjson)          {rate(n, decoded)}")
+    started = time.process_time()
+    events = [e for f in frames for e in binance.parse_message(orjson.loads(f), 0)]
+    print(f"  parse (binance)          {rate(n, time.process_time() - started - decoded)}")
+    gc.freeze()  # the benchmark holds every event at once; a live run does not
+    clock_ms = now_ms()
+    agg = WindowAggregator(clock=lambda: clock_ms)
+    started = time.process_time()
+    for e in events:
+        agg.add(e)
+    print(f"  aggregate (5 windows)    {rate(n, time.process_time() - started)}")
+    with tempfile.TemporaryDirectory() as data_dir:
+        journal = Journal(Store(data_dir), "liquidations")
+        journal.open()
+        started = time.process_time()
+        for e in events:
+            journal.append(e.to_row())
+        appended = time.process_time() - started
+        journal.close()
+        print(f"  journal append (+to_row) {rate(n, appended)}")
+        state = WatchState(WatchConfig(exchanges=["binance"]), clock=lambda: clock_ms)
+        state.journal = Journal(Store(data_dir), "liquidations")
+        state.journal.open()
+        started = time.process_time()
+        for e in events:
+            state.ingest(e)
+        ingested = time.process_time() - started
+        state.journal.close()
+        print(f"  WatchState.ingest        {rate(n, ingested)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--symbols", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jsonl", action="store_true", help="also print jsonl (to /dev/null)")
+    args = parser.parse_args()
+    frames = make_frames(args.events, args.symbols, args.seed)
+    where = pin(0)
+    gc.freeze()  # as `liq watch` does once its imports are done
+    print(f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where}")
+    wall, cpu, counters = end_to_end(frames, args.jsonl)
+    print("end to end (WebSocket -> parse -> aggregate -> journal):")
+    print(f"  per CPU-second (one core) {rate(args.events, cpu)}")
+    print(f"  per wall-second           {rate(args.events, wall)}  (shared machines: see load)")
+    print(f"  counters: {counters}")
+    print("stages alone (CPU time):")
+    stages(frames)
+
+
+if __name__ == "__main__":
+    main()
