@@ -42,6 +42,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _cell(value: Any, floatfmt: str | None) -> Any:
+    """Table cell text: big amounts with thousands separators, small ratios with enough digits."""
+    if not isinstance(value, float) or value != value:  # non-floats and NaN unchanged
+        return "" if value is None else value
+    if floatfmt:
+        return format(value, floatfmt)
+    if abs(value) >= 1000:
+        return f"{value:,.2f}"
+    return f"{value:.6g}"
+
+
 def rows_of(data: pl.DataFrame | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if isinstance(data, pl.DataFrame):
         data = data.to_dicts()
@@ -60,7 +71,7 @@ def render(
     *,
     document: dict[str, Any] | None = None,
     rows_key: str = "rows",
-    floatfmt: str = ",.4f",
+    floatfmt: str | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Print rows as a table, JSON or CSV.
@@ -88,9 +99,9 @@ def render(
         if not rows:
             out.write("(no rows)\n")
         else:
-            out.write(
-                tabulate(rows, headers="keys", floatfmt=floatfmt, disable_numparse=True) + "\n"
-            )
+            cells = [{k: _cell(v, floatfmt) for k, v in row.items()} for row in rows]
+            # numparse off: strings such as symbols or ids are never reinterpreted as numbers.
+            out.write(tabulate(cells, headers="keys", disable_numparse=True) + "\n")
     else:
         raise ValueError(f"unsupported format {fmt!r}")
     out.flush()
