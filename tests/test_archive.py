@@ -62,6 +62,15 @@ async def test_download_verifies_caches_and_skips_404_day(server, tmp_path, capl
 
     got = read_agg_trades(paths).collect()
     assert got.equals(_expected(pl.concat([day1, day3])))
+    # Each zip became a normalised Parquet file beside it; the extracted CSV is gone.
+    folder = paths[0].parent
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "BTCUSDT-aggTrades-2024-03-01.trades.parquet",
+        "BTCUSDT-aggTrades-2024-03-01.zip",
+        "BTCUSDT-aggTrades-2024-03-03.trades.parquet",
+        "BTCUSDT-aggTrades-2024-03-03.zip",
+    ]
+    assert read_agg_trades(paths).collect().equals(got)
 
     # Second run: everything cached, no request for the data files (the 404 day is asked again).
     before = dict(server.hits)

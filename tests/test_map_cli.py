@@ -374,3 +374,14 @@ def test_gzip_input_that_is_not_gzip_is_a_data_error(tmp_path):
     good.write_bytes(gzip.compress(b"1,2,3\n"))
     result = liq(tmp_path, "BTCUSDT", "--input", str(good))
     assert result.exit_code == 1 and "3 columns" in result.output
+
+
+def test_a_malformed_row_is_a_one_line_data_error(tmp_path, tape):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(binance_agg_csv(tape) + b"12,not-a-price,1,1,1,1709251200000,true\n")
+    result = liq(tmp_path, "BTCUSDT", "--input", str(bad))
+    assert result.exit_code == 1
+    assert (
+        result.output.startswith("liq: error: cannot read the trades")
+        and "Traceback" not in result.output
+    )

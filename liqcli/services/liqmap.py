@@ -118,10 +118,18 @@ def scan_trades_file(path: Path, data_dir: Path) -> pl.LazyFrame:
     name = path.name.lower()
     if name.endswith(".parquet"):
         return normalise_trades(pl.scan_parquet(path), str(path))
-    if name.endswith(".zip"):
-        return _scan_csv(binance_archive.extract_csv(path, input_extract_dir(data_dir, path)))
-    if name.endswith(".gz"):
-        return _scan_csv(bybit_archive.gunzip_csv(path, input_extract_dir(data_dir, path)))
+    if name.endswith((".zip", ".gz")):
+        # Unpacked and converted to Parquet once, under the archive cache.
+        dest = input_extract_dir(data_dir, path)
+        target = dest / (
+            name.removesuffix(".zip").removesuffix(".gz").removesuffix(".csv") + ".trades.parquet"
+        )
+        if not (target.is_file() and target.stat().st_mtime >= path.stat().st_mtime):
+            unpack = (
+                binance_archive.extract_csv if name.endswith(".zip") else bybit_archive.gunzip_csv
+            )
+            binance_archive.trades_parquet(unpack(path, dest), _scan_csv, target)
+        return pl.scan_parquet(target)
     if name.endswith(".csv"):
         return _scan_csv(path)
     raise UsageError(f"--input {path}: unsupported file type (zip, csv, csv.gz or parquet)")
@@ -163,8 +171,16 @@ def scan_archive_trades(exchange: str, paths: list[Path]) -> pl.LazyFrame:
     return bybit_archive.read_trades(paths).select("ts", "price", "qty", "is_buyer_maker")
 
 
+def _build(trades: pl.LazyFrame, spec: MapSpec, symbol: str) -> LiqMap:
+    try:
+        return build_map(trades, spec, symbol=symbol)
+    except pl.exceptions.PolarsError as exc:
+        # A malformed row deep inside a file surfaces only when the scan reaches it.
+        raise DataError(f"cannot read the trades: {str(exc).splitlines()[0]}") from None
+
+
 def map_from_files(paths: Iterable[Path], symbol: str, spec: MapSpec, data_dir: Path) -> LiqMap:
-    return build_map(scan_trades(paths, data_dir), spec, symbol=symbol)
+    return _build(scan_trades(paths, data_dir), spec, symbol)
 
 
 async def map_from_archive(

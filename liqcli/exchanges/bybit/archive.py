@@ -6,7 +6,7 @@ API::
     trading_path(symbol, day) -> str
     await download_trades(client, symbol, start_ms, end_ms) -> list[Path]     # 404 days skipped
     gunzip_csv(gz_path, dest_dir=None) -> Path                                 # decompressed once (atomic)
-    read_trades(path_or_paths, extract_dir=None) -> pl.LazyFrame
+    read_trades(path_or_paths, extract_dir=None) -> pl.LazyFrame   # .csv.gz: via a cached Parquet
         trade_id Int64 (null: Bybit ids are UUIDs), ts Datetime(ms, UTC), price, qty, is_buyer_maker
 
 Bybit publishes no checksums. Columns are selected by name (newer files add columns);
