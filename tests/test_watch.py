@@ -479,3 +479,20 @@ def test_cli_usage_errors_exit_2_before_connecting(tmp_path: Path) -> None:
         result = runner.invoke(app, ["--data-dir", str(tmp_path), "watch", *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output
+
+
+async def test_dashboard_format_prints_one_final_frame_when_not_a_terminal(tmp_path: Path) -> None:
+    t = 1_763_700_000_000
+    recording = tmp_path / "session.jsonl"
+    recording.write_text(
+        "".join(orjson.dumps(e.to_dict()).decode() + "\n" for e in sample_events(t))
+    )
+    out = io.StringIO()
+    config = WatchConfig(replay=str(recording), windows="1m,1h", top=3)
+    await run_watch(config, data_dir=tmp_path, out=out)
+    text = out.getvalue()
+    assert text.count("Rolling totals") == 1  # no refresh frames in a pipe or file
+    assert "replay" in text and "4 events" in text
+    one_minute = next(line for line in text.splitlines() if line.startswith("│ 1m "))
+    assert "$34.0K" in one_minute and "$19.1K" in one_minute and "$53.1K" in one_minute
+    assert "Venues" not in text  # a replay has no connections to report

@@ -199,10 +199,14 @@ def render_dashboard(
     rankings.add_column(ratio=1)
     rankings.add_column(ratio=1)
     rankings.add_row(ranking_table(snap, "long"), ranking_table(snap, "short"))
-    parts: list[RenderableType] = [header, windows_table(snap), rankings]
-    if snap.by_symbol:
-        parts.append(symbols_table(snap))
-    parts += [latest_table(snap), venues_table(statuses, now_ms)]
+    # The latest events come last: on a short terminal they are what gets cut.
+    parts: list[RenderableType] = [header]
     if "binance" in info.exchanges:
         parts.append(Text(f"Note: {BINANCE_NOTE}", style="yellow"))
+    parts += [windows_table(snap), rankings]
+    if statuses:
+        parts.append(venues_table(statuses, now_ms))
+    if snap.by_symbol:
+        parts.append(symbols_table(snap))
+    parts.append(latest_table(snap))
     return Group(*parts)

@@ -466,7 +466,7 @@ async def run_watch(
         statuses = stream.statuses
     journal = None
     web: WebDashboard | None = None
-    live_view = None
+    screen: TerminalDashboard | None = None
     state = WatchState(
         config,
         clock=event_clock or clock,
@@ -488,14 +488,14 @@ async def run_watch(
             if on_web_ready is not None:
                 on_web_ready(result.web_url)
         if config.fmt == "dashboard":
-            live_view = _start_live(state, out)
+            screen = TerminalDashboard(state, out)
         source: AsyncIterator[Liquidation]
         if replay:
             frame = replay_frame(replay, data_dir=data_dir, config=config)
             source = _paced(frame_events(frame, event_clock))
         else:
             source = stream
-        refresher = asyncio.create_task(_refresh_loop(state, live_view, config.refresh))
+        refresher = asyncio.create_task(_refresh_loop(state, screen, config.refresh))
         try:
             async with asyncio.timeout(config.duration):
                 await _consume(
@@ -518,11 +518,8 @@ async def run_watch(
         if journal is not None:
             journal.close()  # flush and move every row into Parquet
         state.tick()
-        if live_view is not None:
-            live_view.update(state.render(), refresh=True)
-            live_view.stop()
-            if not live_view.console.is_terminal:
-                live_view.console.line()  # a non-terminal gets one final frame: end its line
+        if screen is not None:
+            screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
     return result
@@ -589,19 +586,46 @@ def _silence_stdout(out: TextIO) -> None:
         os.dup2(devnull, out.fileno())
 
 
-def _start_live(state: WatchState, out: TextIO) -> Any:
-    from rich.console import Console
-    from rich.live import Live
+class TerminalDashboard:
+    """The rich dashboard. On a terminal: a full-screen view redrawn every refresh (a log line on
+    stderr is overwritten by the next frame instead of corrupting it); when it stops, and on
+    anything that is not a terminal, the final frame is printed once."""
 
-    console = Console(file=out)
-    live = Live(state.render(), console=console, auto_refresh=False, redirect_stderr=False)
-    live.start()
-    return live
+    def __init__(self, state: WatchState, out: TextIO) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.state = state
+        self.console = Console(file=out)
+        if not self.console.is_terminal:
+            self.console = Console(file=out, width=140)
+        self.live: Live | None = None
+        if self.console.is_terminal:
+            self.live = Live(
+                state.render(),
+                console=self.console,
+                screen=True,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self.live.start()
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.state.render(), refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        self.console.print(self.state.render())
 
 
-async def _refresh_loop(state: WatchState, live_view: Any, interval: float) -> None:
+async def _refresh_loop(
+    state: WatchState, screen: TerminalDashboard | None, interval: float
+) -> None:
     while True:
         await asyncio.sleep(interval)
         state.tick()
-        if live_view is not None:
-            live_view.update(state.render(), refresh=True)
+        if screen is not None:
+            screen.refresh()
