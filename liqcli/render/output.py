@@ -101,7 +101,12 @@ def render(
         else:
             cells = [{k: _cell(v, floatfmt) for k, v in row.items()} for row in rows]
             # numparse off: strings such as symbols or ids are never reinterpreted as numbers.
-            out.write(tabulate(cells, headers="keys", disable_numparse=True) + "\n")
+            numeric = [
+                all(isinstance(r.get(k), int | float) or r.get(k) is None for r in rows)
+                for k in rows[0]
+            ]
+            align = ["right" if n else "left" for n in numeric]
+            out.write(tabulate(cells, headers="keys", disable_numparse=True, colalign=align) + "\n")
     else:
         raise ValueError(f"unsupported format {fmt!r}")
     out.flush()
