@@ -496,3 +496,21 @@ async def test_dashboard_format_prints_one_final_frame_when_not_a_terminal(tmp_p
     one_minute = next(line for line in text.splitlines() if line.startswith("│ 1m "))
     assert "$34.0K" in one_minute and "$19.1K" in one_minute and "$53.1K" in one_minute
     assert "Venues" not in text  # a replay has no connections to report
+
+
+async def test_replay_reads_journal_rows_and_printed_lines_alike(tmp_path: Path) -> None:
+    events = sample_events(1_763_700_000_000)
+    recording = tmp_path / "mixed.jsonl"
+    recording.write_text(
+        "\n".join(
+            orjson.dumps(e.to_row() if i % 2 else e.to_dict()).decode()
+            for i, e in enumerate(events)
+        )
+        + "\n\n"
+    )
+    out = io.StringIO()
+    result = await run_watch(
+        WatchConfig(replay=str(recording), fmt="jsonl"), data_dir=tmp_path, out=out
+    )
+    assert result.counters.shown == len(events)
+    assert out.getvalue().splitlines() == [orjson.dumps(e.to_dict()).decode() for e in events]

@@ -40,7 +40,6 @@ log = logging.getLogger("liq.watch")
 
 DATASET = "liquidations"
 _DEDUP_CAPACITY = 100_000  # recent event keys remembered to drop venue re-sends
-_HISTORY_ROWS_MAX = 2_000_000  # cap on raw events kept for filtered web views
 _REPLAY_CHUNK = 50_000
 _YIELD_EVERY = 1_000  # let the refresh tasks run during a fast replay
 
@@ -107,7 +106,8 @@ class ReplayClock:
 
 
 class _History:
-    """Raw events of the longest window, kept only so a web page can ask for its own filter."""
+    """Raw events of the longest window, kept only so a web page can ask for its own filter
+    (columnar: about 80 bytes an event)."""
 
     def __init__(self, span_ms: int) -> None:
         self.span_ms = span_ms
@@ -126,7 +126,7 @@ class _History:
             pending = pl.DataFrame(self._rows, schema=_ROW_SCHEMA)
             self._rows = []
             self._frame = pl.concat([self._frame, pending], how="vertical")
-        self._frame = self._frame.filter(pl.col("ts") > now - self.span_ms).tail(_HISTORY_ROWS_MAX)
+        self._frame = self._frame.filter(pl.col("ts") > now - self.span_ms)
         return self._frame
 
 
@@ -342,52 +342,45 @@ def _to_ms(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.Datetime("ms", "UTC")).dt.epoch("ms").alias(name)
 
 
+_JSONL_SCHEMA = {
+    name: pl.String() if name in ("ts", "received_ts") else dtype
+    for name, dtype in _ROW_SCHEMA.items()
+}
+_REQUIRED = ("exchange", "symbol", "ts", "side", "price", "qty", "notional_usd")
+
+
 def _read_jsonl(path: Path) -> pl.DataFrame:
-    """Lines as printed by ``liq watch --format jsonl`` (ts ISO-8601) or journal rows (ts ms)."""
-    rows = []
-    with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-                if not isinstance(row, dict):
-                    raise TypeError("not an object")
-                rows.append(
-                    {
-                        "exchange": str(row["exchange"]),
-                        "symbol": str(row["symbol"]),
-                        "ts": _ms(row["ts"]),
-                        "side": _side(row["side"]),
-                        "price": float(row["price"]),
-                        "qty": float(row["qty"]),
-                        "notional_usd": float(row["notional_usd"]),
-                        "venue_symbol": str(row.get("venue_symbol") or ""),
-                        "received_ts": _ms(row.get("received_ts")) or 0,
-                    }
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{path}:{number}: not a liquidation event ({exc})") from None
-    return pl.DataFrame(rows, schema=_ROW_SCHEMA)
-
-
-def _ms(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return int(value)
-    from liqcli.core.timeutil import parse_time
-
+    """Lines as printed by ``liq watch --format jsonl`` (ts ISO-8601) or journal rows (ts ms);
+    DataError naming the first bad line."""
     try:
-        return parse_time(str(value))
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
+        raw = pl.read_ndjson(path, schema=_JSONL_SCHEMA)
+    except pl.exceptions.PolarsError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not liquidation events in JSON lines ({detail})") from None
+    frame = raw.with_columns(_epoch_ms("ts"), _epoch_ms("received_ts").fill_null(0))
+    invalid = pl.any_horizontal(pl.col(_REQUIRED).is_null()) | ~pl.col("side").is_in(
+        ["long", "short"]
+    )
+    bad = frame.with_row_index("line", 1).filter(invalid)
+    if bad.height:
+        raise DataError(
+            f"{path}:{bad['line'][0]}: not a liquidation event (needs {', '.join(_REQUIRED)}; "
+            "side long or short; ts ISO-8601 or epoch ms)"
+        )
+    return frame.with_columns(pl.col("venue_symbol").fill_null("")).cast(_ROW_SCHEMA)
 
 
-def _side(value: Any) -> str:
-    if value not in ("long", "short"):
-        raise ValueError(f"side must be long or short, got {value!r}")
-    return value
+def _epoch_ms(name: str) -> pl.Expr:
+    """ISO-8601 text or epoch-ms digits -> epoch ms (null when neither)."""
+    text = pl.col(name)
+    return (
+        pl.when(text.str.contains(r"^\d+$"))
+        .then(text.cast(pl.Int64, strict=False))
+        .otherwise(
+            text.str.to_datetime(time_unit="ms", time_zone="UTC", strict=False).dt.epoch("ms")
+        )
+        .alias(name)
+    )
 
 
 def frame_events(frame: pl.LazyFrame, clock: ReplayClock | None = None) -> Iterator[Liquidation]:
