@@ -230,12 +230,22 @@ def test_old_funding_rows_without_mark_price_keep_a_null():
         (
             "top_account_ratio",
             [{"longShortRatio": "x", "longAccount": "1", "shortAccount": "1", "timestamp": 1}],
-            "could not convert",
+            "long_short_ratio 'x' is not a number",
         ),
         (
             "global_account_ratio",
             [{"longShortRatio": "1", "longAccount": "1", "shortAccount": "1", "timestamp": "soon"}],
             "not epoch milliseconds",
+        ),
+        (
+            "open_interest",
+            [{"sumOpenInterest": True, "sumOpenInterestValue": "1", "timestamp": 1}],
+            "open_interest 'true' is not a number",
+        ),
+        (
+            "funding",
+            [{"fundingRate": None, "fundingTime": 1, "markPrice": "1"}],
+            "funding_rate None is not a number",
         ),
     ],
 )

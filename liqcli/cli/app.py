@@ -117,7 +117,7 @@ def _register() -> None:
         import_module(f"liqcli.cli.{name}").register(app)
 
 
-COMMANDS: list[str] = ["watch", "pressure", "cascade", "map"]
+COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch"]
 _register()
 
 

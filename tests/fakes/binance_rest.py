@@ -210,7 +210,7 @@ class FakeBinanceRest:
         now_ms: int | Callable[[], int] | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
-        latency_s: float | Callable[[], float] = 0.0,
+        latency_s: float | Callable[[], float] = 0.0,  # arrival to answer, in seconds
         listed_days: int = 400,
         anchor: Literal["start", "end"] = "start",
     ) -> None:
@@ -367,7 +367,10 @@ class FakeBinanceRest:
         path = parts.path
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         if path == "/_fake/stats":
-            stats = {"requests": len(self.requests), "status": dict(self.status_counts)}
+            stats = {
+                "requests": len(self.requests),
+                "status": {str(k): v for k, v in self.status_counts.items()},
+            }
             return _Answer(200, orjson.dumps(stats))
         arrived = self.clock()
         # Logged on arrival, so a request whose client gave up (timeout) is still seen.
@@ -376,10 +379,13 @@ class FakeBinanceRest:
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
+            started = time.perf_counter()
             latency = self.latency_s() if callable(self.latency_s) else self.latency_s
-            if latency > 0:
-                await asyncio.sleep(latency)
             answer = await self._route(method, path, params, arrived)
+            # The answer leaves `latency` after the request arrived, however long building it took.
+            remaining = latency - (time.perf_counter() - started)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
         finally:
             self._in_flight -= 1
         entry.status = 0 if answer.drop else answer.status

@@ -24,7 +24,7 @@ import httpx
 import polars as pl
 
 from liqcli.core.endpoints import url
-from liqcli.core.schemas import TS, dataset
+from liqcli.core.schemas import TS, DatasetSpec, dataset
 from liqcli.errors import DataError, ExchangeError, LiqError, UnknownSymbolError
 from liqcli.exchanges.http import RateBudget, VenueHttp
 
@@ -233,7 +233,8 @@ async def fetch_page(
         params["endTime"] = end
     params["limit"] = limit or endpoint.page_limit
     payload = await http.get_json(endpoint.path, params, cost=request_weight(endpoint.path, params))
-    return parse_rows(dataset_name, payload, symbol=symbol, period=period)
+    # Parsed off the event loop, which stays free to serve the other requests in flight.
+    return await asyncio.to_thread(parse_rows, dataset_name, payload, symbol=symbol, period=period)
 
 
 # Field names per dataset: schema column -> Binance key (dict rows) or index (kline arrays).
@@ -286,61 +287,78 @@ def parse_rows(dataset_name: str, payload: Any, *, symbol: str, period: str = "5
     if not all(isinstance(row, row_type) for row in payload):
         kind = "an array" if row_type is list else "an object"
         raise DataError(f"{VENUE}: unexpected row from {endpoint.path}: every row should be {kind}")
+    # Pick the raw values in Python (one lookup each), convert them in Polars (vectorised).
     try:
         if dataset_name == "klines":
-            columns: dict[str, list[Any]] = {"ts": [_ms(row[0]) for row in payload]}
+            raw: dict[str, list[Any]] = {"ts": [row[0] for row in payload]}
             for name, index in _KLINE_FIELDS.items():
-                columns[name] = [_number(row[index], name) for row in payload]
+                raw[name] = [row[index] for row in payload]
         else:
             ts_key, fields = _DICT_FIELDS[dataset_name]
-            columns = {"ts": [_ms(row[ts_key]) for row in payload]}
+            raw = {"ts": [row[ts_key] for row in payload]}
             for name, key in fields.items():
-                columns[name] = [
-                    _number(row.get(key) if name in _NULLABLE else row[key], name)
-                    for row in payload
-                ]
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raw[name] = [row.get(key) if name in _NULLABLE else row[key] for row in payload]
+    except (KeyError, IndexError) as exc:
         raise DataError(f"{VENUE}: unexpected row from {endpoint.path}: {_describe(exc)}") from None
-    value_schema = {
-        name: dtype for name, dtype in spec.schema.items() if name in columns and name != "ts"
-    }
-    frame = pl.DataFrame(columns, schema={"ts": pl.Int64, **value_schema}, strict=False)
+    try:
+        text = pl.DataFrame(
+            [pl.Series(name, values, dtype=pl.String, strict=False) for name, values in raw.items()]
+        )
+    except (TypeError, pl.exceptions.PolarsError):
+        raise DataError(
+            f"{VENUE}: unexpected row from {endpoint.path}: a field holds a non-number"
+        ) from None
     constants = {"exchange": VENUE, "symbol": symbol}
     if endpoint.partition is not None:
         constants[endpoint.partition] = period
-    return frame.with_columns(
-        pl.col("ts").cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS),
-        *(pl.lit(value, pl.String).alias(name) for name, value in constants.items()),
-    ).select(list(spec.schema))
+    exprs = [
+        pl.lit(constants[name], pl.String).alias(name)
+        if name in constants
+        else _parse_expr(name, pl.Int64 if name == "ts" else dtype)
+        for name, dtype in spec.schema.items()
+    ]
+    # One vectorised pass; strict casts turn any unparseable value into an error.
+    try:
+        frame = text.select(exprs)
+    except pl.exceptions.PolarsError:
+        raise DataError(
+            f"{VENUE}: unexpected row from {endpoint.path}: {_first_bad(text, spec)}"
+        ) from None
+    nulls = {
+        n: c for n, c in frame.null_count().row(0, named=True).items() if c and n not in _NULLABLE
+    }
+    if nulls:
+        name = next(iter(nulls))
+        raise DataError(
+            f"{VENUE}: unexpected row from {endpoint.path}: {name} None is not a number"
+        )
+    return frame
 
 
-def _ms(value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"timestamp {value!r} is not a number")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise ValueError(f"timestamp {value!r} is not epoch milliseconds")
+def _parse_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(name).str.strip_chars()
+    if name in _NULLABLE:
+        col = pl.when(col == "").then(None).otherwise(col)
+    col = col.cast(dtype, strict=True)
+    if name == "ts":
+        col = col.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS)
+    return col.alias(name)
 
 
-def _number(value: Any, name: str) -> float | None:
-    if value is None or value == "":
-        if name in _NULLABLE:
-            return None
-        raise ValueError(f"{name} is empty")
-    if isinstance(value, bool):
-        raise TypeError(f"{name} {value!r} is not a number")
-    if isinstance(value, int | float):
-        return value
-    return float(value)
+def _first_bad(text: pl.DataFrame, spec: DatasetSpec) -> str:
+    """The first value a strict cast refused (the slow path, only when a page is bad)."""
+    for name in text.columns:
+        dtype = pl.Int64 if name == "ts" else spec.schema[name]
+        values = text[name].str.strip_chars()
+        parsed = values.cast(dtype, strict=False)
+        bad = parsed.is_null() & values.is_not_null() & ~((values == "") & (name in _NULLABLE))
+        if bad.any():
+            what = "epoch milliseconds" if name == "ts" else "a number"
+            return f"{name} {values.filter(bad)[0]!r} is not {what}"
+    return "a value cannot be parsed"
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}"
-    if isinstance(exc, IndexError):
-        return "a kline row is too short"
-    return str(exc)
+    return "a kline row is too short"

@@ -1,0 +1,214 @@
+"""``liq fetch SYMBOL...``: Binance futures market metrics into the store, incrementally."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Annotated
+
+import typer
+
+from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, stderr_is_tty, upper_symbols
+from liqcli.core.timeutil import duration_ms, iso_ms, now_ms, parse_time, period_ms
+from liqcli.errors import LiqError, UsageError
+from liqcli.exchanges.binance.rest import FETCH_DATASETS
+from liqcli.render.output import Format, render
+
+log = logging.getLogger("liq")
+
+HELP = f"""Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incremental.
+
+\b
+Datasets (--dataset, repeatable; default all seven):
+  {", ".join(FETCH_DATASETS[:4])},
+  {", ".join(FETCH_DATASETS[4:])}
+  agg_trades (with --archive only: daily aggTrades zips, as `liq map` uses them)
+
+Each run asks Binance only for what the store is missing in the range (after the last stored
+row, before the first, or holes left by an interrupted run) and writes each chunk as it arrives,
+so re-runs never duplicate and a killed run loses nothing already written. Requests stay within
+Binance's limits; 429/418 answers are waited out (Retry-After), 5xx and timeouts retried.
+Binance's REST API keeps only 30 days of the ratio and open-interest series: older requests are
+reported as partial unless --archive fetches them from data.binance.vision (5m period).
+"""
+
+EPILOG = """\b
+Examples:
+  liq fetch BTCUSDT                               # all datasets, last 30 days, 5m
+  liq fetch BTCUSDT ETHUSDT --dataset klines --period 1h --since 90d
+  liq fetch BTCUSDT --start 2026-09-01 --end 2026-10-01 --archive
+  liq fetch SOLUSDT --dataset agg_trades --archive --since 3d
+  liq --data-dir /srv/liq fetch BTCUSDT ETHUSDT --quiet   # from cron
+"""
+
+
+def fetch(
+    ctx: typer.Context,
+    symbols: Annotated[
+        list[str],
+        typer.Argument(
+            help="Binance USDⓈ-M perpetual symbols, e.g. BTCUSDT ETHUSDT.",
+            metavar="SYMBOL",
+            show_default=False,
+        ),
+    ],
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            metavar="NAME",
+            help="Dataset to fetch (repeatable) [default: all seven].",
+            show_default=False,
+        ),
+    ] = None,
+    period: Annotated[
+        str,
+        typer.Option(
+            "--period",
+            "-p",
+            metavar="PERIOD",
+            help="Period of the series (klines interval): 5m 15m 30m 1h 2h 4h 6h 12h 1d.",
+        ),
+    ] = "5m",
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="DURATION",
+            help="How far back from now, e.g. 30d, 12h [default: 30d].",
+            show_default=False,
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start",
+            metavar="WHEN",
+            help="Range start: YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).",
+            show_default=False,
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--end",
+            metavar="WHEN",
+            help="Range end (exclusive) [default: now].",
+            show_default=False,
+        ),
+    ] = None,
+    archive: Annotated[
+        bool,
+        typer.Option(
+            "--archive",
+            help="Use data.binance.vision for history older than 30 days (and agg_trades).",
+        ),
+    ] = False,
+    quiet: QuietOpt = False,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    from liqcli.services.fetch import resolve_datasets, resolve_range, run_fetch
+
+    # Everything is validated before the first request (exit 2).
+    symbol_list = upper_symbols(symbols)
+    datasets = resolve_datasets(dataset, archive=archive)
+    period_ms(period)
+    if since is not None and start is not None:
+        raise UsageError("--since and --start both set the range start: use one")
+    now = now_ms()
+    start_ms = (
+        now - duration_ms(since)
+        if since is not None
+        else (parse_time(start, now=now) if start else None)
+    )
+    end_ms = parse_time(end, now=now) if end else None
+    start_ms, end_ms = resolve_range(start_ms, end_ms, now=now)
+
+    store = state(ctx).store()
+    bar = _ProgressBar() if stderr_is_tty() and not quiet else None
+    quiet_logs = logging.getLogger("liq").level if quiet else None
+    if quiet:
+        logging.getLogger("liq").setLevel(logging.ERROR)
+    try:
+        with bar or nullcontext():
+            results = run_async(
+                run_fetch(
+                    store,
+                    symbol_list,
+                    datasets,
+                    period=period,
+                    start=start_ms,
+                    end=end_ms,
+                    archive=archive,
+                    progress=bar,
+                    now=now,
+                )
+            )
+    finally:
+        if quiet_logs is not None:
+            logging.getLogger("liq").setLevel(quiet_logs)
+    rows = [r.as_row() for r in results]
+    document = {
+        "symbols": symbol_list,
+        "period": period,
+        "start": iso_ms(start_ms),
+        "end": iso_ms(end_ms),
+        "new_rows": sum(r.new_rows for r in results),
+        "requests": sum(r.requests for r in results),
+    }
+    render(rows, fmt, document=document, rows_key="results")
+    failed = [r for r in results if r.status == "error"]
+    if failed:
+        reasons = list(dict.fromkeys(r.error for r in failed))
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        raise LiqError(
+            f"{len(failed)} of {len(results)} fetches failed: {'; '.join(reasons[:3])}{more}"
+        )
+
+
+class _ProgressBar:
+    """A transient rich progress bar on stderr, fed by the fetch service."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rows]:,} rows"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task = self._progress.add_task("fetching", total=0, rows=0)
+        self._rows = 0
+
+    def __enter__(self) -> _ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def planned(self, pages: int) -> None:
+        total = self._progress.tasks[0].total or 0
+        self._progress.update(self._task, total=total + pages)
+
+    def page_done(self, dataset: str, symbol: str, rows: int) -> None:
+        self._rows += rows
+        self._progress.update(
+            self._task, advance=1, description=f"{dataset} {symbol}", rows=self._rows
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fetch", help=HELP, epilog=EPILOG)(fetch)
