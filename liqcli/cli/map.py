@@ -69,14 +69,13 @@ class ChartChoice(StrEnum):
 
 def liquidation_map(
     ctx: typer.Context,
-    symbol_and_files: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="SYMBOL [FILE]...",
-            help="Linear perpetual, e.g. BTCUSDT; with --input, more input files may follow.",
-            show_default=False,
-        ),
+    symbol: Annotated[
+        str, typer.Argument(help="Linear perpetual, e.g. BTCUSDT.", show_default=False)
     ],
+    more_inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="FILE", help="More --input files.", show_default=False),
+    ] = None,
     exchange: Annotated[
         ExchangeChoice, typer.Option("--exchange", "-e", help="Archive to download trades from.")
     ] = ExchangeChoice.binance,
@@ -171,14 +170,12 @@ def liquidation_map(
 ) -> None:
     from liqcli.analytics.liqmap import MapSpec, parse_tiers
 
-    if not symbol_and_files:
-        raise UsageError("missing SYMBOL, e.g. liq map BTCUSDT")
-    (symbol,) = upper_symbols(symbol_and_files[:1])
-    files = [*(inputs or []), *(Path(f) for f in symbol_and_files[1:])]
-    if symbol_and_files[1:] and not inputs:
+    (symbol,) = upper_symbols([symbol])
+    if more_inputs and not inputs:
         raise UsageError(
-            f"unexpected extra argument {symbol_and_files[1]!r} (input files follow --input)"
+            f"unexpected extra argument {str(more_inputs[0])!r} (input files follow --input)"
         )
+    files = [*(inputs or []), *(more_inputs or [])]
     charts = _charts(chart)
     now = now_ms()
     start_ms = parse_time(start, now=now) if start else None
