@@ -226,6 +226,7 @@ async def open_browser(chromium: str, profile: Path) -> tuple[asyncio.subprocess
 
 @pytest.mark.slow
 @pytest.mark.browser
+@pytest.mark.timeout(900)  # the first use may install chromium with apt-get
 async def test_page_shows_live_events_in_headless_chromium(chromium: str, tmp_path: Path) -> None:
     binance = FakeBinance()
     bybit = FakeBybit()
