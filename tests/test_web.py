@@ -19,6 +19,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from liqcli.analytics.windows import EventFilter
 from liqcli.core.events import Liquidation
 from liqcli.core.timeutil import now_ms
 from liqcli.render.web import WebDashboard, parse_client_filter
@@ -122,6 +123,22 @@ async def test_websocket_pushes_live_updates_and_per_client_filters(dashboard) -
         await filtered.send(b'{"type": "filter", "min_usd": "-5"}')
         error = await recv_until(filtered, lambda d: d["type"] == "error")
         assert "must be >= 0" in error["message"]
+        await plain.send(b'{"type": "filter", "symbols": "BTC/USDT"}')
+        error = await recv_until(plain, lambda d: d["type"] == "error")
+        assert "invalid symbol" in error["message"]
+    async with connect(ws_url, proxy=None) as narrow:
+        # A run started for some symbols refuses a page filter for others, and stays up.
+        state.filter = EventFilter(symbols=frozenset({"BTCUSDT", "ETHUSDT"}))
+        await recv_json(narrow)
+        await narrow.send(b'{"type": "filter", "symbols": "SOLUSDT"}')
+        error = await recv_until(narrow, lambda d: d["type"] == "error")
+        assert error["message"] == "SOLUSDT not watched: this run watches BTCUSDT, ETHUSDT"
+        await narrow.send(b'{"type": "filter", "symbols": "ETHUSDT"}')
+        doc = await recv_until(
+            narrow,
+            lambda d: d["type"] == "snapshot" and d["snapshot"]["filter"]["symbols"] == ["ETHUSDT"],
+        )
+        assert doc["snapshot"]["overall"]["1m"]["count"] == 2
     await asyncio.sleep(0.1)
     assert not web._views  # closed connections released their views
 

@@ -182,10 +182,10 @@ class WebDashboard:
             async for raw in ws:
                 try:
                     event_filter = parse_client_filter(raw)
+                    new_view = None if event_filter is None else self.source.open_view(event_filter)
                 except UsageError as exc:
                     await ws.send(dumps({"type": "error", "message": str(exc)}).decode())
                     continue
-                new_view = None if event_filter is None else self.source.open_view(event_filter)
                 old_view = self._views.get(ws)
                 self._views[ws] = new_view
                 if old_view is not None:
