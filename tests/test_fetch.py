@@ -530,3 +530,46 @@ def test_cli_kill_9_midway_then_rerun_has_no_gaps_and_no_duplicates(tmp_path):
     rows = (end - start) // STEP
     all_pages = len(symbols) * (5 * -(-rows // 500) + -(-rows // 1500) + 1)
     assert len(server.requests) - first_run_requests < all_pages
+
+
+def test_cli_partial_result_warns_on_stderr_unless_quiet(tmp_path):
+    command = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "fetch", "BTCUSDT"]
+    command += ["-d", "open_interest", "--since", "35d"]
+    with FakeBinanceRest() as server:
+        env = {**os.environ, "LIQ_BINANCE_REST_URL": server.url}
+        loud = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        quiet = subprocess.run(
+            [*command, "--quiet"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert loud.returncode == 0 and quiet.returncode == 0
+    assert "partial" in loud.stdout and "--archive" in loud.stdout
+    assert "WARNING" in loud.stderr and "last 30 days of open_interest" in loud.stderr
+    assert quiet.stderr == "" and "partial" in quiet.stdout
+
+
+def test_cli_ctrl_c_exits_130_and_keeps_what_was_fetched(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "liqcli",
+        "--data-dir",
+        str(tmp_path),
+        "fetch",
+        "BTCUSDT",
+        "ETHUSDT",
+    ]
+    with FakeBinanceRest(latency_s=0.05) as server:
+        env = {**os.environ, "LIQ_BINANCE_REST_URL": server.url}
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 60:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    store = Store(tmp_path)
+    kept = sum(read(store, d, s).height for d in FETCH_DATASETS for s in ("BTCUSDT", "ETHUSDT"))
+    assert kept > 0 and store.corrupt_files == []

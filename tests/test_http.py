@@ -157,6 +157,18 @@ async def test_a_ban_longer_than_we_wait_is_a_clear_rate_limit_error():
     assert clock.sleeps == []  # did not sit out two hours
 
 
+async def test_during_a_long_ban_further_requests_fail_without_being_sent():
+    clock = FakeClock()
+    with FakeBinanceRest(clock=clock) as server:
+        server.inject("418", retry_after=7200)
+        async with binance_http(server.url, clock=clock, sleep=clock.sleep) as http:
+            with pytest.raises(RateLimitError):
+                await fetch_page(http, "klines", "BTCUSDT", limit=5)
+            with pytest.raises(RateLimitError, match="paused for another 7200s"):
+                await fetch_page(http, "funding", "ETHUSDT", limit=5)
+        assert len(server.requests) == 1  # hammering a ban only makes it longer
+
+
 # ---------------------------------------------------------------------- retries and errors
 
 

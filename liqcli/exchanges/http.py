@@ -86,7 +86,6 @@ class RateBudget:
         self._pending = 0  # reserved, not yet completed: counts until it completes
         self._lock = asyncio.Lock()  # FIFO: waiters are served in arrival order
         self._settled = asyncio.Event()
-        self.waited_s = 0.0
 
     def applies_to(self, path: str) -> bool:
         return self.paths is None or path.startswith(self.paths)
@@ -109,16 +108,23 @@ class RateBudget:
         if cost > self.limit:
             raise ValueError(f"{self.name}: a cost of {cost} exceeds the budget of {self.limit}")
         async with self._lock:
-            started = self._clock()
             while True:
                 now = self._clock()
                 self._expire(now)
                 if self._pending + self._done_total + cost <= self.limit:
                     self._pending += cost
-                    self.waited_s += now - started
                     return
                 if self._done:
-                    await self._sleep(max(self._done[0][0] + self.window_s - now, 0.0))
+                    wait = max(self._done[0][0] + self.window_s - now, 0.0)
+                    if wait >= 5:
+                        log.warning(
+                            "%s budget (%d per %gs) spent; waiting %.0fs",
+                            self.name,
+                            self.limit,
+                            self.window_s,
+                            wait,
+                        )
+                    await self._sleep(wait)
                 else:
                     # Everything counted is still in flight: only a completion can start a window.
                     self._settled.clear()
@@ -282,6 +288,13 @@ class VenueHttp:
 
     async def _wait_unblocked(self) -> None:
         while (remaining := self._blocked_until - self._clock()) > 0:
+            if remaining > self.max_retry_after_s:
+                # Sending anyway would only prolong a ban: fail without a request.
+                raise RateLimitError(
+                    self.venue,
+                    f"requests paused for another {remaining:.0f}s after a rate-limit answer; "
+                    f"longer than the {self.max_retry_after_s:g}s this command waits",
+                )
             self.stats.rate_limit_wait_s += remaining
             await self._sleep(remaining)
 
@@ -335,6 +348,7 @@ class VenueHttp:
             retry_after = _retry_after(response)
             what = "banned this IP" if status == 418 else "rate limit hit"
             if retry_after is not None and retry_after > self.max_retry_after_s:
+                self._blocked_until = max(self._blocked_until, self._clock() + retry_after)
                 raise RateLimitError(
                     self.venue,
                     f"{what} (HTTP {status}) on {path}; Retry-After {retry_after:g}s is longer "
@@ -342,7 +356,6 @@ class VenueHttp:
                     status=status,
                 )
             wait = retry_after if retry_after is not None else self._backoff(1)
-            # Refused requests were not executed, so even writes are safe to resend.
             self._blocked_until = max(self._blocked_until, self._clock() + wait)
             log.warning(
                 "%s: %s (HTTP %d) on %s; pausing all requests %.1fs",
@@ -352,6 +365,7 @@ class VenueHttp:
                 path,
                 wait,
             )
+            # Refused requests were not executed, so even writes are safe to resend.
             raise _Retry(
                 RateLimitError(self.venue, f"{what} (HTTP {status}) on {path}", status=status),
                 delay=0.0,

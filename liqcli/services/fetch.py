@@ -60,15 +60,9 @@ FUNDING_MAX_INTERVAL_MS = 8 * 3_600_000 + 60_000  # Binance's longest funding in
 # Binance's clock and ours differ a little; a startTime exactly 30 days back may already be "too old".
 HISTORY_MARGIN_MS = 60_000
 PAGES_IN_FLIGHT = 4  # per (dataset, symbol); the venue client caps the total
-FLUSH_ROWS = (
-    5_000  # rows buffered before a write: fewer rewrites of the month file, little lost on a kill
-)
-# Archive metrics columns -> ratio datasets (long/short ratio r: long share r/(1+r)).
-_METRICS_RATIO = {
-    "top_account_ratio": "top_account_ratio",
-    "top_position_ratio": "top_position_ratio",
-    "global_account_ratio": "global_account_ratio",
-}
+# Rows buffered per (dataset, symbol) before a write: each write rewrites the month file, so
+# fewer is cheaper; a kill loses at most this much, which the next run fetches again.
+FLUSH_ROWS = 5_000
 
 Status = Literal["ok", "partial", "error"]
 
@@ -560,7 +554,7 @@ def metrics_rows(dataset: str, metrics: pl.DataFrame, symbol: str) -> pl.DataFra
             pl.lit(None, pl.Float64).alias("sell_vol"),
         ]
     else:
-        ratio = pl.col(_METRICS_RATIO[dataset])
+        ratio = pl.col(dataset)  # read_metrics names each ratio column after its dataset
         values = [
             ratio.alias("long_short_ratio"),
             (ratio / (1 + ratio)).alias("long_share"),
