@@ -50,7 +50,8 @@ def _cell(value: Any, floatfmt: str | None) -> Any:
         return format(value, floatfmt)
     if abs(value) >= 1000:
         return f"{value:,.2f}"
-    return f"{value:.6g}"
+    text = f"{value:.6g}"
+    return text if any(c in text for c in ".en") else text + ".0"  # 7.0 stays visibly a float
 
 
 def rows_of(data: pl.DataFrame | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
