@@ -376,6 +376,26 @@ async def test_archive_agg_trades_are_stored_verified_and_cached(tmp_path):
     assert len(list((tmp_path / "_archive" / "binance").rglob("*.zip"))) == 2
 
 
+async def test_archive_agg_trades_day_stored_in_part_is_completed_from_the_cache(tmp_path):
+    store = Store(tmp_path)
+    start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
+    trades = synthetic_trades(1440, start, step_ms=60_000)  # one a minute all day
+    with FakeArchiveServer() as archive:
+        path = archive.add_binance_agg_trades("BTCUSDT", date(2026, 11, 1), trades)
+        async with binance_http("http://127.0.0.1:9") as http:
+            args = dict(archive=True, archive_url=archive.url, http=http, now=NOW)
+            (afternoon,) = await run_fetch(
+                store, ["BTCUSDT"], ["agg_trades"], start=start + 12 * HOUR, end=start + DAY, **args
+            )
+            (whole,) = await run_fetch(
+                store, ["BTCUSDT"], ["agg_trades"], start=start, end=start + DAY, **args
+            )
+    assert (afternoon.new_rows, whole.new_rows) == (720, 720)
+    assert archive.hits[path] == 1  # the second run read the cached zip
+    stored = store.read("agg_trades", exchange="binance", symbol="BTCUSDT")
+    assert stored["trade_id"].to_list() == trades["trade_id"].to_list()
+
+
 async def test_archive_checksum_mismatch_fails_the_dataset(tmp_path):
     store = Store(tmp_path)
     start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)

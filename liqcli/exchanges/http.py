@@ -168,7 +168,7 @@ class HttpStats:
     timeouts: int = 0
     transport_errors: int = 0  # refused / dropped connections
     status: Counter = field(default_factory=Counter)
-    rate_limit_wait_s: float = 0.0  # time spent honouring Retry-After
+    rate_limit_wait_s: float = 0.0  # seconds requests spent honouring Retry-After (summed)
 
     @property
     def rate_limited(self) -> int:

@@ -55,7 +55,8 @@ log = logging.getLogger("liq")
 
 ARCHIVE_DATASETS: tuple[str, ...] = ("agg_trades",)  # only with archive=True, never by default
 DEFAULT_SINCE = "30d"
-DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 FUNDING_MAX_INTERVAL_MS = 8 * 3_600_000 + 60_000  # Binance's longest funding interval, plus slack
 # Binance's clock and ours differ a little; a startTime exactly 30 days back may already be "too old".
 HISTORY_MARGIN_MS = 60_000
@@ -352,7 +353,7 @@ class _Job:
         todo = [
             d
             for d in days_between(self.start, self.end)
-            if not await asyncio.to_thread(self._has_day, symbol, day_start(d))
+            if not await asyncio.to_thread(self._day_covered, symbol, *self._day_window(d))
         ]
         if self.progress:
             self.progress.planned(len(todo))
@@ -364,8 +365,7 @@ class _Job:
                 writer.result.status = "partial"
                 writer.result.note = f"days missing from the archive (404), e.g. {day.isoformat()}"
             else:
-                begin = max(self.start, day_start(day))
-                finish = min(self.end, day_start(day) + DAY_MS)
+                begin, finish = self._day_window(day)
                 day_rows = await asyncio.to_thread(_day_of_trades, local, symbol, begin, finish)
                 rows = day_rows.count
                 await writer.add(day_rows)
@@ -373,11 +373,22 @@ class _Job:
             if self.progress:
                 self.progress.page_done("agg_trades", symbol, rows)
 
-    def _has_day(self, symbol: str, start: int) -> bool:
+    def _day_window(self, day: date) -> tuple[int, int]:
+        """The part of [start, end) inside one UTC day."""
+        return max(self.start, day_start(day)), min(self.end, day_start(day) + DAY_MS)
+
+    def _day_covered(self, symbol: str, begin: int, finish: int) -> bool:
+        """Stored trades reach both ends of the window (within an hour): nothing to load.
+
+        A day stored only in part (an earlier run started mid-day) is loaded again from the
+        cached zip; the upsert keeps it free of duplicates.
+        """
         stored = self.store.scan(
-            "agg_trades", start=start, end=start + DAY_MS, exchange=VENUE, symbol=symbol
+            "agg_trades", start=begin, end=finish, exchange=VENUE, symbol=symbol
         )
-        return stored.select(pl.len()).collect().item() > 0
+        ts = pl.col("ts").dt.epoch("ms")
+        first, last = stored.select(ts.min(), ts.max().alias("last")).collect().row(0)
+        return first is not None and first < begin + HOUR_MS and last >= finish - HOUR_MS
 
 
 def _day_of_trades(path: Any, symbol: str, start: int, end: int) -> _Rows:
