@@ -21,11 +21,9 @@ in-flight request can never be the one that slips into a window the client thoug
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import math
 import random
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,11 +37,6 @@ import orjson
 from liqcli.errors import DataError, ExchangeError, LiqError, NetworkError, RateLimitError
 
 log = logging.getLogger("liq.http")
-
-if importlib.util.find_spec("sniffio") is None:
-    # httpcore tries `import sniffio` for every lock it creates (several per request); without the
-    # package each failed import walks sys.path again (~1 ms a request). Record the miss once.
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
