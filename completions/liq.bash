@@ -2,12 +2,36 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in __none__) cmd="$w"; break;; esac
+        case "$w" in cascade|fetch|map|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h "
+        "") opts="--data-dir --log-level --version -V --help -h cascade fetch map pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            ;;
+        cascade) opts="--exchange -e --min-level -l --webhook --exec --exec-timeout --format -f --duration --replay --history --start --end --threshold-scale --store --no-store --store-trades --context --no-context --quiet -q --help -h"
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl table json csv" -- "$cur")); return;; esac
+            case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            ;;
+        fetch) opts="--dataset -d --period -p --since --start --end --archive --quiet -q --format -f --help -h"
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        map) opts="--exchange -e --start --end --mode -m --threshold -t --model --tiers --mmr --bin-size --chart -c --out -o --input -i --live --window --refresh --duration --format -f --quiet -q --help -h"
+            case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance bybit" -- "$cur")); return;; esac
+            case "$prev" in --mode|-m) COMPREPLY=($(compgen -W "gross_value top_n portion" -- "$cur")); return;; esac
+            case "$prev" in --model) COMPREPLY=($(compgen -W "default compat" -- "$cur")); return;; esac
+            case "$prev" in --chart|-c) COMPREPLY=($(compgen -W "map depth heatmap all" -- "$cur")); return;; esac
+            case "$prev" in --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        pressure) opts="--period -p --lookback -l --offline --model -m --weights -w --history --start --end --chart --format -f --quiet -q --help -h"
+            case "$prev" in --model|-m) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return;; esac
+            case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        watch) opts="--exchange -e --min-usd --top --latest --format -f --web --host --port --duration --store --no-store --replay --windows --help -h"
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl" -- "$cur")); return;; esac
+            case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;
     esac
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))

@@ -3,6 +3,11 @@
 _liq() {
     local -a commands
     commands=(
+        'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
+        'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
+        'map:Liquidation map - where positions opened by large trades would be liquidated.'
+        'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
+        'watch:Live liquidations from Binance, OKX and Bybit - rolling totals, rankings, latest'
     )
     local curcontext=$curcontext state line
     _arguments -C \
@@ -16,6 +21,86 @@ _liq() {
         command) _describe 'command' commands ;;
         args)
             case $words[1] in
+                cascade) _arguments \
+                    '(--exchange -e)'{--exchange,-e}'[Liquidations from binance, okx or bybit; repeat for several (default - all three]:value: ' \
+                    '(--min-level -l)'{--min-level,-l}'[Lowest level alerted - building, minor, significant, major or extreme.]:value: ' \
+                    ''--webhook'[POST each alert as JSON here (retried, never delays detection); repeatable.]:value: ' \
+                    ''--exec'[Run CMD (shell) per alert with the alert JSON on stdin and LIQ_ALERT_TYPE, LIQ_A]:value: ' \
+                    ''--exec-timeout'[Kill an --exec command after this.]:value: ' \
+                    '(--format -f)'{--format,-f}'[Live/replay - dashboard (default) or jsonl (one alert per line, nothing else on ]:value:(dashboard jsonl table json csv)' \
+                    ''--duration'[Stop after this many seconds (default - until Ctrl-C).]:value: ' \
+                    ''--replay'[Run on recorded liquidations at full speed instead of connecting - store (stored]:path:_files' \
+                    ''--history'[List stored cascades instead of detecting.]' \
+                    ''--start'[With --history - cascades starting from (date, ISO time or e.g. 7d).]:value: ' \
+                    ''--end'[With --history - cascades starting before.]:value: ' \
+                    ''--threshold-scale'[Multiply every level threshold, e.g. 0.5 for a more sensitive detector.]:value: ' \
+                    '(--store --no-store)'{--store,--no-store}'[Store liquidations and cascades (default - live yes; --replay no, and --store th]' \
+                    ''--store-trades'[Also store the Binance aggTrades used for prices (agg_trades dataset), so --repl]' \
+                    '(--context --no-context)'{--context,--no-context}'[Poll Binance REST (open interest, taker ratio, funding) for the signature (defau]' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                fetch) _arguments \
+                    '(--dataset -d)'{--dataset,-d}'[Dataset to fetch (repeatable) (default - all seven).]:value: ' \
+                    '(--period -p)'{--period,-p}'[Period of the series (klines interval) - 5m 15m 30m 1h 2h 4h 6h 12h 1d.]:value: ' \
+                    ''--since'[How far back from now, e.g. 30d, 12h (default - 30d).]:value: ' \
+                    ''--start'[Range start - YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).]:value: ' \
+                    ''--end'[Range end (exclusive) (default - now).]:value: ' \
+                    ''--archive'[Use data.binance.vision for history older than 30 days (and agg_trades).]' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                map) _arguments \
+                    '(--exchange -e)'{--exchange,-e}'[Archive to download trades from.]:value:(binance bybit)' \
+                    ''--start'[Start - date, ISO time or e.g. 2d (default - one day before --end).]:value: ' \
+                    ''--end'[End, exclusive (default - today 00 -00 UTC, the newest archived day).]:value: ' \
+                    '(--mode -m)'{--mode,-m}'[Large-trade selection - notional >= threshold, top N per side, or top fraction.]:value:(gross_value top_n portion)' \
+                    '(--threshold -t)'{--threshold,-t}'[gross_value - USD notional (100000); top_n - trades per side (100); portion - fr]:value: ' \
+                    ''--model'[default (weighted tiers, mmr, sweeps) or compat (reference).]:value:(default compat)' \
+                    ''--tiers'[Leverage tiers and weights, e.g. 5 -0.1,10 -0.25,20 -0.25,25 -0.15,50 -0.15,100 ]:value: ' \
+                    ''--mmr'[Maintenance margin rate (0.004).]:value: ' \
+                    ''--bin-size'[Price bin width (auto - ~100-200 bins).]:value: ' \
+                    '(--chart -c)'{--chart,-c}'[PNG chart(s) to write - map, depth, heatmap or all (repeatable).]:value:(map depth heatmap all)' \
+                    '(--out -o)'{--out,-o}'[Directory for the PNG charts.]:path:_files' \
+                    '(--input -i)'{--input,-i}'[Trade file(s) instead of downloading - zip, csv, csv.gz, parquet.]:value: ' \
+                    ''--live'[Build and refresh the map from the Binance aggTrade stream.]' \
+                    ''--window'[--live - trades of the last WINDOW.]:value: ' \
+                    ''--refresh'[--live - seconds between rebuilds.]:value: ' \
+                    ''--duration'[--live - stop after SECONDS.]:value: ' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                pressure) _arguments \
+                    '(--period -p)'{--period,-p}'[Data period - 5m 15m 30m 1h 2h 4h 6h 12h 1d.]:value: ' \
+                    '(--lookback -l)'{--lookback,-l}'[Steps of `period` the OI and liquidation windows span.]:value: ' \
+                    ''--offline'[Use the store only; report missing or stale inputs.]' \
+                    '(--model -m)'{--model,-m}'[default (fixed scales) or seed (original formulas).]:value:(default seed)' \
+                    '(--weights -w)'{--weights,-w}'[Override component weights, e.g. crowding=18,top_crowding=15,funding=15,oi_trend]:value: ' \
+                    ''--history'[Score every step between --start and --end; store and list them.]' \
+                    ''--start'[History start - date, ISO time or e.g. 7d (default - 7d).]:value: ' \
+                    ''--end'[History end (default - now).]:value: ' \
+                    ''--chart'[With --history - write a PNG (price, scores, level bands).]:path:_files' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                watch) _arguments \
+                    '(--exchange -e)'{--exchange,-e}'[binance, okx or bybit; repeat for several (default - all three).]:value: ' \
+                    ''--min-usd'[Ignore liquidations below this notional (USD).]:value: ' \
+                    ''--top'[Symbols in each ranking.]:value: ' \
+                    ''--latest'[Latest events shown.]:value: ' \
+                    '(--format -f)'{--format,-f}'[dashboard (live terminal view) or jsonl (one JSON object per event).]:value:(dashboard jsonl)' \
+                    ''--web'[Also serve a live web dashboard (see --host, --port).]' \
+                    ''--host'[Web dashboard address.]:value: ' \
+                    ''--port'[Web dashboard port (0 = any free port).]:value: ' \
+                    ''--duration'[Stop after this many seconds (default - run until Ctrl-C).]:value: ' \
+                    '(--store --no-store)'{--store,--no-store}'[Store events in the liquidations dataset.]' \
+                    ''--replay'[Replay instead of connecting - store, a .jsonl file (as printed by --format json]:path:_files' \
+                    ''--windows'[Rolling windows, comma-separated.]:value: ' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
             esac ;;
     esac
 }
