@@ -209,3 +209,7 @@ async def test_bybit_download_and_read(server, tmp_path):
     got = read_trades(paths).collect()
     want = _expected(trades).with_columns(pl.lit(None, dtype=pl.Int64).alias("trade_id"))
     assert got.equals(want)
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == [
+        "BTCUSDT2024-03-02.csv.gz",
+        "BTCUSDT2024-03-02.trades.parquet",
+    ]

@@ -205,7 +205,7 @@ def liquidation_map(
             raise UsageError(f"--input {f}: no such file")
     data_dir = state(ctx).data_dir
     if quiet:
-        logging.getLogger("liq").setLevel(logging.ERROR)
+        log.setLevel(logging.ERROR)
 
     if live:
         _live(symbol, spec, duration_ms(window), refresh, duration, charts, out, fmt, quiet)
@@ -226,7 +226,7 @@ def liquidation_map(
     if charts:
         from liqcli.render.charts import write_charts
 
-        written = write_charts(liqmap, charts, out)
+        written = write_charts(liqmap, charts, out, parallel=True)
     if not quiet:
         for path in written:
             typer.echo(f"liq: wrote {path}", err=True)

@@ -19,6 +19,7 @@ side thread).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,12 +167,22 @@ def chart_data(liqmap: LiqMap, charts: list[str]) -> ChartData:
 # --- drawing (matplotlib imported here only) ---------------------------------------------------
 
 
+_preloader: threading.Thread | None = None
+
+
 def preload() -> None:
     """Import matplotlib on a daemon thread: it overlaps with Polars building the map (Polars
     releases the GIL), instead of adding its ~0.3 s after it."""
-    import threading
+    global _preloader
+    _preloader = threading.Thread(target=_mpl, name="liq-matplotlib-import", daemon=True)
+    _preloader.start()
 
-    threading.Thread(target=_mpl, name="liq-matplotlib-import", daemon=True).start()
+
+def _imported() -> None:
+    """matplotlib fully imported and no import running on another thread (safe to fork)."""
+    if _preloader is not None:
+        _preloader.join()
+    _mpl()
 
 
 def _mpl() -> Any:
@@ -450,12 +461,64 @@ def _prepare_dir(out_dir: Path) -> None:
 
 
 def write_charts(
-    liqmap: LiqMap, charts: list[str], out_dir: Path, *, live: bool = False
+    liqmap: LiqMap, charts: list[str], out_dir: Path, *, live: bool = False, parallel: bool = False
 ) -> list[Path]:
-    """Draw each requested chart into ``out_dir`` in this process; returns the PNG paths."""
+    """Draw each requested chart into ``out_dir``; returns the PNG paths. ``parallel``: draw the
+    charts after the first in forked processes at the same time (see ``_draw_parallel``)."""
     _prepare_dir(out_dir)
     data = chart_data(liqmap, charts)
+    paths = [out_dir / chart_filename(liqmap, c, live=live) for c in charts]
     try:
-        return [_DRAW[c](data, out_dir / chart_filename(liqmap, c, live=live)) for c in charts]
+        if parallel and len(charts) > 1 and hasattr(os, "fork"):
+            _draw_parallel(charts, data, paths)
+        else:
+            for chart, path in zip(charts, paths, strict=True):
+                _DRAW[chart](data, path)
     except OSError as exc:
         raise LiqError(f"cannot write charts to {out_dir}: {exc.strerror or exc}") from None
+    return paths
+
+
+def _draw_parallel(charts: list[str], data: ChartData, paths: list[Path]) -> None:
+    """Draw the first chart here and each other one in a forked child, concurrently.
+
+    Drawing is single-threaded Python (the GIL rules out threads). Children are forked once
+    matplotlib is imported, so they only draw; they get plain arrays and never touch Polars
+    (whose thread pool does not survive a fork), and leave with ``os._exit``. A child's error
+    comes back through a pipe.
+    """
+    _imported()
+    children: list[tuple[int, int]] = []
+    for chart, path in zip(charts[1:], paths[1:], strict=True):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _child_draw(chart, data, path, write_fd)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+    errors: list[str] = []
+    try:
+        _DRAW[charts[0]](data, paths[0])
+    finally:
+        for pid, read_fd in children:
+            with os.fdopen(read_fd, "rb") as pipe:
+                message = pipe.read().decode(errors="replace")
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                errors.append(message or f"chart renderer exited with status {status}")
+    if errors:
+        raise LiqError(f"cannot draw charts: {errors[0]}")
+
+
+def _child_draw(chart: str, data: ChartData, path: Path, write_fd: int) -> None:
+    status = 1
+    try:
+        _DRAW[chart](data, path)
+        status = 0
+    except OSError as exc:
+        os.write(write_fd, f"cannot write {path}: {exc.strerror or exc}".encode())
+    except BaseException as exc:  # the child must never return into the parent's code
+        os.write(write_fd, f"{type(exc).__name__}: {exc}".encode())
+    finally:
+        os._exit(status)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,6 @@ from liqcli.exchanges.archive import archive_cache_dir
 from liqcli.exchanges.binance import archive as binance_archive
 from liqcli.exchanges.bybit import archive as bybit_archive
 
-log = logging.getLogger("liq")
-
-EXCHANGES: tuple[str, ...] = ("binance", "bybit")
 _ALIASES = {
     "ts": ("ts", "timestamp", "transact_time", "time", "T", "trade_time"),
     "price": ("price", "p"),
@@ -111,28 +107,45 @@ def _scan_csv(csv_path: Path) -> pl.LazyFrame:
     return binance_archive.scan_agg_trades_csv(csv_path)
 
 
-def scan_trades_file(path: Path, data_dir: Path) -> pl.LazyFrame:
-    """One input file (zip, csv, csv.gz, parquet) as normalised trades, lazily."""
+def _source(path: Path, data_dir: Path) -> Path:
+    """The file to scan for an input: zips and csv.gz are unpacked and converted to Parquet
+    once, under the archive cache; csv and parquet are read where they are."""
     if not path.is_file():
         raise UsageError(f"--input {path}: no such file")
     name = path.name.lower()
-    if name.endswith(".parquet"):
+    if name.endswith((".parquet", ".csv")):
+        return path
+    if not name.endswith((".zip", ".gz")):
+        raise UsageError(f"--input {path}: unsupported file type (zip, csv, csv.gz or parquet)")
+    dest = input_extract_dir(data_dir, path)
+    stem = name.removesuffix(".zip").removesuffix(".gz").removesuffix(".csv")
+    target = dest / f"{stem}.trades.parquet"
+    if not (target.is_file() and target.stat().st_mtime >= path.stat().st_mtime):
+        unpack = binance_archive.extract_csv if name.endswith(".zip") else bybit_archive.gunzip_csv
+        binance_archive.trades_parquet(unpack(path, dest), _scan_csv, target)
+    return target
+
+
+def _scan_source(path: Path) -> pl.LazyFrame:
+    if path.name.lower().endswith(".parquet"):
         return normalise_trades(pl.scan_parquet(path), str(path))
-    if name.endswith((".zip", ".gz")):
-        # Unpacked and converted to Parquet once, under the archive cache.
-        dest = input_extract_dir(data_dir, path)
-        target = dest / (
-            name.removesuffix(".zip").removesuffix(".gz").removesuffix(".csv") + ".trades.parquet"
-        )
-        if not (target.is_file() and target.stat().st_mtime >= path.stat().st_mtime):
-            unpack = (
-                binance_archive.extract_csv if name.endswith(".zip") else bybit_archive.gunzip_csv
-            )
-            binance_archive.trades_parquet(unpack(path, dest), _scan_csv, target)
-        return pl.scan_parquet(target)
-    if name.endswith(".csv"):
-        return _scan_csv(path)
-    raise UsageError(f"--input {path}: unsupported file type (zip, csv, csv.gz or parquet)")
+    return _scan_csv(path)
+
+
+def scan_trades_file(path: Path, data_dir: Path) -> pl.LazyFrame:
+    """One input file (zip, csv, csv.gz, parquet) as normalised trades, lazily."""
+    return _scan_source(_source(Path(path), data_dir))
+
+
+def estimated_rows(sources: Iterable[Path]) -> int:
+    """Trades in the scanned files: exact for Parquet (footer metadata), ~60 bytes a row for CSV."""
+    rows = 0
+    for path in sources:
+        if path.name.lower().endswith(".parquet"):
+            rows += int(pl.scan_parquet(path).select(pl.len()).collect().item())
+        else:
+            rows += path.stat().st_size // 60
+    return rows
 
 
 def scan_trades(paths: Iterable[Path], data_dir: Path) -> pl.LazyFrame:
@@ -171,16 +184,28 @@ def scan_archive_trades(exchange: str, paths: list[Path]) -> pl.LazyFrame:
     return bybit_archive.read_trades(paths).select("ts", "price", "qty", "is_buyer_maker")
 
 
-def _build(trades: pl.LazyFrame, spec: MapSpec, symbol: str) -> LiqMap:
+# Below this many trades one shared scan builds the map (faster; its peak memory, ~40 bytes a
+# row, stays small); above it each pass scans on its own in bounded memory.
+SHARED_SCAN_MAX_ROWS = 10_000_000
+
+
+def _build(trades: pl.LazyFrame, spec: MapSpec, symbol: str, rows: int) -> LiqMap:
     try:
-        return build_map(trades, spec, symbol=symbol)
+        return build_map(trades, spec, symbol=symbol, shared_scan=rows <= SHARED_SCAN_MAX_ROWS)
     except pl.exceptions.PolarsError as exc:
         # A malformed row deep inside a file surfaces only when the scan reaches it.
         raise DataError(f"cannot read the trades: {str(exc).splitlines()[0]}") from None
 
 
 def map_from_files(paths: Iterable[Path], symbol: str, spec: MapSpec, data_dir: Path) -> LiqMap:
-    return _build(scan_trades(paths, data_dir), spec, symbol)
+    sources = [_source(Path(p), data_dir) for p in paths]
+    if not sources:
+        raise UsageError("--input needs at least one file")
+    trades = pl.concat(
+        [_scan_source(p).select("ts", "price", "qty", "is_buyer_maker") for p in sources],
+        how="vertical",
+    )
+    return _build(trades, spec, symbol, estimated_rows(sources))
 
 
 async def map_from_archive(
@@ -191,10 +216,14 @@ async def map_from_archive(
     paths = await download_archive_trades(
         data_dir, exchange, symbol, spec.start_ms, spec.end_ms, **client_kw
     )
-    # Parsing and scanning is CPU-bound: keep the event loop free for Ctrl-C.
-    return await asyncio.to_thread(
-        build_map, scan_archive_trades(exchange, paths), spec, symbol=symbol
-    )
+    # Converting and scanning is CPU-bound: keep the event loop free for Ctrl-C.
+    return await asyncio.to_thread(_archive_map, exchange, paths, spec, symbol)
+
+
+def _archive_map(exchange: str, paths: list[Path], spec: MapSpec, symbol: str) -> LiqMap:
+    trades = scan_archive_trades(exchange, paths)  # converts each day to Parquet once
+    venue = binance_archive if exchange == "binance" else bybit_archive
+    return _build(trades, spec, symbol, estimated_rows(venue.parquet_path(p) for p in paths))
 
 
 class LiveTrades:

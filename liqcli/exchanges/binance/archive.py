@@ -13,6 +13,7 @@ API::
         (zip or csv; with or without header; ms or µs transact_time; 6-column trades files too).
         A zip is converted once to a normalised Parquet file next to it (or in ``extract_dir``),
         so later reads are column-pruned Parquet scans instead of CSV parsing.
+    parquet_path(zip_path, extract_dir=None) -> Path  # where read_agg_trades caches its Parquet
     trades_parquet(csv_path, scan, target) -> Path    # the conversion, reused for Bybit
     read_metrics(path_or_paths, extract_dir=None) -> pl.DataFrame   # 5-minute rows:
         ts, symbol, open_interest, open_interest_value, top_account_ratio (count_toptrader_…),
@@ -251,11 +252,16 @@ def _fresh(target: Path, source: Path) -> bool:
     return target.is_file() and target.stat().st_mtime >= source.stat().st_mtime
 
 
-def scan_agg_trades_zip(zip_path: Path, extract_dir: Path | None = None) -> pl.LazyFrame:
+def parquet_path(zip_path: Path, extract_dir: Path | None = None) -> Path:
+    """Where a zip's normalised Parquet conversion lives."""
     dest = Path(extract_dir) if extract_dir is not None else zip_path.parent
-    target = dest / (zip_path.name.removesuffix(".zip") + ".trades.parquet")
+    return dest / (zip_path.name.removesuffix(".zip") + ".trades.parquet")
+
+
+def scan_agg_trades_zip(zip_path: Path, extract_dir: Path | None = None) -> pl.LazyFrame:
+    target = parquet_path(zip_path, extract_dir)
     if not _fresh(target, zip_path):
-        trades_parquet(extract_csv(zip_path, dest), scan_agg_trades_csv, target)
+        trades_parquet(extract_csv(zip_path, target.parent), scan_agg_trades_csv, target)
     return pl.scan_parquet(target)
 
 

@@ -6,6 +6,7 @@ API::
     trading_path(symbol, day) -> str
     await download_trades(client, symbol, start_ms, end_ms) -> list[Path]     # 404 days skipped
     gunzip_csv(gz_path, dest_dir=None) -> Path                                 # decompressed once (atomic)
+    parquet_path(gz_path, extract_dir=None) -> Path    # where read_trades caches its Parquet
     read_trades(path_or_paths, extract_dir=None) -> pl.LazyFrame   # .csv.gz: via a cached Parquet
         trade_id Int64 (null: Bybit ids are UUIDs), ts Datetime(ms, UTC), price, qty, is_buyer_maker
 
@@ -30,7 +31,7 @@ from liqcli.core.schemas import TS
 from liqcli.core.timeutil import days_between
 from liqcli.errors import DataError
 from liqcli.exchanges.archive import ArchiveClient, archive_cache_dir
-from liqcli.exchanges.binance.archive import empty_trades, first_line
+from liqcli.exchanges.binance.archive import empty_trades, first_line, trades_parquet
 
 REQUIRED = ("timestamp", "side", "size", "price")
 
@@ -113,6 +114,21 @@ def scan_trades_csv(csv_path: Path) -> pl.LazyFrame:
     )
 
 
+def parquet_path(gz_path: Path, extract_dir: Path | None = None) -> Path:
+    """Where a ``.csv.gz``'s normalised Parquet conversion lives."""
+    dest = Path(extract_dir) if extract_dir is not None else gz_path.parent
+    return dest / (gz_path.name.removesuffix(".gz").removesuffix(".csv") + ".trades.parquet")
+
+
+def scan_trades_gz(gz_path: Path, extract_dir: Path | None = None) -> pl.LazyFrame:
+    """A daily ``.csv.gz``, converted once to normalised Parquet next to it (or in
+    ``extract_dir``); the decompressed CSV is removed."""
+    target = parquet_path(gz_path, extract_dir)
+    if not (target.is_file() and target.stat().st_mtime >= gz_path.stat().st_mtime):
+        trades_parquet(gunzip_csv(gz_path, target.parent), scan_trades_csv, target)
+    return pl.scan_parquet(target)
+
+
 def read_trades(
     path_or_paths: Path | str | Iterable[Path | str], extract_dir: Path | None = None
 ) -> pl.LazyFrame:
@@ -122,7 +138,7 @@ def read_trades(
         else [Path(p) for p in path_or_paths]
     )
     frames = [
-        scan_trades_csv(gunzip_csv(p, extract_dir) if p.suffix.lower() == ".gz" else p)
+        scan_trades_gz(p, extract_dir) if p.suffix.lower() == ".gz" else scan_trades_csv(p)
         for p in paths
     ]
     return pl.concat(frames, how="vertical") if frames else empty_trades()
