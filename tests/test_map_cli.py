@@ -385,3 +385,17 @@ def test_a_malformed_row_is_a_one_line_data_error(tmp_path, tape):
         result.output.startswith("liq: error: cannot read the trades")
         and "Traceback" not in result.output
     )
+
+
+def test_a_failing_chart_renderer_is_reported(tmp_path, inputs):
+    out = tmp_path / "charts"
+    args = ["BTCUSDT", "--input", str(inputs["parquet"]), "--chart", "map", "--chart", "depth"]
+    first = liq(tmp_path, *args, "--out", str(out))
+    assert first.exit_code == 0, first.output
+    depth = next(out.glob("*_depth.png"))
+    depth.unlink()
+    depth.mkdir()  # the forked depth renderer cannot replace a directory
+    second = liq(tmp_path, *args, "--out", str(out))
+    assert second.exit_code == 1
+    assert second.output.startswith("liq: error: cannot draw charts: cannot write")
+    assert next(out.glob("*_map.png")).stat().st_size > 10_000
