@@ -8,7 +8,9 @@ layout, like a run over downloaded archives: 1M trades = one day, 10M = 6 days, 
 are log-normal (about 0.3% of trades are >= $100k).
 
 Each measurement runs in a fresh child process; peak RSS is that child's ``ru_maxrss``
-(``RUSAGE_CHILDREN`` of a wrapper process that runs only that child). Two measurements per input:
+(``RUSAGE_CHILDREN`` of a wrapper process that runs only that child), CPU its user+system
+time (children included), and each is the best of ``--repeat`` runs by wall time (the machine
+is shared). Measurements per input:
 
 - compute: import, scan the files and build the map (``build_map``), nothing drawn or printed;
 - command: the full ``python -m liqcli map ... --chart map --chart depth -f json`` (startup,
@@ -91,16 +93,20 @@ def measure(cmd: list[str]) -> dict[str, float]:
         "t0 = time.perf_counter()\n"
         "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
         "wall = time.perf_counter() - t0\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(r.returncode, wall, rss, repr(r.stderr[-300:]))\n"
+        "use = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(r.returncode, wall, use.ru_maxrss / 1024, use.ru_utime + use.ru_stime, repr(r.stderr[-300:]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True
     )
-    code, wall, rss, err = out.stdout.split(" ", 3)
+    code, wall, rss, cpu, err = out.stdout.split(" ", 4)
     if code != "0":
         raise SystemExit(f"failed: {' '.join(cmd[:6])}...: {err}")
-    return {"wall_s": round(float(wall), 3), "peak_rss_mb": round(float(rss), 1)}
+    return {
+        "wall_s": round(float(wall), 3),
+        "cpu_s": round(float(cpu), 3),
+        "peak_rss_mb": round(float(rss), 1),
+    }
 
 
 def main() -> None:
@@ -145,9 +151,11 @@ def main() -> None:
                     row = {"trades": label, "input": fmt, "run": name, **best}
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    print("\n| trades | input | run | wall s | peak RSS MB |\n|---|---|---|---|---|")
+    print("\n| trades | input | run | wall s | CPU s | peak RSS MB |\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['trades']} | {r['input']} | {r['run']} | {r['wall_s']} | {r['peak_rss_mb']} |")
+        print(
+            f"| {r['trades']} | {r['input']} | {r['run']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} |"
+        )
 
 
 if __name__ == "__main__":
