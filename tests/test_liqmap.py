@@ -391,7 +391,10 @@ def test_microsecond_and_datetime_timestamps_agree():
     assert plain.bins.equals(other.bins) and plain.current_ts == other.current_ts
 
 
-def test_streaming_and_in_memory_engines_agree():
+@pytest.mark.parametrize(
+    ("mode", "threshold"), [("portion", 0.05), ("top_n", 40), ("gross_value", 900)]
+)
+def test_engines_and_scan_sharing_agree(mode, threshold):
     rng = np.random.default_rng(9)
     n = 3_000
     walk = 500 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
@@ -401,10 +404,13 @@ def test_streaming_and_in_memory_engines_agree():
             zip(walk, rng.lognormal(0, 1, n), rng.random(n) < 0.5, strict=True)
         )
     ]
-    spec = MapSpec(mode="portion", threshold=0.05)
-    a = build_map(trades(rows), spec, symbol="X", engine="streaming")
-    b = build_map(trades(rows), spec, symbol="X", engine="in-memory")
-    assert a.bins.equals(b.bins)
+    spec = MapSpec(mode=mode, threshold=threshold)
+    base = build_map(trades(rows), spec, symbol="X", engine="streaming")
+    assert base.bins.height > 0
+    for engine in ("streaming", "in-memory"):
+        for shared in (False, True):
+            other = build_map(trades(rows), spec, symbol="X", engine=engine, shared_scan=shared)
+            assert other.bins.equals(base.bins), (engine, shared)
 
 
 # --- validation ---------------------------------------------------------------------------------

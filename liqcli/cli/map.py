@@ -6,7 +6,7 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,11 @@ from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, upper_symbo
 from liqcli.core.timeutil import day_floor, duration_ms, now_ms, parse_time
 from liqcli.errors import UsageError
 from liqcli.render.output import Format, dumps, render
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from liqcli.analytics.liqmap import LiqMap, MapSpec
 
 log = logging.getLogger("liq")
 
@@ -240,7 +245,7 @@ def _charts(chosen: list[ChartChoice] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _print(liqmap, fmt: Format, charts: list[Path]) -> None:
+def _print(liqmap: LiqMap, fmt: Format, charts: list[Path]) -> None:
     if fmt == Format.json:
         document = liqmap.document() | {"charts": [str(p) for p in charts]}
         render(liqmap.bins, fmt, document=document, rows_key="bins")
@@ -251,7 +256,7 @@ def _print(liqmap, fmt: Format, charts: list[Path]) -> None:
         render(_table(liqmap), fmt)
 
 
-def _table(liqmap):
+def _table(liqmap: LiqMap) -> pl.DataFrame:
     """The per-bin summary with readable numbers (the shared renderer prints values as given)."""
     import polars as pl
 
@@ -267,7 +272,7 @@ def _table(liqmap):
     )
 
 
-def _headline(liqmap) -> str:
+def _headline(liqmap: LiqMap) -> str:
     from liqcli.render.charts import threshold_text, title
 
     doc = liqmap.document()
@@ -280,14 +285,22 @@ def _headline(liqmap) -> str:
 
 
 def _live(
-    symbol, spec, window_ms: int, refresh: float, duration, charts, out, fmt: Format, quiet: bool
+    symbol: str,
+    spec: MapSpec,
+    window_ms: int,
+    refresh: float,
+    duration: float | None,
+    charts: list[str],
+    out: Path,
+    fmt: Format,
+    quiet: bool,
 ) -> None:
     from liqcli.render.charts import write_charts
     from liqcli.services.liqmap import run_live
 
     clear = fmt == Format.table and sys.stdout.isatty()
 
-    def show(liqmap) -> None:
+    def show(liqmap: LiqMap) -> None:
         written = write_charts(liqmap, charts, out, live=True) if charts else []
         if fmt == Format.json:
             # One document per refresh, one per line (JSON Lines).
