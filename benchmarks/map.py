@@ -12,7 +12,8 @@ Each measurement runs in a fresh child process; peak RSS is that child's ``ru_ma
 time (children included), and each is the best of ``--repeat`` runs by wall time (the machine
 is shared). Measurements per input:
 
-- compute: import, scan the files and build the map (``build_map``), nothing drawn or printed;
+- compute: import, scan the files and build the map (``map_from_files``: one shared scan up to
+  10M trades, separate bounded-memory scans above), nothing drawn or printed;
 - command: the full ``python -m liqcli map ... --chart map --chart depth -f json`` (startup,
   scan, map, JSON and both PNGs), the reference's job (about 18 s and 525 MB for 1M trades).
 """
@@ -35,14 +36,12 @@ T0 = 1_709_251_200_000  # 2024-03-01
 SIZES = {"1M": (1_000_000, 1), "10M": (10_000_000, 6), "50M": (50_000_000, 30)}
 
 COMPUTE = """
-import sys, time
-t0 = time.perf_counter()
+import sys
 from pathlib import Path
-from liqcli.analytics.liqmap import MapSpec, build_map
-from liqcli.services.liqmap import scan_trades
+from liqcli.analytics.liqmap import MapSpec
+from liqcli.services.liqmap import map_from_files
 data_dir, mode, model, *files = sys.argv[1:]
-spec = MapSpec(mode=mode, model=model)
-m = build_map(scan_trades([Path(p) for p in files], Path(data_dir)), spec, symbol="BTCUSDT")
+m = map_from_files([Path(p) for p in files], "BTCUSDT", MapSpec(mode=mode, model=model), Path(data_dir))
 print(m.trades, m.selected.height, m.bins.height, file=sys.stderr)
 """
 
