@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import date
 
@@ -38,7 +39,7 @@ def _day_trades(day: date, n: int = 50, seed: int = 1) -> pl.DataFrame:
 
 
 def _client(server, tmp_path, **kw) -> ArchiveClient:
-    return binance_archive_client(tmp_path, base_url=server.url, backoff=0.001, **kw)
+    return binance_archive_client(tmp_path, base_url=server.url, **{"backoff": 0.001, **kw})
 
 
 def _expected(trades: pl.DataFrame) -> pl.DataFrame:
@@ -93,6 +94,22 @@ async def test_checksum_mismatch_raises_and_caches_nothing(server, tmp_path):
     cached = tmp_path / "_archive" / "binance" / path
     assert not cached.exists()
     assert list(cached.parent.iterdir()) == []  # no temp file left behind either
+
+
+async def test_one_bad_day_stops_the_other_downloads(server, tmp_path):
+    server.add_binance_agg_trades("BTCUSDT", DAY1, _day_trades(DAY1), corrupt_checksum=True)
+    for day in (DAY2, DAY3):
+        path = server.add_binance_agg_trades("BTCUSDT", day, _day_trades(day))
+        server.fail(path, 503, 503, 503)  # slow to succeed: still retrying when DAY1 fails
+    async with _client(server, tmp_path, backoff=0.2) as client:
+        with pytest.raises(DataError, match="checksum mismatch"):
+            await download_agg_trades(client, "BTCUSDT", START, END)
+        # Nothing keeps downloading behind the error's back.
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        hits = sum(server.hits.values())
+        await asyncio.sleep(0.5)
+        assert sum(server.hits.values()) == hits
+    assert not list((tmp_path / "_archive").rglob("*.zip"))
 
 
 async def test_missing_checksum_downloads_unverified_with_warning(server, tmp_path, caplog):

@@ -139,7 +139,15 @@ class ArchiveClient:
 
     async def fetch_many(self, items: Sequence[tuple[str, str | None]]) -> list[Path | None]:
         """Fetch ``(path, checksum_path)`` pairs concurrently (bounded); results in input order."""
-        return list(await asyncio.gather(*(self.fetch(p, c) for p, c in items)))
+        tasks = [asyncio.ensure_future(self.fetch(p, c)) for p, c in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # One failure (e.g. a bad checksum) stops the rest before the client closes.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
