@@ -39,7 +39,7 @@ DPI = 100
 
 def human_usd(value: float, _pos: object = None) -> str:
     size = abs(value)
-    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    for limit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if size >= limit:
             return f"${value / limit:.1f}{suffix}"
     return f"${value:.0f}"
@@ -346,6 +346,7 @@ def draw_map(data: ChartData, path: Path) -> Path:
         ax_bars.text(
             0.5, 0.5, "no liquidation levels left", transform=ax_bars.transAxes, ha="center"
         )
+        ax_bars.set_xticks([])
     ax_price.set_ylim(*_price_limits(data))
     fig.suptitle(data.titles["map"], fontsize=11)
     return _save(mpl, fig, path)
@@ -397,6 +398,8 @@ def draw_depth(data: ChartData, path: Path) -> Path:
     ax.legend(handles + handles2, labels + labels2, loc="upper center", fontsize=8, ncols=2)
     if not data.per_tier:
         ax.text(0.5, 0.5, "no liquidation levels left", transform=ax.transAxes, ha="center")
+        ax.set_yticks([])
+        cum.set_yticks([])
     fig.suptitle(data.titles["depth"], fontsize=11)
     return _save(mpl, fig, path)
 
