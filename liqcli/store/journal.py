@@ -69,7 +69,7 @@ class Journal:
         *,
         flush_interval: float = 0.5,
         compact_interval: float = 60.0,
-        compact_rows: int = 50_000,
+        compact_rows: int = 250_000,
         clock: Callable[[], float] = time.monotonic,
     ):
         if flush_interval <= 0 or compact_interval <= 0 or compact_rows <= 0:
