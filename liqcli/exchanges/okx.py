@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import tempfile
 import time
@@ -34,6 +33,7 @@ import orjson
 from liqcli.core.endpoints import url as endpoint_url
 from liqcli.core.events import LONG, SHORT, Liquidation, Side
 from liqcli.errors import DataError, ExchangeError
+from liqcli.exchanges.parsing import number
 from liqcli.exchanges.ws import FrameKind, WsProtocol
 
 log = logging.getLogger("liq.okx")
@@ -83,13 +83,7 @@ def liquidated_side(side: str, pos_side: str) -> Side:
 
 
 def _num(value: Any, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"okx: field {name!r} is not a number: {value!r}") from None
-    if not math.isfinite(out) or out <= 0:
-        raise DataError(f"okx: field {name!r} must be a positive number: {value!r}")
-    return out
+    return number(VENUE, value, name, positive=True)
 
 
 def parse_instruments(payload: Any) -> dict[str, OkxInstrument]:

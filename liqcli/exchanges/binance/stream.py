@@ -11,13 +11,13 @@ symbol per second is pushed, so Binance totals are a lower bound.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from liqcli.core.endpoints import url as endpoint_url
 from liqcli.core.events import LONG, SHORT, AggTrade, Liquidation
 from liqcli.errors import DataError, UsageError
+from liqcli.exchanges.parsing import number
 from liqcli.exchanges.ws import FrameKind, WsProtocol
 
 VENUE = "binance"
@@ -77,20 +77,11 @@ def protocol(streams: Sequence[str], base_url: str | None = None) -> WsProtocol:
 
 
 def _num(value: Any, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"binance: field {name!r} is not a number: {value!r}") from None
-    if not math.isfinite(out):
-        raise DataError(f"binance: field {name!r} is not finite: {value!r}")
-    return out
+    return number(VENUE, value, name)
 
 
 def _positive(value: Any, name: str) -> float:
-    out = _num(value, name)
-    if out <= 0:
-        raise DataError(f"binance: field {name!r} must be positive: {value!r}")
-    return out
+    return number(VENUE, value, name, positive=True)
 
 
 def parse_force_order(event: dict[str, Any], received_ts: int = 0) -> Liquidation:

@@ -13,7 +13,6 @@ Quirks kept here:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -22,6 +21,7 @@ import orjson
 from liqcli.core.endpoints import url as endpoint_url
 from liqcli.core.events import LONG, SHORT, Liquidation
 from liqcli.errors import DataError, ExchangeError
+from liqcli.exchanges.parsing import number
 from liqcli.exchanges.ws import FrameKind, WsProtocol
 
 VENUE = "bybit"
@@ -91,13 +91,7 @@ def protocol(topic_list: Sequence[str], base_url: str | None = None) -> WsProtoc
 
 
 def _num(value: Any, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"bybit: field {name!r} is not a number: {value!r}") from None
-    if not math.isfinite(out) or out <= 0:
-        raise DataError(f"bybit: field {name!r} must be a positive number: {value!r}")
-    return out
+    return number(VENUE, value, name, positive=True)
 
 
 def parse_liquidations(message: Any, received_ts: int = 0) -> list[Liquidation]:
