@@ -6,8 +6,10 @@ streaming commands, ``jsonl`` (one object per line, flushed per event).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -119,3 +121,11 @@ def write_jsonl(objs: Iterable[dict[str, Any]], out: TextIO | None = None) -> No
     for obj in objs:
         out.write(dumps(obj).decode() + "\n")
     out.flush()
+
+
+def detach_stdout(out: TextIO) -> None:
+    """After a BrokenPipeError (``liq … --format jsonl | head``): point the stream's file descriptor
+    at /dev/null so the final flush at exit cannot raise again, and the command stops quietly."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())

@@ -49,6 +49,7 @@ from liqcli.core.events import AggTrade, Liquidation
 from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.core.timeutil import now_ms
 from liqcli.errors import LiqError, UnknownSymbolError, UsageError
+from liqcli.render.output import detach_stdout
 
 log = logging.getLogger("liq.cascade")
 
@@ -212,10 +213,8 @@ class JsonlSink:
             if self.flush_each:
                 self.out.flush()
         except BrokenPipeError:
-            from liqcli.services.watch import _silence_stdout
-
             self.closed = True
-            _silence_stdout(self.out)
+            detach_stdout(self.out)
             self.on_closed()
 
     async def start(self) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.core.timeutil import iso_ms, now_ms
 from liqcli.errors import DataError, UsageError
 from liqcli.render.dashboard import DashboardInfo, render_dashboard
+from liqcli.render.output import detach_stdout
 from liqcli.render.web import DEFAULT_HOST, DEFAULT_PORT, WebDashboard
 
 log = logging.getLogger("liq.watch")
@@ -570,13 +570,7 @@ async def _consume(
                     out.flush()
     except BrokenPipeError:
         # `liq watch --format jsonl | head`: the reader left; stop quietly.
-        _silence_stdout(out)
-
-
-def _silence_stdout(out: TextIO) -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())
+        detach_stdout(out)
 
 
 class TerminalDashboard:
