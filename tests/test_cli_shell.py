@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from liqcli import __version__
-from liqcli.cli.app import LiqGroup, app
+from liqcli.cli.app import COMMANDS, LiqGroup, app
 from liqcli.cli.common import state
 from liqcli.errors import DataError, UsageError
 
@@ -59,6 +59,32 @@ def test_help_lists_examples():
 def test_unknown_command_is_usage_error():
     result = runner.invoke(app, ["no-such-command"])
     assert result.exit_code == 2
+    assert "'map'" in runner.invoke(app, ["mapp"]).output  # close matches are suggested
+
+
+def test_help_lists_every_command_in_order_with_its_help():
+    lines = runner.invoke(app, ["--help"]).output.split("Commands", 1)[1].splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("  ")]
+    assert listed == COMMANDS
+    assert any(line.split()[0] == "map" and "Liquidation map" in line for line in lines if line)
+
+
+def test_a_command_imports_only_its_own_module():
+    """Subcommands are loaded lazily: ``liq map`` never imports the websocket/HTTP/terminal code
+    of watch, cascade, pressure or fetch."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from liqcli.cli.app import app\n"
+        "result = CliRunner().invoke(app, ['map', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('liqcli.cli.'))))\n"
+        "print(' '.join(m for m in ('websockets', 'httpx', 'rich') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cli_modules, heavy = out.stdout.splitlines()
+    assert cli_modules.split() == ["liqcli.cli.app", "liqcli.cli.common", "liqcli.cli.map"]
+    assert heavy == ""
 
 
 def test_bad_log_level_is_usage_error():

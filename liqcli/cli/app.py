@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator, MutableMapping
+from importlib import import_module
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
 from liqcli import __version__
 from liqcli.cli.common import AppState
 from liqcli.core.config import default_data_dir, load_config
 from liqcli.errors import LiqError
+
+if TYPE_CHECKING:
+    from typer._click import Command  # typer vendors click
 
 log = logging.getLogger("liq")
 
@@ -46,9 +52,71 @@ class LiqGroup(TyperGroup):
             raise _fail(exc, exc.exit_code) from None
 
 
+# One module per subcommand, in help order; each exposes `register(app)`. Only working commands
+# are listed.
+COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch"]
+
+
+def _build_command(name: str) -> Command:
+    """The click command of ``liqcli.cli.<name>``, built as the root app would build it."""
+    holder = typer.Typer(add_completion=False)
+    import_module(f"liqcli.cli.{name}").register(holder)
+    (info,) = holder.registered_commands
+    return typer.main.get_command_from_info(
+        info,
+        pretty_exceptions_short=app.pretty_exceptions_short,
+        rich_markup_mode=app.rich_markup_mode,
+    )
+
+
+class LazyCommands(MutableMapping[str, "Command"]):
+    """The root group's subcommands, each imported and built on first lookup: ``liq map`` loads
+    only liqcli.cli.map, not the websocket, HTTP and terminal-UI code of the others. Iterating
+    (``liq --help``, completions) builds them all."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._names = list(names)
+        self._built: dict[str, Command] = {}
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self._built:
+            if name not in self._names:
+                raise KeyError(name)
+            self._built[name] = _build_command(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._names.remove(name)
+        self._built.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class LiqRootGroup(LiqGroup):
+    """``liq`` itself: the LiqGroup behaviour with the COMMANDS loaded lazily."""
+
+    def __init__(self, *, commands: dict[str, Command] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands = LazyCommands(COMMANDS)
+        for name, command in (commands or {}).items():
+            self.commands[name] = command
+
+
 app = typer.Typer(
     name="liq",
-    cls=LiqGroup,
+    cls=LiqRootGroup,
     help=(
         "Command-line toolkit for crypto-derivatives traders: live liquidations, cascades, "
         "liquidation maps, pressure scores, Binance futures metrics.\n\n"
@@ -107,18 +175,6 @@ def root(
     logging.basicConfig(level=level, stream=sys.stderr, format="liq: %(levelname)s: %(message)s")
     logging.getLogger("liq").setLevel(level)
     ctx.obj = AppState(data_dir=(data_dir or default_data_dir()).expanduser(), log_level=log_level)
-
-
-def _register() -> None:
-    # One module per subcommand; each exposes `register(app)`. Only working commands are listed.
-    from importlib import import_module
-
-    for name in COMMANDS:
-        import_module(f"liqcli.cli.{name}").register(app)
-
-
-COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch"]
-_register()
 
 
 def main() -> None:
