@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import polars as pl
@@ -27,9 +28,6 @@ from liqcli.core.events import AggTrade
 from liqcli.core.schemas import TS
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import DataError, LiqError, UsageError
-from liqcli.exchanges.archive import archive_cache_dir
-from liqcli.exchanges.binance import archive as binance_archive
-from liqcli.exchanges.bybit import archive as bybit_archive
 
 _ALIASES = {
     "ts": ("ts", "timestamp", "transact_time", "time", "T", "trade_time"),
@@ -38,9 +36,20 @@ _ALIASES = {
 }
 
 
+def _venues() -> tuple[ModuleType, ModuleType]:
+    """Binance's and Bybit's archive modules, imported on first use: they bring in httpx, which a
+    map from Parquet files never needs."""
+    from liqcli.exchanges.binance import archive as binance_archive
+    from liqcli.exchanges.bybit import archive as bybit_archive
+
+    return binance_archive, bybit_archive
+
+
 def input_extract_dir(data_dir: Path, path: Path) -> Path:
     """Where a user's zip / csv.gz is unpacked: under the archive cache, keyed by its path so two
     inputs with the same file name never collide."""
+    from liqcli.exchanges.archive import archive_cache_dir
+
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
     return archive_cache_dir(data_dir, "_input") / key
 
@@ -100,6 +109,7 @@ def normalise_trades(lf: pl.LazyFrame, source: str) -> pl.LazyFrame:
 
 
 def _scan_csv(csv_path: Path) -> pl.LazyFrame:
+    binance_archive, bybit_archive = _venues()
     header = binance_archive.first_line(csv_path)
     names = {c.strip().strip('"') for c in header.split(",")}
     if binance_archive.has_header(header) and {"timestamp", "side", "size"} <= names:
@@ -121,6 +131,7 @@ def _source(path: Path, data_dir: Path) -> Path:
     stem = name.removesuffix(".zip").removesuffix(".gz").removesuffix(".csv")
     target = dest / f"{stem}.trades.parquet"
     if not (target.is_file() and target.stat().st_mtime >= path.stat().st_mtime):
+        binance_archive, bybit_archive = _venues()
         unpack = binance_archive.extract_csv if name.endswith(".zip") else bybit_archive.gunzip_csv
         binance_archive.trades_parquet(unpack(path, dest), _scan_csv, target)
     return target
@@ -162,6 +173,7 @@ async def download_archive_trades(
 ) -> list[Path]:
     """The venue's daily trade files for the days touched by [start, end), cached and (Binance)
     checksum-verified; days the archive lacks are skipped with a warning."""
+    binance_archive, bybit_archive = _venues()
     if exchange == "binance":
         async with binance_archive.binance_archive_client(data_dir, **client_kw) as client:
             paths = await binance_archive.download_agg_trades(client, symbol, start_ms, end_ms)
@@ -179,6 +191,7 @@ async def download_archive_trades(
 
 
 def scan_archive_trades(exchange: str, paths: list[Path]) -> pl.LazyFrame:
+    binance_archive, bybit_archive = _venues()
     if exchange == "binance":
         return binance_archive.read_agg_trades(paths).select("ts", "price", "qty", "is_buyer_maker")
     return bybit_archive.read_trades(paths).select("ts", "price", "qty", "is_buyer_maker")
@@ -221,6 +234,7 @@ async def map_from_archive(
 
 
 def _archive_map(exchange: str, paths: list[Path], spec: MapSpec, symbol: str) -> LiqMap:
+    binance_archive, bybit_archive = _venues()
     trades = scan_archive_trades(exchange, paths)  # converts each day to Parquet once
     venue = binance_archive if exchange == "binance" else bybit_archive
     return _build(trades, spec, symbol, estimated_rows(venue.parquet_path(p) for p in paths))
