@@ -399,3 +399,36 @@ def test_a_failing_chart_renderer_is_reported(tmp_path, inputs):
     assert second.exit_code == 1
     assert second.output.startswith("liq: error: cannot draw charts: cannot write")
     assert next(out.glob("*_map.png")).stat().st_size > 10_000
+    # The first chart is drawn by the chart worker itself (the others by its children).
+    map_png = next(out.glob("*_map.png"))
+    map_png.unlink()
+    map_png.mkdir()
+    depth.rmdir()
+    third = liq(tmp_path, *args, "--out", str(out))
+    assert third.exit_code == 1
+    assert third.output.startswith("liq: error: cannot draw charts: cannot write")
+    assert map_png.name in third.output
+    assert depth.stat().st_size > 10_000
+
+
+def _children() -> list[int]:
+    """This process's live child processes (zombies included, so an unreaped worker shows)."""
+    tasks = f"/proc/{os.getpid()}/task"
+    return sorted(
+        int(pid)
+        for task in os.listdir(tasks)
+        for pid in open(f"{tasks}/{task}/children").read().split()
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_the_chart_worker_ends_when_the_map_fails(tmp_path, inputs):
+    """The worker is started before the map is built; a map that fails leaves no process behind."""
+    before = _children()
+    result = liq(
+        tmp_path, "BTCUSDT", "--input", str(inputs["parquet"]), "--start", "2030-01-01",
+        "--end", "2030-01-02", "--chart", "map", "--chart", "depth", "--out", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert result.exit_code == 1 and "no trades" in result.output
+    assert _children() == before
+    assert not (tmp_path / "c").exists()

@@ -215,23 +215,29 @@ def liquidation_map(
     if live:
         _live(symbol, spec, duration_ms(window), refresh, duration, charts, out, fmt, quiet)
         return
+    # Charts are drawn by a worker that imports matplotlib while the map is being built.
+    worker = None
     if charts:
-        from liqcli.render.charts import preload
+        from liqcli.render.charts import start_worker
 
-        preload()
-    if files:
-        from liqcli.services.liqmap import map_from_files
+        worker = start_worker()
+    try:
+        if files:
+            from liqcli.services.liqmap import map_from_files
 
-        liqmap = map_from_files(files, symbol, spec, data_dir)
-    else:
-        from liqcli.services.liqmap import map_from_archive
+            liqmap = map_from_files(files, symbol, spec, data_dir)
+        else:
+            from liqcli.services.liqmap import map_from_archive
 
-        liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
-    written = []
-    if charts:
-        from liqcli.render.charts import write_charts
+            liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
+        written = []
+        if charts:
+            from liqcli.render.charts import write_charts
 
-        written = write_charts(liqmap, charts, out, parallel=True)
+            written = write_charts(liqmap, charts, out, worker=worker)
+    finally:
+        if worker is not None:
+            worker.close()
     if not quiet:
         for path in written:
             typer.echo(f"liq: wrote {path}", err=True)

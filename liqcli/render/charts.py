@@ -12,14 +12,15 @@ figure state, no GUI backend, safe to call repeatedly (``liq map --live`` redraw
   and ends where the price path swept it.
 
 Drawing works on :class:`ChartData` (numpy arrays and strings, prepared from the LiqMap with
-Polars); matplotlib is imported only by the drawing code (``preload()`` imports it early on a
-side thread).
+Polars); matplotlib is imported only by the drawing code. ``liq map`` starts a
+:class:`ChartWorker` before building the map: a forked process that imports matplotlib meanwhile
+and then draws, so the ~0.25 s import overlaps the Polars work instead of following it.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,24 +166,6 @@ def chart_data(liqmap: LiqMap, charts: list[str]) -> ChartData:
 
 
 # --- drawing (matplotlib imported here only) ---------------------------------------------------
-
-
-_preloader: threading.Thread | None = None
-
-
-def preload() -> None:
-    """Import matplotlib on a daemon thread: it overlaps with Polars building the map (Polars
-    releases the GIL), instead of adding its ~0.3 s after it."""
-    global _preloader
-    _preloader = threading.Thread(target=_mpl, name="liq-matplotlib-import", daemon=True)
-    _preloader.start()
-
-
-def _imported() -> None:
-    """matplotlib fully imported and no import running on another thread (safe to fork)."""
-    if _preloader is not None:
-        _preloader.join()
-    _mpl()
 
 
 def _mpl() -> Any:
@@ -464,64 +447,142 @@ def _prepare_dir(out_dir: Path) -> None:
 
 
 def write_charts(
-    liqmap: LiqMap, charts: list[str], out_dir: Path, *, live: bool = False, parallel: bool = False
+    liqmap: LiqMap,
+    charts: list[str],
+    out_dir: Path,
+    *,
+    live: bool = False,
+    worker: ChartWorker | None = None,
 ) -> list[Path]:
-    """Draw each requested chart into ``out_dir``; returns the PNG paths. ``parallel``: draw the
-    charts after the first in forked processes at the same time (see ``_draw_parallel``)."""
+    """Draw each requested chart into ``out_dir``; returns the PNG paths. With a ``worker``, the
+    charts are drawn there, concurrently (see :class:`ChartWorker`); otherwise here, in turn."""
     _prepare_dir(out_dir)
     data = chart_data(liqmap, charts)
     paths = [out_dir / chart_filename(liqmap, c, live=live) for c in charts]
+    if worker is not None:
+        worker.draw(charts, data, paths)
+        return paths
     try:
-        if parallel and len(charts) > 1 and hasattr(os, "fork"):
-            _draw_parallel(charts, data, paths)
-        else:
-            for chart, path in zip(charts, paths, strict=True):
-                _DRAW[chart](data, path)
+        for chart, path in zip(charts, paths, strict=True):
+            _DRAW[chart](data, path)
     except OSError as exc:
         raise LiqError(f"cannot write charts to {out_dir}: {exc.strerror or exc}") from None
     return paths
 
 
-def _draw_parallel(charts: list[str], data: ChartData, paths: list[Path]) -> None:
-    """Draw the first chart here and each other one in a forked child, concurrently.
+class ChartWorker:
+    """A forked process that imports matplotlib while this one builds the map, then draws the
+    charts: the first itself and each other one in a child forked from it, at the same time
+    (drawing is single-threaded Python, so threads would not help).
 
-    Drawing is single-threaded Python (the GIL rules out threads). Children are forked once
-    matplotlib is imported, so they only draw; they get plain arrays and never touch Polars
-    (whose thread pool does not survive a fork), and leave with ``os._exit``. A child's error
-    comes back through a pipe.
+    Workers never touch Polars (its thread pool does not survive a fork): they get
+    :class:`ChartData` (plain arrays) through a pipe, and leave with ``os._exit``. A renderer's
+    error comes back through a second pipe. ``close()`` (idempotent) ends a worker that was never
+    given charts. Only where ``os.fork`` exists: see :func:`start_worker`.
     """
-    _imported()
-    children: list[tuple[int, int]] = []
+
+    def __init__(self) -> None:
+        job_read, self._job_write = os.pipe()
+        self._result_read, result_write = os.pipe()
+        self._pid: int | None = os.fork()
+        if self._pid == 0:
+            os.close(self._job_write)
+            os.close(self._result_read)
+            _serve(job_read, result_write)
+        os.close(job_read)
+        os.close(result_write)
+
+    def draw(self, charts: list[str], data: ChartData, paths: list[Path]) -> None:
+        """Hand the charts over and wait until they are written; LiqError if any failed."""
+        payload = pickle.dumps((charts, data, paths), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with os.fdopen(self._job_write, "wb") as job:
+                job.write(payload)
+        except BrokenPipeError:
+            pass  # the worker died early: its status below says why
+        finally:
+            self._job_write = -1
+        message = self._finish()
+        if message is not None:
+            raise LiqError(f"cannot draw charts: {message}")
+
+    def close(self) -> None:
+        if self._job_write >= 0:
+            os.close(self._job_write)  # end of input: the idle worker exits
+            self._job_write = -1
+        self._finish()
+
+    def _finish(self) -> str | None:
+        """Reap the worker; its error message, or None when it succeeded."""
+        if self._pid is None:
+            return None
+        with os.fdopen(self._result_read, "rb") as result:
+            message = result.read().decode(errors="replace")
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        if status != 0 or message:
+            # Each renderer writes one line per error; the first is enough.
+            return message.partition("\n")[0] or f"chart renderer exited with status {status}"
+        return None
+
+
+def start_worker() -> ChartWorker | None:
+    """A :class:`ChartWorker`, or None where processes cannot fork (charts are drawn in turn)."""
+    return ChartWorker() if hasattr(os, "fork") else None
+
+
+def _serve(job_read: int, result_write: int) -> None:
+    """The worker: import matplotlib, wait for the job, draw it. Never returns."""
+    status = 1
+    try:
+        _mpl()
+        with os.fdopen(job_read, "rb") as job:
+            payload = job.read()
+        if payload:
+            charts, data, paths = pickle.loads(payload)
+            status = _draw_all(charts, data, paths, result_write)
+        else:
+            status = 0  # closed without a job: the map failed, nothing to draw
+    except BaseException as exc:  # the worker must never return into the parent's code
+        os.write(result_write, _error_text(exc).encode())
+    finally:
+        os._exit(status)
+
+
+def _draw_all(charts: list[str], data: ChartData, paths: list[Path], result_write: int) -> int:
+    children = []
     for chart, path in zip(charts[1:], paths[1:], strict=True):
-        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(read_fd)
-            _child_draw(chart, data, path, write_fd)
-        os.close(write_fd)
-        children.append((pid, read_fd))
-    errors: list[str] = []
+            _child_draw(chart, data, path, result_write)
+        children.append(pid)
+    status = 0
     try:
         _DRAW[charts[0]](data, paths[0])
-    finally:
-        for pid, read_fd in children:
-            with os.fdopen(read_fd, "rb") as pipe:
-                message = pipe.read().decode(errors="replace")
-            _, status = os.waitpid(pid, 0)
-            if status != 0:
-                errors.append(message or f"chart renderer exited with status {status}")
-    if errors:
-        raise LiqError(f"cannot draw charts: {errors[0]}")
+    except Exception as exc:
+        os.write(result_write, _error_text(exc, paths[0]).encode())
+        status = 1
+    for pid in children:
+        _, child_status = os.waitpid(pid, 0)
+        status = status or int(child_status != 0)
+    return status
 
 
-def _child_draw(chart: str, data: ChartData, path: Path, write_fd: int) -> None:
+def _error_text(exc: BaseException, path: Path | None = None) -> str:
+    """One line (pipe writes this short are atomic, so renderers' lines never interleave)."""
+    if isinstance(exc, OSError) and path is not None:
+        text = f"cannot write {path}: {exc.strerror or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:1000] + "\n"
+
+
+def _child_draw(chart: str, data: ChartData, path: Path, result_write: int) -> None:
     status = 1
     try:
         _DRAW[chart](data, path)
         status = 0
-    except OSError as exc:
-        os.write(write_fd, f"cannot write {path}: {exc.strerror or exc}".encode())
     except BaseException as exc:  # the child must never return into the parent's code
-        os.write(write_fd, f"{type(exc).__name__}: {exc}".encode())
+        os.write(result_write, _error_text(exc, path).encode())
     finally:
         os._exit(status)
