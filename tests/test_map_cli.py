@@ -8,6 +8,7 @@ import gzip
 import os
 import sys
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -411,13 +412,38 @@ def test_a_failing_chart_renderer_is_reported(tmp_path, inputs):
     assert depth.stat().st_size > 10_000
 
 
+def test_the_executable_writes_everything_before_its_quick_exit(tmp_path, inputs):
+    """``liq map`` ends without the interpreter's teardown (os._exit after flushing): the real
+    executable's stdout, stderr and PNGs are complete, and failures still exit normally."""
+    import subprocess
+
+    out = tmp_path / "charts"
+    base = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path / "data"), "map", "BTCUSDT"]
+    args = [*base, "--input", str(inputs["csv_header"]), "--threshold", "3000"]
+    run = subprocess.run(
+        [*args, "--chart", "map", "--chart", "depth", "--out", str(out), "-f", "json"],
+        capture_output=True,
+    )
+    assert run.returncode == 0, run.stderr
+    doc = orjson.loads(run.stdout)
+    assert doc["bins"] and len(doc["charts"]) == 2
+    assert run.stderr.decode().count("liq: wrote") == 2
+    assert all(Path(p).read_bytes()[-8:] == b"IEND\xaeB`\x82" for p in doc["charts"])
+    table = subprocess.run(args, capture_output=True, text=True)
+    in_process = liq(tmp_path, *args[len(base) - 1 :])
+    assert table.returncode == 0 and table.stdout == in_process.stdout
+    assert "cum_long_usd" in table.stdout
+    failed = subprocess.run([*base, "--input", str(tmp_path / "nope.csv")], capture_output=True)
+    assert failed.returncode == 2 and b"no such file" in failed.stderr
+
+
 def _children() -> list[int]:
     """This process's live child processes (zombies included, so an unreaped worker shows)."""
     tasks = f"/proc/{os.getpid()}/task"
     return sorted(
         int(pid)
         for task in os.listdir(tasks)
-        for pid in open(f"{tasks}/{task}/children").read().split()
+        for pid in Path(f"{tasks}/{task}/children").read_text().split()
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator, MutableMapping
 from importlib import import_module
@@ -14,7 +15,7 @@ import typer.main
 from typer.core import TyperGroup
 
 from liqcli import __version__
-from liqcli.cli.common import AppState
+from liqcli.cli.common import AppState, teardown_skippable
 from liqcli.core.config import default_data_dir, load_config
 from liqcli.errors import LiqError
 
@@ -178,4 +179,22 @@ def root(
 
 
 def main() -> None:
-    app(prog_name="liq")
+    """The ``liq`` executable."""
+    try:
+        app(prog_name="liq")
+    except SystemExit as exc:
+        if exc.code in (0, None) and teardown_skippable():
+            _exit_now()
+        raise
+
+
+def _exit_now() -> None:
+    """Flush the standard streams and end the process without the interpreter's teardown; if a
+    stream cannot be flushed (a closed pipe), return and let the normal exit report it."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    logging.shutdown()
+    os._exit(0)

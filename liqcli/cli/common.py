@@ -78,3 +78,18 @@ def upper_symbols(symbols: list[str] | None) -> list[str]:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+_teardown_skippable = False
+
+
+def skip_teardown() -> None:
+    """Called by a command once all it writes is written and closed (no open files, threads or
+    child processes): when it then exits 0, ``liq`` ends the process at once instead of letting
+    the interpreter free every module and object first (~0.15 s after ``liq map`` with charts)."""
+    global _teardown_skippable
+    _teardown_skippable = True
+
+
+def teardown_skippable() -> bool:
+    return _teardown_skippable

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, upper_symbols
+from liqcli.cli.common import (
+    FormatOpt,
+    QuietOpt,
+    run_async,
+    skip_teardown,
+    state,
+    upper_symbols,
+)
 from liqcli.core.timeutil import day_floor, duration_ms, now_ms, parse_time
 from liqcli.errors import UsageError
 from liqcli.render.output import Format, dumps, render
@@ -242,6 +249,7 @@ def liquidation_map(
         for path in written:
             typer.echo(f"liq: wrote {path}", err=True)
     _print(liqmap, fmt, written)
+    skip_teardown()
 
 
 def _charts(chosen: list[ChartChoice] | None) -> list[str]:
