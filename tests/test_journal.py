@@ -17,9 +17,10 @@ import orjson
 import polars as pl
 import pytest
 
-from liqcli.errors import DataError, LiqError
+from liqcli.errors import LiqError
 from liqcli.store import Journal, Store
 from liqcli.store.journal import JOURNAL_DIR
+from tests.journal_segments import frame, journal_rows, segment_rows
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
@@ -137,12 +138,21 @@ def test_append_close_moves_every_row_into_parquet(tmp_path: Path) -> None:
     assert journal_files(store) == []  # no segment left behind
 
 
-def test_append_requires_an_open_journal_and_serialisable_rows(tmp_path: Path) -> None:
-    journal = Journal(Store(tmp_path), "liquidations")
+def test_append_requires_an_open_journal_and_a_bad_row_costs_only_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path)
+    journal = Journal(store, "liquidations")
     with pytest.raises(LiqError, match="journal of liquidations is not open"):
         journal.append(liquidation(0))
-    with journal, pytest.raises(DataError, match="liquidations: row cannot be journaled"):
-        journal.append({**liquidation(0), "price": object()})
+    with caplog.at_level(logging.ERROR), journal:
+        journal.append(liquidation(0))
+        journal.append({**liquidation(1), "price": object()})
+        journal.append({**liquidation(2), "qty": "not a number"})
+        journal.extend([liquidation(3), liquidation(4)])
+    assert stored(store).equals(expected([0, 3, 4]))
+    assert journal.stats.dropped == 2
+    assert caplog.text.count("dropped a row that cannot be stored") == 2
     with pytest.raises(LiqError, match="not open"):
         journal.append(liquidation(0))
 
@@ -154,8 +164,7 @@ def test_flusher_hands_rows_to_the_os_without_being_asked(tmp_path: Path) -> Non
             journal.append(liquidation(i))
         # No flush() call: the background thread must write the segment.
         eventually(lambda: sum(p.stat().st_size for p in journal_files(store)) > 0)
-        lines = journal_files(store)[0].read_bytes().splitlines()
-        assert [orjson.loads(line) for line in lines] == [liquidation(i) for i in range(5)]
+        assert segment_rows(journal_files(store)[0]) == [liquidation(i) for i in range(5)]
 
 
 def test_compaction_after_compact_rows(tmp_path: Path) -> None:
@@ -233,7 +242,7 @@ def test_appends_from_many_threads_during_compactions_land_once(tmp_path: Path) 
 
 
 def segment_lines(store: Store) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in journal_files(store))
+    return journal_rows(store.dataset_dir("liquidations") / JOURNAL_DIR)
 
 
 def write_segment(store: Store, name: str, data: bytes) -> Path:
@@ -248,7 +257,9 @@ def jsonl(indices: range) -> bytes:
     return b"".join(orjson.dumps(liquidation(i)) + b"\n" for i in indices)
 
 
-def test_recovery_skips_a_torn_last_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_recovery_of_a_legacy_jsonl_segment_skips_a_torn_last_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = Store(tmp_path)
     torn = orjson.dumps(liquidation(3))[:40]
     write_segment(store, "4242-0.jsonl", jsonl(range(3)) + torn)
@@ -262,7 +273,7 @@ def test_recovery_skips_a_torn_last_line(tmp_path: Path, caplog: pytest.LogCaptu
     assert journal_files(store) == []
 
 
-def test_recovery_keeps_the_readable_lines_of_a_damaged_segment(
+def test_recovery_keeps_the_readable_lines_of_a_damaged_legacy_segment(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = Store(tmp_path)
@@ -275,6 +286,41 @@ def test_recovery_keeps_the_readable_lines_of_a_damaged_segment(
     assert stored(store).equals(expected([0, 1, 4]))
     assert "skipped 1 unreadable lines" in caplog.text
     assert "skipped 1 rows missing one of" in caplog.text
+
+
+def rows(indices: range | list[int]) -> list[dict]:
+    return [liquidation(i) for i in indices]
+
+
+def test_recovery_skips_a_torn_last_frame(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(tmp_path)
+    torn = frame(rows(range(3, 6)))
+    write_segment(store, "4242-0.arrows", frame(rows(range(2))) + frame(rows([2])) + torn[:-9])
+    journal = Journal(store, "liquidations")
+    with caplog.at_level(logging.WARNING):
+        assert journal.open() == 3
+    journal.close()
+    assert stored(store).equals(expected(range(3)))
+    assert "torn last frame" in caplog.text
+    assert journal.stats.recovered_segments == 1
+    assert journal_files(store) == []
+
+
+def test_recovery_keeps_the_readable_frames_of_a_damaged_segment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path)
+    damaged = bytearray(frame(rows([2])))
+    damaged[12:40] = b"\xff" * 28  # a valid header, an unreadable Arrow stream
+    incomplete = frame([{k: v for k, v in liquidation(3).items() if k != "ts"}])
+    data = frame(rows(range(2))) + bytes(damaged) + incomplete + frame(rows([4])) + b"garbage"
+    write_segment(store, "4242-0.arrows", data)
+    with caplog.at_level(logging.WARNING), Journal(store, "liquidations") as journal:
+        assert journal.stats.recovered_rows == 3
+    assert stored(store).equals(expected([0, 1, 4]))
+    assert "skipped a damaged frame" in caplog.text
+    assert "skipped 1 rows missing one of" in caplog.text
+    assert "unreadable data at byte" in caplog.text
 
 
 def test_recovering_rows_already_in_parquet_adds_nothing(tmp_path: Path) -> None:
