@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import hashlib
 import multiprocessing
 import os
 import random
+import struct
 import sys
 import tempfile
 import time
@@ -39,6 +42,8 @@ from liqcli.exchanges.binance import stream as binance
 from liqcli.services.watch import WatchConfig, WatchState, run_watch
 from liqcli.store.journal import Journal
 from liqcli.store.parquet import Store
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def make_frames(count: int, symbols: int, seed: int) -> list[bytes]:
@@ -79,20 +84,45 @@ def pin(cpu_index: int) -> str:
     return f"cpu {cpu}"
 
 
+def ws_frame(payload: bytes) -> bytes:
+    """One unmasked server text frame (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n < 65_536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 def serve(frames: list[bytes], port_queue: multiprocessing.Queue) -> None:
-    from websockets.asyncio.server import serve as ws_serve
-
+    """A replay server that is never the bottleneck: it answers the WebSocket handshake, then
+    writes the pre-encoded frames in 256 KiB chunks (what a venue's server does under load)."""
     pin(1)
+    wire = b"".join(ws_frame(f) for f in frames)
 
-    async def handler(ws) -> None:
-        for frame in frames:
-            await ws.send(frame.decode())
-        await ws.wait_closed()
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        view = memoryview(wire)
+        for offset in range(0, len(wire), 262_144):
+            writer.write(view[offset : offset + 262_144])
+            await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
 
     async def main() -> None:
-        async with ws_serve(handler, "127.0.0.1", 0, max_size=None, compression=None) as server:
-            port_queue.put(server.sockets[0].getsockname()[1])
-            await asyncio.Event().wait()
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port_queue.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
 
     asyncio.run(main())
 
@@ -109,17 +139,18 @@ class CountedStream:
         self.first = self.last = 0.0  # wall clock
         self.first_cpu = self.last_cpu = 0.0  # this process's CPU time, every thread
 
-    def __aiter__(self) -> AsyncIterator:
+    def batches(self) -> AsyncIterator[list]:
         return self._run()
 
-    async def _run(self) -> AsyncIterator:
+    async def _run(self) -> AsyncIterator[list]:
         n = 0
-        async for event in self.inner:
+        async for batch in self.inner.batches():
             if n == 0:
                 self.first, self.first_cpu = time.perf_counter(), time.process_time()
-            yield event
-            n += 1
-            if n == self.limit:
+            batch = batch[: self.limit - n]
+            yield batch
+            n += len(batch)
+            if n == self.limit:  # the consumer is done with the last event
                 self.last, self.last_cpu = time.perf_counter(), time.process_time()
                 return
 

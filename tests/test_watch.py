@@ -27,6 +27,7 @@ from liqcli.services.watch import WatchConfig, WatchState, run_watch
 from liqcli.store.parquet import Store
 from tests.fakes.venue_rest import bybit_instrument, okx_instrument
 from tests.fakes.ws_servers import DROP, FakeBinance, FakeBybit, FakeOkx, Garbage
+from tests.journal_segments import journal_rows
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -272,17 +273,14 @@ async def test_drop_mid_stream_loses_nothing_and_duplicates_nothing(
     # Cancelled like Ctrl-C: the journal was flushed into Parquet, exactly once per event.
     stored = Store(tmp_path).read("liquidations")
     assert stored.height == 10
-    assert not list((tmp_path / "liquidations" / "_journal").glob("*.jsonl"))
+    assert not list((tmp_path / "liquidations" / "_journal").glob("*.arrows"))
 
 
 # -- kill -9, restart: the 1-day totals come back from storage ---------------------------------------
 
 
 def journal_lines(data_dir: Path) -> int:
-    return sum(
-        p.read_bytes().count(b"\n")
-        for p in (data_dir / "liquidations" / "_journal").glob("*.jsonl")
-    )
+    return journal_rows(data_dir / "liquidations" / "_journal")
 
 
 async def test_kill_9_then_restart_keeps_the_totals(tmp_path: Path) -> None:
@@ -409,8 +407,8 @@ def test_state_dedupes_journals_everything_and_filters_the_view() -> None:
     journaled: list[dict] = []
 
     class ListJournal:
-        def append(self, row: dict) -> None:
-            journaled.append(row)
+        def extend(self, rows: list[dict]) -> None:
+            journaled.extend(rows)
 
     config = WatchConfig(symbols=["BTCUSDT", "ETHUSDT"], min_usd=5_000, windows="1m,1h")
     state = WatchState(config, clock=Clock(t + 5_000), journal=ListJournal(), keep_history=True)

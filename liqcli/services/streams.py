@@ -37,7 +37,6 @@ raises LiqError naming each failure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -90,14 +89,6 @@ def validate_exchanges(exchanges: Sequence[str]) -> list[str]:
     return out
 
 
-class _VenueDone:
-    __slots__ = ("error", "venue")
-
-    def __init__(self, venue: str, error: BaseException | None) -> None:
-        self.venue = venue
-        self.error = error
-
-
 class LiquidationStream:
     """Merged liquidations of several venues; see the module docstring."""
 
@@ -117,9 +108,13 @@ class LiquidationStream:
         self._wanted = frozenset(self.symbols)
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
-        self._queue: asyncio.Queue[Liquidation | _VenueDone] = asyncio.Queue(
-            self.options.queue_size
-        )
+        # Venues append to one list that the consumer takes whole: a burst costs one wake-up,
+        # not a queue hand-off per event.
+        self._ready: list[Liquidation] = []
+        self._taken: list[Liquidation] = []  # the batch __anext__ is handing out one by one
+        self._next = 0
+        self._wake: asyncio.Future[None] | None = None  # the consumer waits for events
+        self._space: asyncio.Future[None] | None = None  # venues wait for a slow consumer
         self._tasks: list[asyncio.Task[None]] = []
         self._running = 0
         self._failures: dict[str, BaseException] = {}
@@ -136,26 +131,78 @@ class LiquidationStream:
         return self
 
     async def __anext__(self) -> Liquidation:
+        if self._next >= len(self._taken):
+            self._taken = await self.next_batch()
+            self._next = 0
+        event = self._taken[self._next]
+        self._next += 1
+        return event
+
+    async def batches(self) -> AsyncIterator[list[Liquidation]]:
+        """Every event received since the last batch, in arrival order (the fast way to consume:
+        one await per burst instead of one per event)."""
+        while True:
+            try:
+                batch = await self.next_batch()
+            except StopAsyncIteration:
+                return
+            yield batch
+
+    async def next_batch(self) -> list[Liquidation]:
+        """The events waiting now (at least one; waits for them); StopAsyncIteration once closed
+        or once every venue has stopped (LiqError if they all failed)."""
+        if self._taken[self._next :]:  # mixing __anext__ and batches: nothing skipped
+            rest, self._taken, self._next = self._taken[self._next :], [], 0
+            return rest
         if self._closed:
             raise StopAsyncIteration
         self._start()
-        while True:
-            if self._running == 0 and self._queue.empty():
+        while not self._ready:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._running == 0:
                 if self._failures:
                     detail = "; ".join(f"{v}: {e}" for v, e in self._failures.items())
                     raise LiqError(f"every venue failed: {detail}")
                 raise StopAsyncIteration
-            item = await self._queue.get()
-            if isinstance(item, _VenueDone):
-                self._running -= 1
-                if item.error is not None:
-                    self._failures[item.venue] = item.error
-                continue
-            return item
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        batch, self._ready = self._ready, []
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
+        return batch
+
+    def _emit(self, events: list[Liquidation]) -> bool:
+        """Hand a message's events to the consumer; True when the buffer is full (then the
+        venue awaits ``_room()`` before reading on, which backs up into its socket)."""
+        ready = self._ready
+        ready.extend(events)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+        return len(ready) >= self.options.queue_size
+
+    async def _room(self) -> None:
+        while len(self._ready) >= self.options.queue_size and not self._closed:
+            if self._space is None or self._space.done():
+                self._space = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._space)
+
+    def _venue_stopped(self, venue: str, error: BaseException | None) -> None:
+        self._running -= 1
+        if error is not None:
+            self._failures[venue] = error
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def aclose(self) -> None:
         """Stop every venue and close its sockets; safe to call more than once."""
         self._closed = True
+        for waiter in (self._wake, self._space):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -168,20 +215,15 @@ class LiquidationStream:
         sources = {"binance": self._binance, "okx": self._okx, "bybit": self._bybit}
         self._running = len(self.exchanges)
         self._tasks = [
-            asyncio.create_task(self._pump(venue, sources[venue]()), name=f"liq-{venue}")
+            asyncio.create_task(self._run_venue(venue, sources[venue]()), name=f"liq-{venue}")
             for venue in self.exchanges
         ]
 
-    async def _pump(self, venue: str, source: AsyncIterator[Liquidation]) -> None:
+    async def _run_venue(self, venue: str, run: Awaitable[None]) -> None:
         status = self.statuses[venue]
         error: BaseException | None = None
         try:
-            async with contextlib.aclosing(source):
-                async for event in source:
-                    if self._wanted and event.symbol not in self._wanted:
-                        continue
-                    status.events += 1
-                    await self._queue.put(event)
+            await run
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a venue must never take the others down
@@ -189,7 +231,16 @@ class LiquidationStream:
             status.state = "down"
             status.last_error = str(exc)
             log.error("%s: stream stopped: %s", venue, exc, exc_info=not isinstance(exc, LiqError))
-        await self._queue.put(_VenueDone(venue, error))
+        self._venue_stopped(venue, error)
+
+    def _deliver(self, status: VenueStatus, events: list[Liquidation]) -> bool:
+        """A message's events, filtered to the wanted symbols; True when the consumer lags."""
+        if self._wanted:
+            events = [e for e in events if e.symbol in self._wanted]
+        if not events:
+            return False
+        status.events += len(events)
+        return self._emit(events)
 
     def _ws(self, protocol: WsProtocol) -> ReconnectingWebSocket:
         return ReconnectingWebSocket(
@@ -226,17 +277,17 @@ class LiquidationStream:
                 await asyncio.sleep(backoff_delay(attempt, self.options.timings, self._rng))
                 attempt += 1
 
-    async def _binance(self) -> AsyncIterator[Liquidation]:
+    async def _binance(self) -> None:
         streams = binance.liquidation_streams(self.symbols)
+        status = self.statuses["binance"]
+        parse = binance.parse_liquidations
         async with self._ws(binance.protocol(streams)) as ws:
             async for message in ws:
-                for event in self._parse(
-                    "binance", binance.parse_message, message, self._wall_clock()
-                ):
-                    if isinstance(event, Liquidation):
-                        yield event
+                events = self._parse(status, parse, message, self._wall_clock())
+                if events and self._deliver(status, events):
+                    await self._room()
 
-    async def _okx(self) -> AsyncIterator[Liquidation]:
+    async def _okx(self) -> None:
         inst_types = okx.inst_types_for(self.symbols)
         cache = None
         if self.options.data_dir is not None:
@@ -251,15 +302,17 @@ class LiquidationStream:
                 min_refresh_s=self.options.okx_refresh_s,
             )
             await self._until_ok("okx", "instruments", instruments.load)
+            status = self.statuses["okx"]
             async with self._ws(okx.protocol(inst_types)) as ws:
                 async for message in ws:
                     received = self._wall_clock()
                     if any(i not in instruments for i in okx.instrument_ids(message)):
                         await self._refresh_instruments(instruments)
-                    for event in self._parse(
-                        "okx", okx.parse_liquidations, message, instruments, received
-                    ):
-                        yield event
+                    events = self._parse(
+                        status, okx.parse_liquidations, message, instruments, received
+                    )
+                    if events and self._deliver(status, events):
+                        await self._room()
 
     async def _refresh_instruments(self, instruments: okx.OkxInstruments) -> None:
         """A new listing: fetch contract values again (rate-limited inside); on failure the
@@ -270,25 +323,25 @@ class LiquidationStream:
             self.statuses["okx"].last_error = f"instruments refresh: {exc}"
             log.warning("okx: instruments refresh failed: %s", exc)
 
-    async def _bybit(self) -> AsyncIterator[Liquidation]:
+    async def _bybit(self) -> None:
         symbols = self.symbols
         if not symbols:
             async with self._http("bybit", endpoint_url("LIQ_BYBIT_REST_URL")) as http:
                 symbols = await self._until_ok(
                     "bybit", "instruments", lambda: bybit.linear_perpetuals(http)
                 )
+        status = self.statuses["bybit"]
         async with self._ws(bybit.protocol(bybit.topics(symbols))) as ws:
             async for message in ws:
-                for event in self._parse(
-                    "bybit", bybit.parse_liquidations, message, self._wall_clock()
-                ):
-                    yield event
+                events = self._parse(status, bybit.parse_liquidations, message, self._wall_clock())
+                if events and self._deliver(status, events):
+                    await self._room()
 
-    def _parse(self, venue: str, parser: Callable[..., list[T]], *args: Any) -> list[T]:
+    @staticmethod
+    def _parse(status: VenueStatus, parser: Callable[..., list[T]], *args: Any) -> list[T]:
         try:
             return parser(*args)
         except DataError as exc:
-            status = self.statuses[venue]
             status.malformed += 1
             status.last_error = str(exc)
             log.info("%s", exc)

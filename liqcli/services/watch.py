@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 from collections import deque
@@ -114,8 +115,8 @@ class _History:
         self._rows: list[dict] = []
         self._frame = _empty_rows_frame()
 
-    def append(self, row: dict) -> None:
-        self._rows.append(row)
+    def extend(self, rows: list[dict]) -> None:
+        self._rows.extend(rows)
 
     def load(self, frame: pl.DataFrame) -> None:
         self._frame = pl.concat([self._frame, _rows_frame(frame)], how="vertical")
@@ -200,29 +201,43 @@ class WatchState:
 
     def ingest(self, event: Liquidation) -> bool | None:
         """One event from the source. None for a duplicate, else whether the filter shows it."""
-        self.counters.received += 1
-        key = (event.exchange, event.symbol, event.ts, event.side, event.price, event.qty)
-        if key in self._seen:
-            self.counters.duplicates += 1
-            return None
-        self._seen.add(key)
-        self._seen_order.append(key)
-        if len(self._seen_order) > _DEDUP_CAPACITY:
-            self._seen.discard(self._seen_order.popleft())
+        duplicates = self.counters.duplicates
+        shown = self.ingest_batch((event,))
+        return None if self.counters.duplicates != duplicates else bool(shown)
+
+    def ingest_batch(self, events: Sequence[Liquidation]) -> list[Liquidation]:
+        """Events from the source, in order; returns those the main filter shows. Everything the
+        loop touches is bound to a local first: this runs for every event."""
+        counters = self.counters
+        counters.received += len(events)
+        seen, seen_order = self._seen, self._seen_order
+        fresh = []
+        for event in events:
+            key = (event.exchange, event.symbol, event.ts, event.side, event.price, event.qty)
+            if key in seen:
+                counters.duplicates += 1
+                continue
+            seen.add(key)
+            seen_order.append(key)
+            fresh.append(event)
+        while len(seen_order) > _DEDUP_CAPACITY:
+            seen.discard(seen_order.popleft())
         if self.journal is not None or self._history is not None:
-            row = event.to_row()
+            rows = [event.to_row() for event in fresh]
             if self.journal is not None:
-                self.journal.append(row)
-                self.counters.stored += 1
+                self.journal.extend(rows)
+                counters.stored += len(rows)
             if self._history is not None:
-                self._history.append(row)
+                self._history.extend(rows)
         for aggregator, _ in self._views.values():
-            aggregator.add(event)
-        if self.filter.accepts(event):
-            self.main.count(event)
-            self.counters.shown += 1
-            return True
-        return False
+            for event in fresh:
+                aggregator.add(event)
+        accepts, count = self.filter.accepts, self.main.count
+        shown = [event for event in fresh if accepts(event)]
+        for event in shown:
+            count(event)
+        counters.shown += len(shown)
+        return shown
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -408,11 +423,11 @@ def frame_events(frame: pl.LazyFrame, clock: ReplayClock | None = None) -> Itera
             )
 
 
-async def _paced(events: Iterator[Liquidation]) -> AsyncIterator[Liquidation]:
-    for i, event in enumerate(events):
-        if i % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        yield event
+async def _paced(events: Iterator[Liquidation]) -> AsyncIterator[list[Liquidation]]:
+    """Replayed events in batches, letting the refresh tasks run between them."""
+    while batch := list(itertools.islice(events, _YIELD_EVERY)):
+        yield batch
+        await asyncio.sleep(0)
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -438,7 +453,7 @@ async def run_watch(
     """Run ``liq watch`` until the source ends (replay), ``duration`` passes or cancellation.
 
     ``stream_factory(config, data_dir)`` builds the live stream (default: the venues' merged
-    liquidation stream); ``journal_factory(store, dataset)`` the journal (default: Journal).
+    liquidation stream; it needs ``batches()`` and ``statuses``); ``journal_factory(store, dataset)`` the journal (default: Journal).
     """
     config.validate()
     out = out or sys.stdout
@@ -482,17 +497,17 @@ async def run_watch(
                 on_web_ready(result.web_url)
         if config.fmt == "dashboard":
             screen = TerminalDashboard(state, out)
-        source: AsyncIterator[Liquidation]
+        batches: AsyncIterator[list[Liquidation]]
         if replay:
             frame = replay_frame(replay, data_dir=data_dir, config=config)
-            source = _paced(frame_events(frame, event_clock))
+            batches = _paced(frame_events(frame, event_clock))
         else:
-            source = stream
+            batches = stream.batches()
         refresher = asyncio.create_task(_refresh_loop(state, screen, config.refresh))
         try:
             async with asyncio.timeout(config.duration):
                 await _consume(
-                    state, source, out, jsonl=config.fmt == "jsonl", flush_each=not replay
+                    state, batches, out, jsonl=config.fmt == "jsonl", flush_each=not replay
                 )
                 if config.web:
                     await asyncio.Event().wait()  # a replay's page stays up until Ctrl-C/duration
@@ -554,20 +569,21 @@ def _restore(state: WatchState, data_dir: Path, config: WatchConfig, now: int) -
 
 async def _consume(
     state: WatchState,
-    source: AsyncIterator[Liquidation],
+    batches: AsyncIterator[list[Liquidation]],
     out: TextIO,
     *,
     jsonl: bool,
     flush_each: bool,
 ) -> None:
-    ingest = state.ingest
+    ingest_batch = state.ingest_batch
     write = out.write
     try:
-        async for event in source:
-            if ingest(event) and jsonl:
-                write(orjson.dumps(event.to_dict()).decode() + "\n")
+        async for batch in batches:
+            shown = ingest_batch(batch)
+            if jsonl and shown:
+                write("".join(orjson.dumps(e.to_dict()).decode() + "\n" for e in shown))
                 if flush_each:
-                    out.flush()
+                    out.flush()  # once per burst: a pipe reader sees events as they arrive
     except BrokenPipeError:
         # `liq watch --format jsonl | head`: the reader left; stop quietly.
         detach_stdout(out)

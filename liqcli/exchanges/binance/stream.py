@@ -148,3 +148,8 @@ def parse_message(message: Any, received_ts: int = 0) -> list[Liquidation | AggT
         elif kind == "aggTrade":
             out.append(parse_agg_trade(item))
     return out
+
+
+def parse_liquidations(message: Any, received_ts: int = 0) -> list[Liquidation]:
+    """``parse_message`` keeping only the liquidations (the all-market liquidation stream)."""
+    return [e for e in parse_message(message, received_ts) if isinstance(e, Liquidation)]
