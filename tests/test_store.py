@@ -223,6 +223,18 @@ def test_upsert_later_wins_and_counts_new_keys(tmp_path: Path) -> None:
     assert store.read("funding")["funding_rate"].to_list() == [0.4, 0.2, 0.2]
 
 
+def test_appending_later_rows_keeps_the_file_sorted_and_counts_them(tmp_path: Path) -> None:
+    """The append fast path (every new row later than every stored one: no key can match)."""
+    store = Store(tmp_path)
+    store.write("funding", funding("BTCUSDT", [JAN_1 + HOUR, JAN_1], rate=0.1))
+    later = [JAN_1 + 4 * HOUR, JAN_1 + 2 * HOUR, JAN_1 + 3 * HOUR]
+    result = store.write("funding", funding("BTCUSDT", later, rate=0.2))
+    assert (result.new_rows, len(result.files)) == (3, 1)
+    stored = pl.read_parquet(result.files[0])  # the file itself, not a sorted read
+    assert epoch_ms(stored) == [JAN_1 + h * HOUR for h in range(5)]
+    assert stored["funding_rate"].to_list() == [0.1, 0.1, 0.2, 0.2, 0.2]
+
+
 def test_rewriting_identical_rows_leaves_files_untouched(tmp_path: Path) -> None:
     store = Store(tmp_path)
     rows = funding("BTCUSDT", [JAN_1, FEB_1])

@@ -101,6 +101,11 @@ class Store:
         if existing is None:
             _atomic_write(rows.sort(file_key), path)
             return rows.height, True
+        tc = time_column(spec)
+        if tc in file_key and existing.height and rows[tc].min() > existing[tc].max():
+            # Appending (a live journal's usual batch): no stored key can match a later time.
+            _atomic_write(pl.concat([existing, rows.sort(file_key)]), path)
+            return rows.height, True
         new_rows = rows.join(
             existing.select(file_key), on=file_key, how="anti", nulls_equal=True
         ).height
