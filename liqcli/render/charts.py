@@ -19,6 +19,7 @@ and then draws, so the ~0.25 s import overlaps the Polars work instead of follow
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -190,6 +191,7 @@ def _mpl() -> Any:
             "PowerNorm": PowerNorm,
             "Figure": Figure,
             "FuncFormatter": FuncFormatter,
+            "rc_context": matplotlib.rc_context,
         },
     )
 
@@ -230,7 +232,9 @@ def _save(mpl: Any, fig, path: Path) -> Path:
     half a PNG."""
     mpl.FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}.part")
-    fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})
+    # Unhinted glyphs: the same text at 100 dpi, ~15% less drawing time per chart.
+    with mpl.rc_context({"text.hinting": "no_hinting"}):
+        fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})
     os.replace(tmp, path)
     return path
 
@@ -533,6 +537,9 @@ def start_worker() -> ChartWorker | None:
 
 def _serve(job_read: int, result_write: int) -> None:
     """The worker: import matplotlib, wait for the job, draw it. Never returns."""
+    # A short-lived process that ends with os._exit: cyclic garbage collection would only cost
+    # time (~10% of the matplotlib import).
+    gc.disable()
     status = 1
     try:
         _mpl()
