@@ -4,6 +4,7 @@ delivery after a drop, garbage, staleness, pings, venue notices, lifetime, clean
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -272,6 +273,23 @@ async def test_refused_handshake_marks_venue_down_and_retries() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert ws.status.state == "closed"
+
+
+async def test_first_failure_in_a_row_is_a_warning_and_its_retries_are_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with FakeBybit() as server:
+        proto = WsProtocol(venue="bybit", url=f"ws://127.0.0.1:{server.port}/wrong/path")
+        ws = ReconnectingWebSocket(proto, timings=FAST)
+        with caplog.at_level(logging.INFO, logger="liq.ws"):
+            task = await run_in_background(ws, [])
+            await server.wait_until(lambda: len(caplog.records) >= 3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    levels = [r.levelno for r in caplog.records if "connect failed" in r.getMessage()]
+    assert levels[0] == logging.WARNING
+    assert set(levels[1:]) == {logging.INFO}
 
 
 async def test_invalid_url_is_a_usage_error() -> None:

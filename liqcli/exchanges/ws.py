@@ -197,7 +197,17 @@ class ReconnectingWebSocket:
                 conn = self._conn = await self._open()
                 if conn is None:
                     status.state = "down"
-                    await asyncio.sleep(backoff_delay(attempt, self.timings, self._rng))
+                    delay = backoff_delay(attempt, self.timings, self._rng)
+                    # The first failure in a row is worth a warning (jsonl users see nothing
+                    # else); the retries after it are routine.
+                    log.log(
+                        logging.WARNING if attempt == 0 else logging.INFO,
+                        "%s: %s; retrying in %.1fs",
+                        self.protocol.venue,
+                        status.last_error,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 if lost_at is not None:
@@ -246,14 +256,20 @@ class ReconnectingWebSocket:
                 status.gaps += 1
                 status.connected_since_ms = None
                 reason = conn.close_reason or _describe_close(conn.ws)
-                log.info("%s: connection ended (%s); reconnecting", self.protocol.venue, reason)
                 if conn.got_data:
                     attempt = 0
                 # Planned reconnects are immediate; anything else backs off so a failing venue
                 # is not hammered (a notice on a connection that never delivered data too).
-                if conn.close_reason == "lifetime" or (
+                planned = conn.close_reason == "lifetime" or (
                     conn.close_reason == "notice" and conn.got_data
-                ):
+                )
+                log.log(
+                    logging.INFO if planned else logging.WARNING,
+                    "%s: connection ended (%s); reconnecting",
+                    self.protocol.venue,
+                    reason,
+                )
+                if planned:
                     continue
                 status.last_error = reason
                 status.state = "down"
@@ -277,7 +293,6 @@ class ReconnectingWebSocket:
             raise UsageError(f"{self.protocol.venue}: invalid WebSocket URL {exc.uri!r}") from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self.status.last_error = f"connect failed: {exc or type(exc).__name__}"
-            log.info("%s: %s", self.protocol.venue, self.status.last_error)
             return None
         now = self._clock()
         conn = _Connection(ws=ws, opened_at=now, last_frame=now)
