@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -146,3 +148,25 @@ def test_missing_explicit_config(monkeypatch, tmp_path):
     monkeypatch.setenv("LIQ_CONFIG", str(tmp_path / "nope.toml"))
     result = runner.invoke(_probe_app(), ["show"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2,
+    reason="counts threads in Linux /proc on a multi-core machine",
+)
+@pytest.mark.parametrize(("user_setting", "extra_threads"), [(None, 0), ("2", 1)])
+def test_numpy_starts_no_idle_blas_threads(user_setting, extra_threads):
+    code = (
+        "import os\n"
+        "from liqcli.cli.common import import_numpy\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "import_numpy()\n"
+        "print(len(os.listdir('/proc/self/task')) - before, os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_setting:
+        env["OPENBLAS_NUM_THREADS"] = user_setting
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == [str(extra_threads), str(user_setting)]

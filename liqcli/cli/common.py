@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -78,6 +79,23 @@ def upper_symbols(symbols: list[str] | None) -> list[str]:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def import_numpy() -> None:
+    """Import numpy with its OpenBLAS limited to one thread. By default OpenBLAS starts a thread
+    per core at import that spins for a while, ~0.1 s of CPU on a 2-core machine, and liq does
+    no linear algebra for it to speed up. A user's OPENBLAS_NUM_THREADS wins; ours is not left in
+    the environment of child processes."""
+    if "numpy" in sys.modules:
+        return
+    ours = "OPENBLAS_NUM_THREADS" not in os.environ
+    if ours:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        if ours:
+            del os.environ["OPENBLAS_NUM_THREADS"]
 
 
 _teardown_skippable = False

@@ -13,6 +13,7 @@ import typer
 from liqcli.cli.common import (
     FormatOpt,
     QuietOpt,
+    import_numpy,
     run_async,
     skip_teardown,
     state,
@@ -180,6 +181,7 @@ def liquidation_map(
     fmt: FormatOpt = Format.table,
     quiet: QuietOpt = False,
 ) -> None:
+    import_numpy()  # before anything imports it
     from liqcli.analytics.liqmap import MapSpec, parse_tiers
 
     (symbol,) = upper_symbols([symbol])
