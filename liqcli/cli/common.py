@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -63,6 +62,8 @@ QuietOpt = Annotated[
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine. Ctrl-C cancels it (its ``finally`` blocks flush and close), then
     KeyboardInterrupt propagates and the CLI exits 130."""
+    import asyncio  # here: commands that never run a coroutine (liq map --input) skip its import
+
     return asyncio.run(coro)
 
 

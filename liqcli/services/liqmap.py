@@ -14,7 +14,6 @@ API::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -229,6 +228,8 @@ async def map_from_archive(
     paths = await download_archive_trades(
         data_dir, exchange, symbol, spec.start_ms, spec.end_ms, **client_kw
     )
+    import asyncio  # only the archive and live paths need it (a map from files does not)
+
     # Converting and scanning is CPU-bound: keep the event loop free for Ctrl-C.
     return await asyncio.to_thread(_archive_map, exchange, paths, spec, symbol)
 
@@ -299,6 +300,8 @@ async def run_live(
     """Consume the Binance aggTrade stream and call ``on_map`` with a map rebuilt every
     ``refresh_s`` (and once more at the end) over the trades of the last ``window_ms``.
     Runs until ``duration_s`` passes, the stream ends, or the task is cancelled (Ctrl-C)."""
+    import asyncio
+
     from liqcli.core.timeutil import now_ms
     from liqcli.services.streams import aggtrade_stream
 
