@@ -448,13 +448,21 @@ def _children() -> list[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
-def test_the_chart_worker_ends_when_the_map_fails(tmp_path, inputs):
-    """The worker is started before the map is built; a map that fails leaves no process behind."""
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--start", "2030-01-01", "--end", "2030-01-02"], 1, "no trades"),
+        (["--tiers", "10:x"], 2, "invalid tier"),
+    ],
+)
+def test_the_chart_worker_ends_when_the_command_fails(tmp_path, inputs, args, code, message):
+    """The chart worker is started first; a usage error or a map that fails leaves no process
+    behind."""
     before = _children()
     result = liq(
-        tmp_path, "BTCUSDT", "--input", str(inputs["parquet"]), "--start", "2030-01-01",
-        "--end", "2030-01-02", "--chart", "map", "--chart", "depth", "--out", str(tmp_path / "c"),
+        tmp_path, "BTCUSDT", "--input", str(inputs["parquet"]), *args,
+        "--chart", "map", "--chart", "depth", "--out", str(tmp_path / "c"),
     )  # fmt: skip
-    assert result.exit_code == 1 and "no trades" in result.output
+    assert result.exit_code == code and message in result.output
     assert _children() == before
     assert not (tmp_path / "c").exists()

@@ -182,55 +182,56 @@ def liquidation_map(
     quiet: QuietOpt = False,
 ) -> None:
     import_numpy()  # before anything imports it
-    from liqcli.analytics.liqmap import MapSpec, parse_tiers
-
-    (symbol,) = upper_symbols([symbol])
-    if more_inputs and not inputs:
-        raise UsageError(
-            f"unexpected extra argument {str(more_inputs[0])!r} (input files follow --input)"
-        )
-    files = [*(inputs or []), *(more_inputs or [])]
     charts = _charts(chart)
-    now = now_ms()
-    start_ms = parse_time(start, now=now) if start else None
-    end_ms = parse_time(end, now=now) if end else None
-    if live:
-        if files or start or end:
-            raise UsageError("--live reads the stream: drop --input, --start and --end")
-        if exchange != ExchangeChoice.binance:
-            raise UsageError("--live uses the Binance aggTrade stream: drop --exchange bybit")
-        if refresh <= 0 or (duration is not None and duration <= 0):
-            raise UsageError("--refresh and --duration must be positive seconds")
-    elif not files:
-        end_ms = end_ms if end_ms is not None else day_floor(now)
-        start_ms = start_ms if start_ms is not None else end_ms - 86_400_000
-    spec = MapSpec(
-        mode=mode.value,
-        threshold=threshold,
-        model=model.value,
-        tiers=parse_tiers(tiers) if tiers else None,
-        mmr=mmr,
-        bin_size=bin_size,
-        start_ms=start_ms,
-        end_ms=end_ms,
-    ).resolved()
-    for f in files:
-        if not f.is_file():
-            raise UsageError(f"--input {f}: no such file")
-    data_dir = state(ctx).data_dir
-    if quiet:
-        log.setLevel(logging.ERROR)
-
-    if live:
-        _live(symbol, spec, duration_ms(window), refresh, duration, charts, out, fmt, quiet)
-        return
-    # Charts are drawn by a worker that imports matplotlib while the map is being built.
+    # The charts are drawn by a worker process that imports matplotlib while this one imports
+    # the map's modules and builds the map: started first, so that the two overlap the most.
     worker = None
-    if charts:
+    if charts and not live:
         from liqcli.render.charts import start_worker
 
         worker = start_worker()
     try:
+        from liqcli.analytics.liqmap import MapSpec, parse_tiers
+
+        (symbol,) = upper_symbols([symbol])
+        if more_inputs and not inputs:
+            raise UsageError(
+                f"unexpected extra argument {str(more_inputs[0])!r} (input files follow --input)"
+            )
+        files = [*(inputs or []), *(more_inputs or [])]
+        now = now_ms()
+        start_ms = parse_time(start, now=now) if start else None
+        end_ms = parse_time(end, now=now) if end else None
+        if live:
+            if files or start or end:
+                raise UsageError("--live reads the stream: drop --input, --start and --end")
+            if exchange != ExchangeChoice.binance:
+                raise UsageError("--live uses the Binance aggTrade stream: drop --exchange bybit")
+            if refresh <= 0 or (duration is not None and duration <= 0):
+                raise UsageError("--refresh and --duration must be positive seconds")
+        elif not files:
+            end_ms = end_ms if end_ms is not None else day_floor(now)
+            start_ms = start_ms if start_ms is not None else end_ms - 86_400_000
+        spec = MapSpec(
+            mode=mode.value,
+            threshold=threshold,
+            model=model.value,
+            tiers=parse_tiers(tiers) if tiers else None,
+            mmr=mmr,
+            bin_size=bin_size,
+            start_ms=start_ms,
+            end_ms=end_ms,
+        ).resolved()
+        for f in files:
+            if not f.is_file():
+                raise UsageError(f"--input {f}: no such file")
+        data_dir = state(ctx).data_dir
+        if quiet:
+            log.setLevel(logging.ERROR)
+
+        if live:
+            _live(symbol, spec, duration_ms(window), refresh, duration, charts, out, fmt, quiet)
+            return
         if files:
             from liqcli.services.liqmap import map_from_files
 

@@ -22,16 +22,18 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
-from liqcli.analytics.liqmap import LiqMap
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError
+
+if TYPE_CHECKING:
+    from liqcli.analytics.liqmap import LiqMap
 
 CHARTS: tuple[str, ...] = ("map", "depth", "heatmap")
 MAX_SCATTER_PER_SIDE = 2_000
@@ -107,6 +109,8 @@ class ChartData:
 
 
 def chart_data(liqmap: LiqMap, charts: list[str]) -> ChartData:
+    import polars as pl  # here: a chart worker is forked before the map's modules are imported
+
     bins = liqmap.bins
     centres, per_tier = np.array([]), {}
     if bins.height:
@@ -481,8 +485,8 @@ class ChartWorker:
 
     Workers never touch Polars (its thread pool does not survive a fork): they get
     :class:`ChartData` (plain arrays) through a pipe, and leave with ``os._exit``. A renderer's
-    error comes back through a second pipe. ``close()`` (idempotent) ends a worker that was never
-    given charts. Only where ``os.fork`` exists: see :func:`start_worker`.
+    error comes back through a second pipe. ``close()`` (idempotent) stops a worker that was
+    never given charts. Only where ``os.fork`` exists: see :func:`start_worker`.
     """
 
     def __init__(self) -> None:
@@ -512,8 +516,12 @@ class ChartWorker:
 
     def close(self) -> None:
         if self._job_write >= 0:
-            os.close(self._job_write)  # end of input: the idle worker exits
+            os.close(self._job_write)
             self._job_write = -1
+            if self._pid is not None:
+                # Never given a job, it has only been importing: stop it now rather than after
+                # the import (a usage error or a failed map ends the command at once).
+                os.kill(self._pid, signal.SIGKILL)
         self._finish()
 
     def _finish(self) -> str | None:
