@@ -187,6 +187,10 @@ def liquidation_map(
     # the map's modules and builds the map: started first, so that the two overlap the most.
     worker = None
     if charts and not live:
+        # matplotlib (in the worker) and Polars' numpy input (here) both import numpy.ma: once,
+        # before the fork, instead of once in each process.
+        import numpy.ma  # noqa: F401
+
         from liqcli.render.charts import start_worker
 
         worker = start_worker()
