@@ -36,8 +36,9 @@ T0 = 1_709_251_200_000  # 2024-03-01
 SIZES = {"1M": (1_000_000, 1), "10M": (10_000_000, 6), "50M": (50_000_000, 30)}
 
 COMPUTE = """
-import sys
+import os, sys
 from pathlib import Path
+os.environ["OPENBLAS_NUM_THREADS"] = "1"  # as liq map imports numpy (cli.common.import_numpy)
 from liqcli.analytics.liqmap import MapSpec
 from liqcli.services.liqmap import map_from_files
 data_dir, mode, model, *files = sys.argv[1:]
