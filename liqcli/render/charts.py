@@ -492,13 +492,19 @@ class ChartWorker:
     def __init__(self) -> None:
         job_read, self._job_write = os.pipe()
         self._result_read, result_write = os.pipe()
+        # Ctrl-C is held back until both sides of the fork are set up: it must neither lose the
+        # worker's pid here nor run this process's code in the worker.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         self._pid: int | None = os.fork()
         if self._pid == 0:
-            os.close(self._job_write)
-            os.close(self._result_read)
-            _serve(job_read, result_write)
+            _serve(job_read, result_write, (self._job_write, self._result_read), mask)
         os.close(job_read)
         os.close(result_write)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        except BaseException:  # the Ctrl-C held back
+            self.close()
+            raise
 
     def draw(self, charts: list[str], data: ChartData, paths: list[Path]) -> None:
         """Hand the charts over and wait until they are written; LiqError if any failed."""
@@ -528,10 +534,12 @@ class ChartWorker:
         """Reap the worker; its error message, or None when it succeeded."""
         if self._pid is None:
             return None
-        with os.fdopen(self._result_read, "rb") as result:
-            message = result.read().decode(errors="replace")
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
+        pid, self._pid = self._pid, None  # reaped once, even if Ctrl-C interrupts the read
+        try:
+            with os.fdopen(self._result_read, "rb") as result:
+                message = result.read().decode(errors="replace")
+        finally:
+            _, status = os.waitpid(pid, 0)
         if status != 0 or message:
             # Each renderer writes one line per error; the first is enough.
             return message.partition("\n")[0] or f"chart renderer exited with status {status}"
@@ -543,13 +551,18 @@ def start_worker() -> ChartWorker | None:
     return ChartWorker() if hasattr(os, "fork") else None
 
 
-def _serve(job_read: int, result_write: int) -> None:
+def _serve(
+    job_read: int, result_write: int, parent_ends: tuple[int, int], mask: set[signal.Signals]
+) -> None:
     """The worker: import matplotlib, wait for the job, draw it. Never returns."""
-    # A short-lived process that ends with os._exit: cyclic garbage collection would only cost
-    # time (~10% of the matplotlib import).
-    gc.disable()
     status = 1
     try:
+        for fd in parent_ends:
+            os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # A short-lived process that ends with os._exit: cyclic garbage collection would only
+        # cost time (~10% of the matplotlib import).
+        gc.disable()
         _mpl()
         with os.fdopen(job_read, "rb") as job:
             payload = job.read()
@@ -565,21 +578,26 @@ def _serve(job_read: int, result_write: int) -> None:
 
 
 def _draw_all(charts: list[str], data: ChartData, paths: list[Path], result_write: int) -> int:
-    children = []
-    for chart, path in zip(charts[1:], paths[1:], strict=True):
-        pid = os.fork()
-        if pid == 0:
-            _child_draw(chart, data, path, result_write)
-        children.append(pid)
+    children: list[int] = []
     status = 0
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as in ChartWorker()
     try:
-        _DRAW[charts[0]](data, paths[0])
-    except Exception as exc:
-        os.write(result_write, _error_text(exc, paths[0]).encode())
-        status = 1
-    for pid in children:
-        _, child_status = os.waitpid(pid, 0)
-        status = status or int(child_status != 0)
+        for chart, path in zip(charts[1:], paths[1:], strict=True):
+            pid = os.fork()
+            if pid == 0:
+                _child_draw(chart, data, path, result_write, mask)
+            children.append(pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            _DRAW[charts[0]](data, paths[0])
+        except Exception as exc:
+            os.write(result_write, _error_text(exc, paths[0]).encode())
+            status = 1
+    finally:  # even on Ctrl-C: no child outlives the worker
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for pid in children:
+            _, child_status = os.waitpid(pid, 0)
+            status = status or int(child_status != 0)
     return status
 
 
@@ -592,9 +610,12 @@ def _error_text(exc: BaseException, path: Path | None = None) -> str:
     return " ".join(text.split())[:1000] + "\n"
 
 
-def _child_draw(chart: str, data: ChartData, path: Path, result_write: int) -> None:
+def _child_draw(
+    chart: str, data: ChartData, path: Path, result_write: int, mask: set[signal.Signals]
+) -> None:
     status = 1
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _DRAW[chart](data, path)
         status = 0
     except BaseException as exc:  # the child must never return into the parent's code
