@@ -14,11 +14,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
-import polars as pl
 from tabulate import tabulate
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class Format(StrEnum):
@@ -57,7 +59,7 @@ def _cell(value: Any, floatfmt: str | None) -> Any:
 
 
 def rows_of(data: pl.DataFrame | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    if isinstance(data, pl.DataFrame):
+    if not isinstance(data, Sequence):  # a DataFrame (Polars is not imported here: startup time)
         data = data.to_dicts()
     return [{k: _plain(v) for k, v in row.items()} for row in data]
 
@@ -91,7 +93,7 @@ def render(
         columns = (
             list(rows[0])
             if rows
-            else (list(data.columns) if isinstance(data, pl.DataFrame) else [])
+            else (list(data.columns) if not isinstance(data, Sequence) else [])
         )
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
