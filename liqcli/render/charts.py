@@ -542,7 +542,9 @@ class ChartWorker:
             _, status = os.waitpid(pid, 0)
         if status != 0 or message:
             # Each renderer writes one line per error; the first is enough.
-            return message.partition("\n")[0] or f"chart renderer exited with status {status}"
+            code = os.waitstatus_to_exitcode(status)
+            ended = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            return message.partition("\n")[0] or f"chart renderer {ended}"
         return None
 
 

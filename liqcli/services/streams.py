@@ -151,7 +151,7 @@ class LiquidationStream:
     async def next_batch(self) -> list[Liquidation]:
         """The events waiting now (at least one; waits for them); StopAsyncIteration once closed
         or once every venue has stopped (LiqError if they all failed)."""
-        if self._taken[self._next :]:  # mixing __anext__ and batches: nothing skipped
+        if self._next < len(self._taken):  # mixing __anext__ and batches: nothing skipped
             rest, self._taken, self._next = self._taken[self._next :], [], 0
             return rest
         if self._closed:

@@ -41,7 +41,7 @@ from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.core.schemas import time_column
 from liqcli.errors import DataError, LiqError, UsageError
 from liqcli.store.lock import try_flock
-from liqcli.store.parquet import Store, WriteResult
+from liqcli.store.parquet import Store, WriteResult, first_line
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +245,9 @@ class Journal:
         except (pl.exceptions.PolarsError, TypeError, ValueError):
             frame = self._frame_row_by_row(rows)
         sink = io.BytesIO()
-        sink.write(_FRAME_HEADER.pack(_FRAME_MAGIC, 0))
         frame.write_ipc_stream(sink, compression="uncompressed")
-        payload = sink.getbuffer()
-        _FRAME_HEADER.pack_into(payload, 0, _FRAME_MAGIC, len(payload) - _FRAME_HEADER.size)
-        data = bytes(payload)
-        del payload  # release the export before the BytesIO goes
-        return data
+        payload = sink.getvalue()
+        return _FRAME_HEADER.pack(_FRAME_MAGIC, len(payload)) + payload
 
     def _frame_row_by_row(self, rows: list[dict]) -> pl.DataFrame:
         frames = [pl.DataFrame(schema=self._line_schema)]
@@ -263,7 +259,7 @@ class Journal:
                 log.error(
                     "journal of %s: dropped a row that cannot be stored (%s): %r",
                     self.spec.name,
-                    _first_line(exc),
+                    first_line(exc),
                     row,
                 )
         return pl.concat(frames, how="vertical")
@@ -358,7 +354,10 @@ class Journal:
                 frames.append(self._conform_frame(frame))
             except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as exc:
                 log.warning(
-                    "journal %s: skipped a damaged frame at byte %d (%s)", path, offset, exc
+                    "journal %s: skipped a damaged frame at byte %d (%s)",
+                    path,
+                    offset,
+                    first_line(exc),
                 )
             offset = start + length
         return pl.concat(frames, how="vertical")
@@ -469,7 +468,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

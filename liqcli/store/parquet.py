@@ -126,7 +126,7 @@ class Store:
             os.replace(path, aside)
             self.corrupt_files.append(path)
             log.warning(
-                "corrupt Parquet file %s (%s): moved aside to %s", path, _first_line(exc), aside
+                "corrupt Parquet file %s (%s): moved aside to %s", path, first_line(exc), aside
             )
             return None
         return _conform_file(spec, existing)
@@ -293,7 +293,7 @@ class Store:
     def _mark_corrupt(self, path: Path, exc: BaseException) -> None:
         if path not in self.corrupt_files:
             self.corrupt_files.append(path)
-        log.warning("skipping corrupt Parquet file %s: %s", path, _first_line(exc))
+        log.warning("skipping corrupt Parquet file %s: %s", path, first_line(exc))
 
 
 def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
@@ -308,7 +308,7 @@ def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
         except _READ_ERRORS as exc:
             raise DataError(
                 f"{spec.name}: column {name!r} ({df.schema[name]}) cannot be stored as {dtype}: "
-                f"{_first_line(exc)}"
+                f"{first_line(exc)}"
             ) from None
     out = pl.DataFrame(columns)
     for name in dict.fromkeys((*spec.key, *spec.partition_by, time_column(spec))):
@@ -434,6 +434,7 @@ def _remove_stale_temps(directory: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's first line (Polars' messages go on with hints), or its type when empty."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
