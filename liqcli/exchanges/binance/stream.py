@@ -25,6 +25,7 @@ from liqcli.exchanges.parsing import (
     MAX_SYMBOL_LEN,
     MIN_NOTIONAL_USD,
     MIN_PRICE,
+    MIN_TS,
     NOT_POSITIVE,
     TS_WINDOW_MS,
     WRONG_TYPE,
@@ -153,7 +154,7 @@ def _force_order(event: dict[str, Any], received_ts: int) -> Liquidation:
     ts = order.get("T")
     if ts is None:
         ts = event["E"]
-    if not (type(ts) is int and received_ts and -TS_WINDOW_MS <= ts - received_ts <= TS_WINDOW_MS):
+    if not (type(ts) is int and received_ts and MIN_TS <= ts <= received_ts + TS_WINDOW_MS):
         ts = timestamp(VENUE, ts, "T", received_ts)
     z, ap = order.get("z"), order.get("ap")
     try:

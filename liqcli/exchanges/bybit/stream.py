@@ -28,6 +28,7 @@ from liqcli.exchanges.parsing import (
     MAX_SYMBOL_LEN,
     MIN_NOTIONAL_USD,
     MIN_PRICE,
+    MIN_TS,
     TS_WINDOW_MS,
     Refusals,
     Refused,
@@ -160,7 +161,7 @@ def _liquidation(item: Any, message: dict[str, Any], received_ts: int) -> Liquid
     ts = item.get("T")
     if ts is None:
         ts = message["ts"]
-    if not (type(ts) is int and received_ts and -TS_WINDOW_MS <= ts - received_ts <= TS_WINDOW_MS):
+    if not (type(ts) is int and received_ts and MIN_TS <= ts <= received_ts + TS_WINDOW_MS):
         ts = timestamp(VENUE, ts, "T", received_ts)
     price = positive(VENUE, item["p"], "p")
     qty = positive(VENUE, item["v"], "v")
