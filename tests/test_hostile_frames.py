@@ -634,3 +634,82 @@ def test_overflowing_frames_are_refused_on_every_venue_not_raised() -> None:
             refused = Refusals()
             assert parse(orjson.loads(orjson.dumps(frame)), refused) == []
             assert refused == {reason: 1}
+
+
+async def test_liq_watch_survives_overflowing_and_far_dated_frames_on_all_venues(tmp_path) -> None:
+    """#13.3 through the real command: price x qty overflowing to infinity, a notional above
+    1.8e302, a time past 9999, p=true: each venue's valid events are printed, exit 0, no
+    traceback, and ``--log-level info`` names the refusals."""
+    import os
+    import sys
+
+    from liqcli.core.timeutil import now_ms
+
+    now = now_ms()
+    t = now - 60_000
+    year_10000 = 253_402_300_800_000
+
+    def bad_binance() -> list[dict]:
+        events = [binance_event(t + 10 + i, 500.0 + i) for i in range(4)]
+        events[0]["o"].update(ap="1e9", z="1e300")
+        events[1]["o"].update(ap="1000", z="1e300")
+        events[2]["o"]["T"] = year_10000
+        events[3]["o"].update(z="0", ap="0", p=True)
+        return [{"stream": "!forceOrder@arr", "data": e} for e in events]
+
+    binance_steps = [
+        {"stream": "!forceOrder@arr", "data": binance_event(t, 100.0)},
+        *bad_binance(),
+        {"stream": "!forceOrder@arr", "data": binance_event(t + 1, 101.0)},
+    ]
+    okx_bad = [
+        {**okx_detail(t, 1.0), "bkPx": "1e9", "sz": "1e300"},
+        {**okx_detail(year_10000, 1.0)},
+        {**okx_detail(t, 1.0), "sz": True},
+    ]
+    okx_steps = [
+        okx_frame([okx_item("BTC-USDT-SWAP", [okx_detail(t + 2, 200.0), *okx_bad])]),
+        okx_frame([okx_item("BTC-USDT-SWAP", None)]),
+        okx_frame([okx_item("BTC-USDT-SWAP", [okx_detail(t + 3, 201.0)])]),
+    ]
+    bybit_steps = [
+        bybit_frame([bybit_item(t + 4, 300.0), {**bybit_item(t, 1.0), "p": "1e9", "v": "1e300"}]),
+        bybit_frame([{**bybit_item(year_10000, 1.0)}, {**bybit_item(t, 1.0), "p": True}]),
+        bybit_frame([bybit_item(t + 5, 301.0)]),
+    ]
+    binance = FakeBinance(binance_steps)
+    okx = FakeOkx(okx_steps, instruments=OKX_INSTRUMENTS)
+    bybit = FakeBybit(bybit_steps, instruments=[bybit_instrument("BTCUSDT")])
+    async with binance, okx, bybit:
+        env = dict(os.environ)
+        for name, fake in (("BINANCE", binance), ("OKX", okx), ("BYBIT", bybit)):
+            env[f"LIQ_{name}_WS_URL"] = fake.ws_url
+            env[f"LIQ_{name}_REST_URL"] = fake.rest_url
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "liqcli",
+            "--log-level",
+            "info",
+            "--data-dir",
+            str(tmp_path),
+            "watch",
+            "--format",
+            "jsonl",
+            "--duration",
+            "3",
+            "--no-store",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 40)
+    err = stderr.decode()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    prices = sorted(orjson.loads(line)["price"] for line in stdout.decode().splitlines())
+    assert prices == [100.0, 101.0, 200.0, 201.0, 300.0, 301.0]
+    for venue in ("binance", "okx", "bybit"):
+        assert f"{venue}: refused" in err
+    for reason in ("notional_out_of_range", "ts_future", "wrong_type"):
+        assert reason in err

@@ -40,10 +40,11 @@ from liqcli.exchanges.parsing import (
     MAX_PRICE,
     MIN_NOTIONAL_USD,
     MIN_PRICE,
+    MIN_TS,
+    TS_WINDOW_MS,
     UNKNOWN_INSTRUMENT,
     Refusals,
     Refused,
-    field,
     notional,
     number,
     positive,
@@ -193,8 +194,10 @@ def parse_liquidations(
         try:
             if type(item) is not dict:
                 raise structure(VENUE, "liquidation push item", item)
-            inst_id = text(VENUE, field(VENUE, item, "instId"), "instId")
-            details = field(VENUE, item, "details")
+            inst_id = item["instId"]
+            if type(inst_id) is not str:
+                text(VENUE, inst_id, "instId")  # raises: wrong type
+            details = item["details"]
             if type(details) is not list:
                 raise structure(VENUE, f"{inst_id[:40]} 'details'", details)
         except Exception as exc:
@@ -237,7 +240,11 @@ def _liquidation(
         side = liquidated_side(
             text(VENUE, detail.get("side", ""), "side"), text(VENUE, pos_side, "posSide")
         )
-    ts = timestamp(VENUE, detail["ts"], "ts", received_ts)
+    ts = detail["ts"]
+    if type(ts) is str and ts.isdecimal():
+        ts = int(ts)
+    if not (type(ts) is int and received_ts and MIN_TS <= ts <= received_ts + TS_WINDOW_MS):
+        ts = timestamp(VENUE, ts, "ts", received_ts)
     qty, usd = contracts_to_base(instrument, contracts, price)
     if not MIN_NOTIONAL_USD <= usd <= MAX_NOTIONAL_USD:
         notional(VENUE, usd)

@@ -190,7 +190,7 @@ def _agg_trade(event: dict[str, Any], received_ts: int) -> AggTrade:
     notional(VENUE, price * qty)
     trade_id = event["a"]
     if type(trade_id) is not int:
-        if not (type(trade_id) is str and trade_id.isdigit()):
+        if not (type(trade_id) is str and trade_id.isdecimal()):
             raise Refused(
                 WRONG_TYPE, f"binance: aggTrade id 'a' is not an integer: {trade_id!r:.60}"
             )
