@@ -713,3 +713,23 @@ async def test_liq_watch_survives_overflowing_and_far_dated_frames_on_all_venues
         assert f"{venue}: refused" in err
     for reason in ("notional_out_of_range", "ts_future", "wrong_type"):
         assert reason in err
+
+
+def test_parsers_without_a_refusal_counter_still_count_and_survive() -> None:
+    """A parser that raises DataError instead of counting (``refused=`` not accepted) is still
+    called, and its errors land in the venue's counters."""
+    from liqcli.errors import DataError
+    from liqcli.exchanges.ws import VenueStatus
+
+    def legacy(message: Any) -> list[Any]:
+        if message == "bad":
+            raise DataError("x: malformed depth")
+        if message == "bug":
+            raise AttributeError("oops")
+        return [message]
+
+    status = VenueStatus("x")
+    results = [LiquidationStream._parse(status, legacy, m) for m in ("ok", "bad", "bug", "ok2")]
+    assert results == [["ok"], [], [], ["ok2"]]
+    assert dict(status.rejected) == {"malformed": 1, "parser_error": 1}
+    assert status.malformed == 2 and "oops" in (status.last_error or "")

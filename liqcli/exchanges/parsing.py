@@ -48,6 +48,7 @@ TS_FUTURE = "ts_future"
 TS_PAST = "ts_past"
 UNKNOWN_INSTRUMENT = "unknown_instrument"
 OUT_OF_RANGE = "out_of_range"
+MALFORMED = "malformed"
 PARSER_ERROR = "parser_error"
 
 REASONS: dict[str, str] = {
@@ -68,6 +69,7 @@ REASONS: dict[str, str] = {
     TS_PAST: "a timestamp before 2010-01-01 (-1, 1, seconds instead of milliseconds)",
     UNKNOWN_INSTRUMENT: "an OKX instrument missing from the contract table (even after a refresh)",
     OUT_OF_RANGE: "a REST value outside its range (a negative ratio or volume, a share above 1)",
+    MALFORMED: "a DataError from a parser that gives no finer reason",
     PARSER_ERROR: "any other failure inside a parser (a bug: counted, never fatal)",
 }
 
@@ -124,6 +126,8 @@ def refuse(refused: Refusals | None, exc: BaseException, venue: str = "", count:
         refused.add(exc.reason, str(exc), count)
     elif type(exc) is KeyError:
         refused.add(MISSING_FIELD, f"{venue}: field {_show(exc.args[0])} is missing", count)
+    elif isinstance(exc, DataError):
+        refused.add(MALFORMED, str(exc), count)
     else:
         refused.add(PARSER_ERROR, f"{venue}: parser error: {exc!r}"[:300], count)
 

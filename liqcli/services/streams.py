@@ -38,6 +38,7 @@ raises LiqError naming each failure.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -346,13 +347,29 @@ class LiquidationStream:
         refused = status.rejected
         before = refused.total
         try:
-            events = parser(*args, refused=refused)
+            events = parser(*args, refused=refused) if _takes_refused(parser) else parser(*args)
         except Exception as exc:
             refuse(refused, exc, status.venue)
             events = []
         if refused.total != before:
             _note_refusals(status, before)
         return events
+
+
+_TAKES_REFUSED: dict[Callable[..., Any], bool] = {}
+
+
+def _takes_refused(parser: Callable[..., Any]) -> bool:
+    """Whether ``parser`` counts its refusals (a ``refused=`` keyword); others raise instead."""
+    known = _TAKES_REFUSED.get(parser)
+    if known is None:
+        try:
+            params = inspect.signature(parser).parameters.values()
+        except (TypeError, ValueError):
+            params = []  # type: ignore[assignment]
+        known = any(p.name == "refused" or p.kind is p.VAR_KEYWORD for p in params)
+        _TAKES_REFUSED[parser] = known
+    return known
 
 
 def _note_refusals(status: VenueStatus, before: int) -> None:
