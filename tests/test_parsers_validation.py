@@ -5,6 +5,7 @@ in its summary."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -249,3 +250,140 @@ def test_fetch_refuses_nan_infinity_and_negative_rows_and_counts_them_in_the_sum
     assert all(r is not None and math.isfinite(r) and r >= 0 for r in ratios)
     first = datetime.fromtimestamp(stored["ts"].dt.epoch("ms").min() / 1000, tz=UTC)
     assert first.isoformat().startswith(start[:10])
+
+
+# -- properties: any JSON in any field --------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from liqcli.exchanges import okx  # noqa: E402
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["", "0", "-1", "1e308", "1e-320", "NaN", "inf", "1.5", str(RECV), "BUY"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+OKX_TABLE = okx.parse_instruments(
+    {
+        "code": "0",
+        "data": [
+            {"instId": "BTC-USDT-SWAP", "instType": "SWAP", "ctVal": "0.01", "ctValCcy": "BTC"},
+            {"instId": "BTC-USD-SWAP", "instType": "SWAP", "ctVal": "100", "ctValCcy": "USD"},
+        ],
+    }
+)
+
+
+def _valid_frames() -> dict[str, tuple[dict[str, Any], Callable[[Any, Refusals], list[Any]]]]:
+    return {
+        "binance": (
+            {"stream": "!forceOrder@arr", "data": force_order()},
+            lambda m, r: binance.parse_message(m, RECV, refused=r),
+        ),
+        "okx": (
+            {
+                "arg": {"channel": "liquidation-orders"},
+                "data": [
+                    {
+                        "instId": "BTC-USDT-SWAP",
+                        "details": [
+                            {
+                                "bkPx": "60000",
+                                "sz": "2",
+                                "side": "sell",
+                                "posSide": "long",
+                                "ts": str(RECV),
+                            }
+                        ],
+                    }
+                ],
+            },
+            lambda m, r: okx.parse_liquidations(m, OKX_TABLE, RECV, refused=r),
+        ),
+        "bybit": (
+            {
+                "topic": "allLiquidation.BTCUSDT",
+                "ts": RECV,
+                "data": [{"T": RECV, "s": "BTCUSDT", "S": "Buy", "v": "0.5", "p": "60000"}],
+            },
+            lambda m, r: bybit.parse_liquidations(m, RECV, refused=r),
+        ),
+    }
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _replace(value: Any, path: tuple, new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[head] = _replace(value[head], rest, new)
+    return copy
+
+
+def _check_events(events: list[Any]) -> None:
+    for e in events:
+        assert type(e.symbol) is str and e.symbol and len(e.symbol) <= 64
+        assert e.side in ("long", "short")
+        assert 1e-12 <= e.price <= 1e9 and math.isfinite(e.qty) and e.qty > 0
+        assert 1e-6 <= e.notional_usd <= 1e10
+        assert type(e.ts) is int and 1_262_304_000_000 <= e.ts <= RECV + DAY
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    venue=st.sampled_from(["binance", "okx", "bybit"]),
+    picks=st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=3),
+    values=st.lists(JSON, min_size=3, max_size=3),
+    drop=st.booleans(),
+)
+def test_any_json_in_any_field_is_refused_with_a_reason_or_parsed_validly(
+    venue, picks, values, drop
+) -> None:
+    frame, parse = _valid_frames()[venue]
+    paths = _paths(frame)
+    for pick, value in zip(picks, values, strict=False):
+        path = paths[pick % len(paths)]
+        if drop and path:
+            parent = frame
+            for part in path[:-1]:
+                parent = parent[part]
+            if isinstance(parent, dict):
+                parent = {k: v for k, v in parent.items() if k != path[-1]}
+                frame = _replace(frame, path[:-1], parent)
+                paths = _paths(frame)
+                continue
+        frame = _replace(frame, path, value)
+        paths = _paths(frame)
+    refused = Refusals()
+    events = parse(frame, refused)  # never raises
+    _check_events(events)
+    assert set(refused) <= set(parsing.REASONS) - {"parser_error", "malformed"}, refused.last
+    assert refused.total == sum(refused.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(venue=st.sampled_from(["binance", "okx", "bybit"]), frame=JSON)
+def test_any_json_frame_never_raises(venue, frame) -> None:
+    _, parse = _valid_frames()[venue]
+    refused = Refusals()
+    _check_events(parse(frame, refused))
+    assert "parser_error" not in refused, refused.last
