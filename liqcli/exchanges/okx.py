@@ -199,7 +199,7 @@ def parse_liquidations(
                 text(VENUE, inst_id, "instId")  # raises: wrong type
             details = item["details"]
             if type(details) is not list:
-                raise structure(VENUE, f"{inst_id[:40]} 'details'", details)
+                raise structure(VENUE, f"{inst_id[:40]!r} 'details'", details)
         except Exception as exc:
             refuse(refused, exc, VENUE)
             continue
