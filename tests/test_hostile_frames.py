@@ -499,7 +499,7 @@ PLANS = {"binance": binance_plan, "okx": okx_plan, "bybit": bybit_plan}
 async def test_fuzzed_frames_every_valid_event_once_nothing_malformed_counted_by_reason(
     monkeypatch, venue: str, seed: int
 ) -> None:
-    plan = PLANS[venue](random.Random(seed * 1000 + len(venue)), 400)
+    plan = PLANS[venue](random.Random(seed * 1000 + len(venue)), 1500)
     # A last valid event proves the venue still runs after everything before it.
     sentinel_ts, sentinel_price = NOW - 1, 99_999.0
     if venue == "binance":
