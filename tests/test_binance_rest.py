@@ -20,6 +20,7 @@ from liqcli.exchanges.binance.rest import (
     kline_weight,
     parse_rows,
 )
+from liqcli.exchanges.parsing import Refusals
 from tests.fakes.binance_rest import FakeBinanceRest, FakeClock, Limits
 
 MIN = 60_000
@@ -216,40 +217,73 @@ def test_old_funding_rows_without_mark_price_keep_a_null():
     assert df["mark_price"].to_list() == [None] and df["funding_rate"].to_list() == [-0.0375]
 
 
+T = 1_700_000_000_000
+GOOD_ROWS = {
+    "open_interest": {"sumOpenInterest": "10", "sumOpenInterestValue": "600", "timestamp": T},
+    "taker_ratio": {"buySellRatio": "1.2", "buyVol": "3", "sellVol": "2.5", "timestamp": T},
+    "top_account_ratio": {
+        "longShortRatio": "1.5",
+        "longAccount": "0.6",
+        "shortAccount": "0.4",
+        "timestamp": T,
+    },
+    "funding": {"fundingRate": "-0.0001", "fundingTime": T, "markPrice": "60000"},
+    "klines": [T, "1", "2", "0.5", "1.5", "10", T + 1, "15", 3, "4", "6", "0"],
+}
+
+
+def test_a_response_that_is_not_a_list_of_rows_is_a_data_error_naming_the_endpoint():
+    with pytest.raises(DataError, match="returned dict, expected a list") as info:
+        parse_rows("taker_ratio", {"code": 0}, symbol="BTCUSDT")
+    assert ENDPOINTS["taker_ratio"].path in str(info.value)
+
+
 @pytest.mark.parametrize(
-    ("name", "payload", "message"),
+    ("name", "bad", "reason"),
     [
-        (
-            "open_interest",
-            [{"sumOpenInterest": "1", "timestamp": 1}],
-            "missing field 'sumOpenInterestValue'",
-        ),
-        ("taker_ratio", {"code": 0}, "returned dict, expected a list"),
-        ("klines", [[1499040000000, "1", "2"]], "kline row is too short"),
-        ("funding", [["not", "an", "object"]], "every row should be an object"),
+        ("open_interest", {"sumOpenInterest": "1", "timestamp": T}, "missing_field"),
+        ("klines", [T, "1", "2"], "missing_field"),
+        ("funding", ["not", "an", "object"], "bad_structure"),
         (
             "top_account_ratio",
-            [{"longShortRatio": "x", "longAccount": "1", "shortAccount": "1", "timestamp": 1}],
-            "long_short_ratio 'x' is not a number",
+            {**GOOD_ROWS["top_account_ratio"], "longShortRatio": "x"},
+            "not_a_number",
         ),
         (
-            "global_account_ratio",
-            [{"longShortRatio": "1", "longAccount": "1", "shortAccount": "1", "timestamp": "soon"}],
-            "not epoch milliseconds",
+            "top_account_ratio",
+            {**GOOD_ROWS["top_account_ratio"], "timestamp": "soon"},
+            "not_a_number",
+        ),
+        ("open_interest", {**GOOD_ROWS["open_interest"], "sumOpenInterest": True}, "not_a_number"),
+        ("funding", {**GOOD_ROWS["funding"], "fundingRate": None}, "missing_field"),
+        ("taker_ratio", {**GOOD_ROWS["taker_ratio"], "buySellRatio": "NaN"}, "not_finite"),
+        ("taker_ratio", {**GOOD_ROWS["taker_ratio"], "sellVol": "Infinity"}, "not_finite"),
+        ("taker_ratio", {**GOOD_ROWS["taker_ratio"], "buySellRatio": "-1.5"}, "out_of_range"),
+        (
+            "top_account_ratio",
+            {**GOOD_ROWS["top_account_ratio"], "longAccount": "1.5"},
+            "out_of_range",
         ),
         (
             "open_interest",
-            [{"sumOpenInterest": True, "sumOpenInterestValue": "1", "timestamp": 1}],
-            "open_interest 'true' is not a number",
+            {**GOOD_ROWS["open_interest"], "sumOpenInterestValue": -3},
+            "out_of_range",
         ),
+        ("funding", {**GOOD_ROWS["funding"], "markPrice": "-1"}, "out_of_range"),
+        ("klines", [T, "-1", "2", "0.5", "1.5", "10", T, "15", 3, "4", "6", "0"], "out_of_range"),
+        ("open_interest", {**GOOD_ROWS["open_interest"], "timestamp": 1}, "ts_past"),
         (
-            "funding",
-            [{"fundingRate": None, "fundingTime": 1, "markPrice": "1"}],
-            "funding_rate None is not a number",
+            "open_interest",
+            {**GOOD_ROWS["open_interest"], "timestamp": 253402300800000},
+            "ts_future",
         ),
     ],
 )
-def test_unexpected_rows_are_data_errors_naming_the_endpoint(name, payload, message):
-    with pytest.raises(DataError, match=message) as info:
-        parse_rows(name, payload, symbol="BTCUSDT")
-    assert ENDPOINTS[name].path in str(info.value)
+def test_a_malformed_row_is_refused_alone_and_counted_by_reason(name, bad, reason):
+    good = GOOD_ROWS[name]
+    refused = Refusals()
+    df = parse_rows(name, [good, bad, good], symbol="BTCUSDT", period="5m", refused=refused)
+    assert df.height == 2  # the good rows are kept, the bad one only is left out
+    assert refused == {reason: 1}
+    assert ENDPOINTS[name].path in (refused.last or "")
+    assert df.schema == parse_rows(name, [good], symbol="BTCUSDT", period="5m").schema

@@ -17,10 +17,16 @@ from liqcli.exchanges import okx
 from liqcli.exchanges.binance import stream as binance
 from liqcli.exchanges.bybit import stream as bybit
 from liqcli.exchanges.http import VenueHttp
+from liqcli.exchanges.parsing import Refusals
 from tests.fakes.venue_rest import bybit_instrument, okx_instrument
 from tests.fakes.ws_servers import FakeBybit, FakeOkx
 
 RECV = 1_700_000_000_999
+# Receive times close to each venue sample's own timestamp (events more than a day from their
+# receive time are refused).
+RECV_BINANCE = 1568014460893 + 999
+RECV_OKX = 1723892524781 + 999
+RECV_BYBIT = 1739502303204 + 999
 
 # --- Binance ----------------------------------------------------------------------------------
 
@@ -47,7 +53,7 @@ FORCE_ORDER = {
 
 
 def test_binance_sell_order_is_a_long_liquidation_with_filled_notional() -> None:
-    [liq] = binance.parse_message(FORCE_ORDER, RECV)
+    [liq] = binance.parse_message(FORCE_ORDER, RECV_BINANCE)
     assert liq == Liquidation(
         exchange="binance",
         symbol="BTCUSDT",
@@ -56,7 +62,7 @@ def test_binance_sell_order_is_a_long_liquidation_with_filled_notional() -> None
         qty=0.012,
         notional_usd=9910.5 * 0.012,
         ts=1568014460893,
-        received_ts=RECV,
+        received_ts=RECV_BINANCE,
     )
 
 
@@ -99,39 +105,43 @@ def test_binance_agg_trade_and_other_events() -> None:
         "stream": "btcusdt@aggTrade",
         "data": {
             "e": "aggTrade",
-            "E": 123456789,
+            "E": 1568014460000,
             "s": "BTCUSDT",
             "a": 5933014,
             "p": "0.001",
             "q": "100",
             "f": 100,
             "l": 105,
-            "T": 123456785,
+            "T": 1568014459996,
             "m": True,
         },
     }
     assert binance.parse_message(agg) == [
-        AggTrade("binance", "BTCUSDT", 5933014, 123456785, 0.001, 100.0, True)
+        AggTrade("binance", "BTCUSDT", 5933014, 1568014459996, 0.001, 100.0, True)
     ]
     kline = {"stream": "btcusdt@kline_1m", "data": {"e": "kline", "k": {}}}
     assert binance.parse_message(kline) == []
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "reason"),
     [
-        lambda o: o.pop("S"),
-        lambda o: o.update(S="HOLD"),
-        lambda o: o.update(z="0", p="abc"),
-        lambda o: o.update(z="0", q="-1"),
-        lambda o: o.update(ap="nan"),
+        (lambda o: o.pop("S"), "missing_field"),
+        (lambda o: o.update(S="HOLD"), "bad_side"),
+        (lambda o: o.update(z="0", p="abc"), "not_a_number"),
+        (lambda o: o.update(z="0", q="-1"), "not_positive"),
+        (lambda o: o.update(ap="nan"), "not_finite"),
     ],
 )
-def test_binance_malformed_force_order_raises_data_error(mutate) -> None:
+def test_binance_malformed_force_order_is_refused_with_its_reason(mutate, reason) -> None:
     event = orjson.loads(orjson.dumps(FORCE_ORDER))
     mutate(event["data"]["o"])
-    with pytest.raises(DataError, match="binance"):
-        binance.parse_message(event)
+    refused = Refusals()
+    assert binance.parse_message(event, refused=refused) == []
+    assert refused == {reason: 1} and "binance" in (refused.last or "")
+    with pytest.raises(DataError, match="binance") as info:
+        binance.parse_force_order(event["data"])
+    assert getattr(info.value, "reason", None) == reason
 
 
 def test_binance_stream_names_and_url(monkeypatch) -> None:
@@ -216,9 +226,9 @@ def test_okx_side_mapping() -> None:
 
 def test_okx_linear_contracts_convert_with_ct_val() -> None:
     message = okx_push("BTC-USDT-SWAP", okx_detail("sell", "long", "60000.5", "13"))
-    [liq] = okx.parse_liquidations(message, OKX_INSTRUMENTS, RECV)
+    [liq] = okx.parse_liquidations(message, OKX_INSTRUMENTS, RECV_OKX)
     assert liq.symbol == "BTCUSDT" and liq.venue_symbol == "BTC-USDT-SWAP"
-    assert liq.side == "long" and liq.ts == 1723892524781 and liq.received_ts == RECV
+    assert liq.side == "long" and liq.ts == 1723892524781 and liq.received_ts == RECV_OKX
     assert liq.qty == pytest.approx(0.13)  # 13 contracts x 0.01 BTC
     assert liq.notional_usd == pytest.approx(0.13 * 60000.5)
 
@@ -246,21 +256,30 @@ def test_okx_unknown_instruments_are_skipped_and_listed() -> None:
         okx_push("BTC-USDT-SWAP", okx_detail("sell", "long", "1", "1"))["data"][0]
     )
     assert okx.instrument_ids(message) == ["NEW-USDT-SWAP", "BTC-USDT-SWAP"]
-    assert [liq.symbol for liq in okx.parse_liquidations(message, OKX_INSTRUMENTS)] == ["BTCUSDT"]
+    refused = Refusals()
+    parsed = okx.parse_liquidations(message, OKX_INSTRUMENTS, refused=refused)
+    assert [liq.symbol for liq in parsed] == ["BTCUSDT"]
+    assert refused == {"unknown_instrument": 1}
 
 
 @pytest.mark.parametrize(
-    "detail",
+    ("detail", "reason"),
     [
-        {"bkPx": "1", "sz": "1", "side": "sell", "posSide": "long"},  # no ts
-        okx_detail("sell", "long", "x", "1"),
-        okx_detail("sell", "long", "1", "0"),
-        okx_detail("hold", "net", "1", "1"),
+        ({"bkPx": "1", "sz": "1", "side": "sell", "posSide": "long"}, "missing_field"),  # no ts
+        (okx_detail("sell", "long", "x", "1"), "not_a_number"),
+        (okx_detail("sell", "long", "1", "0"), "not_positive"),
+        (okx_detail("hold", "net", "1", "1"), "bad_side"),
     ],
 )
-def test_okx_malformed_details_raise_data_error(detail: dict[str, Any]) -> None:
-    with pytest.raises(DataError, match="okx"):
-        okx.parse_liquidations(okx_push("BTC-USDT-SWAP", detail), OKX_INSTRUMENTS)
+def test_okx_malformed_details_are_refused_with_their_reason(
+    detail: dict[str, Any], reason: str
+) -> None:
+    good = okx_detail("sell", "long", "60000", "1")
+    refused = Refusals()
+    message = okx_push("BTC-USDT-SWAP", detail, good)
+    [liq] = okx.parse_liquidations(message, OKX_INSTRUMENTS, refused=refused)
+    assert liq.price == 60000.0  # the push's good detail is kept
+    assert refused == {reason: 1} and "okx" in (refused.last or "")
 
 
 def test_okx_parse_instruments_and_error_body() -> None:
@@ -341,7 +360,7 @@ BYBIT_PUSH = {
 
 
 def test_bybit_sell_is_a_short_and_buy_is_a_long_liquidation() -> None:
-    [liq] = bybit.parse_liquidations(BYBIT_PUSH, RECV)
+    [liq] = bybit.parse_liquidations(BYBIT_PUSH, RECV_BYBIT)
     assert liq == Liquidation(
         exchange="bybit",
         symbol="ROSEUSDT",
@@ -350,7 +369,7 @@ def test_bybit_sell_is_a_short_and_buy_is_a_long_liquidation() -> None:
         qty=20000.0,
         notional_usd=0.04499 * 20000,
         ts=1739502302929,
-        received_ts=RECV,
+        received_ts=RECV_BYBIT,
     )
     buy = {
         **BYBIT_PUSH,
@@ -363,11 +382,13 @@ def test_bybit_sell_is_a_short_and_buy_is_a_long_liquidation() -> None:
 
 def test_bybit_other_topics_ignored_and_malformed_rejected() -> None:
     assert bybit.parse_liquidations({"topic": "tickers.BTCUSDT", "data": {}}) == []
+    refused = Refusals()
     bad = {**BYBIT_PUSH, "data": [{"T": 1, "s": "X", "S": "Up", "v": "1", "p": "1"}]}
-    with pytest.raises(DataError, match="bybit"):
-        bybit.parse_liquidations(bad)
-    with pytest.raises(DataError, match="bybit"):
-        bybit.parse_liquidations({**BYBIT_PUSH, "data": [{"s": "X", "S": "Buy", "v": "1"}]})
+    assert bybit.parse_liquidations(bad, refused=refused) == []
+    assert refused == {"bad_side": 1}
+    missing = {**BYBIT_PUSH, "data": [{"s": "X", "S": "Buy", "v": "1"}]}
+    assert bybit.parse_liquidations(missing, refused=refused) == []
+    assert refused == {"bad_side": 1, "missing_field": 1} and "'p'" in (refused.last or "")
 
 
 def test_bybit_subscriptions_respect_count_and_length_limits() -> None:

@@ -156,6 +156,7 @@ def fetch(
         "end": iso_ms(end_ms),
         "new_rows": sum(r.new_rows for r in results),
         "requests": sum(r.requests for r in results),
+        "refused_rows": sum(r.refused.total for r in results),
     }
     render(rows, fmt, document=document, rows_key="results")
     failed = [r for r in results if r.status == "error"]

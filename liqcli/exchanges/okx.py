@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -33,7 +34,26 @@ import orjson
 from liqcli.core.endpoints import url as endpoint_url
 from liqcli.core.events import LONG, SHORT, Liquidation, Side
 from liqcli.errors import DataError, ExchangeError
-from liqcli.exchanges.parsing import number
+from liqcli.exchanges.parsing import (
+    BAD_SIDE,
+    MAX_NOTIONAL_USD,
+    MAX_PRICE,
+    MIN_NOTIONAL_USD,
+    MIN_PRICE,
+    MIN_TS,
+    TS_WINDOW_MS,
+    UNKNOWN_INSTRUMENT,
+    Refusals,
+    Refused,
+    notional,
+    number,
+    positive,
+    price_value,
+    refuse,
+    structure,
+    text,
+    timestamp,
+)
 from liqcli.exchanges.ws import FrameKind, WsProtocol
 
 log = logging.getLogger("liq.okx")
@@ -79,7 +99,10 @@ def liquidated_side(side: str, pos_side: str) -> Side:
     order_side = side.lower()
     if order_side in ("sell", "buy"):
         return LONG if order_side == "sell" else SHORT
-    raise DataError(f"okx: cannot tell the liquidated side from side={side!r} posSide={pos_side!r}")
+    raise Refused(
+        BAD_SIDE,
+        f"okx: cannot tell the liquidated side from side={side[:20]!r} posSide={pos_side[:20]!r}",
+    )
 
 
 def _num(value: Any, name: str) -> float:
@@ -104,7 +127,9 @@ def parse_instruments(payload: Any) -> dict[str, OkxInstrument]:
     for row in rows:
         try:
             inst_id = str(row["instId"])
-            ct_val = _num(row["ctVal"], "ctVal") * float(row.get("ctMult") or 1)
+            ct_val = _num(row["ctVal"], "ctVal") * _num(row.get("ctMult") or 1, "ctMult")
+            if not ct_val < math.inf:
+                continue
         except (KeyError, TypeError, DataError):
             continue
         ct_val_ccy = str(row.get("ctValCcy", "")).upper()
@@ -135,57 +160,95 @@ def instrument_ids(message: Any) -> list[str]:
     data = message.get("data") if isinstance(message, dict) else None
     if not isinstance(data, list):
         return []
-    return [str(item["instId"]) for item in data if isinstance(item, dict) and "instId" in item]
+    return [
+        item["instId"] for item in data if type(item) is dict and type(item.get("instId")) is str
+    ]
 
 
 def parse_liquidations(
-    message: Any, instruments: Mapping[str, OkxInstrument], received_ts: int = 0
+    message: Any,
+    instruments: Mapping[str, OkxInstrument],
+    received_ts: int = 0,
+    *,
+    refused: Refusals | None = None,
 ) -> list[Liquidation]:
-    """A ``liquidation-orders`` push -> Liquidations. Instruments missing from ``instruments``
-    are skipped (refresh the cache first: see ``instrument_ids``); malformed details raise
-    DataError."""
-    if not isinstance(message, dict):
-        raise DataError(f"okx: expected a JSON object, got {type(message).__name__}")
+    """A ``liquidation-orders`` push -> Liquidations.
+
+    Never raises for data: a bad frame, item or detail is counted in ``refused`` under its
+    reason and skipped on its own (the push's other details are kept). Instruments missing from
+    ``instruments`` are refused as ``unknown_instrument`` (refresh the cache first: see
+    ``instrument_ids``).
+    """
+    if type(message) is not dict:
+        refuse(refused, structure(VENUE, "frame", message))
+        return []
     arg = message.get("arg")
-    if isinstance(arg, dict) and arg.get("channel") not in (None, CHANNEL):
+    if type(arg) is dict and arg.get("channel") not in (None, CHANNEL):
         return []
     data = message.get("data")
-    if not isinstance(data, list):
-        raise DataError("okx: liquidation push has no data list")
+    if type(data) is not list:
+        refuse(refused, structure(VENUE, "liquidation push 'data'", data))
+        return []
     out: list[Liquidation] = []
     for item in data:
         try:
-            inst_id = str(item["instId"])
+            if type(item) is not dict:
+                raise structure(VENUE, "liquidation push item", item)
+            inst_id = item["instId"]
+            if type(inst_id) is not str:
+                text(VENUE, inst_id, "instId")  # raises: wrong type
             details = item["details"]
-        except (KeyError, TypeError):
-            raise DataError("okx: liquidation push item lacks instId/details") from None
+            if type(details) is not list:
+                raise structure(VENUE, f"{inst_id[:40]!r} 'details'", details)
+        except Exception as exc:
+            refuse(refused, exc, VENUE)
+            continue
         instrument = instruments.get(inst_id)
         if instrument is None:
+            if details:
+                refuse(
+                    refused,
+                    Refused(UNKNOWN_INSTRUMENT, f"okx: unknown instrument {inst_id[:40]!r}"),
+                    VENUE,
+                    len(details),
+                )
             continue
-        symbol = normalise_symbol(inst_id)
+        sym = normalise_symbol(inst_id)
         for detail in details:
             try:
-                price = _num(detail["bkPx"], "bkPx")
-                contracts = _num(detail["sz"], "sz")
-                side = liquidated_side(str(detail.get("side", "")), str(detail.get("posSide", "")))
-                ts = int(detail["ts"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"okx: malformed liquidation detail ({exc!r})") from None
-            qty, notional = contracts_to_base(instrument, contracts, price)
-            out.append(
-                Liquidation(
-                    exchange=VENUE,
-                    symbol=symbol,
-                    side=side,
-                    price=price,
-                    qty=qty,
-                    notional_usd=notional,
-                    ts=ts,
-                    venue_symbol=inst_id,
-                    received_ts=received_ts,
-                )
-            )
+                out.append(_liquidation(detail, instrument, sym, inst_id, received_ts))
+            except Exception as exc:  # one bad detail never costs the push's others
+                refuse(refused, exc, VENUE)
     return out
+
+
+def _liquidation(
+    detail: Any, instrument: OkxInstrument, sym: str, inst_id: str, received_ts: int
+) -> Liquidation:
+    # The common case is checked inline; anything unusual goes to the checking helpers, which
+    # raise Refused with the reason. A KeyError is counted as a missing field by the caller.
+    if type(detail) is not dict:
+        raise structure(VENUE, "liquidation detail", detail)
+    price = positive(VENUE, detail["bkPx"], "bkPx")
+    if not MIN_PRICE <= price <= MAX_PRICE:
+        price_value(VENUE, price, "bkPx")
+    contracts = positive(VENUE, detail["sz"], "sz")
+    pos_side = detail.get("posSide", "")
+    if pos_side == "long" or pos_side == "short":
+        side: Side = pos_side
+    else:
+        side = liquidated_side(
+            text(VENUE, detail.get("side", ""), "side"), text(VENUE, pos_side, "posSide")
+        )
+    ts = detail["ts"]
+    if type(ts) is str and ts.isdecimal():
+        ts = int(ts)
+    if not (type(ts) is int and received_ts and MIN_TS <= ts <= received_ts + TS_WINDOW_MS):
+        ts = timestamp(VENUE, ts, "ts", received_ts)
+    qty, usd = contracts_to_base(instrument, contracts, price)
+    if not MIN_NOTIONAL_USD <= usd <= MAX_NOTIONAL_USD:
+        notional(VENUE, usd)
+    return Liquidation(VENUE, sym, side, price, qty, usd, ts, inst_id, received_ts)
 
 
 def subscribe_message(inst_types: Sequence[str] = INST_TYPES) -> str:

@@ -45,6 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from liqcli.core.timeutil import now_ms
 from liqcli.errors import UsageError
+from liqcli.exchanges.parsing import Refusals
 
 log = logging.getLogger("liq.ws")
 
@@ -104,7 +105,9 @@ class VenueStatus:
     gap_ms: int = 0  # total time without a connection after the first one, ms
     garbage: int = 0  # frames that were not JSON (and not the venue's pong)
     errors: int = 0  # venue error acks (e.g. rejected subscriptions)
-    malformed: int = 0  # JSON data frames the venue parser rejected (set by services)
+    malformed: int = 0  # events/frames the venue parser refused: sum of ``rejected``
+    # Refused events per reason (liqcli.exchanges.parsing.REASONS), set by services.
+    rejected: Refusals = field(default_factory=Refusals)
     messages: int = 0  # data frames delivered to the consumer
     events: int = 0  # normalised events produced from them (set by services)
     last_message_ms: int | None = None  # wall clock of the last frame of any kind
@@ -112,7 +115,9 @@ class VenueStatus:
     last_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["rejected"] = dict(self.rejected)  # a copy: the live one keeps counting
+        return out
 
 
 def backoff_delay(attempt: int, timings: WsTimings, rng: random.Random) -> float:

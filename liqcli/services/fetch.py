@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -49,6 +49,7 @@ from liqcli.exchanges.binance.archive import (
 )
 from liqcli.exchanges.binance.rest import ENDPOINTS, FETCH_DATASETS, VENUE, binance_http, fetch_page
 from liqcli.exchanges.http import VenueHttp
+from liqcli.exchanges.parsing import Refusals
 from liqcli.store.parquet import Store
 
 log = logging.getLogger("liq")
@@ -79,6 +80,8 @@ class FetchResult:
     error: str | None = None
     note: str | None = None  # why a result is partial
     requests: int = 0
+    # Malformed rows left out, by reason (liqcli.exchanges.parsing.REASONS).
+    refused: Refusals = field(default_factory=Refusals)
 
     def as_row(self) -> dict[str, Any]:
         """The summary row ``liq fetch`` prints (times as ISO-8601 UTC)."""
@@ -89,8 +92,15 @@ class FetchResult:
             "first_ts": iso_ms(self.first_ts) if self.first_ts is not None else None,
             "last_ts": iso_ms(self.last_ts) if self.last_ts is not None else None,
             "status": self.status,
-            "message": self.error or self.note,
+            "refused_rows": self.refused.total,
+            "message": self.error or self.note or self.refused_note(),
         }
+
+    def refused_note(self) -> str | None:
+        if not self.refused:
+            return None
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.refused.items()))
+        return f"refused {self.refused.total} malformed rows ({counts})"
 
 
 class Progress(Protocol):
@@ -202,6 +212,10 @@ class _Job:
             writer.flush_now()  # keep what arrived before a failure or a Ctrl-C
         if result.status == "partial":
             log.warning("%s %s: %s", dataset, symbol, result.note)
+        if result.refused:
+            log.warning(
+                "%s %s: %s; last: %s", dataset, symbol, result.refused_note(), result.refused.last
+            )
         return result
 
     # ------------------------------------------------------------------ REST
@@ -262,6 +276,7 @@ class _Job:
                 period=self.period,
                 start=window_start,
                 end=window_end - 1,
+                refused=writer.result.refused,
             )
 
         async with contextlib.aclosing(_in_order(windows, fetch, PAGES_IN_FLIGHT)) as pages:
@@ -282,7 +297,13 @@ class _Job:
             while cursor < b:
                 writer.result.requests += 1
                 page = await fetch_page(
-                    self.http, "funding", symbol, start=cursor, end=b - 1, limit=limit
+                    self.http,
+                    "funding",
+                    symbol,
+                    start=cursor,
+                    end=b - 1,
+                    limit=limit,
+                    refused=writer.result.refused,
                 )
                 rows = await asyncio.to_thread(_Rows.within, page, a, b)
                 await writer.add(rows)

@@ -11,7 +11,8 @@ API (what ``liq watch``, ``liq cascade`` and ``liq map --live`` call)::
             ...
         stream.statuses["okx"]                   # liqcli.exchanges.ws.VenueStatus, live
         # .state connecting|connected|down|closed, .reconnects, .gaps, .gap_ms, .garbage,
-        # .errors, .malformed, .messages, .events, .last_message_ms, .last_error; .to_dict()
+        # .errors, .malformed, .rejected (refused events by reason), .messages, .events,
+        # .last_message_ms, .last_error; .to_dict()
 
     # Binance liquidations and aggregate trades for some symbols on one connection.
     async with binance_events(["BTCUSDT"], liquidations=True, agg_trades=True) as stream:
@@ -37,6 +38,7 @@ raises LiqError naming each failure.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,11 +49,12 @@ from typing import Any, TypeVar
 from liqcli.core.endpoints import url as endpoint_url
 from liqcli.core.events import AggTrade, Liquidation
 from liqcli.core.timeutil import now_ms
-from liqcli.errors import DataError, LiqError, UsageError
+from liqcli.errors import LiqError, UsageError
 from liqcli.exchanges import okx
 from liqcli.exchanges.binance import stream as binance
 from liqcli.exchanges.bybit import stream as bybit
 from liqcli.exchanges.http import RateBudget, VenueHttp
+from liqcli.exchanges.parsing import refuse
 from liqcli.exchanges.ws import (
     ReconnectingWebSocket,
     VenueStatus,
@@ -339,13 +342,50 @@ class LiquidationStream:
 
     @staticmethod
     def _parse(status: VenueStatus, parser: Callable[..., list[T]], *args: Any) -> list[T]:
+        """The venue parser counts what it refuses in ``status.rejected`` (by reason); a parser
+        that raises anyway (any exception) costs that frame only: a venue never dies of data."""
+        refused = status.rejected
+        before = refused.total
         try:
-            return parser(*args)
-        except DataError as exc:
-            status.malformed += 1
-            status.last_error = str(exc)
-            log.info("%s", exc)
-            return []
+            events = parser(*args, refused=refused) if _takes_refused(parser) else parser(*args)
+        except Exception as exc:
+            refuse(refused, exc, status.venue)
+            events = []
+        if refused.total != before:
+            _note_refusals(status, before)
+        return events
+
+
+_TAKES_REFUSED: dict[Callable[..., Any], bool] = {}
+
+
+def _takes_refused(parser: Callable[..., Any]) -> bool:
+    """Whether ``parser`` counts its refusals (a ``refused=`` keyword); others raise instead."""
+    known = _TAKES_REFUSED.get(parser)
+    if known is None:
+        try:
+            params = inspect.signature(parser).parameters.values()
+        except (TypeError, ValueError):
+            params = []  # type: ignore[assignment]
+        known = any(p.name == "refused" or p.kind is p.VAR_KEYWORD for p in params)
+        _TAKES_REFUSED[parser] = known
+    return known
+
+
+def _note_refusals(status: VenueStatus, before: int) -> None:
+    refused = status.rejected
+    status.malformed = refused.total
+    status.last_error = refused.last
+    # Logged at info at the 1st, 2nd, 4th, 8th... refusal: visible, never a flood.
+    if refused.total.bit_length() != before.bit_length():
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()))
+        log.info(
+            "%s: refused %d events so far (%s); last: %s",
+            status.venue,
+            refused.total,
+            counts,
+            refused.last,
+        )
 
 
 def liquidation_stream(
@@ -412,12 +452,9 @@ class BinanceEventStream:
     async def _run(self) -> AsyncIterator[Liquidation | AggTrade]:
         status = self.status
         async for message in self._ws:
-            try:
-                events = binance.parse_message(message, self._wall_clock())
-            except DataError as exc:
-                status.malformed += 1
-                status.last_error = str(exc)
-                continue
+            events = LiquidationStream._parse(
+                status, binance.parse_message, message, self._wall_clock()
+            )
             for event in events:
                 # The all-market stream (many symbols) carries others: filter here.
                 if event.symbol in self.symbols:

@@ -9,7 +9,9 @@ market-metrics datasets (EXCHANGES.md).
 
 Every frame returned has exactly the dataset's schema columns (liqcli.core.schemas), ``ts`` as
 ``Datetime(ms, UTC)`` and ``exchange="binance"``. Numbers may arrive as JSON strings or numbers;
-unknown keys are ignored; a row that lacks a field raises DataError naming the endpoint.
+unknown keys are ignored; a malformed row (a missing field, a non-number, NaN/Infinity, a value out
+of range) is refused on its own and counted by reason (``refused=``), a response that is not a
+list of rows raises DataError naming the endpoint.
 """
 
 from __future__ import annotations
@@ -24,9 +26,23 @@ import httpx
 import polars as pl
 
 from liqcli.core.endpoints import url
-from liqcli.core.schemas import TS, DatasetSpec, dataset
+from liqcli.core.schemas import TS, dataset
 from liqcli.errors import DataError, ExchangeError, LiqError, UnknownSymbolError
 from liqcli.exchanges.http import RateBudget, VenueHttp
+from liqcli.exchanges.parsing import (
+    BAD_STRUCTURE,
+    MAX_PRICE,
+    MAX_TS,
+    MIN_PRICE,
+    MIN_TS,
+    MISSING_FIELD,
+    NOT_A_NUMBER,
+    NOT_FINITE,
+    OUT_OF_RANGE,
+    TS_FUTURE,
+    TS_PAST,
+    Refusals,
+)
 
 VENUE = "binance"
 DAY_MS = 86_400_000
@@ -217,10 +233,11 @@ async def fetch_page(
     start: int | None = None,
     end: int | None = None,
     limit: int | None = None,
+    refused: Refusals | None = None,
 ) -> pl.DataFrame:
     """One request: rows with ``start <= ts <= end`` (ms, both optional), at most ``limit``
     (default: the endpoint's maximum). ``period`` is the klines interval for ``klines`` and
-    ignored by ``funding``."""
+    ignored by ``funding``. Malformed rows are left out and counted in ``refused`` by reason."""
     endpoint = ENDPOINTS[dataset_name]
     params: dict[str, Any] = {"symbol": symbol}
     if endpoint.partition == "period":
@@ -233,8 +250,15 @@ async def fetch_page(
         params["endTime"] = end
     params["limit"] = limit or endpoint.page_limit
     payload = await http.get_json(endpoint.path, params, cost=request_weight(endpoint.path, params))
-    # Parsed off the event loop, which stays free to serve the other requests in flight.
-    return await asyncio.to_thread(parse_rows, dataset_name, payload, symbol=symbol, period=period)
+    # Parsed off the event loop, which stays free to serve the other requests in flight; the
+    # page's own counter, merged back here, so concurrent pages never share one.
+    page_refused = Refusals()
+    frame = await asyncio.to_thread(
+        parse_rows, dataset_name, payload, symbol=symbol, period=period, refused=page_refused
+    )
+    if refused is not None and page_refused:
+        refused.merge(page_refused)
+    return frame
 
 
 # Field names per dataset: schema column -> Binance key (dict rows) or index (kline arrays).
@@ -273,10 +297,46 @@ _KLINE_FIELDS = {
 }
 # Optional fields: old funding rows carry markPrice "" (before Binance recorded it).
 _NULLABLE = {"mark_price"}
+# Value ranges per column (inclusive; None: unbounded). Anything else, or a non-finite value, is
+# refused row by row (liqcli.exchanges.parsing reasons), never stored.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "buy_sell_ratio": (0.0, None),
+    "buy_vol": (0.0, None),
+    "sell_vol": (0.0, None),
+    "long_short_ratio": (0.0, None),
+    "long_share": (0.0, 1.0),
+    "short_share": (0.0, 1.0),
+    "open_interest": (0.0, None),
+    "open_interest_value": (0.0, None),
+    "funding_rate": (-1.0, 1.0),  # a rate per interval; caps are a few percent
+    "mark_price": (MIN_PRICE, MAX_PRICE),
+    "open": (MIN_PRICE, MAX_PRICE),
+    "high": (MIN_PRICE, MAX_PRICE),
+    "low": (MIN_PRICE, MAX_PRICE),
+    "close": (MIN_PRICE, MAX_PRICE),
+    "volume": (0.0, None),
+    "quote_volume": (0.0, None),
+    "trades": (0, None),
+    "taker_buy_volume": (0.0, None),
+    "taker_buy_quote_volume": (0.0, None),
+}
 
 
-def parse_rows(dataset_name: str, payload: Any, *, symbol: str, period: str = "5m") -> pl.DataFrame:
-    """A decoded Binance response -> a frame with the dataset's schema."""
+def parse_rows(
+    dataset_name: str,
+    payload: Any,
+    *,
+    symbol: str,
+    period: str = "5m",
+    refused: Refusals | None = None,
+) -> pl.DataFrame:
+    """A decoded Binance response -> a frame with the dataset's schema.
+
+    A response that is not a list of rows raises DataError. A row that is not a row (wrong
+    type), lacks a field, holds a non-number (a JSON boolean included), NaN/Infinity, a value out
+    of its range (a negative ratio, a share above 1) or a time outside 2010..2100 is refused on
+    its own: counted in ``refused`` under its reason and left out; the other rows are kept.
+    """
     endpoint = ENDPOINTS[dataset_name]
     spec = dataset(dataset_name)
     if not isinstance(payload, list):
@@ -284,22 +344,36 @@ def parse_rows(dataset_name: str, payload: Any, *, symbol: str, period: str = "5
             f"{VENUE}: {endpoint.path} returned {type(payload).__name__}, expected a list of rows"
         )
     row_type = list if dataset_name == "klines" else dict
-    if not all(isinstance(row, row_type) for row in payload):
+    if not all(type(row) is row_type for row in payload):
         kind = "an array" if row_type is list else "an object"
-        raise DataError(f"{VENUE}: unexpected row from {endpoint.path}: every row should be {kind}")
+        bad = [row for row in payload if type(row) is not row_type]
+        if refused is not None:
+            refused.add(
+                BAD_STRUCTURE,
+                f"{VENUE}: unexpected row from {endpoint.path}: every row should be {kind}",
+                len(bad),
+            )
+        payload = [row for row in payload if type(row) is row_type]
     # Pick the raw values in Python (one lookup each), convert them in Polars (vectorised).
-    try:
-        if dataset_name == "klines":
-            raw: dict[str, list[Any]] = {"ts": [row[0] for row in payload]}
-            for name, index in _KLINE_FIELDS.items():
-                raw[name] = [row[index] for row in payload]
-        else:
-            ts_key, fields = _DICT_FIELDS[dataset_name]
-            raw = {"ts": [row[ts_key] for row in payload]}
-            for name, key in fields.items():
-                raw[name] = [row.get(key) if name in _NULLABLE else row[key] for row in payload]
-    except (KeyError, IndexError) as exc:
-        raise DataError(f"{VENUE}: unexpected row from {endpoint.path}: {_describe(exc)}") from None
+    if dataset_name == "klines":
+        width = max(_KLINE_FIELDS.values()) + 1
+        short = sum(1 for row in payload if len(row) < width)
+        if short:
+            if refused is not None:
+                refused.add(
+                    MISSING_FIELD,
+                    f"{VENUE}: unexpected row from {endpoint.path}: a kline row is too short",
+                    short,
+                )
+            payload = [row for row in payload if len(row) >= width]
+        raw: dict[str, list[Any]] = {"ts": [row[0] for row in payload]}
+        for name, index in _KLINE_FIELDS.items():
+            raw[name] = [row[index] for row in payload]
+    else:
+        ts_key, fields = _DICT_FIELDS[dataset_name]
+        raw = {"ts": [row.get(ts_key) for row in payload]}
+        for name, key in fields.items():
+            raw[name] = [row.get(key) for row in payload]
     try:
         text = pl.DataFrame(
             [pl.Series(name, values, dtype=pl.String, strict=False) for name, values in raw.items()]
@@ -311,51 +385,77 @@ def parse_rows(dataset_name: str, payload: Any, *, symbol: str, period: str = "5
     constants = {"exchange": VENUE, "symbol": symbol}
     if endpoint.partition is not None:
         constants[endpoint.partition] = period
-    exprs = [
+    values = [name for name in spec.schema if name not in constants]
+    parsed = text.select(
+        _parse_expr(name, pl.Int64 if name == "ts" else spec.schema[name]) for name in values
+    )
+    reason = _refusal_reason(text, parsed)
+    if reason is not None:
+        reasons = parsed.select(reason.alias("reason"))["reason"]
+        bad = reasons.is_not_null()
+        if bad.any():
+            if refused is not None:
+                counts = reasons.filter(bad).value_counts()
+                first = text.filter(bad).row(0, named=True)
+                message = f"{VENUE}: refused a row from {endpoint.path}: {_show_row(first)}"
+                for why, count in counts.iter_rows():
+                    refused.add(why, message, count)
+            parsed = parsed.filter(~bad)
+    return parsed.select(
         pl.lit(constants[name], pl.String).alias(name)
         if name in constants
-        else _parse_expr(name, pl.Int64 if name == "ts" else dtype)
-        for name, dtype in spec.schema.items()
-    ]
-    # One vectorised pass; strict casts turn any unparseable value into an error.
-    try:
-        frame = text.select(exprs)
-    except pl.exceptions.PolarsError:
-        raise DataError(
-            f"{VENUE}: unexpected row from {endpoint.path}: {_first_bad(text, spec)}"
-        ) from None
-    nulls = {
-        n: c for n, c in frame.null_count().row(0, named=True).items() if c and n not in _NULLABLE
-    }
-    if nulls:
-        name = next(iter(nulls))
-        raise DataError(
-            f"{VENUE}: unexpected row from {endpoint.path}: {name} None is not a number"
-        )
-    return frame
+        else (pl.col(name).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS))
+        if name == "ts"
+        else pl.col(name)
+        for name in spec.schema
+    )
 
 
 def _parse_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     col = pl.col(name).str.strip_chars()
     if name in _NULLABLE:
         col = pl.when(col == "").then(None).otherwise(col)
-    col = col.cast(dtype, strict=True)
-    if name == "ts":
-        col = col.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS)
-    return col.alias(name)
+    return col.cast(dtype, strict=False).alias(name)
 
 
-def _first_bad(text: pl.DataFrame, spec: DatasetSpec) -> str:
-    """The first value a strict cast refused (the slow path, only when a page is bad)."""
-    for name in text.columns:
-        dtype = pl.Int64 if name == "ts" else spec.schema[name]
-        values = text[name].str.strip_chars()
-        parsed = values.cast(dtype, strict=False)
-        bad = parsed.is_null() & values.is_not_null() & ~((values == "") & (name in _NULLABLE))
-        if bad.any():
-            what = "epoch milliseconds" if name == "ts" else "a number"
-            return f"{name} {values.filter(bad)[0]!r} is not {what}"
-    return "a value cannot be parsed"
+def _refusal_reason(text: pl.DataFrame, parsed: pl.DataFrame) -> pl.Expr | None:
+    """One expression giving each row's refusal reason (null: the row is fine), first failing
+    check first; None when every row passes (the fast path: one vectorised check)."""
+    checks: list[tuple[pl.Expr, str]] = []
+    for name in parsed.columns:
+        raw = text[name]
+        col = pl.col(name)
+        if name not in _NULLABLE:
+            checks.append((col.is_null() & pl.lit(raw.is_null()), MISSING_FIELD))
+        blank = (raw.str.strip_chars() == "") if name in _NULLABLE else pl.lit(False)
+        checks.append((col.is_null() & pl.lit(raw.is_not_null()) & ~blank, NOT_A_NUMBER))
+    for name, dtype in parsed.schema.items():
+        col = pl.col(name)
+        if name == "ts":
+            checks.append((col > MAX_TS - 1, TS_FUTURE))
+            checks.append((col < MIN_TS, TS_PAST))
+            continue
+        if dtype == pl.Float64:
+            checks.append((~col.is_finite(), NOT_FINITE))
+        low, high = _RANGES.get(name, (None, None))
+        if low is not None:
+            checks.append((col < low, OUT_OF_RANGE))
+        if high is not None:
+            checks.append((col > high, OUT_OF_RANGE))
+    if not checks:
+        return None
+    any_bad = pl.any_horizontal(expr.fill_null(False) for expr, _ in checks)
+    if not parsed.select(any_bad).to_series().any():
+        return None
+    reason = pl.lit(None, pl.String)
+    for expr, why in reversed(checks):
+        reason = pl.when(expr.fill_null(False)).then(pl.lit(why)).otherwise(reason)
+    return reason
+
+
+def _show_row(row: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in row.items())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _describe(exc: BaseException) -> str:

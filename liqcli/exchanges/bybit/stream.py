@@ -19,9 +19,29 @@ from typing import Any, Protocol
 import orjson
 
 from liqcli.core.endpoints import url as endpoint_url
-from liqcli.core.events import LONG, SHORT, Liquidation
+from liqcli.core.events import LONG, SHORT, Liquidation, Side
 from liqcli.errors import DataError, ExchangeError
-from liqcli.exchanges.parsing import number
+from liqcli.exchanges.parsing import (
+    BAD_SIDE,
+    MAX_NOTIONAL_USD,
+    MAX_PRICE,
+    MAX_SYMBOL_LEN,
+    MIN_NOTIONAL_USD,
+    MIN_PRICE,
+    MIN_TS,
+    TS_WINDOW_MS,
+    Refusals,
+    Refused,
+    notional,
+    number,
+    positive,
+    price_value,
+    refuse,
+    structure,
+    symbol,
+    text,
+    timestamp,
+)
 from liqcli.exchanges.ws import FrameKind, WsProtocol
 
 VENUE = "bybit"
@@ -94,39 +114,63 @@ def _num(value: Any, name: str) -> float:
     return number(VENUE, value, name, positive=True)
 
 
-def parse_liquidations(message: Any, received_ts: int = 0) -> list[Liquidation]:
-    """An ``allLiquidation`` push -> Liquidations; other topics -> ``[]``."""
-    if not isinstance(message, dict):
-        raise DataError(f"bybit: expected a JSON object, got {type(message).__name__}")
-    if not str(message.get("topic", "")).startswith(TOPIC_PREFIX):
+def parse_liquidations(
+    message: Any, received_ts: int = 0, *, refused: Refusals | None = None
+) -> list[Liquidation]:
+    """An ``allLiquidation`` push -> Liquidations; other topics -> ``[]``.
+
+    Never raises for data: a bad frame or item is counted in ``refused`` under its reason and
+    skipped on its own (the push's other items are kept).
+    """
+    if type(message) is not dict:
+        refuse(refused, structure(VENUE, "frame", message))
+        return []
+    topic = message.get("topic")
+    if type(topic) is not str or not topic.startswith(TOPIC_PREFIX):
         return []
     data = message.get("data")
-    items = data if isinstance(data, list) else [data]
+    items = data if type(data) is list else (data,)
     out: list[Liquidation] = []
     for item in items:
         try:
-            side = str(item["S"]).lower()
-            symbol = str(item["s"]).upper()
-            ts = int(item.get("T") or message["ts"])
-            price = _num(item["p"], "p")
-            qty = _num(item["v"], "v")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"bybit: malformed liquidation ({exc!r})") from None
-        if side not in ("buy", "sell"):
-            raise DataError(f"bybit: unknown side {item['S']!r}")
-        out.append(
-            Liquidation(
-                exchange=VENUE,
-                symbol=symbol,
-                side=LONG if side == "buy" else SHORT,
-                price=price,
-                qty=qty,
-                notional_usd=price * qty,
-                ts=ts,
-                received_ts=received_ts,
-            )
-        )
+            out.append(_liquidation(item, message, received_ts))
+        except Exception as exc:  # one bad item never costs the push's others
+            refuse(refused, exc, VENUE)
     return out
+
+
+def _side(side: Any) -> Side:
+    lower = text(VENUE, side, "side 'S'").lower()
+    if lower == "buy" or lower == "sell":
+        return LONG if lower == "buy" else SHORT
+    raise Refused(BAD_SIDE, f"bybit: unknown side {side[:40]!r}")
+
+
+def _liquidation(item: Any, message: dict[str, Any], received_ts: int) -> Liquidation:
+    # The common case is checked inline; anything unusual goes to the checking helpers, which
+    # raise Refused with the reason. A KeyError is counted as a missing field by the caller.
+    if type(item) is not dict:
+        raise structure(VENUE, "liquidation item", item)
+    side = item["S"]
+    liquidated = LONG if side == "Buy" else SHORT if side == "Sell" else _side(side)
+    sym = item["s"]
+    if type(sym) is str and 0 < len(sym) <= MAX_SYMBOL_LEN and not sym.isspace():
+        sym = sym.upper()
+    else:
+        sym = symbol(VENUE, sym, "symbol 's'")
+    ts = item.get("T")
+    if ts is None:
+        ts = message["ts"]
+    if not (type(ts) is int and received_ts and MIN_TS <= ts <= received_ts + TS_WINDOW_MS):
+        ts = timestamp(VENUE, ts, "T", received_ts)
+    price = positive(VENUE, item["p"], "p")
+    qty = positive(VENUE, item["v"], "v")
+    if not MIN_PRICE <= price <= MAX_PRICE:
+        price_value(VENUE, price, "p")
+    usd = price * qty
+    if not MIN_NOTIONAL_USD <= usd <= MAX_NOTIONAL_USD:
+        notional(VENUE, usd)
+    return Liquidation(VENUE, sym, liquidated, price, qty, usd, ts, "", received_ts)
 
 
 def parse_instruments_page(payload: Any) -> tuple[list[str], str]:
