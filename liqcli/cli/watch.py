@@ -9,14 +9,16 @@ import typer
 
 from liqcli.analytics.windows import DEFAULT_WINDOWS
 from liqcli.cli.common import StreamFormatOpt, run_async, state, upper_symbols
+from liqcli.exchanges import registry
 from liqcli.render.output import StreamFormat
 from liqcli.render.web import DEFAULT_HOST, DEFAULT_PORT
 
-HELP = """Live liquidations from Binance, OKX and Bybit: rolling totals, rankings, latest events.
+HELP = f"""Live liquidations from {registry.choices_text().replace(" or ", " and ")}: rolling totals,
+rankings, latest events.
 
 Every event is stored in the liquidations dataset (journaled: a crash loses at most the last
 second); on restart the rolling windows are rebuilt from storage, so 1-day totals survive.
-Binance pushes at most one liquidation per symbol per second: its totals are a lower bound.
+{" ".join(registry.notes(registry.default_names()))}
 """
 
 EPILOG = """\b
@@ -49,7 +51,7 @@ def watch(
             "--exchange",
             "-e",
             metavar="VENUE",
-            help="binance, okx or bybit; repeat for several [default: all three].",
+            help=f"{registry.choices_text()}; repeat for several [default: all].",
             show_default=False,
         ),
     ] = None,
@@ -98,11 +100,10 @@ def watch(
         str, typer.Option("--windows", metavar="LIST", help="Rolling windows, comma-separated.")
     ] = DEFAULT_WINDOWS,
 ) -> None:
-    from liqcli.services.streams import VENUES, validate_exchanges
     from liqcli.services.watch import WatchConfig, run_watch
 
     config = WatchConfig(
-        exchanges=validate_exchanges(exchange) if exchange else list(VENUES),
+        exchanges=registry.validate(exchange) if exchange else registry.default_names(),
         symbols=list(dict.fromkeys(upper_symbols(symbols))),
         min_usd=min_usd,
         top=top,
