@@ -473,10 +473,11 @@ async def symbol_lists(
         if venue.list_symbols is None:
             return None
         try:
-            return set(await venue.runner("list_symbols")(options))
+            listed = set(await venue.runner("list_symbols")(options))
         except (LiqError, OSError) as exc:
             log.info("%s: symbol list unavailable: %s", name, exc)
             return None
+        return listed or None  # an empty list says nothing about any symbol
 
     found = await asyncio.gather(*(one(name) for name in exchanges))
     return dict(zip(exchanges, found, strict=True))

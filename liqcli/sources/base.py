@@ -52,3 +52,20 @@ class Source(Protocol):
     def batches(self) -> AsyncIterator[list[Event]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class Counters:
+    """Named event counters of a pipeline (attributes; ``to_dict`` for dashboards and JSON)::
+
+    counters = Counters(received=0, duplicates=0)
+    counters.received += 10
+    """
+
+    def __init__(self, **start: int) -> None:
+        self.__dict__.update(start)
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"Counters({', '.join(f'{k}={v}' for k, v in self.__dict__.items())})"
