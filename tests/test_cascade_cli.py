@@ -25,10 +25,9 @@ from liqcli.services.cascade import (
     CascadeRecorder,
     CascadeSession,
     ContextPoller,
-    EventClock,
-    LiveClock,
     run_cascade,
 )
+from liqcli.sources.clock import EventClock, LiveClock
 from liqcli.store.parquet import Store
 from tests.fakes.binance_rest import FakeBinanceRest
 from tests.fakes.ws_servers import FakeBinance, FakeBybit, FakeOkx
@@ -466,6 +465,7 @@ def test_session_ignores_other_symbols_and_feeds_prices():
         "duplicates": 0,
         "trades": 1,
         "stored": 0,
+        "future": 0,
     }
     session.monitor.finish()
     assert [r["total_usd"] for r in records] == [400.0]
