@@ -49,6 +49,18 @@ class VenueLimits:
 
 
 @dataclass(frozen=True)
+class ArchiveTrades:
+    """Where a venue's daily trade archive code lives (``module:function`` each): the client
+    ``(data_dir, **kw)``, ``download(client, symbol, start_ms, end_ms) -> [Path]``,
+    ``read(paths) -> LazyFrame`` of ts/price/qty/is_buyer_maker, ``parquet_path(path)``."""
+
+    client: str
+    download: str
+    read: str
+    parquet_path: str
+
+
+@dataclass(frozen=True)
 class Venue:
     name: str  # lower case, as typed after --exchange
     title: str
@@ -56,7 +68,7 @@ class Venue:
     endpoints: Mapping[str, str]  # env var -> production default
     live: str | Callable[..., Any] | None = None  # async run(feed): its live streams
     list_symbols: str | Callable[..., Any] | None = None  # async (http) -> set of user symbols
-    archive: str | None = None  # module with the archive trade downloads (liq map --exchange)
+    archive: ArchiveTrades | None = None  # daily trade files (liq map --exchange)
     limits: VenueLimits = field(default_factory=VenueLimits)
     notes: tuple[str, ...] = ()  # for users: shown in help and dashboards
     fake: str = ""  # its fake server for tests (module:class)
@@ -78,6 +90,14 @@ class Venue:
         from liqcli.core.endpoints import url
 
         return url(f"LIQ_{self.name.upper()}_{suffix}")
+
+    def archive_part(self, part: str) -> Callable[..., Any]:
+        """``archive_part("download")``: that function of the venue's trade archive."""
+        if self.archive is None:
+            raise UsageError(
+                f"{self.name} has no trade archive: choose from {', '.join(names(ARCHIVE))}"
+            )
+        return resolve(getattr(self.archive, part))
 
     def runner(self, what: str = "live") -> Callable[..., Any]:
         """The entry's ``live`` / ``list_symbols`` callable, imported on first use."""
@@ -103,7 +123,12 @@ _BUILTIN = (
         },
         live="liqcli.services.streams:run_binance",
         list_symbols="liqcli.services.streams:binance_symbols",
-        archive="liqcli.exchanges.binance.archive",
+        archive=ArchiveTrades(
+            client="liqcli.exchanges.binance.archive:binance_archive_client",
+            download="liqcli.exchanges.binance.archive:download_agg_trades",
+            read="liqcli.exchanges.binance.archive:read_agg_trades",
+            parquet_path="liqcli.exchanges.binance.archive:parquet_path",
+        ),
         limits=VenueLimits(
             streams_per_connection=200,
             connection_lifetime_s=24 * 3600,
@@ -126,7 +151,6 @@ _BUILTIN = (
             ping_interval_s=25.0,
             rest="20 instrument requests per 2 s per IP",
         ),
-        notes=("OKX announces planned disconnects (64008); liq reconnects at once.",),
         fake="tests.fakes.ws_servers:FakeOkx",
     ),
     Venue(
@@ -140,7 +164,12 @@ _BUILTIN = (
         },
         live="liqcli.services.streams:run_bybit",
         list_symbols="liqcli.services.streams:bybit_symbols",
-        archive="liqcli.exchanges.bybit.archive",
+        archive=ArchiveTrades(
+            client="liqcli.exchanges.bybit.archive:bybit_archive_client",
+            download="liqcli.exchanges.bybit.archive:download_trades",
+            read="liqcli.exchanges.bybit.archive:read_trades",
+            parquet_path="liqcli.exchanges.bybit.archive:parquet_path",
+        ),
         limits=VenueLimits(
             subscribe_args_per_request=10,
             subscribe_chars_per_request=21_000,
