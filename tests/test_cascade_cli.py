@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from dataclasses import replace
 
 import orjson
 import polars as pl
@@ -452,6 +453,23 @@ def session_for(symbols, **options) -> tuple[CascadeSession, list[dict], list[di
         recorder=recorder,
     )
     return session, alerts, recorder.records
+
+
+def test_one_future_dated_event_does_not_break_detection():
+    """A liquidation stamped in 2100 (a bad venue clock) is refused: it neither moves the
+    detectors' time nor makes every later event "late", so the burst after it still alerts."""
+    wall = [T0]
+    clock = LiveClock(lambda: wall[0])
+    session, alerts, _ = session_for(["BTCUSDT"], clock=clock)
+    future = replace(liq(4_102_444_800_000, 1_000), received_ts=T0)
+    session.handle_batch([future])
+    assert session.counters.future == 1 and session.counters.liquidations == 0
+    assert clock() == T0 - clock.lag_ms
+    wall[0] = T0 + 1_000
+    session.handle_batch([replace(liq(T0 + 500, 400), received_ts=T0 + 1_000)])
+    assert [a["level"] for a in alerts] == ["SIGNIFICANT"]
+    session.monitor.tick(clock())
+    assert session.monitor.detectors["BTCUSDT"].active
 
 
 def test_session_ignores_other_symbols_and_feeds_prices():

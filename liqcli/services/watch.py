@@ -391,6 +391,7 @@ async def run_watch(
         finally:
             await ticker.stop()
     finally:
+        reached = any(map(_reached, statuses.values()))  # before closing resets the statuses
         await source.aclose()
         if not replay:
             result.statuses = {name: s.to_dict() for name, s in statuses.items()}
@@ -403,7 +404,7 @@ async def run_watch(
             screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
-    if timed_out and not replay and statuses and not any(map(_reached, statuses.values())):
+    if timed_out and not replay and statuses and not reached:
         detail = "; ".join(f"{name}: {s.last_error or s.state}" for name, s in statuses.items())
         raise LiqError(f"no venue was reachable in {config.duration:g} s ({detail})")
     return result
