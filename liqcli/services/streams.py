@@ -1,29 +1,33 @@
-"""Live venue streams as one async iterator of normalised events.
+"""Live venue streams as one Source (liqcli.sources.base) of normalised events.
 
 API (what ``liq watch``, ``liq cascade`` and ``liq map --live`` call)::
 
     from liqcli.services.streams import liquidation_stream, binance_events, aggtrade_stream
 
-    # Liquidations from several venues, merged in arrival order. Venues are independent: one
-    # that is down (or fails to start) never stops the others; its status says why.
-    async with liquidation_stream(["binance", "okx", "bybit"], ["BTCUSDT"]) as stream:
-        async for liq in stream:                 # liqcli.core.events.Liquidation
+    # Liquidations from several venues (default: every registered liquidation venue), merged in
+    # arrival order; ``trades_from`` venues also stream their trades (on the same connection).
+    # Venues are independent: one that is down (or fails to start) never stops the others.
+    async with liquidation_stream(["binance", "okx"], ["BTCUSDT"], trades_from=["binance"]) as s:
+        async for batch in s.batches():          # list[Liquidation | AggTrade], never empty
             ...
-        stream.statuses["okx"]                   # liqcli.exchanges.ws.VenueStatus, live
+        s.clock()                                # WallClock unless a clock is given
+        s.statuses["okx"]                        # liqcli.exchanges.ws.VenueStatus, live
         # .state connecting|connected|down|closed, .reconnects, .gaps, .gap_ms, .garbage,
         # .errors, .malformed, .messages, .events, .last_message_ms, .last_error; .to_dict()
+    # ``async for event in s`` works too (one event at a time).
 
-    # Binance liquidations and aggregate trades for some symbols on one connection.
-    async with binance_events(["BTCUSDT"], liquidations=True, agg_trades=True) as stream:
-        async for event in stream:               # Liquidation | AggTrade
-            ...
-    async with aggtrade_stream("BTCUSDT") as stream:   # AggTrade only
-        ...
+    async with binance_events(["BTCUSDT"], liquidations=True, agg_trades=True) as stream: ...
+    async with aggtrade_stream("BTCUSDT") as stream: ...   # Binance alone; ``stream.status``
 
-Symbols are user symbols (``BTCUSDT``): Binance ``btcusdt@forceOrder``, OKX ``BTC-USDT-SWAP``
-(filtered client-side: OKX streams per instrument type), Bybit ``allLiquidation.BTCUSDT``. No
-symbols = every symbol: Binance ``!forceOrder@arr``, OKX SWAP+FUTURES, Bybit every trading
-linear perpetual (listed over REST). ``received_ts`` on each event is the local wall clock.
+Which venues exist, what they offer and how they run comes from the registry
+(liqcli.exchanges.registry): each entry's ``live`` runner gets a :class:`VenueFeed` (its
+symbols, whether to stream liquidations and/or trades, sockets, HTTP, counted parsing and
+delivery). The built-in runners are below: Binance ``btcusdt@forceOrder`` (+ ``@aggTrade``),
+OKX ``BTC-USDT-SWAP`` (filtered client-side: OKX streams per instrument type), Bybit
+``allLiquidation.BTCUSDT``. No symbols = every symbol: Binance ``!forceOrder@arr``, OKX
+SWAP+FUTURES, Bybit every trading linear perpetual (listed over REST). ``received_ts`` on each
+event is the local wall clock. ``symbol_lists`` / ``unknown_symbols`` check user symbols against
+the venues' own lists (each entry's ``list_symbols``).
 
 ``StreamOptions`` holds the knobs (``timings``: WsTimings for stale timeout, backoff, lifetime;
 ``data_dir`` for the OKX instruments cache; HTTP timeout/retries; the event queue size).
@@ -45,7 +49,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from liqcli.core.endpoints import url as endpoint_url
-from liqcli.core.events import AggTrade, Liquidation
 from liqcli.core.timeutil import now_ms
 from liqcli.errors import DataError, LiqError, UsageError
 from liqcli.exchanges import okx, registry
@@ -528,8 +531,9 @@ def liquidation_stream(
     )
 
 
-class BinanceEventStream:
-    """Binance liquidations and/or aggregate trades for given symbols on one connection."""
+class BinanceEventStream(LiquidationStream):
+    """Binance liquidations and/or aggregate trades for given symbols on one connection: the
+    merged stream with Binance alone (``status`` is its VenueStatus)."""
 
     def __init__(
         self,
@@ -544,52 +548,18 @@ class BinanceEventStream:
         wanted = [s.strip().upper() for s in symbols if s.strip()]
         if not wanted or not (liquidations or agg_trades):
             raise UsageError("binance: give at least one symbol and one kind of event")
-        streams: list[str] = []
-        if liquidations:
-            streams += binance.liquidation_streams(wanted)
-        if agg_trades:
-            streams += binance.agg_trade_streams(wanted)
-        self.symbols = frozenset(wanted)
-        self.status = VenueStatus(binance.VENUE)
-        self._wall_clock = wall_clock
-        self._ws = ReconnectingWebSocket(
-            binance.protocol(streams),
-            timings=timings,
-            status=self.status,
+        super().__init__(
+            [binance.VENUE] if liquidations else [],
+            wanted,
+            options=StreamOptions(timings=timings or WsTimings()),
             wall_clock=wall_clock,
             rng=rng,
+            trades_from=[binance.VENUE] if agg_trades else [],
         )
-        self._events = self._run()
 
-    async def __aenter__(self) -> BinanceEventStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> AsyncIterator[Liquidation | AggTrade]:
-        return self._events
-
-    async def aclose(self) -> None:
-        """Close the socket; safe from any task (a consumer inside the loop sees it end)."""
-        await self._ws.aclose()
-        if not getattr(self._events, "ag_running", False):
-            await self._events.aclose()  # type: ignore[attr-defined]
-
-    async def _run(self) -> AsyncIterator[Liquidation | AggTrade]:
-        status = self.status
-        async for message in self._ws:
-            try:
-                events = binance.parse_message(message, self._wall_clock())
-            except DataError as exc:
-                status.malformed += 1
-                status.last_error = str(exc)
-                continue
-            for event in events:
-                # The all-market stream (many symbols) carries others: filter here.
-                if event.symbol in self.symbols:
-                    status.events += 1
-                    yield event
+    @property
+    def status(self) -> VenueStatus:
+        return self.statuses[binance.VENUE]
 
 
 def binance_events(
