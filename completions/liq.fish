@@ -8,7 +8,7 @@ complete -c liq -n '__fish_use_subcommand' -a cascade -d 'Detect liquidation cas
 complete -c liq -n '__fish_use_subcommand' -a fetch -d 'Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
 complete -c liq -n '__fish_use_subcommand' -a map -d 'Liquidation map - where positions opened by large trades would be liquidated.'
 complete -c liq -n '__fish_use_subcommand' -a pressure -d 'Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
-complete -c liq -n '__fish_use_subcommand' -a watch -d 'Live liquidations from binance, okx and bybit - rolling totals,'
+complete -c liq -n '__fish_use_subcommand' -a watch -d 'Live liquidations from Binance, OKX and Bybit - rolling totals,'
 complete -c liq -n '__fish_seen_subcommand_from cascade' -l exchange -s e -x -a 'binance okx bybit' -d 'Liquidations from binance, okx or bybit; repeat for several (default - all). Pri'
 complete -c liq -n '__fish_seen_subcommand_from cascade' -l min-level -s l -x -d 'Lowest level alerted - building, minor, significant, major or extreme.'
 complete -c liq -n '__fish_seen_subcommand_from cascade' -l webhook -x -d 'POST each alert as JSON here (retried, never delays detection); repeatable.'

@@ -7,7 +7,7 @@ _liq() {
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
-        'watch:Live liquidations from binance, okx and bybit - rolling totals,'
+        'watch:Live liquidations from Binance, OKX and Bybit - rolling totals,'
     )
     local curcontext=$curcontext state line
     _arguments -C \

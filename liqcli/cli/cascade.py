@@ -30,8 +30,9 @@ Alerts fire when a cascade reaches a new level and when it ends (60 s after its 
 fell below BUILDING), only from --min-level up (default SIGNIFICANT; an end is judged by its
 peak level). The signature's OI / taker / funding parts come from Binance REST, polled once a
 minute per symbol (--no-context to skip). Every cascade is stored in the cascades dataset;
---history lists them. On Ctrl-C or --duration, open cascades end with reason "shutdown"
-(alerted and stored), then the command exits (130 after Ctrl-C).
+--history lists them. On Ctrl-C, SIGTERM, SIGHUP or --duration, open cascades end with reason
+"shutdown" (alerted and stored), then the command exits (130 after Ctrl-C, 143 after SIGTERM,
+129 after SIGHUP).
 """
 
 EPILOG = """\b

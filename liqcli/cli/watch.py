@@ -13,12 +13,17 @@ from liqcli.exchanges import registry
 from liqcli.render.output import StreamFormat
 from liqcli.render.web import DEFAULT_HOST, DEFAULT_PORT
 
-HELP = f"""Live liquidations from {registry.choices_text().replace(" or ", " and ")}: rolling totals,
+_VENUES = [registry.get(n).title.split()[0] for n in registry.default_names()]
+HELP = f"""Live liquidations from {", ".join(_VENUES[:-1])} and {_VENUES[-1]}: rolling totals,
 rankings, latest events.
 
 Every event is stored in the liquidations dataset (journaled: a crash loses at most the last
 second); on restart the rolling windows are rebuilt from storage, so 1-day totals survive.
 {" ".join(registry.notes(registry.default_names()))}
+
+Ctrl-C, SIGTERM and SIGHUP stop it cleanly (everything flushed and compacted into Parquet), then
+it exits 130, 143 or 129. A symbol no selected venue lists is a usage error (exit 2); a
+--duration run in which no venue was ever reachable exits 1.
 """
 
 EPILOG = """\b
@@ -130,7 +135,8 @@ def watch(
             )
         )
     except KeyboardInterrupt:
-        # run_watch has flushed and closed everything by now (CONTRACT.md: 130 on Ctrl-C).
+        # run_watch has flushed and closed everything by now (CONTRACT.md: 130 on Ctrl-C;
+        # SIGTERM / SIGHUP exit 143 / 129 from run_async after the same shutdown).
         raise typer.Exit(130) from None
 
 
