@@ -102,8 +102,11 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         result = asyncio.run(main())
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, OSError) as exc:
+        # After SIGHUP the terminal may be gone: a final frame that cannot be drawn (EIO) must
+        # not turn a clean shutdown into a traceback.
         if received:
+            log.debug("shutdown after signal %d: %r", received[0], exc)
             raise typer.Exit(128 + received[0]) from None
         raise
     if received:  # the coroutine finished its shutdown and returned
