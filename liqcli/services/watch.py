@@ -430,7 +430,7 @@ async def _check_symbols(config: WatchConfig, data_dir: Path) -> None:
     from liqcli.services.streams import StreamOptions, symbol_lists, unknown_symbols
 
     exchanges = list(config.exchanges)
-    lists = await symbol_lists(exchanges, StreamOptions(data_dir=data_dir, http_timeout=5.0))
+    lists = await symbol_lists(exchanges, StreamOptions(data_dir=data_dir, http_timeout=3.0))
     everywhere, partly = unknown_symbols(list(config.symbols), lists)
     if everywhere:
         raise UsageError(
