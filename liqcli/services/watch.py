@@ -3,9 +3,11 @@ with every received event journaled into the ``liquidations`` dataset.
 
 The pipeline is the same for every source::
 
-    source (venue streams | recorded jsonl | Parquet | the store)
-      -> WatchState.ingest: de-duplicate, journal, count in the main view and any web views
-      -> sinks: jsonl lines, the rich dashboard (refreshed every second), the web dashboard
+    Source (liqcli.sources: the venues' merged live stream | a ReplaySource of a recorded
+            jsonl, Parquet or the store), with its clock (wall time live, event time on replay)
+      -> WatchState.ingest_batch: refuse far-future events, de-duplicate, journal, count in the
+         main view and any web views
+      -> sinks: jsonl lines, the rich dashboard and web pushes (a Ticker on the source's clock)
 
 On start (live, with storage) the journal first recovers the rows a killed run left behind, then
 the last day of the dataset is loaded back into the windows, so 1-day totals survive restarts.
