@@ -18,10 +18,10 @@ Replay (``--replay FILE|store``) feeds the same session from stored rows at full
 ReplaySource); the clock is event time and the detectors are ticked only from the events. It
 writes nothing unless ``--store`` is given (then only cascades).
 
-Shutdown (``--duration``, Ctrl-C, SIGTERM, SIGHUP, end of a replay): sources are closed first, then every open
-cascade is ended as of that moment (a ``cascade_end`` alert with ``reason: "shutdown"``, delivered
-and stored like any other), the sinks drain (up to 5 s each) and the journals move their rows into
-Parquet. A cascade cut by a restart is therefore stored as two records.
+Shutdown (``--duration``, Ctrl-C, SIGTERM, SIGHUP, end of a replay): sources are closed first,
+then every open cascade is ended as of that moment (a ``cascade_end`` alert with ``reason:
+"shutdown"``, delivered and stored like any other), the sinks drain (up to 5 s each) and the
+journals move their rows into Parquet. A cascade cut by a restart is therefore stored as two records.
 """
 
 from __future__ import annotations
