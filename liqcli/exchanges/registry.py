@@ -12,7 +12,7 @@ references, imported only when used so ``liq map --input`` never loads a WebSock
     registry.endpoint_defaults()                # {"LIQ_BINANCE_REST_URL": "https://fapi...", ...}
 
 Adding a venue is its module (parsers, protocol), one ``Venue`` entry here (``register`` also
-works at runtime, e.g. in a test) and its fake server under tests/fakes. The live runner
+works at runtime, e.g. in a test) and its fake server (tests/toyex is a complete example). The live runner
 (``live``) is ``async def run(feed: liqcli.services.streams.VenueFeed) -> None``: for most venues
 one line, ``await feed.pump(protocol(feed.symbols), parse_liquidations)``.
 """
@@ -67,7 +67,10 @@ class Venue:
     offers: frozenset[str]
     endpoints: Mapping[str, str]  # env var -> production default
     live: str | Callable[..., Any] | None = None  # async run(feed): its live streams
-    list_symbols: str | Callable[..., Any] | None = None  # async (http) -> set of user symbols
+    list_symbols: str | Callable[..., Any] | None = None  # async (StreamOptions) -> symbols
+    # Market data beyond liquidations/trades (BOOK, MARK): a Source factory for book tops,
+    # depth and mark prices, when the venue offers them (e.g. liqcli.sources.binance_market).
+    market: str | Callable[..., Any] | None = None
     archive: ArchiveTrades | None = None  # daily trade files (liq map --exchange)
     limits: VenueLimits = field(default_factory=VenueLimits)
     notes: tuple[str, ...] = ()  # for users: shown in help and dashboards
@@ -100,7 +103,7 @@ class Venue:
         return resolve(getattr(self.archive, part))
 
     def runner(self, what: str = "live") -> Callable[..., Any]:
-        """The entry's ``live`` / ``list_symbols`` callable, imported on first use."""
+        """The entry's ``live`` / ``list_symbols`` / ``market`` callable, imported on first use."""
         ref = getattr(self, what)
         if ref is None:
             raise UsageError(f"{self.name} has no {what.replace('_', ' ')} support")
