@@ -10,6 +10,7 @@ _liq() {
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;
         cascade) opts="--exchange -e --min-level -l --webhook --exec --exec-timeout --format -f --duration --replay --history --start --end --threshold-scale --store --no-store --store-trades --context --no-context --quiet -q --help -h"
+            case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl table json csv" -- "$cur")); return;; esac
             case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;
@@ -30,6 +31,7 @@ _liq() {
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         watch) opts="--exchange -e --min-usd --top --latest --format -f --web --host --port --duration --store --no-store --replay --windows --help -h"
+            case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl" -- "$cur")); return;; esac
             case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;

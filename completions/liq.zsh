@@ -7,7 +7,7 @@ _liq() {
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
-        'watch:Live liquidations from Binance, OKX and Bybit - rolling totals, rankings, latest'
+        'watch:Live liquidations from Binance, OKX and Bybit - rolling totals,'
     )
     local curcontext=$curcontext state line
     _arguments -C \
@@ -22,7 +22,7 @@ _liq() {
         args)
             case $words[1] in
                 cascade) _arguments \
-                    '(--exchange -e)'{--exchange,-e}'[Liquidations from binance, okx or bybit; repeat for several (default - all three]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[Liquidations from binance, okx or bybit; repeat for several (default - all). Pri]:value:(binance okx bybit)' \
                     '(--min-level -l)'{--min-level,-l}'[Lowest level alerted - building, minor, significant, major or extreme.]:value: ' \
                     ''--webhook'[POST each alert as JSON here (retried, never delays detection); repeatable.]:value: ' \
                     ''--exec'[Run CMD (shell) per alert with the alert JSON on stdin and LIQ_ALERT_TYPE, LIQ_A]:value: ' \
@@ -87,7 +87,7 @@ _liq() {
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 watch) _arguments \
-                    '(--exchange -e)'{--exchange,-e}'[binance, okx or bybit; repeat for several (default - all three).]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[binance, okx or bybit; repeat for several (default - all).]:value:(binance okx bybit)' \
                     ''--min-usd'[Ignore liquidations below this notional (USD).]:value: ' \
                     ''--top'[Symbols in each ranking.]:value: ' \
                     ''--latest'[Latest events shown.]:value: ' \

@@ -25,6 +25,7 @@ from liqcli.core.events import AggTrade, BookTop, Liquidation
 from liqcli.core.schemas import dataset
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import UsageError
+from liqcli.sources.clock import Ticker
 
 T0 = 1_700_000_000_000  # a whole second
 BTC = CascadeThresholds()
@@ -497,12 +498,11 @@ async def wait_until(condition, timeout_s: float = 2.0) -> None:
 
 
 async def test_live_detector_decays_and_ends_without_new_events():
+    """Live, the detector owns no timer: a Ticker on the source's clock ticks it."""
     clock = [T0]
     alerts: list[dict] = []
-    d = LiquidationCascadeDetector(
-        "BTCUSDT", alerts.append, clock=lambda: clock[0], eval_interval_s=0.005
-    )
-    await d.start()
+    d = LiquidationCascadeDetector("BTCUSDT", alerts.append, clock=lambda: clock[0])
+    ticker = Ticker(lambda: clock[0], 0.005, d.tick).start()
     d.feed(liq(T0, 2_000_000))
     assert d.level == "MINOR"
     clock[0] = T0 + 70_000
@@ -510,7 +510,7 @@ async def test_live_detector_decays_and_ends_without_new_events():
     assert d.active
     clock[0] = T0 + 120_000
     await wait_until(lambda: not d.active)
-    await d.stop()
+    await ticker.stop()
     assert [a["type"] for a in alerts] == ["cascade_level", "cascade_end"]
     assert alerts[-1]["ts"] == iso_ms(T0 + 120_000)
 
@@ -527,14 +527,13 @@ async def test_live_evaluation_survives_a_failing_callback(caplog):
         ["BTCUSDT", "ETHUSDT"],
         cascade_callback=flaky,
         clock=lambda: clock[0],
-        eval_interval_s=0.005,
     )
-    await monitor.start()
+    ticker = Ticker(lambda: clock[0], 0.005, monitor.tick).start()
     for symbol in ("BTCUSDT", "ETHUSDT"):
         with pytest.raises(RuntimeError):
             monitor.feed(liq(T0, 600_000, symbol=symbol))
     clock[0] = T0 + 200_000
     await wait_until(lambda: not any(d.active for d in monitor.detectors.values()))
-    await monitor.stop()
+    await ticker.stop()
     assert [a["type"] for a in calls].count("cascade_end") == 2
     assert "cascade evaluation for ETHUSDT failed" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from dataclasses import replace
 
 import orjson
 import polars as pl
@@ -25,10 +26,9 @@ from liqcli.services.cascade import (
     CascadeRecorder,
     CascadeSession,
     ContextPoller,
-    EventClock,
-    LiveClock,
     run_cascade,
 )
+from liqcli.sources.clock import EventClock, LiveClock
 from liqcli.store.parquet import Store
 from tests.fakes.binance_rest import FakeBinanceRest
 from tests.fakes.ws_servers import FakeBinance, FakeBybit, FakeOkx
@@ -455,6 +455,23 @@ def session_for(symbols, **options) -> tuple[CascadeSession, list[dict], list[di
     return session, alerts, recorder.records
 
 
+def test_one_future_dated_event_does_not_break_detection():
+    """A liquidation stamped in 2100 (a bad venue clock) is refused: it neither moves the
+    detectors' time nor makes every later event "late", so the burst after it still alerts."""
+    wall = [T0]
+    clock = LiveClock(lambda: wall[0])
+    session, alerts, _ = session_for(["BTCUSDT"], clock=clock)
+    future = replace(liq(4_102_444_800_000, 1_000), received_ts=T0)
+    session.handle_batch([future])
+    assert session.counters.future == 1 and session.counters.liquidations == 0
+    assert clock() == T0 - clock.lag_ms
+    wall[0] = T0 + 1_000
+    session.handle_batch([replace(liq(T0 + 500, 400), received_ts=T0 + 1_000)])
+    assert [a["level"] for a in alerts] == ["SIGNIFICANT"]
+    session.monitor.tick(clock())
+    assert session.monitor.detectors["BTCUSDT"].active
+
+
 def test_session_ignores_other_symbols_and_feeds_prices():
     session, alerts, records = session_for(["BTCUSDT"])
     session.handle(AggTrade("binance", "BTCUSDT", 1, T0, 100.0, 1.0, False))
@@ -466,6 +483,7 @@ def test_session_ignores_other_symbols_and_feeds_prices():
         "duplicates": 0,
         "trades": 1,
         "stored": 0,
+        "future": 0,
     }
     session.monitor.finish()
     assert [r["total_usd"] for r in records] == [400.0]

@@ -1,9 +1,10 @@
 """Liquidation-cascade detector: a pure state machine over Liquidation and AggTrade events.
 
-The same object runs live (``await detector.start()`` adds a once-a-second evaluation so levels
-decay and cascades end without new events) and on history (``feed(event)`` only, the event
-timestamps are the clock). It never opens sockets or files: alerts go to ``cascade_callback``,
-finished cascades to ``record_callback`` as rows of the ``cascades`` dataset.
+The same object runs live and on history: ``feed(event)`` per event, and ``tick(now)`` whenever
+time moves on without events (the caller ticks it from its source's clock: once a second of
+wall time live, at each new second of event time on a replay), so levels decay and cascades end.
+It owns no timers, sockets or files: alerts go to ``cascade_callback``, finished cascades to
+``record_callback`` as rows of the ``cascades`` dataset.
 
 Model (all times are event time, ms):
 
@@ -24,8 +25,6 @@ Model (all times are event time, ms):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
@@ -185,15 +184,13 @@ class LiquidationCascadeDetector:
         quiet_ms: int = 60_000,
         decay_ms: int = 5_000,
         hysteresis: float = 0.1,
-        eval_interval_s: float = 1.0,
         context_max_age_ms: int = 180_000,
     ) -> None:
         if not symbol or not str(symbol).strip():
             raise UsageError("cascade detector needs a symbol")
-        if quiet_ms <= 0 or decay_ms < 0 or eval_interval_s <= 0 or context_max_age_ms <= 0:
+        if quiet_ms <= 0 or decay_ms < 0 or context_max_age_ms <= 0:
             raise UsageError(
-                "quiet_ms, eval_interval_s and context_max_age_ms must be positive, "
-                "decay_ms not negative"
+                "quiet_ms and context_max_age_ms must be positive, decay_ms not negative"
             )
         if not 0 <= hysteresis < 1:
             raise UsageError(f"hysteresis must be in [0, 1), got {hysteresis}")
@@ -206,11 +203,9 @@ class LiquidationCascadeDetector:
         self.quiet_ms = quiet_ms
         self.decay_ms = decay_ms
         self.hysteresis = hysteresis
-        self.eval_interval_s = eval_interval_s
         self.context_max_age_ms = context_max_age_ms
         self._clock = clock
         self._bounds = astuple(self.thresholds)
-        self._task: asyncio.Task | None = None
         self._out: list[dict] = []
         self.late_dropped = 0  # liquidations older than the window when they arrived
 
@@ -309,28 +304,6 @@ class LiquidationCascadeDetector:
         if self._active:
             self._end(self._now, reason="shutdown")
         return self._flush()
-
-    # ---- live mode ----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Start the once-per-``eval_interval_s`` evaluation task (returns at once)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"cascade-{self.symbol}")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.eval_interval_s)
-            try:
-                self.tick()
-            except Exception:  # a failing callback must not stop live detection
-                log.exception("cascade evaluation for %s failed", self.symbol)
 
     # ---- state --------------------------------------------------------------------------
 
@@ -606,7 +579,7 @@ class LiquidationCascadeDetector:
 
 
 class CascadeMonitor:
-    """Routes events of many symbols to one detector each (one evaluation task for all).
+    """Routes events of many symbols to one detector each; ``tick(now)`` ticks them all.
 
     ``symbols=None`` watches every symbol it sees, creating detectors on first sight;
     otherwise events of other symbols are ignored. ``thresholds`` maps symbols to their own
@@ -623,20 +596,15 @@ class CascadeMonitor:
         thresholds: Mapping[str, CascadeThresholds] | None = None,
         reference_usd_1m: Mapping[str, float] | None = None,
         clock: Clock = now_ms,
-        eval_interval_s: float = 1.0,
         **detector_options: object,
     ) -> None:
-        if eval_interval_s <= 0:
-            raise UsageError("eval_interval_s must be positive")
         self.cascade_callback = cascade_callback
         self.record_callback = record_callback
         self.thresholds = {k.upper(): v for k, v in (thresholds or {}).items()}
         self.reference_usd_1m = {k.upper(): v for k, v in (reference_usd_1m or {}).items()}
-        self.eval_interval_s = eval_interval_s
         self._clock = clock
         self._options = detector_options
         self._open = symbols is None
-        self._task: asyncio.Task | None = None
         self.detectors: dict[str, LiquidationCascadeDetector] = {}
         for symbol in symbols or ():
             self.detector(symbol)
@@ -676,29 +644,16 @@ class CascadeMonitor:
         self.detector(symbol).update_context(**context)
 
     def tick(self, now: int | None = None) -> list[dict]:
+        """Tick every detector at ``now`` (default: the clock). One failing (its callback
+        raised) is logged and the others still tick: a bad alert sink must not stop detection."""
         at = self._clock() if now is None else now
-        return [alert for d in self.detectors.values() for alert in d.tick(at)]
+        alerts: list[dict] = []
+        for detector in list(self.detectors.values()):
+            try:
+                alerts.extend(detector.tick(at))
+            except Exception:
+                log.exception("cascade evaluation for %s failed", detector.symbol)
+        return alerts
 
     def finish(self, now: int | None = None) -> list[dict]:
         return [alert for d in self.detectors.values() for alert in d.finish(now)]
-
-    async def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="cascade-monitor")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.eval_interval_s)
-            at = self._clock()
-            for detector in list(self.detectors.values()):
-                try:
-                    detector.tick(at)
-                except Exception:  # one failing callback must not stop the other symbols
-                    log.exception("cascade evaluation for %s failed", detector.symbol)

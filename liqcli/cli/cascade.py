@@ -12,11 +12,12 @@ import typer
 
 from liqcli.cli.common import QuietOpt, run_async, state, upper_symbols
 from liqcli.errors import UsageError
+from liqcli.exchanges import registry
 
 HELP = """Detect liquidation cascades live: level, direction, phase, signature, alerts.
 
 \b
-Liquidations from Binance, OKX and Bybit and Binance aggTrade prices feed one detector per
+Liquidations from every venue (see --exchange) and Binance aggTrade prices feed one detector per
 symbol. Level by the rolling 60-second liquidated notional (BTC defaults):
 QUIET < $500k <= BUILDING < $1M <= MINOR < $3M <= SIGNIFICANT < $10M <= MAJOR < $50M <= EXTREME.
 Other symbols scale them (ETH x0.5, others x0.1); set a symbol's own in the config file:
@@ -29,8 +30,9 @@ Alerts fire when a cascade reaches a new level and when it ends (60 s after its 
 fell below BUILDING), only from --min-level up (default SIGNIFICANT; an end is judged by its
 peak level). The signature's OI / taker / funding parts come from Binance REST, polled once a
 minute per symbol (--no-context to skip). Every cascade is stored in the cascades dataset;
---history lists them. On Ctrl-C or --duration, open cascades end with reason "shutdown"
-(alerted and stored), then the command exits (130 after Ctrl-C).
+--history lists them. On Ctrl-C, SIGTERM, SIGHUP or --duration, open cascades end with reason
+"shutdown" (alerted and stored), then the command exits (130 after Ctrl-C, 143 after SIGTERM,
+129 after SIGHUP).
 """
 
 EPILOG = """\b
@@ -73,8 +75,8 @@ def cascade(
             "--exchange",
             "-e",
             metavar="VENUE",
-            help="Liquidations from binance, okx or bybit; repeat for several [default: all "
-            "three]. Prices always come from Binance aggTrades.",
+            help=f"Liquidations from {registry.choices_text()}; repeat for several [default: "
+            "all]. Prices always come from Binance aggTrades.",
             show_default=False,
         ),
     ] = None,
@@ -238,7 +240,6 @@ def _detect(
     **options,
 ) -> None:
     from liqcli.services.cascade import CascadeConfig, run_cascade, thresholds_from_config
-    from liqcli.services.streams import VENUES, validate_exchanges
 
     fmt_value = CascadeFormat(fmt).value if fmt is not None else "dashboard"
     if fmt_value not in LIVE_FORMATS:
@@ -247,7 +248,7 @@ def _detect(
         )
     config = CascadeConfig(
         symbols=symbols,
-        exchanges=validate_exchanges(exchange) if exchange else list(VENUES),
+        exchanges=registry.validate(exchange) if exchange else registry.default_names(),
         fmt=fmt_value,
         # Per-symbol tables cannot be flags: they live in the config file's [cascade] table.
         thresholds=thresholds_from_config((ctx.default_map or {}).get("thresholds")),

@@ -59,12 +59,59 @@ QuietOpt = Annotated[
 ]
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine. Ctrl-C cancels it (its ``finally`` blocks flush and close), then
-    KeyboardInterrupt propagates and the CLI exits 130."""
-    import asyncio  # here: commands that never run a coroutine (liq map --input) skip its import
+# Exit codes after a clean shutdown on a signal (README "Exit codes"): 128 + the signal number,
+# as a shell reports a process killed by it.
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+EXIT_SIGHUP = 129
 
-    return asyncio.run(coro)
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine. Ctrl-C, SIGTERM (systemd, docker, cron timeouts, ``kill``) and
+    SIGHUP (the terminal went away) all cancel it, so its ``finally`` blocks flush and close the
+    same way; then Ctrl-C raises KeyboardInterrupt (the CLI exits 130) and SIGTERM / SIGHUP end
+    the command with exit code 143 / 129. A second signal during that shutdown is ignored: the
+    shutdown is bounded (sinks drain for at most a few seconds)."""
+    import asyncio  # here: commands that never run a coroutine (liq map --input) skip its import
+    import signal
+
+    received: list[int] = []
+
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        installed = []
+
+        def on_signal(signum: int) -> None:
+            if not received and task is not None:
+                received.append(signum)
+                log.warning("received %s: shutting down", signal.Signals(signum).name)
+                task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(signum, on_signal, signum)
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or a platform without it: the default action
+        try:
+            return await coro
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    try:
+        result = asyncio.run(main())
+    except (asyncio.CancelledError, OSError) as exc:
+        # After SIGHUP the terminal may be gone: a final frame that cannot be drawn (EIO) must
+        # not turn a clean shutdown into a traceback.
+        if received:
+            log.debug("shutdown after signal %d: %r", received[0], exc)
+            raise typer.Exit(128 + received[0]) from None
+        raise
+    if received:  # the coroutine finished its shutdown and returned
+        raise typer.Exit(128 + received[0])
+    return result
 
 
 def upper_symbols(symbols: list[str] | None) -> list[str]:

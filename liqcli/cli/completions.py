@@ -55,6 +55,10 @@ def _options(command) -> list[Opt]:
         )  # typer >= 0.29; older typer exposes click's p.type
         raw_choices = desc.choices if desc is not None else getattr(p.type, "choices", None)
         choices = list(raw_choices or [])
+        if not choices and p.name == "exchange":
+            from liqcli.exchanges import registry  # venues come from the registry
+
+            choices = registry.names(registry.LIQUIDATIONS)
         is_path = desc.is_path if desc is not None else p.type.name in ("path", "file")
         out.append(
             Opt(

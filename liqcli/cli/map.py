@@ -21,6 +21,7 @@ from liqcli.cli.common import (
 )
 from liqcli.core.timeutil import day_floor, duration_ms, now_ms, parse_time
 from liqcli.errors import UsageError
+from liqcli.exchanges import registry
 from liqcli.render.output import Format, dumps, render
 
 if TYPE_CHECKING:
@@ -57,9 +58,8 @@ Examples:
 """
 
 
-class ExchangeChoice(StrEnum):
-    binance = "binance"
-    bybit = "bybit"
+# The venues with a trade archive, from the registry.
+ExchangeChoice = StrEnum("ExchangeChoice", {n: n for n in registry.names(registry.ARCHIVE)})
 
 
 class ModeChoice(StrEnum):

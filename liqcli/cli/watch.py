@@ -9,14 +9,21 @@ import typer
 
 from liqcli.analytics.windows import DEFAULT_WINDOWS
 from liqcli.cli.common import StreamFormatOpt, run_async, state, upper_symbols
+from liqcli.exchanges import registry
 from liqcli.render.output import StreamFormat
 from liqcli.render.web import DEFAULT_HOST, DEFAULT_PORT
 
-HELP = """Live liquidations from Binance, OKX and Bybit: rolling totals, rankings, latest events.
+_VENUES = [registry.get(n).title.split()[0] for n in registry.default_names()]
+HELP = f"""Live liquidations from {", ".join(_VENUES[:-1])} and {_VENUES[-1]}: rolling totals,
+rankings, latest events.
 
 Every event is stored in the liquidations dataset (journaled: a crash loses at most the last
 second); on restart the rolling windows are rebuilt from storage, so 1-day totals survive.
-Binance pushes at most one liquidation per symbol per second: its totals are a lower bound.
+{" ".join(registry.notes(registry.default_names()))}
+
+Ctrl-C, SIGTERM and SIGHUP stop it cleanly (everything flushed and compacted into Parquet), then
+it exits 130, 143 or 129. A symbol no selected venue lists is a usage error (exit 2); a
+--duration run in which no venue was ever reachable exits 1.
 """
 
 EPILOG = """\b
@@ -49,7 +56,7 @@ def watch(
             "--exchange",
             "-e",
             metavar="VENUE",
-            help="binance, okx or bybit; repeat for several [default: all three].",
+            help=f"{registry.choices_text()}; repeat for several [default: all].",
             show_default=False,
         ),
     ] = None,
@@ -98,11 +105,10 @@ def watch(
         str, typer.Option("--windows", metavar="LIST", help="Rolling windows, comma-separated.")
     ] = DEFAULT_WINDOWS,
 ) -> None:
-    from liqcli.services.streams import VENUES, validate_exchanges
     from liqcli.services.watch import WatchConfig, run_watch
 
     config = WatchConfig(
-        exchanges=validate_exchanges(exchange) if exchange else list(VENUES),
+        exchanges=registry.validate(exchange) if exchange else registry.default_names(),
         symbols=list(dict.fromkeys(upper_symbols(symbols))),
         min_usd=min_usd,
         top=top,
@@ -129,7 +135,8 @@ def watch(
             )
         )
     except KeyboardInterrupt:
-        # run_watch has flushed and closed everything by now (CONTRACT.md: 130 on Ctrl-C).
+        # run_watch has flushed and closed everything by now (CONTRACT.md: 130 on Ctrl-C;
+        # SIGTERM / SIGHUP exit 143 / 129 from run_async after the same shutdown).
         raise typer.Exit(130) from None
 
 

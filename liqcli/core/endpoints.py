@@ -1,22 +1,32 @@
 """Venue base URLs, overridable by environment (testnets, proxies, local fake servers).
 
-Read at call time, not import time, so tests can point a fresh client at 127.0.0.1.
+The variables and their production defaults are declared by each venue's registry entry
+(liqcli.exchanges.registry). Read at call time, not import time, so tests can point a fresh
+client at 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 
-DEFAULTS: dict[str, str] = {
-    "LIQ_BINANCE_REST_URL": "https://fapi.binance.com",
-    "LIQ_BINANCE_WS_URL": "wss://fstream.binance.com/market",
-    "LIQ_BINANCE_ARCHIVE_URL": "https://data.binance.vision",
-    "LIQ_OKX_REST_URL": "https://www.okx.com",
-    "LIQ_OKX_WS_URL": "wss://ws.okx.com:8443/ws/v5/public",
-    "LIQ_BYBIT_REST_URL": "https://api.bybit.com",
-    "LIQ_BYBIT_WS_URL": "wss://stream.bybit.com/v5/public/linear",
-    "LIQ_BYBIT_ARCHIVE_URL": "https://public.bybit.com",
-}
+from liqcli.exchanges import registry
+
+
+class _Defaults(Mapping[str, str]):
+    """Every registered venue's endpoint defaults, read live (venues may register later)."""
+
+    def __getitem__(self, name: str) -> str:
+        return registry.endpoint_defaults()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.endpoint_defaults())
+
+    def __len__(self) -> int:
+        return len(registry.endpoint_defaults())
+
+
+DEFAULTS: Mapping[str, str] = _Defaults()
 
 
 def url(name: str) -> str:

@@ -16,10 +16,8 @@ from rich.text import Text
 
 from liqcli.analytics.windows import Snapshot, Totals
 from liqcli.core.timeutil import iso_ms
+from liqcli.exchanges.registry import BINANCE_NOTE  # the venue's note lives in its entry
 
-BINANCE_NOTE = (
-    "Binance pushes at most one liquidation per symbol per second: its totals are a lower bound."
-)
 LONG_STYLE = "bold red"
 SHORT_STYLE = "bold green"
 _STATE_STYLE = {"connected": "green", "connecting": "yellow", "down": "red", "closed": "dim"}

@@ -1,25 +1,27 @@
 """``liq cascade``: venue streams (or a replay) -> one cascade detector per symbol -> alert sinks,
 with every finished cascade stored in the ``cascades`` dataset.
 
-Live::
+Live (one merged Source, liqcli.services.streams.liquidation_stream)::
 
     Binance  <sym>@forceOrder + <sym>@aggTrade   (one connection: prices and Binance liquidations
                                                   arrive in the venue's order)
-    OKX, Bybit liquidations (liquidation_stream)
-      -> CascadeSession.handle: de-duplicate, journal (liquidations, optionally aggTrades), feed
-      -> CascadeMonitor (ticked every second on LiveClock)
+    OKX, Bybit liquidations
+      -> CascadeSession.handle_batch: de-duplicate, journal (liquidations, optionally aggTrades),
+         tick the detectors at each new second of event time, feed
+      -> CascadeMonitor (also ticked every second from the source's LiveClock by a Ticker)
       -> AlertRouter(--min-level) -> jsonl on stdout | dashboard | --webhook | --exec
       -> records -> CascadeRecorder -> Store.write("cascades")   (off the event loop)
     ContextPoller: Binance REST once a minute per symbol (OI change, taker ratio, funding) ->
       monitor.update_context; failures are logged and never touch detection.
 
-Replay (``--replay FILE|store``) feeds the same session from stored rows at full speed; the
-clock is event time. It writes nothing unless ``--store`` is given (then only cascades).
+Replay (``--replay FILE|store``) feeds the same session from stored rows at full speed (a
+ReplaySource); the clock is event time and the detectors are ticked only from the events. It
+writes nothing unless ``--store`` is given (then only cascades).
 
-Shutdown (``--duration``, Ctrl-C, end of a replay): sources are closed first, then every open
-cascade is ended as of that moment (a ``cascade_end`` alert with ``reason: "shutdown"``, delivered
-and stored like any other), the sinks drain (up to 5 s each) and the journals move their rows into
-Parquet. A cascade cut by a restart is therefore stored as two records.
+Shutdown (``--duration``, Ctrl-C, SIGTERM, SIGHUP, end of a replay): sources are closed first,
+then every open cascade is ended as of that moment (a ``cascade_end`` alert with ``reason:
+"shutdown"``, delivered and stored like any other), the sinks drain (up to 5 s each) and the
+journals move their rows into Parquet. A cascade cut by a restart is therefore stored as two records.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import logging
 import math
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -49,20 +51,23 @@ from liqcli.core.events import AggTrade, Liquidation
 from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.core.timeutil import now_ms
 from liqcli.errors import LiqError, UnknownSymbolError, UsageError
+from liqcli.exchanges import registry
 from liqcli.render.output import detach_stdout
+from liqcli.sources.base import Counters
+from liqcli.sources.clock import EventClock, LiveClock, Ticker
+from liqcli.sources.dedup import Deduper, FutureGuard
+from liqcli.sources.replay import ReplaySource, replay_rows, rows_to_events
+from liqcli.sources.storage import open_journal
+from liqcli.sources.terminal import TerminalView
 
 log = logging.getLogger("liq.cascade")
 
 DATASET = "cascades"
 DEFAULT_MIN_LEVEL = "SIGNIFICANT"  # the level the original tool alerted from
-LIVE_LAG_MS = 2_000  # how late a venue's event may arrive before quiet time moves past it
 CONTEXT_INTERVAL_S = 60.0
 CONTEXT_PERIOD = "5m"  # the finest open-interest / taker-ratio period Binance serves
 RECENT_ALERTS = 12
-_DEDUP_CAPACITY = 100_000
-_REPLAY_CHUNK = 50_000
-_YIELD_EVERY = 1_000  # let sinks and the dashboard run during a full-speed replay
-_TRADE, _LIQUIDATION = 0, 1  # replay order at equal timestamps: the price first
+EVAL_INTERVAL_S = 1.0  # live: the detectors are ticked this often from the source clock
 
 _RECORD_SCHEMA = {
     name: pl.Int64() if isinstance(dtype, pl.Datetime) else dtype
@@ -78,7 +83,7 @@ class CascadeConfig:
     """Everything ``liq cascade`` was asked for; ``validate`` raises UsageError before any I/O."""
 
     symbols: Sequence[str]
-    exchanges: Sequence[str] = ("binance", "okx", "bybit")
+    exchanges: Sequence[str] = field(default_factory=registry.default_names)
     min_level: str = DEFAULT_MIN_LEVEL
     fmt: str = "dashboard"  # dashboard | jsonl
     webhooks: Sequence[str] = ()
@@ -150,45 +155,6 @@ def thresholds_from_config(table: Any) -> dict[str, CascadeThresholds]:
             )
         out[str(symbol).upper()] = CascadeThresholds.from_mapping(values)
     return out
-
-
-# ---- live time --------------------------------------------------------------------------------
-
-
-class LiveClock:
-    """Evaluation time of a live run: the newest event time seen, moved on by the wall clock
-    (less ``lag_ms`` for delivery) only while the venues are quiet.
-
-    Evaluating at wall time would put the detectors ahead of events still in flight, so a
-    cascade would start at the tick's instant instead of at its liquidation, and replaying the
-    stored events would not give the same cascades.
-    """
-
-    def __init__(self, wall_clock: Callable[[], int] = now_ms, lag_ms: int = LIVE_LAG_MS) -> None:
-        self._wall_clock = wall_clock
-        self.lag_ms = lag_ms
-        self.newest = 0
-
-    def observe(self, ts: int) -> None:
-        if ts > self.newest:
-            self.newest = ts
-
-    def __call__(self) -> int:
-        return max(self.newest, self._wall_clock() - self.lag_ms)
-
-
-class EventClock:
-    """Replay time: the newest event timestamp fed so far."""
-
-    def __init__(self) -> None:
-        self.newest = 0
-
-    def observe(self, ts: int) -> None:
-        if ts > self.newest:
-            self.newest = ts
-
-    def __call__(self) -> int:
-        return self.newest
 
 
 # ---- sinks and storage --------------------------------------------------------------------------
@@ -403,15 +369,14 @@ class ContextPoller:
 # ---- the session --------------------------------------------------------------------------------
 
 
-@dataclass
-class Counters:
-    liquidations: int = 0  # liquidations fed to the detectors
-    duplicates: int = 0  # venue re-sends dropped
-    trades: int = 0  # aggTrades fed
-    stored: int = 0  # liquidations handed to the journal
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+def cascade_counters() -> Counters:
+    return Counters(
+        liquidations=0,  # liquidations fed to the detectors
+        duplicates=0,  # venue re-sends dropped
+        trades=0,  # aggTrades fed
+        stored=0,  # liquidations handed to the journal
+        future=0,  # refused: stamped too far after their receive time
+    )
 
 
 class CascadeSession:
@@ -433,7 +398,7 @@ class CascadeSession:
         self.recorder = recorder
         self.journal = journal
         self.trade_journal = trade_journal
-        self.counters = Counters()
+        self.counters = cascade_counters()
         self.monitor = CascadeMonitor(
             config.symbols,
             cascade_callback=router,
@@ -442,21 +407,38 @@ class CascadeSession:
             clock=clock,
         )
         self._symbols = frozenset(config.symbols)
-        self._seen: set[tuple] = set()
-        self._seen_order: deque[tuple] = deque()
+        self._dedup = Deduper()
+        # Live: one event stamped far ahead (a bad venue clock) must not move the detectors'
+        # time years ahead; replays judge by each row's received_ts.
+        self._guard = FutureGuard(wall_clock=clock.wall if clock.live else None)  # type: ignore[union-attr]
+        self._second = -1
+
+    def handle_batch(self, events: Sequence[Liquidation | AggTrade]) -> None:
+        """A source's batch, in order. Every symbol's detector is ticked at each new second of
+        event time (as the live once-a-second evaluation does), so a symbol that went quiet ends
+        its cascade then, on a replay as live."""
+        admitted = self._guard.admit(events)
+        if len(admitted) != len(events):
+            self.counters.future = self._guard.refused
+            log.warning(
+                "refused %d event(s) stamped far after their receive time",
+                len(events) - len(admitted),
+            )
+        tick, handle = self.monitor.tick, self.handle
+        for event in admitted:
+            ts = event.ts
+            if ts // 1000 > self._second:
+                self._second = ts // 1000
+                tick(ts)
+            handle(event)
 
     def handle(self, event: Liquidation | AggTrade) -> None:
         if event.symbol not in self._symbols:
             return
         if type(event) is Liquidation:
-            key = (event.exchange, event.symbol, event.ts, event.side, event.price, event.qty)
-            if key in self._seen:
-                self.counters.duplicates += 1
+            if not self._dedup.is_new(event):
+                self.counters.duplicates = self._dedup.duplicates
                 return
-            self._seen.add(key)
-            self._seen_order.append(key)
-            if len(self._seen_order) > _DEDUP_CAPACITY:
-                self._seen.discard(self._seen_order.popleft())
             self.counters.liquidations += 1
             if self.journal is not None:
                 self.journal.append(event.to_row())
@@ -489,74 +471,11 @@ def _trade_row(trade: AggTrade) -> dict:
 
 def replay_events(
     spec: str, *, data_dir: Path | None, symbols: Sequence[str], exchanges: Sequence[str]
-) -> Iterator[Liquidation | AggTrade]:
+) -> ReplaySource:
     """Stored liquidations (``store``, or a file/directory ``liq watch --replay`` reads) merged
     with stored Binance aggTrades of the same span (``store`` only) in event-time order."""
-    from liqcli.services.watch import WatchConfig, replay_frame
-
-    watch_config = WatchConfig(exchanges=list(exchanges), symbols=list(symbols))
-    liquidations = (
-        replay_frame(spec, data_dir=data_dir, config=watch_config)
-        .filter(pl.col("symbol").is_in(list(symbols)) & pl.col("exchange").is_in(list(exchanges)))
-        .with_columns(pl.lit(_LIQUIDATION, pl.Int8).alias("kind"))
-        .collect()
-    )
-    parts = [liquidations]
-    if spec == "store" and liquidations.height and data_dir is not None:
-        from liqcli.store.parquet import Store
-
-        first, last = liquidations["ts"].min(), liquidations["ts"].max()
-        # From a minute before (the price a cascade starts at) to the last liquidation.
-        trades = (
-            Store(data_dir)
-            .scan(
-                "agg_trades",
-                start=first - 60_000,
-                end=last + 1,
-                exchange="binance",
-                symbol=list(symbols),
-            )
-            .select(
-                pl.lit(_TRADE, pl.Int8).alias("kind"),
-                "exchange",
-                "symbol",
-                pl.col("ts").dt.epoch("ms"),
-                "price",
-                "qty",
-                "trade_id",
-                "is_buyer_maker",
-            )
-            .collect()
-        )
-        parts.append(trades)
-    events = pl.concat(parts, how="diagonal_relaxed").sort(["ts", "kind"], maintain_order=True)
-    return _rows_to_events(events)
-
-
-def _rows_to_events(frame: pl.DataFrame) -> Iterator[Liquidation | AggTrade]:
-    has_trades = "trade_id" in frame.columns
-    columns = ["kind", "exchange", "symbol", "ts", "price", "qty", "side", "notional_usd"]
-    columns += ["venue_symbol", "received_ts"]
-    if has_trades:
-        columns += ["trade_id", "is_buyer_maker"]
-    for offset in range(0, frame.height, _REPLAY_CHUNK):
-        chunk = frame.slice(offset, _REPLAY_CHUNK).select(columns)
-        for row in chunk.iter_rows():
-            kind, exchange, symbol, ts, price, qty, side, usd, venue_symbol, received = row[:10]
-            if kind == _LIQUIDATION:
-                yield Liquidation(
-                    exchange,
-                    symbol,
-                    side,
-                    price,
-                    qty,
-                    usd,
-                    ts,
-                    "" if venue_symbol == symbol else venue_symbol or "",
-                    received or 0,
-                )
-            else:
-                yield AggTrade(exchange, symbol, row[10], ts, price, qty, bool(row[11]))
+    rows = replay_rows(spec, data_dir=data_dir, exchanges=exchanges, symbols=symbols, trades=True)
+    return ReplaySource(rows_to_events(rows))
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -587,11 +506,13 @@ async def run_cascade(
     data_dir: Path,
     out: TextIO | None = None,
     wall_clock: Callable[[], int] = now_ms,
+    source_factory: Callable[[CascadeConfig, Path, LiveClock], Any] | None = None,
 ) -> CascadeResult:
     """Run ``liq cascade`` until ``duration``, cancellation, a closed stdout or the replay's end.
 
-    Live sources are :func:`open_sources` and the context comes from ``binance_http``, both
-    at the ``LIQ_*_URL`` endpoints.
+    The live source is :func:`open_source` (``source_factory(config, data_dir, clock)``) and
+    the context comes from ``binance_http``, both at the ``LIQ_*_URL`` endpoints; a replay is a
+    ReplaySource on event time.
     """
     config.validate()
     out = out or sys.stdout
@@ -609,14 +530,22 @@ async def run_cascade(
 
         store = Store(data_dir)
     recorder = CascadeRecorder(store)
-    clock: LiveClock | EventClock = EventClock() if config.replay else LiveClock(wall_clock)
+    # Read a replay before anything is shown or started: a bad file is just a one-line error.
+    source: Any = (
+        replay_events(
+            config.replay, data_dir=data_dir, symbols=config.symbols, exchanges=config.exchanges
+        )
+        if config.replay
+        else None
+    )
+    clock: LiveClock | EventClock = source.clock if source is not None else LiveClock(wall_clock)
     session = CascadeSession(config, clock=clock, router=router, recorder=recorder)
     started = wall_clock()
-    sources: list[Any] = []
     statuses: dict[str, Any] = {}
     poller: ContextPoller | None = None
     tasks: list[asyncio.Task] = []
-    live_view = None
+    tickers: list[Ticker] = []
+    screen: TerminalView | None = None
     result = CascadeResult({}, recorder.records, 0, 0, 0)
 
     def render() -> Any:
@@ -644,46 +573,43 @@ async def run_cascade(
             now_ms=(clock() or started) if config.replay else wall_clock(),
         )
 
-    # Read a replay before anything is shown or started: a bad file is just a one-line error.
-    replayed = (
-        replay_events(
-            config.replay, data_dir=data_dir, symbols=config.symbols, exchanges=config.exchanges
-        )
-        if config.replay
-        else iter(())
-    )
     try:
         await router.start()
         if not config.replay and config.store is not False:
-            session.journal = _open_journal(data_dir, "liquidations")
+            session.journal = open_journal(data_dir, "liquidations")
             if config.store_trades:
-                session.trade_journal = _open_journal(data_dir, "agg_trades")
+                session.trade_journal = open_journal(data_dir, "agg_trades")
         if config.fmt == "dashboard":
-            live_view = _start_live(render(), out)
-            tasks.append(asyncio.create_task(_refresh_loop(live_view, render, config.refresh)))
+            screen = TerminalView(render, out, width=160)
+            tickers.append(Ticker(wall_clock, config.refresh, screen.refresh).start())
         if store is not None:
             tasks.append(asyncio.create_task(recorder.run(), name="cascade-recorder"))
         try:
             async with asyncio.timeout(config.duration):
-                if config.replay:
-                    await _replay(session, config, replayed, stop)
-                else:
-                    sources = open_sources(config, data_dir)
-                    for source in sources:
-                        statuses.update(_statuses_of(source))
+                if source is None:
+                    source = (source_factory or open_source)(config, data_dir, clock)
+                    statuses.update(source.statuses)
                     if config.context:
                         poller = ContextPoller(
                             session.monitor, config.symbols, wall_clock=wall_clock
                         )
                         tasks.append(asyncio.create_task(poller.run(), name="cascade-context"))
-                    await session.monitor.start()
-                    await _consume(session, sources, stop)
+                    # The detectors own no timers: the source's live clock ticks them.
+                    tickers.append(Ticker(clock, EVAL_INTERVAL_S, session.monitor.tick).start())
+                await _consume(session, source, stop)
+                if config.replay and not session.counters.liquidations:
+                    log.warning(
+                        "nothing to replay: no liquidations of %s in %s",
+                        ", ".join(config.symbols),
+                        config.replay,
+                    )
         except TimeoutError:
             pass  # --duration reached
     finally:
-        for source in sources:
+        if source is not None:
             await source.aclose()
-        await session.monitor.stop()
+        for ticker in tickers:
+            await ticker.stop()
         for task in tasks:
             task.cancel()
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
@@ -696,11 +622,8 @@ async def run_cascade(
         for journal in (session.journal, session.trade_journal):
             if journal is not None:
                 await asyncio.to_thread(journal.close)  # flush and move every row into Parquet
-        if live_view is not None:
-            live_view.update(render(), refresh=True)
-            live_view.stop()
-            if not live_view.console.is_terminal:
-                live_view.console.line()
+        if screen is not None:
+            screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
         result.counters = session.counters.to_dict()
@@ -721,108 +644,43 @@ async def run_cascade(
     return result
 
 
-def open_sources(config: CascadeConfig, data_dir: Path) -> list[Any]:
-    """Binance liquidations and aggTrades on one connection (aggTrades only when Binance is not
-    among ``exchanges``: prices always come from Binance), the other venues merged."""
-    from liqcli.services.streams import StreamOptions, binance_events, liquidation_stream
+def open_source(config: CascadeConfig, data_dir: Path, clock: LiveClock | None = None) -> Any:
+    """One merged live source: liquidations of ``exchanges`` and Binance aggTrades (prices
+    always come from Binance; its liquidations and trades share one connection)."""
+    from liqcli.services.streams import StreamOptions, liquidation_stream
 
-    symbols = list(config.symbols)
-    sources: list[Any] = [
-        binance_events(symbols, liquidations="binance" in config.exchanges, agg_trades=True)
-    ]
-    others = [e for e in config.exchanges if e != "binance"]
-    if others:
-        sources.append(
-            liquidation_stream(others, symbols, options=StreamOptions(data_dir=data_dir))
-        )
-    return sources
+    return liquidation_stream(
+        list(config.exchanges),
+        list(config.symbols),
+        options=StreamOptions(data_dir=data_dir),
+        trades_from=["binance"],
+        clock=clock,
+    )
 
 
-def _statuses_of(source: Any) -> dict[str, Any]:
-    statuses = getattr(source, "statuses", None)
-    if statuses is not None:
-        return dict(statuses)
-    status = getattr(source, "status", None)
-    return {status.venue: status} if status is not None else {}
+async def _consume(session: CascadeSession, source: Any, stop: asyncio.Event) -> None:
+    """Feed the source's batches until ``stop`` is set or the source ends."""
 
-
-async def _consume(session: CascadeSession, sources: Sequence[Any], stop: asyncio.Event) -> None:
-    """Feed every source until ``stop`` is set or all of them have ended."""
-
-    async def pump(source: AsyncIterator[Any]) -> None:
+    async def pump() -> None:
         try:
-            async for event in source:
-                session.handle(event)
-        except LiqError as exc:  # one venue giving up must not stop the others
+            async for batch in source.batches():
+                session.handle_batch(batch)
+                if stop.is_set():
+                    return
+        except LiqError as exc:  # every venue gave up: the run ends like at --duration
             log.error("stream stopped: %s", exc)
 
-    pumps = asyncio.gather(*(pump(source) for source in sources))
+    pumping = asyncio.create_task(pump())
     stopper = asyncio.create_task(stop.wait())
     try:
-        done, _ = await asyncio.wait([pumps, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if pumps in done:
-            pumps.result()  # re-raise a bug in the pipeline
+        done, _ = await asyncio.wait([pumping, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if pumping in done:
+            pumping.result()  # re-raise a bug in the pipeline
     finally:
         stopper.cancel()
-        pumps.cancel()
+        pumping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await pumps
-
-
-async def _replay(
-    session: CascadeSession,
-    config: CascadeConfig,
-    events: Iterator[Liquidation | AggTrade],
-    stop: asyncio.Event,
-) -> None:
-    handle, tick = session.handle, session.monitor.tick
-    second = -1
-    for i, event in enumerate(events):
-        if i % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-            if stop.is_set():
-                return
-        if event.ts // 1000 > second:
-            # As the live once-a-second evaluation does: every symbol's time moves on, so a
-            # symbol that went quiet ends its cascade then, not at the end of the replay.
-            second = event.ts // 1000
-            tick(event.ts)
-        handle(event)
-    if not session.counters.liquidations:
-        log.warning(
-            "nothing to replay: no liquidations of %s in %s",
-            ", ".join(config.symbols),
-            config.replay,
-        )
-
-
-def _open_journal(data_dir: Path, name: str) -> Any:
-    from liqcli.store.journal import Journal
-    from liqcli.store.parquet import Store
-
-    journal = Journal(Store(data_dir), name)
-    recovered = journal.open()
-    if recovered:
-        log.info("recovered %d %s rows from an interrupted run", recovered, name)
-    return journal
-
-
-def _start_live(first_frame: Any, out: TextIO) -> Any:
-    from rich.console import Console
-    from rich.live import Live
-
-    console = Console(file=out)
-    if not console.is_terminal:
-        console = Console(file=out, width=160)  # a pipe or file gets the full table, not 80 columns
-    live = Live(first_frame, console=console, auto_refresh=False, redirect_stderr=False)
-    live.start()
-    return live
-
-
-async def _refresh_loop(live_view: Any, render: Callable[[], Any], interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        live_view.update(render(), refresh=True)
+            await pumping
 
 
 # ---- history ------------------------------------------------------------------------------------

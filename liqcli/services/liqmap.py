@@ -172,15 +172,11 @@ async def download_archive_trades(
 ) -> list[Path]:
     """The venue's daily trade files for the days touched by [start, end), cached and (Binance)
     checksum-verified; days the archive lacks are skipped with a warning."""
-    binance_archive, bybit_archive = _venues()
-    if exchange == "binance":
-        async with binance_archive.binance_archive_client(data_dir, **client_kw) as client:
-            paths = await binance_archive.download_agg_trades(client, symbol, start_ms, end_ms)
-    elif exchange == "bybit":
-        async with bybit_archive.bybit_archive_client(data_dir, **client_kw) as client:
-            paths = await bybit_archive.download_trades(client, symbol, start_ms, end_ms)
-    else:
-        raise UsageError(f"unknown exchange {exchange!r}: choose binance or bybit")
+    from liqcli.exchanges import registry
+
+    venue = registry.get(exchange)
+    async with venue.archive_part("client")(data_dir, **client_kw) as client:
+        paths = await venue.archive_part("download")(client, symbol, start_ms, end_ms)
     if not paths:
         raise LiqError(
             f"{exchange}: no archive files for {symbol} between {iso_ms(start_ms)} and {iso_ms(end_ms)} "
@@ -190,10 +186,10 @@ async def download_archive_trades(
 
 
 def scan_archive_trades(exchange: str, paths: list[Path]) -> pl.LazyFrame:
-    binance_archive, bybit_archive = _venues()
-    if exchange == "binance":
-        return binance_archive.read_agg_trades(paths).select("ts", "price", "qty", "is_buyer_maker")
-    return bybit_archive.read_trades(paths).select("ts", "price", "qty", "is_buyer_maker")
+    from liqcli.exchanges import registry
+
+    read = registry.get(exchange).archive_part("read")
+    return read(paths).select("ts", "price", "qty", "is_buyer_maker")
 
 
 # Below this many trades one shared scan builds the map (faster; its peak memory, ~40 bytes a
@@ -235,10 +231,11 @@ async def map_from_archive(
 
 
 def _archive_map(exchange: str, paths: list[Path], spec: MapSpec, symbol: str) -> LiqMap:
-    binance_archive, bybit_archive = _venues()
+    from liqcli.exchanges import registry
+
     trades = scan_archive_trades(exchange, paths)  # converts each day to Parquet once
-    venue = binance_archive if exchange == "binance" else bybit_archive
-    return _build(trades, spec, symbol, estimated_rows(venue.parquet_path(p) for p in paths))
+    parquet_path = registry.get(exchange).archive_part("parquet_path")
+    return _build(trades, spec, symbol, estimated_rows(parquet_path(p) for p in paths))
 
 
 class LiveTrades:

@@ -3,9 +3,11 @@ with every received event journaled into the ``liquidations`` dataset.
 
 The pipeline is the same for every source::
 
-    source (venue streams | recorded jsonl | Parquet | the store)
-      -> WatchState.ingest: de-duplicate, journal, count in the main view and any web views
-      -> sinks: jsonl lines, the rich dashboard (refreshed every second), the web dashboard
+    Source (liqcli.sources: the venues' merged live stream | a ReplaySource of a recorded
+            jsonl, Parquet or the store), with its clock (wall time live, event time on replay)
+      -> WatchState.ingest_batch: refuse far-future events, de-duplicate, journal, count in the
+         main view and any web views
+      -> sinks: jsonl lines, the rich dashboard and web pushes (a Ticker on the source's clock)
 
 On start (live, with storage) the journal first recovers the rows a killed run left behind, then
 the last day of the dataset is loaded back into the windows, so 1-day totals survive restarts.
@@ -16,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import sys
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,26 +30,35 @@ import polars as pl
 
 from liqcli.analytics.windows import DEFAULT_WINDOWS, EventFilter, WindowAggregator, parse_windows
 from liqcli.core.events import Liquidation
-from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.core.timeutil import iso_ms, now_ms
-from liqcli.errors import DataError, UsageError
+from liqcli.errors import LiqError, UsageError
+from liqcli.exchanges import registry
 from liqcli.render.dashboard import DashboardInfo, render_dashboard
 from liqcli.render.output import detach_stdout
 from liqcli.render.web import DEFAULT_HOST, DEFAULT_PORT, WebDashboard
+from liqcli.sources.base import Counters
+from liqcli.sources.clock import Ticker, WallClock
+from liqcli.sources.dedup import Deduper, FutureGuard
+from liqcli.sources.replay import (
+    ROW_SCHEMA,
+    ReplaySource,
+    liquidation_frame,
+    rows_frame,
+    rows_to_events,
+)
+from liqcli.sources.storage import open_journal
+from liqcli.sources.terminal import TerminalView
 
 log = logging.getLogger("liq.watch")
 
 DATASET = "liquidations"
-_DEDUP_CAPACITY = 100_000  # recent event keys remembered to drop venue re-sends
-_REPLAY_CHUNK = 50_000
-_YIELD_EVERY = 1_000  # let the refresh tasks run during a fast replay
 
 
 @dataclass
 class WatchConfig:
     """Everything ``liq watch`` was asked for (validated by ``validate``)."""
 
-    exchanges: Sequence[str] = ("binance", "okx", "bybit")
+    exchanges: Sequence[str] = field(default_factory=registry.default_names)
     symbols: Sequence[str] = ()
     min_usd: float = 0.0
     top: int = 10
@@ -92,20 +101,6 @@ class WatchConfig:
         )
 
 
-class ReplayClock:
-    """Event time: the newest event timestamp fed so far."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ts: int) -> None:
-        if ts > self.now:
-            self.now = ts
-
-
 class _History:
     """Raw events of the longest window, kept only so a web page can ask for its own filter
     (columnar: about 80 bytes an event)."""
@@ -113,52 +108,33 @@ class _History:
     def __init__(self, span_ms: int) -> None:
         self.span_ms = span_ms
         self._rows: list[dict] = []
-        self._frame = _empty_rows_frame()
+        self._frame = pl.DataFrame(schema=ROW_SCHEMA)
 
     def extend(self, rows: list[dict]) -> None:
         self._rows.extend(rows)
 
     def load(self, frame: pl.DataFrame) -> None:
-        self._frame = pl.concat([self._frame, _rows_frame(frame)], how="vertical")
+        self._frame = pl.concat([self._frame, rows_frame(frame)], how="vertical")
 
     def frame(self, now: int) -> pl.DataFrame:
         """Everything still inside the longest window (pending rows folded in, old ones dropped)."""
         if self._rows:
-            pending = pl.DataFrame(self._rows, schema=_ROW_SCHEMA)
+            pending = pl.DataFrame(self._rows, schema=ROW_SCHEMA)
             self._rows = []
             self._frame = pl.concat([self._frame, pending], how="vertical")
         self._frame = self._frame.filter(pl.col("ts") > now - self.span_ms)
         return self._frame
 
 
-_ROW_SCHEMA = {
-    name: pl.Int64() if isinstance(dtype, pl.Datetime) else dtype
-    for name, dtype in dataset_spec(DATASET).schema.items()
-}
-
-
-def _empty_rows_frame() -> pl.DataFrame:
-    return pl.DataFrame(schema=_ROW_SCHEMA)
-
-
-def _rows_frame(frame: pl.DataFrame) -> pl.DataFrame:
-    """A frame of the dataset with time columns as epoch-ms integers (the journal's row form)."""
-    return frame.select(
-        pl.col(name).dt.epoch("ms") if isinstance(frame.schema[name], pl.Datetime) else pl.col(name)
-        for name in _ROW_SCHEMA
-    ).cast(_ROW_SCHEMA)
-
-
-@dataclass
-class Counters:
-    received: int = 0  # events from the source
-    duplicates: int = 0  # re-sent events dropped
-    shown: int = 0  # passed the filter (printed as jsonl)
-    stored: int = 0  # handed to the journal
-    restored: int = 0  # loaded back from storage at start
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+def watch_counters() -> Counters:
+    return Counters(
+        received=0,  # events from the source
+        duplicates=0,  # re-sent events dropped
+        future=0,  # refused: stamped too far after their receive time
+        shown=0,  # passed the filter (printed as jsonl)
+        stored=0,  # handed to the journal
+        restored=0,  # loaded back from storage at start
+    )
 
 
 class WatchState:
@@ -184,11 +160,13 @@ class WatchState:
         self.main = self._aggregator(self.filter)
         self.journal = journal
         self.statuses: dict[str, Any] = statuses if statuses is not None else {}
-        self.counters = Counters()
+        self.counters = watch_counters()
         self.info = info or DashboardInfo(exchanges=list(config.exchanges), started_ms=clock())
         self.info.counters = self.counters.to_dict()
-        self._seen: set[tuple] = set()
-        self._seen_order: deque[tuple] = deque()
+        self._dedup = Deduper()
+        # Live: an event stamped far ahead of its receive time is refused (it would stay in
+        # every window until its time comes); replays judge by each row's received_ts.
+        self._guard = FutureGuard(wall_clock=clock if getattr(clock, "live", True) else None)
         self._history = _History(self.windows[-1].ms) if keep_history else None
         self._views: dict[EventFilter, list] = {}  # filter -> [aggregator, refcount]
 
@@ -210,18 +188,16 @@ class WatchState:
         loop touches is bound to a local first: this runs for every event."""
         counters = self.counters
         counters.received += len(events)
-        seen, seen_order = self._seen, self._seen_order
-        fresh = []
-        for event in events:
-            key = (event.exchange, event.symbol, event.ts, event.side, event.price, event.qty)
-            if key in seen:
-                counters.duplicates += 1
-                continue
-            seen.add(key)
-            seen_order.append(key)
-            fresh.append(event)
-        while len(seen_order) > _DEDUP_CAPACITY:
-            seen.discard(seen_order.popleft())
+        admitted = self._guard.admit(events)
+        if len(admitted) != len(events):
+            counters.future = self._guard.refused
+            log.warning(
+                "refused %d event(s) stamped over %d s after their receive time",
+                len(events) - len(admitted),
+                self._guard.max_ahead_ms // 1000,
+            )
+        fresh = self._dedup.fresh(admitted)
+        counters.duplicates = self._dedup.duplicates
         if self.journal is not None or self._history is not None:
             rows = [event.to_row() for event in fresh]
             if self.journal is not None:
@@ -312,122 +288,19 @@ class WatchState:
         )
 
 
-# -- replay sources ----------------------------------------------------------------------------
+# -- replay ------------------------------------------------------------------------------------
 
 
 def replay_frame(spec: str, *, data_dir: Path | None, config: WatchConfig) -> pl.LazyFrame:
-    """The events to replay, as a lazy frame of the dataset's columns sorted by event time."""
-    columns = list(dataset_spec(DATASET).schema)
-    if spec == "store":
-        if data_dir is None:
-            raise UsageError("--replay store needs a data directory")
-        from liqcli.store.parquet import Store
-
-        partitions: dict[str, Any] = {"exchange": list(config.exchanges)}
-        if config.symbols:
-            partitions["symbol"] = list(config.symbols)
-        lazy = Store(data_dir).scan(DATASET, **partitions)
-    else:
-        path = Path(spec)
-        if path.is_dir() or path.suffix == ".parquet":
-            pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
-            lazy = pl.scan_parquet(pattern, hive_partitioning=True, missing_columns="insert")
-        else:
-            lazy = _read_jsonl(path).lazy()
-    return (
-        lazy.with_columns(
-            *(
-                pl.lit(None, dtype=dtype).alias(name)
-                for name, dtype in _ROW_SCHEMA.items()
-                if name not in lazy.collect_schema()
-            )
-        )
-        .select(columns)
-        .with_columns(
-            _to_ms("ts"),
-            _to_ms("received_ts").fill_null(0),
-            pl.col("venue_symbol").fill_null(""),
-        )
-        .filter(pl.col("ts").is_not_null())
-        .sort("ts", maintain_order=True)
+    """The events to replay (liqcli.sources.replay.liquidation_frame for this config)."""
+    return liquidation_frame(
+        spec, data_dir=data_dir, exchanges=list(config.exchanges), symbols=list(config.symbols)
     )
 
 
-def _to_ms(name: str) -> pl.Expr:
-    return pl.col(name).cast(pl.Datetime("ms", "UTC")).dt.epoch("ms").alias(name)
-
-
-_JSONL_SCHEMA = {
-    name: pl.String() if name in ("ts", "received_ts") else dtype
-    for name, dtype in _ROW_SCHEMA.items()
-}
-_REQUIRED = ("exchange", "symbol", "ts", "side", "price", "qty", "notional_usd")
-
-
-def _read_jsonl(path: Path) -> pl.DataFrame:
-    """Lines as printed by ``liq watch --format jsonl`` (ts ISO-8601) or journal rows (ts ms);
-    DataError naming the first bad line."""
-    try:
-        raw = pl.read_ndjson(path, schema=_JSONL_SCHEMA)
-    except pl.exceptions.PolarsError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not liquidation events in JSON lines ({detail})") from None
-    frame = raw.with_columns(_epoch_ms("ts"), _epoch_ms("received_ts").fill_null(0))
-    invalid = pl.any_horizontal(pl.col(_REQUIRED).is_null()) | ~pl.col("side").is_in(
-        ["long", "short"]
-    )
-    bad = frame.with_row_index("line", 1).filter(invalid)
-    if bad.height:
-        raise DataError(
-            f"{path}:{bad['line'][0]}: not a liquidation event (needs {', '.join(_REQUIRED)}; "
-            "side long or short; ts ISO-8601 or epoch ms)"
-        )
-    return frame.with_columns(pl.col("venue_symbol").fill_null("")).cast(_ROW_SCHEMA)
-
-
-def _epoch_ms(name: str) -> pl.Expr:
-    """ISO-8601 text or epoch-ms digits -> epoch ms (null when neither)."""
-    text = pl.col(name)
-    return (
-        pl.when(text.str.contains(r"^\d+$"))
-        .then(text.cast(pl.Int64, strict=False))
-        .otherwise(
-            text.str.to_datetime(time_unit="ms", time_zone="UTC", strict=False).dt.epoch("ms")
-        )
-        .alias(name)
-    )
-
-
-def frame_events(frame: pl.LazyFrame, clock: ReplayClock | None = None) -> Iterator[Liquidation]:
-    """Rows -> Liquidation events in order, a chunk at a time."""
-    collected = frame.collect()
-    columns = ("exchange", "symbol", "side", "price", "qty", "notional_usd", "ts", "venue_symbol")
-    for offset in range(0, collected.height, _REPLAY_CHUNK):
-        chunk = collected.slice(offset, _REPLAY_CHUNK)
-        received = chunk["received_ts"].to_list()
-        for i, (ex, sym, side, price, qty, usd, ts, venue_symbol) in enumerate(
-            chunk.select(columns).iter_rows()
-        ):
-            if clock is not None:
-                clock.advance(ts)
-            yield Liquidation(
-                ex,
-                sym,
-                side,
-                price,
-                qty,
-                usd,
-                ts,
-                "" if venue_symbol == sym else venue_symbol,
-                received[i] or 0,
-            )
-
-
-async def _paced(events: Iterator[Liquidation]) -> AsyncIterator[list[Liquidation]]:
-    """Replayed events in batches, letting the refresh tasks run between them."""
-    while batch := list(itertools.islice(events, _YIELD_EVERY)):
-        yield batch
-        await asyncio.sleep(0)
+def replay_source(config: WatchConfig, data_dir: Path | None) -> ReplaySource:
+    frame = replay_frame(config.replay or "store", data_dir=data_dir, config=config).collect()
+    return ReplaySource(rows_to_events(frame))
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -449,17 +322,23 @@ async def run_watch(
     clock: Callable[[], int] = now_ms,
     on_web_ready: Callable[[str], None] | None = None,
     journal_factory: Callable[..., Any] | None = None,
+    check_symbols: bool = True,
 ) -> WatchResult:
     """Run ``liq watch`` until the source ends (replay), ``duration`` passes or cancellation.
 
-    ``stream_factory(config, data_dir)`` builds the live stream (default: the venues' merged
-    liquidation stream; it needs ``batches()`` and ``statuses``); ``journal_factory(store, dataset)`` the journal (default: Journal).
+    The source is a :class:`liqcli.sources.base.Source`: ``stream_factory(config, data_dir)``
+    builds the live one (default: the venues' merged liquidation stream), a replay is a
+    ReplaySource on event time. ``journal_factory(store, dataset)`` builds the journal (default:
+    Journal). Live with symbols, the venues' symbol lists are checked first (``check_symbols``):
+    UsageError when no venue lists a symbol. LiqError when ``duration`` passed and no venue was
+    ever reachable.
     """
     config.validate()
     out = out or sys.stdout
     replay = config.replay
-    event_clock = ReplayClock() if replay else None
     use_store = config.store and not replay
+    if not replay and config.symbols and check_symbols:
+        await _check_symbols(config, data_dir)
     started = clock()
     info = DashboardInfo(
         exchanges=list(config.exchanges),
@@ -467,25 +346,29 @@ async def run_watch(
         store=str(data_dir) if use_store else None,
         source=f"replay {replay}" if replay else "live",
     )
-    stream = None
-    statuses: dict[str, Any] = {}
-    if not replay:
-        stream = (stream_factory or live_stream)(config, data_dir)
-        statuses = stream.statuses
+    # A bad recording is a one-line error before anything is shown.
+    source = replay_source(config, data_dir) if replay else None
+    if source is None:
+        source = (stream_factory or live_stream)(config, data_dir)
+    source_clock = source.clock if replay else getattr(source, "clock", None) or WallClock(clock)
+    if not replay and clock is not now_ms:
+        source_clock = WallClock(clock)  # an injected wall clock wins (tests)
+    statuses: dict[str, Any] = source.statuses
     journal = None
     web: WebDashboard | None = None
-    screen: TerminalDashboard | None = None
+    screen: TerminalView | None = None
     state = WatchState(
         config,
-        clock=event_clock or clock,
+        clock=source_clock,
         statuses=statuses,
         info=info,
         keep_history=config.web,
     )
     result = WatchResult(state.counters)
+    timed_out = False
     try:
         if use_store:
-            journal = _open_journal(data_dir, journal_factory)
+            journal = open_journal(data_dir, DATASET, journal_factory)
             state.journal = journal
             _restore(state, data_dir, config, clock())
         if config.web:
@@ -496,30 +379,23 @@ async def run_watch(
             if on_web_ready is not None:
                 on_web_ready(result.web_url)
         if config.fmt == "dashboard":
-            screen = TerminalDashboard(state, out)
-        batches: AsyncIterator[list[Liquidation]]
-        if replay:
-            frame = replay_frame(replay, data_dir=data_dir, config=config)
-            batches = _paced(frame_events(frame, event_clock))
-        else:
-            batches = stream.batches()
-        refresher = asyncio.create_task(_refresh_loop(state, screen, config.refresh))
+            screen = TerminalView(state.render, out, screen=True, width=140)
+        ticker = Ticker(source_clock, config.refresh, _refresher(state, screen)).start()
         try:
             async with asyncio.timeout(config.duration):
                 await _consume(
-                    state, batches, out, jsonl=config.fmt == "jsonl", flush_each=not replay
+                    state, source.batches(), out, jsonl=config.fmt == "jsonl", flush_each=not replay
                 )
                 if config.web:
                     await asyncio.Event().wait()  # a replay's page stays up until Ctrl-C/duration
         except TimeoutError:
-            pass  # --duration reached
+            timed_out = True  # --duration reached
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            await ticker.stop()
     finally:
-        if stream is not None:
-            await stream.aclose()
+        reached = any(map(_reached, statuses.values()))  # before closing resets the statuses
+        await source.aclose()
+        if not replay:
             result.statuses = {name: s.to_dict() for name, s in statuses.items()}
         if web is not None:
             await web.close()
@@ -530,7 +406,15 @@ async def run_watch(
             screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
+    if timed_out and not replay and statuses and not reached:
+        detail = "; ".join(f"{name}: {s.last_error or s.state}" for name, s in statuses.items())
+        raise LiqError(f"no venue was reachable in {config.duration:g} s ({detail})")
     return result
+
+
+def _reached(status: Any) -> bool:
+    """Whether a venue was connected at some point of the run."""
+    return bool(status.connected_since_ms or status.messages or status.gaps or status.reconnects)
 
 
 def live_stream(config: WatchConfig, data_dir: Path) -> Any:
@@ -542,26 +426,35 @@ def live_stream(config: WatchConfig, data_dir: Path) -> Any:
     )
 
 
-def _open_journal(data_dir: Path, journal_factory: Callable[..., Any] | None) -> Any:
-    from liqcli.store.journal import Journal
-    from liqcli.store.parquet import Store
+async def _check_symbols(config: WatchConfig, data_dir: Path) -> None:
+    """Mistyped symbols: a usage error when every venue's list lacks them, a warning when only
+    some venues' do (venues whose list cannot be had have no say)."""
+    from liqcli.services.streams import StreamOptions, symbol_lists, unknown_symbols
 
-    store = Store(data_dir)
-    journal = (journal_factory or Journal)(store, DATASET)
-    recovered = journal.open()
-    if recovered:
-        log.info("recovered %d liquidations from an interrupted run", recovered)
-    return journal
+    exchanges = list(config.exchanges)
+    lists = await symbol_lists(exchanges, StreamOptions(data_dir=data_dir, http_timeout=3.0))
+    everywhere, partly = unknown_symbols(list(config.symbols), lists)
+    if everywhere:
+        raise UsageError(
+            f"unknown symbol {', '.join(everywhere)}: not listed on {', '.join(exchanges)} "
+            "(normalised BASEQUOTE symbols, e.g. BTCUSDT)"
+        )
+    for venue, missing in partly.items():
+        log.warning("%s does not list %s: nothing from it for them", venue, ", ".join(missing))
 
 
 def _restore(state: WatchState, data_dir: Path, config: WatchConfig, now: int) -> None:
-    """The last (longest window) of stored events back into the windows."""
+    """The last (longest window) of stored events back into the windows; rows stamped far in
+    the future (a bad clock) stay out, so they never count in every window."""
+    from liqcli.sources.clock import MAX_AHEAD_MS
     from liqcli.store.parquet import Store
 
     partitions: dict[str, Any] = {"exchange": list(config.exchanges)}
     if config.symbols:
         partitions["symbol"] = list(config.symbols)
-    frame = Store(data_dir).read(DATASET, start=now - state.windows[-1].ms, **partitions)
+    frame = Store(data_dir).read(
+        DATASET, start=now - state.windows[-1].ms, end=now + MAX_AHEAD_MS, **partitions
+    )
     restored = state.restore(frame)
     if restored:
         log.info("restored %d liquidations from the last %s", restored, state.windows[-1].label)
@@ -589,46 +482,10 @@ async def _consume(
         detach_stdout(out)
 
 
-class TerminalDashboard:
-    """The rich dashboard. On a terminal: a full-screen view redrawn every refresh (a log line on
-    stderr is overwritten by the next frame instead of corrupting it); when it stops, and on
-    anything that is not a terminal, the final frame is printed once."""
-
-    def __init__(self, state: WatchState, out: TextIO) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.state = state
-        self.console = Console(file=out)
-        if not self.console.is_terminal:
-            self.console = Console(file=out, width=140)
-        self.live: Live | None = None
-        if self.console.is_terminal:
-            self.live = Live(
-                state.render(),
-                console=self.console,
-                screen=True,
-                auto_refresh=False,
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-            self.live.start()
-
-    def refresh(self) -> None:
-        if self.live is not None:
-            self.live.update(self.state.render(), refresh=True)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-        self.console.print(self.state.render())
-
-
-async def _refresh_loop(
-    state: WatchState, screen: TerminalDashboard | None, interval: float
-) -> None:
-    while True:
-        await asyncio.sleep(interval)
+def _refresher(state: WatchState, screen: TerminalView | None) -> Callable[[int], None]:
+    def tick(_now: int) -> None:
         state.tick()
         if screen is not None:
             screen.refresh()
+
+    return tick
