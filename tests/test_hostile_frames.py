@@ -23,6 +23,7 @@ import pytest
 from liqcli.core.events import Liquidation
 from liqcli.exchanges import okx as okx_venue
 from liqcli.exchanges.ws import WsTimings
+from liqcli.services import streams
 from liqcli.services.streams import LiquidationStream, StreamOptions, liquidation_stream
 from tests.fakes.venue_rest import bybit_instrument, okx_instrument
 from tests.fakes.ws_servers import DROP, FakeBinance, FakeBybit, FakeOkx
@@ -729,7 +730,7 @@ def test_parsers_without_a_refusal_counter_still_count_and_survive() -> None:
         return [message]
 
     status = VenueStatus("x")
-    results = [LiquidationStream._parse(status, legacy, m) for m in ("ok", "bad", "bug", "ok2")]
+    results = [streams._parse(status, legacy, m) for m in ("ok", "bad", "bug", "ok2")]
     assert results == [["ok"], [], [], ["ok2"]]
     assert dict(status.rejected) == {"malformed": 1, "parser_error": 1}
     assert status.malformed == 2 and "oops" in (status.last_error or "")
