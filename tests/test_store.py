@@ -179,8 +179,12 @@ def test_time_column_casts_from_any_unit_and_zone(tmp_path: Path) -> None:
             "funding: column 'ts' has 1 null value(s)",
         ),
         (
-            funding("BTC/USDT", [JAN_1]),
-            "funding: column 'symbol' has values unfit for a directory name",
+            funding("X" * 201, [JAN_1]),
+            "funding: 1 row(s) cannot be stored: symbol too long for a directory name",
+        ),
+        (
+            funding("BTCUSDT", [2**62]),
+            "funding: 1 row(s) cannot be stored: ts outside the years 1-9999",
         ),
     ],
 )
@@ -649,12 +653,80 @@ def test_scan_ignores_journal_and_temp_files(tmp_path: Path) -> None:
     assert store.corrupt_files == []
 
 
-def test_scan_rejects_unknown_partitions_and_unsafe_values(tmp_path: Path) -> None:
+def test_scan_rejects_unknown_partitions_and_escapes_any_value(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with pytest.raises(UsageError, match="funding is partitioned by exchange, symbol, not period"):
         store.scan("funding", period="5m")
-    with pytest.raises(UsageError, match=r"invalid symbol '\.\./x'"):
-        store.scan("funding", symbol="../x")
+    # A value that looks like a path names an escaped directory, never another one.
+    (tmp_path / "x" / "exchange=binance").mkdir(parents=True)
+    store.write("funding", funding("BTCUSDT", [JAN_1]))
+    assert store.scan("funding", symbol="../x").collect().height == 0
+    assert store.scan("funding", exchange="..", symbol="..").collect().height == 0
+    with pytest.raises(UsageError, match="invalid symbol 3"):
+        store.scan("funding", symbol=[3])  # type: ignore[list-item]
+
+
+ODD_SYMBOLS = ["币安人生USDT", "BTC/USDT", "", "BTC USDT", "..", ".", "../../ETC", "%41", "a\x00b"]
+
+
+def test_any_symbol_is_stored_under_an_escaped_directory_and_read_back(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rows = pl.concat([funding(symbol, [JAN_1 + i * HOUR]) for i, symbol in enumerate(ODD_SYMBOLS)])
+    store.write("funding", rows)
+    store.write("funding", rows)  # idempotent: the escaped directory is found again
+    directories = sorted(p.name for p in (tmp_path / "funding" / "exchange=binance").iterdir())
+    assert directories == sorted(
+        [
+            "symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT",
+            "symbol=BTC%2FUSDT",
+            "symbol=",
+            "symbol=BTC%20USDT",
+            "symbol=%2E%2E",
+            "symbol=%2E",
+            "symbol=..%2F..%2FETC",
+            "symbol=%2541",
+            "symbol=a%00b",
+        ]
+    )
+    # Nothing outside the dataset's own tree was created.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["funding"]
+    got = store.read("funding")
+    assert sorted(got["symbol"].to_list()) == sorted(ODD_SYMBOLS)
+    assert store.read("funding", symbol="币安人生USDT")["symbol"].to_list() == ["币安人生USDT"]
+    assert store.read("funding", symbol="")["symbol"].to_list() == [""]
+    assert {p["symbol"] for p in store.partitions("funding")} == set(ODD_SYMBOLS)
+    assert store.last_ts("funding", symbol="BTC/USDT") == JAN_1 + HOUR
+    # External hive readers decode the escapes too.
+    external = pl.scan_parquet(
+        tmp_path / "funding" / "**" / "*.parquet", hive_partitioning=True
+    ).collect()
+    decoded = set(external["symbol"].fill_null("").to_list())
+    assert {"币安人生USDT", "BTC/USDT", "BTC USDT", "..", "../../ETC", "%41"} <= decoded
+
+
+def test_split_storable_sets_each_bad_row_aside_with_its_reason(tmp_path: Path) -> None:
+    from liqcli.store.parquet import split_storable
+
+    rows = pl.concat(
+        [
+            funding("BTCUSDT", [JAN_1, JAN_1 + HOUR]),
+            funding("币安人生USDT", [JAN_1]),
+            funding("BTCUSDT", [2**62]),
+            funding("BTCUSDT", [JAN_1 + 2 * HOUR], rate=float("inf")),
+            funding("X" * 300, [JAN_1]),
+            funding("BTCUSDT", [None]),  # type: ignore[list-item]
+        ]
+    )
+    good, bad = split_storable("funding", rows)
+    assert good["symbol"].to_list() == ["BTCUSDT", "BTCUSDT", "币安人生USDT"]
+    assert bad["reason"].to_list() == [
+        "ts outside the years 1-9999",
+        "funding_rate is not a finite number",
+        "symbol too long for a directory name",
+        "no ts",
+    ]
+    Store(tmp_path).write("funding", good)
+    assert Store(tmp_path).read("funding").height == 3
 
 
 # ---------------------------------------------------------------------- first/last ts, partitions

@@ -14,7 +14,6 @@ from __future__ import annotations
 import calendar
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -24,21 +23,28 @@ from pathlib import Path
 
 import polars as pl
 
-from liqcli.core.schemas import DatasetSpec, time_column
+from liqcli.core.schemas import (
+    PARTITION_NAME_MAX,
+    TS_MAX_MS,
+    TS_MIN_MS,
+    DatasetSpec,
+    escape_partition,
+    time_column,
+    unescape_partition,
+)
 from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.errors import DataError, LiqError, UsageError
 from liqcli.store.lock import file_lock
 
 log = logging.getLogger(__name__)
 
-# Partition values become directory names: keep them to characters every reader decodes alike.
-_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BUCKET_COL = "__liq_bucket"
 _BUCKET_FORMAT = {"month": "%Y-%m", "day": "%Y-%m-%d"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_NAME = ".lock"
 # Polars raises its own errors for bad files, but a few corruptions surface as a Rust panic.
 _READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError)
+REASON_COL = "reason"  # why split_storable set a row aside
 
 
 @dataclass
@@ -69,10 +75,15 @@ class Store:
         file_key = _file_key(spec)
         # Within one batch the later row wins, as it does against stored rows.
         rows = rows.unique(subset=list(spec.key), keep="last", maintain_order=True)
-        rows = rows.with_columns(
-            pl.col(time_column(spec)).dt.strftime(_BUCKET_FORMAT[spec.file_by]).alias(_BUCKET_COL)
-        )
-        groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
+        try:
+            rows = rows.with_columns(
+                pl.col(time_column(spec))
+                .dt.strftime(_BUCKET_FORMAT[spec.file_by])
+                .alias(_BUCKET_COL)
+            )
+            groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
+        except _READ_ERRORS as exc:  # a panic on an out-of-range value must not escape
+            raise DataError(f"{spec.name}: rows cannot be stored: {first_line(exc)}") from None
         self.corrupt_files = []
         result = WriteResult(df.height, 0, [])
         try:
@@ -253,7 +264,7 @@ class Store:
     def _partition_dir(self, spec: DatasetSpec, values: list[str]) -> Path:
         directory = self.dataset_dir(spec.name)
         for name, value in zip(spec.partition_by, values, strict=True):
-            directory = directory / f"{name}={value}"
+            directory = directory / f"{name}={escape_partition(value)}"
         return directory
 
     def _leaves(
@@ -274,7 +285,7 @@ class Store:
                 if wanted is None:
                     children = sorted(_child_values(directory, name).items())
                 else:
-                    children = [(v, directory / f"{name}={v}") for v in wanted]
+                    children = [(v, directory / f"{name}={escape_partition(v)}") for v in wanted]
                 deeper.extend(({**values, name: v}, d) for v, d in children if d.is_dir())
             level = deeper
         yield from level
@@ -298,6 +309,37 @@ class Store:
 
 def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     """Select and cast the schema columns, or raise DataError naming the dataset and column."""
+    out = _cast_columns(spec, df)
+    for name in _required_columns(spec):
+        nulls = out[name].null_count()
+        if nulls:
+            raise DataError(f"{spec.name}: column {name!r} has {nulls} null value(s)")
+    reasons = out.select(_problems(spec, out, finite=False)).to_series().drop_nulls()
+    if reasons.len():
+        raise DataError(f"{spec.name}: {reasons.len()} row(s) cannot be stored: {reasons[0]}")
+    return out
+
+
+def split_storable(
+    dataset: str, df: pl.DataFrame, *, finite: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``df`` cast to the dataset's columns, split into the rows ``Store.write`` accepts and the
+    rest, the latter with a ``reason`` column, so one bad row is set aside on its own.
+
+    A row is refused for a missing key, partition or time value, a time outside the years
+    1-9999, a partition value too long for a directory name, and (``finite``) a NaN or infinite
+    float. Raises DataError only when a whole column is missing or of the wrong type.
+    """
+    spec = dataset_spec(dataset)
+    out = _cast_columns(spec, df)
+    reason = out.select(_problems(spec, out, finite=finite)).to_series()
+    if not reason.null_count() < out.height:
+        return out, out.clear().with_columns(pl.lit(None, pl.String).alias(REASON_COL))
+    bad = reason.is_not_null()
+    return out.filter(~bad), out.filter(bad).with_columns(reason.filter(bad).alias(REASON_COL))
+
+
+def _cast_columns(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in spec.schema if c not in df.columns]
     if missing:
         raise DataError(f"{spec.name}: missing column(s) {', '.join(missing)}")
@@ -310,20 +352,36 @@ def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
                 f"{spec.name}: column {name!r} ({df.schema[name]}) cannot be stored as {dtype}: "
                 f"{first_line(exc)}"
             ) from None
-    out = pl.DataFrame(columns)
-    for name in dict.fromkeys((*spec.key, *spec.partition_by, time_column(spec))):
-        nulls = out[name].null_count()
-        if nulls:
-            raise DataError(f"{spec.name}: column {name!r} has {nulls} null value(s)")
+    return pl.DataFrame(columns)
+
+
+def _required_columns(spec: DatasetSpec) -> list[str]:
+    return list(dict.fromkeys((*spec.key, *spec.partition_by, time_column(spec))))
+
+
+def _problems(spec: DatasetSpec, df: pl.DataFrame, *, finite: bool) -> pl.Expr:
+    """Per row, why it cannot be stored (null when it can): the first problem found."""
+    checks: list[tuple[pl.Expr, str]] = [
+        (pl.col(name).is_null(), f"no {name}") for name in _required_columns(spec)
+    ]
+    for name, dtype in spec.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            ms = pl.col(name).dt.epoch("ms")
+            checks.append(((ms < TS_MIN_MS) | (ms > TS_MAX_MS), f"{name} outside the years 1-9999"))
+        elif finite and dtype.is_float():
+            checks.append((~pl.col(name).is_finite(), f"{name} is not a finite number"))
     for name in spec.partition_by:
-        bad = [
-            v for v in out[name].cast(pl.String).unique().to_list() if not _PARTITION_VALUE.match(v)
+        too_long = [
+            v
+            for v in df[name].unique().drop_nulls().to_list()
+            if len(escape_partition(v)) > PARTITION_NAME_MAX
         ]
-        if bad:
-            raise DataError(
-                f"{spec.name}: column {name!r} has values unfit for a directory name: {bad[:3]}"
-            )
-    return out
+        if too_long:
+            checks.append((pl.col(name).is_in(too_long), f"{name} too long for a directory name"))
+    expr = pl.lit(None, pl.String)
+    for condition, reason in reversed(checks):
+        expr = pl.when(condition.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
+    return expr.alias(REASON_COL)
 
 
 def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
@@ -360,7 +418,7 @@ def _filter_values(name: str, value: str | list[str] | None) -> list[str] | None
         return None
     values = [value] if isinstance(value, str) else list(value)
     for v in values:
-        if not isinstance(v, str) or not _PARTITION_VALUE.match(v):
+        if not isinstance(v, str):
             raise UsageError(f"invalid {name} {v!r}")
     return values
 
@@ -372,7 +430,7 @@ def _child_values(directory: Path, name: str) -> dict[str, Path]:
     except FileNotFoundError:
         return {}
     return {
-        e.name[len(prefix) :]: Path(e.path)
+        unescape_partition(e.name[len(prefix) :]): Path(e.path)
         for e in entries
         if e.name.startswith(prefix) and e.is_dir()
     }
