@@ -515,6 +515,7 @@ def replay_events(
                 end=last + 1,
                 exchange="binance",
                 symbol=list(symbols),
+                include_journal=True,
             )
             .select(
                 pl.lit(_TRADE, pl.Int8).alias("kind"),

@@ -326,7 +326,7 @@ def replay_frame(spec: str, *, data_dir: Path | None, config: WatchConfig) -> pl
         partitions: dict[str, Any] = {"exchange": list(config.exchanges)}
         if config.symbols:
             partitions["symbol"] = list(config.symbols)
-        lazy = Store(data_dir).scan(DATASET, **partitions)
+        lazy = Store(data_dir).scan(DATASET, include_journal=True, **partitions)
     else:
         path = Path(spec)
         if path.is_dir() or path.suffix == ".parquet":
@@ -561,7 +561,9 @@ def _restore(state: WatchState, data_dir: Path, config: WatchConfig, now: int) -
     partitions: dict[str, Any] = {"exchange": list(config.exchanges)}
     if config.symbols:
         partitions["symbol"] = list(config.symbols)
-    frame = Store(data_dir).read(DATASET, start=now - state.windows[-1].ms, **partitions)
+    frame = Store(data_dir).read(
+        DATASET, start=now - state.windows[-1].ms, include_journal=True, **partitions
+    )
     restored = state.restore(frame)
     if restored:
         log.info("restored %d liquidations from the last %s", restored, state.windows[-1].label)

@@ -150,11 +150,17 @@ class Store:
         *,
         start: int | None = None,
         end: int | None = None,
+        include_journal: bool = False,
         **partitions: str | list[str] | None,
     ) -> pl.LazyFrame:
-        """Lazy frame of every schema column, pruned by partition values and by time [start, end)."""
+        """Lazy frame of every schema column, pruned by partition values and by time [start, end).
+
+        ``include_journal``: also the rows live writers (and killed ones) have journaled but not
+        yet compacted into Parquet, read without taking their segments over.
+        """
         self.corrupt_files = []
-        return self._scan(dataset, start, end, partitions, deep_check=False)
+        pending = self._pending(dataset, start, end, partitions) if include_journal else None
+        return self._scan(dataset, start, end, partitions, deep_check=False, pending=pending)
 
     def read(
         self,
@@ -162,19 +168,69 @@ class Store:
         *,
         start: int | None = None,
         end: int | None = None,
+        include_journal: bool = False,
         **partitions: str | list[str] | None,
     ) -> pl.DataFrame:
         """``scan`` collected and sorted by key."""
         spec = dataset_spec(dataset)
         self.corrupt_files = []
+        pending = self._pending(dataset, start, end, partitions) if include_journal else None
         try:
-            df = self._scan(dataset, start, end, partitions, deep_check=False).collect()
+            df = self._scan(
+                dataset, start, end, partitions, deep_check=False, pending=pending
+            ).collect()
         except _READ_ERRORS:
             # A file with an intact footer but damaged pages: find it by reading each file whole.
-            df = self._scan(dataset, start, end, partitions, deep_check=True).collect()
+            df = self._scan(
+                dataset, start, end, partitions, deep_check=True, pending=pending
+            ).collect()
         return df.sort(list(spec.key))
 
+    def _pending(
+        self,
+        dataset: str,
+        start: int | None,
+        end: int | None,
+        partitions: dict[str, str | list[str] | None],
+    ) -> pl.DataFrame:
+        """Journaled rows matching the filters. Read before the Parquet files are listed: a
+        segment compacted in between is then found in Parquet, never missed."""
+        from liqcli.store.journal import pending_rows
+
+        spec = dataset_spec(dataset)
+        rows = pending_rows(self.root, dataset)
+        for name in spec.partition_by:
+            wanted = _filter_values(name, partitions.get(name))
+            if wanted is not None:
+                rows = rows.filter(pl.col(name).is_in(wanted))
+        tc = time_column(spec)
+        if start is not None:
+            rows = rows.filter(pl.col(tc) >= _ms_to_datetime(start))
+        if end is not None:
+            rows = rows.filter(pl.col(tc) < _ms_to_datetime(end))
+        return rows
+
     def _scan(
+        self,
+        dataset: str,
+        start: int | None,
+        end: int | None,
+        partitions: dict[str, str | list[str] | None],
+        *,
+        deep_check: bool,
+        pending: pl.DataFrame | None = None,
+    ) -> pl.LazyFrame:
+        lf = self._scan_files(dataset, start, end, partitions, deep_check=deep_check)
+        if pending is None or pending.height == 0:
+            return lf
+        spec = dataset_spec(dataset)
+        key, tc = list(spec.key), time_column(spec)
+        # A segment is deleted only after its rows are stored: keep each key once.
+        stored = lf.filter(pl.col(tc).is_between(pending[tc].min(), pending[tc].max())).select(key)
+        fresh = pending.lazy().join(stored, on=key, how="anti", nulls_equal=True)
+        return pl.concat([lf, fresh.select(list(spec.schema))], how="vertical")
+
+    def _scan_files(
         self,
         dataset: str,
         start: int | None,
@@ -216,20 +272,30 @@ class Store:
             lf = lf.filter(pl.col(tc) < _ms_to_datetime(end))
         return lf
 
-    def last_ts(self, dataset: str, **partitions: str) -> int | None:
+    def last_ts(
+        self, dataset: str, *, include_journal: bool = False, **partitions: str
+    ) -> int | None:
         """Newest time (ms) stored for the partition(s); reads only the newest file of each."""
-        return self._edge_ts(dataset, partitions, newest=True)
+        return self._edge_ts(dataset, partitions, newest=True, include_journal=include_journal)
 
-    def first_ts(self, dataset: str, **partitions: str) -> int | None:
+    def first_ts(
+        self, dataset: str, *, include_journal: bool = False, **partitions: str
+    ) -> int | None:
         """Oldest time (ms) stored for the partition(s); reads only the oldest file of each."""
-        return self._edge_ts(dataset, partitions, newest=False)
+        return self._edge_ts(dataset, partitions, newest=False, include_journal=include_journal)
 
-    def _edge_ts(self, dataset: str, partitions: dict[str, str], *, newest: bool) -> int | None:
+    def _edge_ts(
+        self, dataset: str, partitions: dict[str, str], *, newest: bool, include_journal: bool
+    ) -> int | None:
         spec = dataset_spec(dataset)
         tc = time_column(spec)
         self.corrupt_files = []
         agg = pl.col(tc).max() if newest else pl.col(tc).min()
         found: list[int] = []
+        if include_journal:
+            pending = self._pending(dataset, None, None, dict(partitions))
+            if pending.height:
+                found.append(pending.select(agg.dt.epoch("ms")).item())
         for _values, directory in self._leaves(spec, dict(partitions)):
             # File names sort by time, so the first readable file in that order holds the edge.
             for path in sorted(directory.glob("*.parquet"), reverse=newest):
