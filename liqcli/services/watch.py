@@ -530,6 +530,8 @@ async def run_watch(
             screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
+        if journal is not None:
+            journal.raise_if_lost()  # exit 1, not 0/130, when rows were lost (a full disk)
     return result
 
 

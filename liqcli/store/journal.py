@@ -172,6 +172,16 @@ class Journal:
         """Rows given to ``append`` that will never reach the store (services exit non-zero)."""
         return self.stats.lost + self.stats.dropped
 
+    def raise_if_lost(self) -> None:
+        """After ``close``: a one-line DataError (exit 1) if any row was lost, so a run that
+        lost data never ends looking like a success."""
+        if self.lost_rows:
+            raise DataError(
+                f"{self.lost_rows} {self.spec.name} row(s) could not be stored "
+                f"({self.stats.lost} while {self.directory} could not be written, "
+                f"{self.stats.dropped} unstorable); see the errors above"
+            )
+
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> int:
