@@ -783,3 +783,71 @@ def test_unwritable_data_dir_is_a_one_line_liq_error(tmp_path: Path) -> None:
     with pytest.raises(LiqError, match=r"^funding: cannot write under .*file: ") as err:
         Store(not_a_dir).write("funding", funding("BTCUSDT", [JAN_1]))
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------- damaged values
+
+
+def _liquidations(n: int, t0: int = JAN_1) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "ts": [t0 + i * 1000 for i in range(n)],
+            "side": ["long", "short"] * (n // 2),
+            "price": [40_000.0 + i for i in range(n)],
+            "qty": [0.5] * n,
+            "notional_usd": [20_000.0 + i / 2 for i in range(n)],
+            "venue_symbol": "BTCUSDT",
+            "received_ts": [t0 + i * 1000 + 5 for i in range(n)],
+        }
+    )
+
+
+def test_impossible_values_read_back_are_skipped_and_their_file_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped bit in a page once replayed as a notional of -4.7e184."""
+    store = Store(tmp_path)
+    store.write("liquidations", _liquidations(10))
+    (path,) = (tmp_path / "liquidations").rglob("*.parquet")
+    # What a damaged page decodes to: an exponent flip, a sign flip, NaN, a time past 9999.
+    damaged = pl.read_parquet(path).with_columns(
+        notional_usd=pl.when(pl.int_range(pl.len()) == 1)
+        .then(-4.7e184)
+        .when(pl.int_range(pl.len()) == 2)
+        .then(float("nan"))
+        .otherwise(pl.col("notional_usd")),
+        qty=pl.when(pl.int_range(pl.len()) == 3).then(-0.5).otherwise(pl.col("qty")),
+        received_ts=pl.when(pl.int_range(pl.len()) == 4)
+        .then(pl.lit(2**62).cast(pl.Datetime("ms", "UTC")))
+        .otherwise(pl.col("received_ts")),
+    )
+    damaged.write_parquet(path)
+    with caplog.at_level(logging.WARNING):
+        got = store.read("liquidations")
+    assert got.height == 6
+    assert store.implausible_rows == 4
+    assert f"skipping 4 row(s) with impossible values in {path}" in caplog.text
+    scanned = store.scan("liquidations").collect()
+    assert scanned.height == 6
+    assert scanned["notional_usd"].max() < 1e6
+
+
+def test_random_bit_flips_never_crash_a_read_nor_return_impossible_values(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    original = _liquidations(2_000)
+    for trial in range(30):
+        store = Store(tmp_path / str(trial))
+        store.write("liquidations", original)
+        (path,) = (tmp_path / str(trial) / "liquidations").rglob("*.parquet")
+        data = bytearray(path.read_bytes())
+        for _ in range(3):
+            at = rng.randrange(4, len(data) - 8)  # not the magic: the footer may be hit
+            data[at] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(data))
+        got = store.read("liquidations")
+        assert got.height <= 2_000
+        if got.height:
+            assert got["notional_usd"].is_between(0, 1e18).all()
+            assert got["price"].is_between(0, 1e18).all()

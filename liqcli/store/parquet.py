@@ -45,6 +45,15 @@ _LOCK_NAME = ".lock"
 # Polars raises its own errors for bad files, but a few corruptions surface as a Rust panic.
 _READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError)
 REASON_COL = "reason"  # why split_storable set a row aside
+_OK_COL = "__liq_plausible"
+# Values read back must be plausible: Polars writes no page checksums, so a flipped bit in a page
+# decodes silently. Floats must be finite and below this magnitude (an exponent flip gives
+# -4.7e184); these columns must not be negative (a sign flip). Mantissa flips stay undetected.
+_FLOAT_MAX = 1e18
+_NON_NEGATIVE = {
+    "liquidations": ("price", "qty", "notional_usd"),
+    "agg_trades": ("price", "qty"),
+}
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
         self.corrupt_files: list[Path] = []
+        self.implausible_rows = 0  # rows the last read skipped for impossible values
+        self._files: list[Path] = []  # the files the last scan read
 
     def dataset_dir(self, dataset: str) -> Path:
         return self.root / dataset_spec(dataset).name
@@ -160,7 +171,8 @@ class Store:
         """
         self.corrupt_files = []
         pending = self._pending(dataset, start, end, partitions) if include_journal else None
-        return self._scan(dataset, start, end, partitions, deep_check=False, pending=pending)
+        lf = self._scan(dataset, start, end, partitions, deep_check=False, pending=pending)
+        return lf.filter(pl.col(_OK_COL)).drop(_OK_COL)
 
     def read(
         self,
@@ -184,7 +196,25 @@ class Store:
             df = self._scan(
                 dataset, start, end, partitions, deep_check=True, pending=pending
             ).collect()
-        return df.sort(list(spec.key))
+        bad = df.height - int(df[_OK_COL].sum())
+        self.implausible_rows = bad
+        if bad:
+            self._name_implausible(spec)
+            df = df.filter(pl.col(_OK_COL))
+        return df.drop(_OK_COL).sort(list(spec.key))
+
+    def _name_implausible(self, spec: DatasetSpec) -> None:
+        """A read found impossible values: say which files hold them (a rare, slow path)."""
+        check = _plausible(spec)
+        for path in self._files:
+            try:
+                n = pl.scan_parquet(path).filter(~check).select(pl.len()).collect().item()
+            except _READ_ERRORS:
+                continue
+            if n:
+                log.warning(
+                    "skipping %d row(s) with impossible values in %s (damaged data?)", n, path
+                )
 
     def _pending(
         self,
@@ -228,7 +258,8 @@ class Store:
         # A segment is deleted only after its rows are stored: keep each key once.
         stored = lf.filter(pl.col(tc).is_between(pending[tc].min(), pending[tc].max())).select(key)
         fresh = pending.lazy().join(stored, on=key, how="anti", nulls_equal=True)
-        return pl.concat([lf, fresh.select(list(spec.schema))], how="vertical")
+        fresh = fresh.select(*spec.schema, _plausible(spec).alias(_OK_COL))
+        return pl.concat([lf, fresh], how="vertical")
 
     def _scan_files(
         self,
@@ -242,6 +273,8 @@ class Store:
         spec = dataset_spec(dataset)
         file_schema = {c: spec.schema[c] for c in spec.file_columns}
         frames = []
+        self._files = []
+        check = _plausible(spec).alias(_OK_COL)
         for values, directory in self._leaves(spec, partitions):
             files = [
                 f
@@ -250,6 +283,7 @@ class Store:
             ]
             if not files:
                 continue
+            self._files += files
             lf = pl.scan_parquet(
                 files,
                 schema=file_schema,
@@ -261,9 +295,9 @@ class Store:
             lf = lf.with_columns(
                 pl.lit(value).cast(spec.schema[name]).alias(name) for name, value in values.items()
             )
-            frames.append(lf.select(list(spec.schema)))
+            frames.append(lf.select(*spec.schema, check))
         if not frames:
-            return pl.LazyFrame(schema=spec.pl_schema)
+            return pl.LazyFrame(schema={**spec.pl_schema, _OK_COL: pl.Boolean()})
         lf = pl.concat(frames, how="vertical")
         tc = time_column(spec)
         if start is not None:
@@ -448,6 +482,25 @@ def _problems(spec: DatasetSpec, df: pl.DataFrame, *, finite: bool) -> pl.Expr:
     for condition, reason in reversed(checks):
         expr = pl.when(condition.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
     return expr.alias(REASON_COL)
+
+
+def _plausible(spec: DatasetSpec) -> pl.Expr:
+    """Per row read back: are its values possible at all (nulls are)?"""
+    ok = pl.lit(True)
+    non_negative = _NON_NEGATIVE.get(spec.name, ())
+    for name in spec.file_columns:
+        dtype = spec.schema[name]
+        col = pl.col(name)
+        if dtype.is_float():
+            good = col.abs() <= _FLOAT_MAX  # NaN compares greater: refused too
+            if name in non_negative:
+                good &= col >= 0
+        elif isinstance(dtype, pl.Datetime):
+            good = col.dt.epoch("ms").is_between(TS_MIN_MS, TS_MAX_MS)
+        else:
+            continue
+        ok &= good.fill_null(True)
+    return ok
 
 
 def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
