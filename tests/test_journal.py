@@ -581,6 +581,8 @@ def test_rows_beyond_the_memory_bound_are_counted_lost_and_so_is_a_full_disk_at_
     journal.close()
     assert stored(store).height == kept
     assert journal.lost_rows == journal.stats.lost == 1000 - kept
+    with pytest.raises(LiqError, match=r"^\d+ liquidations row\(s\) were lost: "):
+        journal.raise_if_lost()
 
 
 def test_compaction_on_a_full_disk_keeps_the_segment_and_retries(

@@ -74,7 +74,7 @@ class JournalStats:
     compacted: int = 0  # rows this journal moved from its segments into Parquet
     recovered_segments: int = 0  # dead writers' segments taken over
     recovered_rows: int = 0
-    dropped: int = 0  # rows with a value no column can hold (logged, lost)
+    dropped: int = 0  # rows with a value no column can hold (logged, not kept)
     rejected: int = 0  # rows the store refused, kept in .rows-rejected files
     damaged_segments: int = 0  # segments with unreadable bytes, kept as .damaged
     lost: int = 0  # rows neither written nor kept: memory bound exceeded or disk full at close
@@ -169,17 +169,18 @@ class Journal:
 
     @property
     def lost_rows(self) -> int:
-        """Rows given to ``append`` that will never reach the store (services exit non-zero)."""
-        return self.stats.lost + self.stats.dropped
+        """Rows given to ``append`` that a failing disk kept from the store (services exit
+        non-zero). Rows refused for their values are counted apart: ``stats.dropped`` and
+        ``stats.rejected``; hostile data is skipped, it does not fail a run."""
+        return self.stats.lost
 
     def raise_if_lost(self) -> None:
         """After ``close``: a one-line DataError (exit 1) if any row was lost, so a run that
         lost data never ends looking like a success."""
         if self.lost_rows:
             raise DataError(
-                f"{self.lost_rows} {self.spec.name} row(s) could not be stored "
-                f"({self.stats.lost} while {self.directory} could not be written, "
-                f"{self.stats.dropped} unstorable); see the errors above"
+                f"{self.lost_rows} {self.spec.name} row(s) were lost: {self.directory} could not "
+                "be written (see the errors above)"
             )
 
     # ------------------------------------------------------------------ lifecycle
@@ -224,11 +225,9 @@ class Journal:
             self._settle_segment(self._rotate(start_new=False), closing=True)
         if self.lost_rows:
             log.error(
-                "journal of %s: %d row(s) were lost (%d unstorable, %d not written: disk full)",
+                "journal of %s: %d row(s) were lost: the disk never took them",
                 self.spec.name,
                 self.lost_rows,
-                self.stats.dropped,
-                self.stats.lost,
             )
 
     def __enter__(self) -> Journal:
