@@ -486,21 +486,20 @@ def _problems(spec: DatasetSpec, df: pl.DataFrame, *, finite: bool) -> pl.Expr:
 
 def _plausible(spec: DatasetSpec) -> pl.Expr:
     """Per row read back: are its values possible at all (nulls are)?"""
-    ok = pl.lit(True)
+    checks = []
     non_negative = _NON_NEGATIVE.get(spec.name, ())
     for name in spec.file_columns:
         dtype = spec.schema[name]
-        col = pl.col(name)
         if dtype.is_float():
-            good = col.abs() <= _FLOAT_MAX  # NaN compares greater: refused too
-            if name in non_negative:
-                good &= col >= 0
+            # NaN compares greater than any number: refused too.
+            low = 0.0 if name in non_negative else -_FLOAT_MAX
+            checks.append(pl.col(name).is_between(low, _FLOAT_MAX))
         elif isinstance(dtype, pl.Datetime):
-            good = col.dt.epoch("ms").is_between(TS_MIN_MS, TS_MAX_MS)
-        else:
-            continue
-        ok &= good.fill_null(True)
-    return ok
+            checks.append(pl.col(name).dt.epoch("ms").is_between(TS_MIN_MS, TS_MAX_MS))
+    if not checks:
+        return pl.lit(True)
+    # Kleene logic: a null check (a missing value) leaves the row plausible unless one fails.
+    return pl.all_horizontal(checks).fill_null(True)
 
 
 def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
