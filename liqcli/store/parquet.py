@@ -2,6 +2,8 @@
 
 Layout: ``{root}/{dataset}/{p1}={v1}/.../{YYYY-MM}.parquet`` (or ``{YYYY-MM-DD}.parquet``). Files hold
 only the non-partition columns, sorted by key, so Polars, DuckDB and pandas read the tree as-is.
+Partition values may be any string: directory names hold them percent-encoded
+(:func:`liqcli.core.schemas.escape_partition`), and reads decode them back.
 
 Writes are keyed upserts: each touched file is read, merged with the new rows (new wins on an equal
 key) and replaced atomically (temp file in the same directory, fsync, ``os.replace``), the whole
