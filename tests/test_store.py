@@ -179,8 +179,12 @@ def test_time_column_casts_from_any_unit_and_zone(tmp_path: Path) -> None:
             "funding: column 'ts' has 1 null value(s)",
         ),
         (
-            funding("BTC/USDT", [JAN_1]),
-            "funding: column 'symbol' has values unfit for a directory name",
+            funding("X" * 201, [JAN_1]),
+            "funding: 1 row(s) cannot be stored: symbol too long for a directory name",
+        ),
+        (
+            funding("BTCUSDT", [2**62]),
+            "funding: 1 row(s) cannot be stored: ts outside the years 1-9999",
         ),
     ],
 )
@@ -649,12 +653,80 @@ def test_scan_ignores_journal_and_temp_files(tmp_path: Path) -> None:
     assert store.corrupt_files == []
 
 
-def test_scan_rejects_unknown_partitions_and_unsafe_values(tmp_path: Path) -> None:
+def test_scan_rejects_unknown_partitions_and_escapes_any_value(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with pytest.raises(UsageError, match="funding is partitioned by exchange, symbol, not period"):
         store.scan("funding", period="5m")
-    with pytest.raises(UsageError, match=r"invalid symbol '\.\./x'"):
-        store.scan("funding", symbol="../x")
+    # A value that looks like a path names an escaped directory, never another one.
+    (tmp_path / "x" / "exchange=binance").mkdir(parents=True)
+    store.write("funding", funding("BTCUSDT", [JAN_1]))
+    assert store.scan("funding", symbol="../x").collect().height == 0
+    assert store.scan("funding", exchange="..", symbol="..").collect().height == 0
+    with pytest.raises(UsageError, match="invalid symbol 3"):
+        store.scan("funding", symbol=[3])  # type: ignore[list-item]
+
+
+ODD_SYMBOLS = ["币安人生USDT", "BTC/USDT", "", "BTC USDT", "..", ".", "../../ETC", "%41", "a\x00b"]
+
+
+def test_any_symbol_is_stored_under_an_escaped_directory_and_read_back(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rows = pl.concat([funding(symbol, [JAN_1 + i * HOUR]) for i, symbol in enumerate(ODD_SYMBOLS)])
+    store.write("funding", rows)
+    store.write("funding", rows)  # idempotent: the escaped directory is found again
+    directories = sorted(p.name for p in (tmp_path / "funding" / "exchange=binance").iterdir())
+    assert directories == sorted(
+        [
+            "symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT",
+            "symbol=BTC%2FUSDT",
+            "symbol=",
+            "symbol=BTC%20USDT",
+            "symbol=%2E%2E",
+            "symbol=%2E",
+            "symbol=..%2F..%2FETC",
+            "symbol=%2541",
+            "symbol=a%00b",
+        ]
+    )
+    # Nothing outside the dataset's own tree was created.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["funding"]
+    got = store.read("funding")
+    assert sorted(got["symbol"].to_list()) == sorted(ODD_SYMBOLS)
+    assert store.read("funding", symbol="币安人生USDT")["symbol"].to_list() == ["币安人生USDT"]
+    assert store.read("funding", symbol="")["symbol"].to_list() == [""]
+    assert {p["symbol"] for p in store.partitions("funding")} == set(ODD_SYMBOLS)
+    assert store.last_ts("funding", symbol="BTC/USDT") == JAN_1 + HOUR
+    # External hive readers decode the escapes too.
+    external = pl.scan_parquet(
+        tmp_path / "funding" / "**" / "*.parquet", hive_partitioning=True
+    ).collect()
+    decoded = set(external["symbol"].fill_null("").to_list())
+    assert {"币安人生USDT", "BTC/USDT", "BTC USDT", "..", "../../ETC", "%41"} <= decoded
+
+
+def test_split_storable_sets_each_bad_row_aside_with_its_reason(tmp_path: Path) -> None:
+    from liqcli.store.parquet import split_storable
+
+    rows = pl.concat(
+        [
+            funding("BTCUSDT", [JAN_1, JAN_1 + HOUR]),
+            funding("币安人生USDT", [JAN_1]),
+            funding("BTCUSDT", [2**62]),
+            funding("BTCUSDT", [JAN_1 + 2 * HOUR], rate=float("inf")),
+            funding("X" * 300, [JAN_1]),
+            funding("BTCUSDT", [None]),  # type: ignore[list-item]
+        ]
+    )
+    good, bad = split_storable("funding", rows)
+    assert good["symbol"].to_list() == ["BTCUSDT", "BTCUSDT", "币安人生USDT"]
+    assert bad["reason"].to_list() == [
+        "ts outside the years 1-9999",
+        "funding_rate is not a finite number",
+        "symbol too long for a directory name",
+        "no ts",
+    ]
+    Store(tmp_path).write("funding", good)
+    assert Store(tmp_path).read("funding").height == 3
 
 
 # ---------------------------------------------------------------------- first/last ts, partitions
@@ -711,3 +783,71 @@ def test_unwritable_data_dir_is_a_one_line_liq_error(tmp_path: Path) -> None:
     with pytest.raises(LiqError, match=r"^funding: cannot write under .*file: ") as err:
         Store(not_a_dir).write("funding", funding("BTCUSDT", [JAN_1]))
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------- damaged values
+
+
+def _liquidations(n: int, t0: int = JAN_1) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "ts": [t0 + i * 1000 for i in range(n)],
+            "side": ["long", "short"] * (n // 2),
+            "price": [40_000.0 + i for i in range(n)],
+            "qty": [0.5] * n,
+            "notional_usd": [20_000.0 + i / 2 for i in range(n)],
+            "venue_symbol": "BTCUSDT",
+            "received_ts": [t0 + i * 1000 + 5 for i in range(n)],
+        }
+    )
+
+
+def test_impossible_values_read_back_are_skipped_and_their_file_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped bit in a page once replayed as a notional of -4.7e184."""
+    store = Store(tmp_path)
+    store.write("liquidations", _liquidations(10))
+    (path,) = (tmp_path / "liquidations").rglob("*.parquet")
+    # What a damaged page decodes to: an exponent flip, a sign flip, NaN, a time past 9999.
+    damaged = pl.read_parquet(path).with_columns(
+        notional_usd=pl.when(pl.int_range(pl.len()) == 1)
+        .then(-4.7e184)
+        .when(pl.int_range(pl.len()) == 2)
+        .then(float("nan"))
+        .otherwise(pl.col("notional_usd")),
+        qty=pl.when(pl.int_range(pl.len()) == 3).then(-0.5).otherwise(pl.col("qty")),
+        received_ts=pl.when(pl.int_range(pl.len()) == 4)
+        .then(pl.lit(2**62).cast(pl.Datetime("ms", "UTC")))
+        .otherwise(pl.col("received_ts")),
+    )
+    damaged.write_parquet(path)
+    with caplog.at_level(logging.WARNING):
+        got = store.read("liquidations")
+    assert got.height == 6
+    assert store.implausible_rows == 4
+    assert f"skipping 4 row(s) with impossible values in {path}" in caplog.text
+    scanned = store.scan("liquidations").collect()
+    assert scanned.height == 6
+    assert scanned["notional_usd"].max() < 1e6
+
+
+def test_random_bit_flips_never_crash_a_read_nor_return_impossible_values(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    original = _liquidations(2_000)
+    for trial in range(30):
+        store = Store(tmp_path / str(trial))
+        store.write("liquidations", original)
+        (path,) = (tmp_path / str(trial) / "liquidations").rglob("*.parquet")
+        data = bytearray(path.read_bytes())
+        for _ in range(3):
+            at = rng.randrange(4, len(data) - 8)  # not the magic: the footer may be hit
+            data[at] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(data))
+        got = store.read("liquidations")
+        assert got.height <= 2_000
+        if got.height:
+            assert got["notional_usd"].is_between(0, 1e18).all()
+            assert got["price"].is_between(0, 1e18).all()

@@ -245,3 +245,63 @@ def test_memory_stays_bounded_by_the_longest_window() -> None:
     assert len(series.keys) <= 2 * 1024 + 60
     assert agg.totals("1m") == Totals(60.0, 0.0, 60, 0)
     assert agg.totals("10s") == Totals(10.0, 0.0, 10, 0)
+
+
+# -- hostile values and unbounded symbols (issue 13 items 2 and 15) --------------------------
+
+
+BAD_USD = [float("inf"), float("nan"), 9.3e12, 1e300, -5.0]
+
+
+def test_values_no_total_can_hold_are_refused_alike_live_and_on_restore() -> None:
+    """A notional above ~9.2e12 or an infinite one once made every restart fail."""
+    clock = ManualClock(T0 + 10_000)
+    good = [liq(T0 + i * 1000, 1_000.0 + i, "long" if i % 2 else "short") for i in range(5)]
+    bad = [liq(T0 + 500, usd) for usd in BAD_USD]
+    live = WindowAggregator("1m,1h", clock=clock)
+    for event in good + bad:
+        live.add(event)
+    frame = pl.DataFrame([{**e.to_row(), "ts": e.ts} for e in good + bad])
+    restored = WindowAggregator("1m,1h", clock=clock)
+    assert restored.load_frame(frame) == len(good)
+    assert live.events == restored.events == len(good)
+    assert restored.invalid == len(BAD_USD) - 1  # -5.0 fails the filter first (NaN too, live)
+    for window in ("1m", "1h"):
+        assert live.totals(window) == restored.totals(window)
+        assert restored.totals(window).count == len(good)
+
+
+def test_per_symbol_state_is_bounded_and_the_least_recent_symbols_go_first() -> None:
+    clock = ManualClock(T0 + 1_000_000)
+    agg = WindowAggregator("1h", clock=clock, max_symbols=100)
+    for i in range(1_000):
+        agg.add(liq(T0 + i * 1000, 10.0, symbol=f"S{i:04d}USDT"))
+    assert len(agg.symbols) <= 100
+    assert agg.evicted_symbols >= 900
+    assert "S0999USDT" in agg.symbols and "S0000USDT" not in agg.symbols
+    # Overall totals still count every event.
+    assert agg.totals("1h").count == 1_000
+    # A bulk load beyond the bound is trimmed too.
+    loaded = WindowAggregator("1h", clock=clock, max_symbols=50)
+    frame = pl.DataFrame(
+        [{**liq(T0 + i, 1.0, symbol=f"L{i}").to_row(), "ts": T0 + i} for i in range(500)]
+    )
+    assert loaded.load_frame(frame) == 500
+    assert len(loaded.symbols) <= 50
+    assert loaded.totals("1h").count == 500
+
+
+def test_memory_for_many_distinct_symbols_stays_bounded() -> None:
+    import tracemalloc
+
+    clock = ManualClock(T0 + 40_000)
+    agg = WindowAggregator("1h", clock=clock, max_symbols=2_000)
+    tracemalloc.start()
+    for i in range(4_000):
+        agg.add(liq(T0 + i, 1.0, symbol=f"A{i}"))
+    first, _ = tracemalloc.get_traced_memory()
+    for i in range(4_000, 40_000):
+        agg.add(liq(T0 + i, 1.0, symbol=f"A{i}"))
+    second, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert second < first * 1.5, (first, second)

@@ -30,6 +30,10 @@ from liqcli.errors import UsageError
 DEFAULT_WINDOWS = "3m,15m,1h,4h,1d"
 MICRO = 1_000_000  # notional is accumulated in integer micro-USD
 _COMPACT_MIN = 1024
+# No single liquidation is near a trillion dollars; above it (or NaN, infinite, negative) an
+# event is refused and counted, live and when restored alike (sums stay within Int64 micro-USD).
+MAX_EVENT_USD = 1e12
+MAX_SYMBOLS = 50_000  # per-symbol series kept; beyond it the least recently active are evicted
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +276,7 @@ class WindowAggregator:
         event_filter: EventFilter | None = None,
         resolution_ms: int = 1000,
         rank_window: str | None = None,
+        max_symbols: int = MAX_SYMBOLS,
     ) -> None:
         self.windows = (
             parse_windows(windows, resolution_ms=resolution_ms)
@@ -299,6 +304,9 @@ class WindowAggregator:
         self._cutoff_cache: list[int] = []
         self.events = 0  # accepted and counted
         self.expired = 0  # accepted but already older than the longest window
+        self.invalid = 0  # refused: a notional that is not a number in [0, MAX_EVENT_USD]
+        self.max_symbols = max(max_symbols, 1)
+        self.evicted_symbols = 0  # per-symbol series dropped to keep memory bounded
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -326,7 +334,11 @@ class WindowAggregator:
         if bucket <= cutoffs[-1]:
             self.expired += 1
             return False
-        micro = round(event.notional_usd * MICRO)
+        notional = event.notional_usd
+        if not 0.0 <= notional <= MAX_EVENT_USD:  # NaN fails too
+            self.invalid += 1
+            return False
+        micro = round(notional * MICRO)
         if event.side == "long":
             lu, su, ln, sn = micro, 0, 1, 0
         else:
@@ -338,6 +350,8 @@ class WindowAggregator:
         series.add(bucket, lu, su, ln, sn, cutoffs)
         series = self._by_symbol.get(event.symbol)
         if series is None:
+            if len(self._by_symbol) >= self.max_symbols:
+                self._evict_symbols()
             series = self._by_symbol[event.symbol] = _Series(len(self.windows))
         series.add(bucket, lu, su, ln, sn, cutoffs)
         self._latest.append(event)
@@ -361,13 +375,24 @@ class WindowAggregator:
             if _is_datetime(lazy, "ts")
             else pl.col("ts").cast(pl.Int64)
         )
-        micro = (pl.col("notional_usd") * MICRO).round().cast(pl.Int64)
+        usd = pl.col("notional_usd")
+        micro = (usd * MICRO).round().cast(pl.Int64)
         is_long = pl.col("side") == "long"
+        valid = usd.is_between(0.0, MAX_EVENT_USD).fill_null(False)  # as count() refuses
         events = (
             lazy.filter(self.filter.expr())
             .with_columns(ts_ms.alias("ts_ms"))
             .with_columns((pl.col("ts_ms") // res).alias("bucket"))
             .filter(pl.col("bucket") > cutoffs[-1])
+            .with_columns(valid.alias("valid"))
+            .collect()
+        )
+        refused = events.height - int(events["valid"].sum())
+        if refused:
+            self.invalid += refused
+            events = events.filter(pl.col("valid"))
+        events = (
+            events.lazy()
             .with_columns(
                 pl.when(is_long).then(micro).otherwise(0).alias("lu"),
                 pl.when(is_long).then(0).otherwise(micro).alias("su"),
@@ -383,6 +408,8 @@ class WindowAggregator:
         for key, store in (("exchange", self._by_exchange), ("symbol", self._by_symbol)):
             grouped = events.group_by(key, "bucket").agg(sums)
             self._load_groups(grouped, store, key, cutoffs)
+        if len(self._by_symbol) > self.max_symbols:
+            self._evict_symbols()
         keep = self._latest.maxlen or 0
         newest = [_event_from_row(r) for r in events.sort("ts_ms").tail(keep).iter_rows(named=True)]
         merged = sorted([*self._latest, *newest], key=lambda e: e.ts)
@@ -420,6 +447,23 @@ class WindowAggregator:
                     "bucket", "lu", "su", "ln", "sn"
                 ).iter_rows():
                     series.add(bucket, lu, su, ln, sn, cutoffs)
+
+    def _evict_symbols(self) -> None:
+        """Drop the least recently active tenth of the per-symbol series (amortised: one sort
+        per ``max_symbols / 10`` new symbols), so memory stays bounded whatever the venues send.
+        Overall and per-exchange totals keep every event."""
+        target = self.max_symbols - max(self.max_symbols // 10, 1)
+        excess = len(self._by_symbol) - target
+        if excess <= 0:
+            return
+        by_age = heapq.nsmallest(
+            excess,
+            self._by_symbol.items(),
+            key=lambda item: item[1].keys[-1] if item[1].keys else -(2**62),
+        )
+        for symbol, _ in by_age:
+            del self._by_symbol[symbol]
+        self.evicted_symbols += len(by_age)
 
     # -- reading ---------------------------------------------------------------------------
 

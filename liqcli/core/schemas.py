@@ -7,14 +7,41 @@ inside the last partition (``month`` -> ``YYYY-MM.parquet``, ``day`` -> ``YYYY-M
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote, unquote
 
 import polars as pl
 
 from liqcli.errors import UsageError
 
 TS = pl.Datetime("ms", "UTC")
+# The time range a stored row may have: file names are YYYY-MM(-DD) with a four-digit year.
+TS_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+TS_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# Directory names hold at most 255 bytes; "{column}=" and the escaping take their share.
+PARTITION_NAME_MAX = 200
+_SAFE = "._-"  # with ASCII letters and digits: kept as they are in a directory name
+_UNESCAPED = re.compile(r"[A-Za-z0-9._-]*")
+
+
+def escape_partition(value: str) -> str:
+    """A partition value as it appears in a directory name (``symbol={escaped}``).
+
+    Every UTF-8 byte outside ``[A-Za-z0-9._-]`` is percent-encoded (``%XX``, upper-case hex), as
+    are the dots of a value made only of dots (``.``, ``..``), so no value can name another
+    directory; ``""`` stays empty (``symbol=``). Plain symbols (``BTCUSDT``) are unchanged, and
+    Polars' and DuckDB's hive partitioning decode the escapes back to the original value.
+    """
+    if _UNESCAPED.fullmatch(value):
+        return value.replace(".", "%2E") if value and not value.strip(".") else value
+    return quote(value, safe=_SAFE, encoding="utf-8", errors="strict")
+
+
+def unescape_partition(name: str) -> str:
+    """The inverse of :func:`escape_partition` (a directory name's value -> the stored value)."""
+    return unquote(name, encoding="utf-8", errors="surrogateescape") if "%" in name else name
 
 
 @dataclass(frozen=True)

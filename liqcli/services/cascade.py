@@ -626,6 +626,9 @@ async def run_cascade(
             screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
+        for journal in (session.journal, session.trade_journal):
+            if journal is not None:
+                journal.raise_if_lost()  # exit 1, not 0/130, when rows were lost (a full disk)
         result.counters = session.counters.to_dict()
         result.stored_cascades = recorder.stored
         result.alerts_passed = router.passed

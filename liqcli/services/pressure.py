@@ -117,11 +117,13 @@ def load_inputs(store, symbol: str, config: PressureConfig, start: int, end: int
         frames[name] = df.sort("ts") if df.height else None
     liq_start = start - config.window_ms - LIQ_STALE_MS - config.period_ms
     liq = (
-        store.scan("liquidations", start=liq_start, end=end + 1, symbol=symbol)
+        store.scan(
+            "liquidations", start=liq_start, end=end + 1, symbol=symbol, include_journal=True
+        )
         .select("ts", "side", "notional_usd")
         .collect()
     )
-    since = store.first_ts("liquidations", symbol=symbol)
+    since = store.first_ts("liquidations", symbol=symbol, include_journal=True)
     return PressureInputs(
         **frames,
         liquidations=liq.sort("ts") if since is not None else None,

@@ -406,6 +406,8 @@ async def run_watch(
             screen.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
             out.flush()
+        if journal is not None:
+            journal.raise_if_lost()  # exit 1, not 0/130, when rows were lost (a full disk)
     if timed_out and not replay and statuses and not reached:
         detail = "; ".join(f"{name}: {s.last_error or s.state}" for name, s in statuses.items())
         raise LiqError(f"no venue was reachable in {config.duration:g} s ({detail})")
@@ -453,7 +455,7 @@ def _restore(state: WatchState, data_dir: Path, config: WatchConfig, now: int) -
     if config.symbols:
         partitions["symbol"] = list(config.symbols)
     frame = Store(data_dir).read(
-        DATASET, start=now - state.windows[-1].ms, end=now + MAX_AHEAD_MS, **partitions
+        DATASET, start=now - state.windows[-1].ms, end=now + MAX_AHEAD_MS, include_journal=True, **partitions
     )
     restored = state.restore(frame)
     if restored:

@@ -69,7 +69,8 @@ def liquidation_frame(
             partitions["exchange"] = list(exchanges)
         if symbols:
             partitions["symbol"] = list(symbols)
-        lazy = Store(data_dir).scan(LIQUIDATIONS, **partitions)
+        # journaled rows too: a live (or killed) writer's last minute is replayed as well
+        lazy = Store(data_dir).scan(LIQUIDATIONS, include_journal=True, **partitions)
     else:
         path = Path(spec)
         if path.is_dir() or path.suffix == ".parquet":
@@ -126,6 +127,7 @@ def replay_rows(
                 end=last + 1,
                 exchange="binance",
                 symbol=list(symbols) or None,
+                include_journal=True,
             )
             .select(
                 pl.lit(TRADE, pl.Int8).alias("kind"),

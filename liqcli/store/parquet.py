@@ -2,6 +2,8 @@
 
 Layout: ``{root}/{dataset}/{p1}={v1}/.../{YYYY-MM}.parquet`` (or ``{YYYY-MM-DD}.parquet``). Files hold
 only the non-partition columns, sorted by key, so Polars, DuckDB and pandas read the tree as-is.
+Partition values may be any string: directory names hold them percent-encoded
+(:func:`liqcli.core.schemas.escape_partition`), and reads decode them back.
 
 Writes are keyed upserts: each touched file is read, merged with the new rows (new wins on an equal
 key) and replaced atomically (temp file in the same directory, fsync, ``os.replace``), the whole
@@ -14,7 +16,6 @@ from __future__ import annotations
 import calendar
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -24,21 +25,37 @@ from pathlib import Path
 
 import polars as pl
 
-from liqcli.core.schemas import DatasetSpec, time_column
+from liqcli.core.schemas import (
+    PARTITION_NAME_MAX,
+    TS_MAX_MS,
+    TS_MIN_MS,
+    DatasetSpec,
+    escape_partition,
+    time_column,
+    unescape_partition,
+)
 from liqcli.core.schemas import dataset as dataset_spec
 from liqcli.errors import DataError, LiqError, UsageError
 from liqcli.store.lock import file_lock
 
 log = logging.getLogger(__name__)
 
-# Partition values become directory names: keep them to characters every reader decodes alike.
-_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BUCKET_COL = "__liq_bucket"
 _BUCKET_FORMAT = {"month": "%Y-%m", "day": "%Y-%m-%d"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_NAME = ".lock"
 # Polars raises its own errors for bad files, but a few corruptions surface as a Rust panic.
 _READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError)
+REASON_COL = "reason"  # why split_storable set a row aside
+_OK_COL = "__liq_plausible"
+# Values read back must be plausible: Polars writes no page checksums, so a flipped bit in a page
+# decodes silently. Floats must be finite and below this magnitude (an exponent flip gives
+# -4.7e184); these columns must not be negative (a sign flip). Mantissa flips stay undetected.
+_FLOAT_MAX = 1e18
+_NON_NEGATIVE = {
+    "liquidations": ("price", "qty", "notional_usd"),
+    "agg_trades": ("price", "qty"),
+}
 
 
 @dataclass
@@ -54,6 +71,8 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
         self.corrupt_files: list[Path] = []
+        self.implausible_rows = 0  # rows the last read skipped for impossible values
+        self._files: list[Path] = []  # the files the last scan read
 
     def dataset_dir(self, dataset: str) -> Path:
         return self.root / dataset_spec(dataset).name
@@ -69,10 +88,15 @@ class Store:
         file_key = _file_key(spec)
         # Within one batch the later row wins, as it does against stored rows.
         rows = rows.unique(subset=list(spec.key), keep="last", maintain_order=True)
-        rows = rows.with_columns(
-            pl.col(time_column(spec)).dt.strftime(_BUCKET_FORMAT[spec.file_by]).alias(_BUCKET_COL)
-        )
-        groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
+        try:
+            rows = rows.with_columns(
+                pl.col(time_column(spec))
+                .dt.strftime(_BUCKET_FORMAT[spec.file_by])
+                .alias(_BUCKET_COL)
+            )
+            groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
+        except _READ_ERRORS as exc:  # a panic on an out-of-range value must not escape
+            raise DataError(f"{spec.name}: rows cannot be stored: {first_line(exc)}") from None
         self.corrupt_files = []
         result = WriteResult(df.height, 0, [])
         try:
@@ -139,11 +163,18 @@ class Store:
         *,
         start: int | None = None,
         end: int | None = None,
+        include_journal: bool = False,
         **partitions: str | list[str] | None,
     ) -> pl.LazyFrame:
-        """Lazy frame of every schema column, pruned by partition values and by time [start, end)."""
+        """Lazy frame of every schema column, pruned by partition values and by time [start, end).
+
+        ``include_journal``: also the rows live writers (and killed ones) have journaled but not
+        yet compacted into Parquet, read without taking their segments over.
+        """
         self.corrupt_files = []
-        return self._scan(dataset, start, end, partitions, deep_check=False)
+        pending = self._pending(dataset, start, end, partitions) if include_journal else None
+        lf = self._scan(dataset, start, end, partitions, deep_check=False, pending=pending)
+        return lf.filter(pl.col(_OK_COL)).drop(_OK_COL)
 
     def read(
         self,
@@ -151,19 +182,88 @@ class Store:
         *,
         start: int | None = None,
         end: int | None = None,
+        include_journal: bool = False,
         **partitions: str | list[str] | None,
     ) -> pl.DataFrame:
         """``scan`` collected and sorted by key."""
         spec = dataset_spec(dataset)
         self.corrupt_files = []
+        pending = self._pending(dataset, start, end, partitions) if include_journal else None
         try:
-            df = self._scan(dataset, start, end, partitions, deep_check=False).collect()
+            df = self._scan(
+                dataset, start, end, partitions, deep_check=False, pending=pending
+            ).collect()
         except _READ_ERRORS:
             # A file with an intact footer but damaged pages: find it by reading each file whole.
-            df = self._scan(dataset, start, end, partitions, deep_check=True).collect()
-        return df.sort(list(spec.key))
+            df = self._scan(
+                dataset, start, end, partitions, deep_check=True, pending=pending
+            ).collect()
+        bad = df.height - int(df[_OK_COL].sum())
+        self.implausible_rows = bad
+        if bad:
+            self._name_implausible(spec)
+            df = df.filter(pl.col(_OK_COL))
+        return df.drop(_OK_COL).sort(list(spec.key))
+
+    def _name_implausible(self, spec: DatasetSpec) -> None:
+        """A read found impossible values: say which files hold them (a rare, slow path)."""
+        check = _plausible(spec)
+        for path in self._files:
+            try:
+                n = pl.scan_parquet(path).filter(~check).select(pl.len()).collect().item()
+            except _READ_ERRORS:
+                continue
+            if n:
+                log.warning(
+                    "skipping %d row(s) with impossible values in %s (damaged data?)", n, path
+                )
+
+    def _pending(
+        self,
+        dataset: str,
+        start: int | None,
+        end: int | None,
+        partitions: dict[str, str | list[str] | None],
+    ) -> pl.DataFrame:
+        """Journaled rows matching the filters. Read before the Parquet files are listed: a
+        segment compacted in between is then found in Parquet, never missed."""
+        from liqcli.store.journal import pending_rows
+
+        spec = dataset_spec(dataset)
+        rows = pending_rows(self.root, dataset)
+        for name in spec.partition_by:
+            wanted = _filter_values(name, partitions.get(name))
+            if wanted is not None:
+                rows = rows.filter(pl.col(name).is_in(wanted))
+        tc = time_column(spec)
+        if start is not None:
+            rows = rows.filter(pl.col(tc) >= _ms_to_datetime(start))
+        if end is not None:
+            rows = rows.filter(pl.col(tc) < _ms_to_datetime(end))
+        return rows
 
     def _scan(
+        self,
+        dataset: str,
+        start: int | None,
+        end: int | None,
+        partitions: dict[str, str | list[str] | None],
+        *,
+        deep_check: bool,
+        pending: pl.DataFrame | None = None,
+    ) -> pl.LazyFrame:
+        lf = self._scan_files(dataset, start, end, partitions, deep_check=deep_check)
+        if pending is None or pending.height == 0:
+            return lf
+        spec = dataset_spec(dataset)
+        key, tc = list(spec.key), time_column(spec)
+        # A segment is deleted only after its rows are stored: keep each key once.
+        stored = lf.filter(pl.col(tc).is_between(pending[tc].min(), pending[tc].max())).select(key)
+        fresh = pending.lazy().join(stored, on=key, how="anti", nulls_equal=True)
+        fresh = fresh.select(*spec.schema, _plausible(spec).alias(_OK_COL))
+        return pl.concat([lf, fresh], how="vertical")
+
+    def _scan_files(
         self,
         dataset: str,
         start: int | None,
@@ -175,6 +275,8 @@ class Store:
         spec = dataset_spec(dataset)
         file_schema = {c: spec.schema[c] for c in spec.file_columns}
         frames = []
+        self._files = []
+        check = _plausible(spec).alias(_OK_COL)
         for values, directory in self._leaves(spec, partitions):
             files = [
                 f
@@ -183,6 +285,7 @@ class Store:
             ]
             if not files:
                 continue
+            self._files += files
             lf = pl.scan_parquet(
                 files,
                 schema=file_schema,
@@ -194,9 +297,9 @@ class Store:
             lf = lf.with_columns(
                 pl.lit(value).cast(spec.schema[name]).alias(name) for name, value in values.items()
             )
-            frames.append(lf.select(list(spec.schema)))
+            frames.append(lf.select(*spec.schema, check))
         if not frames:
-            return pl.LazyFrame(schema=spec.pl_schema)
+            return pl.LazyFrame(schema={**spec.pl_schema, _OK_COL: pl.Boolean()})
         lf = pl.concat(frames, how="vertical")
         tc = time_column(spec)
         if start is not None:
@@ -205,20 +308,30 @@ class Store:
             lf = lf.filter(pl.col(tc) < _ms_to_datetime(end))
         return lf
 
-    def last_ts(self, dataset: str, **partitions: str) -> int | None:
+    def last_ts(
+        self, dataset: str, *, include_journal: bool = False, **partitions: str
+    ) -> int | None:
         """Newest time (ms) stored for the partition(s); reads only the newest file of each."""
-        return self._edge_ts(dataset, partitions, newest=True)
+        return self._edge_ts(dataset, partitions, newest=True, include_journal=include_journal)
 
-    def first_ts(self, dataset: str, **partitions: str) -> int | None:
+    def first_ts(
+        self, dataset: str, *, include_journal: bool = False, **partitions: str
+    ) -> int | None:
         """Oldest time (ms) stored for the partition(s); reads only the oldest file of each."""
-        return self._edge_ts(dataset, partitions, newest=False)
+        return self._edge_ts(dataset, partitions, newest=False, include_journal=include_journal)
 
-    def _edge_ts(self, dataset: str, partitions: dict[str, str], *, newest: bool) -> int | None:
+    def _edge_ts(
+        self, dataset: str, partitions: dict[str, str], *, newest: bool, include_journal: bool
+    ) -> int | None:
         spec = dataset_spec(dataset)
         tc = time_column(spec)
         self.corrupt_files = []
         agg = pl.col(tc).max() if newest else pl.col(tc).min()
         found: list[int] = []
+        if include_journal:
+            pending = self._pending(dataset, None, None, dict(partitions))
+            if pending.height:
+                found.append(pending.select(agg.dt.epoch("ms")).item())
         for _values, directory in self._leaves(spec, dict(partitions)):
             # File names sort by time, so the first readable file in that order holds the edge.
             for path in sorted(directory.glob("*.parquet"), reverse=newest):
@@ -253,7 +366,7 @@ class Store:
     def _partition_dir(self, spec: DatasetSpec, values: list[str]) -> Path:
         directory = self.dataset_dir(spec.name)
         for name, value in zip(spec.partition_by, values, strict=True):
-            directory = directory / f"{name}={value}"
+            directory = directory / f"{name}={escape_partition(value)}"
         return directory
 
     def _leaves(
@@ -274,7 +387,7 @@ class Store:
                 if wanted is None:
                     children = sorted(_child_values(directory, name).items())
                 else:
-                    children = [(v, directory / f"{name}={v}") for v in wanted]
+                    children = [(v, directory / f"{name}={escape_partition(v)}") for v in wanted]
                 deeper.extend(({**values, name: v}, d) for v, d in children if d.is_dir())
             level = deeper
         yield from level
@@ -298,6 +411,37 @@ class Store:
 
 def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     """Select and cast the schema columns, or raise DataError naming the dataset and column."""
+    out = _cast_columns(spec, df)
+    for name in _required_columns(spec):
+        nulls = out[name].null_count()
+        if nulls:
+            raise DataError(f"{spec.name}: column {name!r} has {nulls} null value(s)")
+    reasons = out.select(_problems(spec, out, finite=False)).to_series().drop_nulls()
+    if reasons.len():
+        raise DataError(f"{spec.name}: {reasons.len()} row(s) cannot be stored: {reasons[0]}")
+    return out
+
+
+def split_storable(
+    dataset: str, df: pl.DataFrame, *, finite: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``df`` cast to the dataset's columns, split into the rows ``Store.write`` accepts and the
+    rest, the latter with a ``reason`` column, so one bad row is set aside on its own.
+
+    A row is refused for a missing key, partition or time value, a time outside the years
+    1-9999, a partition value too long for a directory name, and (``finite``) a NaN or infinite
+    float. Raises DataError only when a whole column is missing or of the wrong type.
+    """
+    spec = dataset_spec(dataset)
+    out = _cast_columns(spec, df)
+    reason = out.select(_problems(spec, out, finite=finite)).to_series()
+    if not reason.null_count() < out.height:
+        return out, out.clear().with_columns(pl.lit(None, pl.String).alias(REASON_COL))
+    bad = reason.is_not_null()
+    return out.filter(~bad), out.filter(bad).with_columns(reason.filter(bad).alias(REASON_COL))
+
+
+def _cast_columns(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in spec.schema if c not in df.columns]
     if missing:
         raise DataError(f"{spec.name}: missing column(s) {', '.join(missing)}")
@@ -310,20 +454,54 @@ def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
                 f"{spec.name}: column {name!r} ({df.schema[name]}) cannot be stored as {dtype}: "
                 f"{first_line(exc)}"
             ) from None
-    out = pl.DataFrame(columns)
-    for name in dict.fromkeys((*spec.key, *spec.partition_by, time_column(spec))):
-        nulls = out[name].null_count()
-        if nulls:
-            raise DataError(f"{spec.name}: column {name!r} has {nulls} null value(s)")
+    return pl.DataFrame(columns)
+
+
+def _required_columns(spec: DatasetSpec) -> list[str]:
+    return list(dict.fromkeys((*spec.key, *spec.partition_by, time_column(spec))))
+
+
+def _problems(spec: DatasetSpec, df: pl.DataFrame, *, finite: bool) -> pl.Expr:
+    """Per row, why it cannot be stored (null when it can): the first problem found."""
+    checks: list[tuple[pl.Expr, str]] = [
+        (pl.col(name).is_null(), f"no {name}") for name in _required_columns(spec)
+    ]
+    for name, dtype in spec.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            ms = pl.col(name).dt.epoch("ms")
+            checks.append(((ms < TS_MIN_MS) | (ms > TS_MAX_MS), f"{name} outside the years 1-9999"))
+        elif finite and dtype.is_float():
+            checks.append((~pl.col(name).is_finite(), f"{name} is not a finite number"))
     for name in spec.partition_by:
-        bad = [
-            v for v in out[name].cast(pl.String).unique().to_list() if not _PARTITION_VALUE.match(v)
+        too_long = [
+            v
+            for v in df[name].unique().drop_nulls().to_list()
+            if len(escape_partition(v)) > PARTITION_NAME_MAX
         ]
-        if bad:
-            raise DataError(
-                f"{spec.name}: column {name!r} has values unfit for a directory name: {bad[:3]}"
-            )
-    return out
+        if too_long:
+            checks.append((pl.col(name).is_in(too_long), f"{name} too long for a directory name"))
+    expr = pl.lit(None, pl.String)
+    for condition, reason in reversed(checks):
+        expr = pl.when(condition.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
+    return expr.alias(REASON_COL)
+
+
+def _plausible(spec: DatasetSpec) -> pl.Expr:
+    """Per row read back: are its values possible at all (nulls are)?"""
+    checks = []
+    non_negative = _NON_NEGATIVE.get(spec.name, ())
+    for name in spec.file_columns:
+        dtype = spec.schema[name]
+        if dtype.is_float():
+            # NaN compares greater than any number: refused too.
+            low = 0.0 if name in non_negative else -_FLOAT_MAX
+            checks.append(pl.col(name).is_between(low, _FLOAT_MAX))
+        elif isinstance(dtype, pl.Datetime):
+            checks.append(pl.col(name).dt.epoch("ms").is_between(TS_MIN_MS, TS_MAX_MS))
+    if not checks:
+        return pl.lit(True)
+    # Kleene logic: a null check (a missing value) leaves the row plausible unless one fails.
+    return pl.all_horizontal(checks).fill_null(True)
 
 
 def _cast_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
@@ -360,7 +538,7 @@ def _filter_values(name: str, value: str | list[str] | None) -> list[str] | None
         return None
     values = [value] if isinstance(value, str) else list(value)
     for v in values:
-        if not isinstance(v, str) or not _PARTITION_VALUE.match(v):
+        if not isinstance(v, str):
             raise UsageError(f"invalid {name} {v!r}")
     return values
 
@@ -372,7 +550,7 @@ def _child_values(directory: Path, name: str) -> dict[str, Path]:
     except FileNotFoundError:
         return {}
     return {
-        e.name[len(prefix) :]: Path(e.path)
+        unescape_partition(e.name[len(prefix) :]): Path(e.path)
         for e in entries
         if e.name.startswith(prefix) and e.is_dir()
     }
