@@ -138,7 +138,7 @@ import time; time.sleep(60)
     assert len(_segments(tmp_path)) == 1  # still there for the next writer to recover
 
 
-def test_cascade_replay_and_pressure_inputs_see_journaled_rows(tmp_path: Path) -> None:
+async def test_cascade_replay_and_pressure_inputs_see_journaled_rows(tmp_path: Path) -> None:
     t0 = now_ms() - 10 * 60_000
     directory = tmp_path / "liquidations" / JOURNAL_DIR
     directory.mkdir(parents=True)
@@ -157,14 +157,17 @@ def test_cascade_replay_and_pressure_inputs_see_journaled_rows(tmp_path: Path) -
         for i in range(20)
     ]
     (directory / "4242-0.arrows").write_bytes(frame(rows))
-    events = list(
-        replay_events("store", data_dir=tmp_path, symbols=["BTCUSDT"], exchanges=["binance"])
-    )
+    source = replay_events("store", data_dir=tmp_path, symbols=["BTCUSDT"], exchanges=["binance"])
+    events = [e for batch in await _collect(source) for e in batch]
     assert len(events) == 20
     config = PressureConfig()
     inputs = load_inputs(Store(tmp_path), "BTCUSDT", config, t0, t0 + 20_000)
     assert inputs.liquidations is not None and inputs.liquidations.height == 20
     assert inputs.liquidations_since == t0
+
+
+async def _collect(source) -> list:
+    return [batch async for batch in source.batches()]
 
 
 async def test_replay_store_sees_a_kill9ed_watch_and_a_live_one(tmp_path: Path) -> None:
