@@ -395,7 +395,7 @@ def _day_of_trades(path: Any, symbol: str, start: int, end: int) -> _Rows:
     trades = (
         read_agg_trades(path)
         .with_columns(pl.lit(VENUE).alias("exchange"), pl.lit(symbol).alias("symbol"))
-        .select(list(DATASETS["agg_trades"].schema))
+        .select(_stored_columns("agg_trades"))
         .collect()
     )
     return _Rows.within(trades, start, end)
@@ -572,6 +572,12 @@ def metrics_rows(dataset: str, metrics: pl.DataFrame, symbol: str) -> pl.DataFra
             (1 / (1 + ratio)).alias("short_share"),
         ]
     return metrics.select(*base, *values).select(list(DATASETS[dataset].schema))
+
+
+def _stored_columns(dataset: str) -> list[str]:
+    """The dataset's columns without the optional ones (the store adds those as nulls)."""
+    spec = DATASETS[dataset]
+    return [c for c in spec.schema if c not in spec.optional]
 
 
 def day_start(day: date) -> int:
