@@ -98,7 +98,7 @@ def test_readers_parse_and_refuse(tmp_path) -> None:
     assert frame["ts"].dt.epoch("ms").to_list() == [START, START + 1000, START + 2000]
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,percentage,depth,notional\n2026-11-01 00:00:08,-1.00,abc,1\n")
-    with pytest.raises(DataError, match="bad.csv"):
+    with pytest.raises(DataError, match=r"bad\.csv"):
         read_book_depth(bad)
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("a,b\n1,2\n")
