@@ -15,7 +15,7 @@ from liqcli.errors import UsageError
 from liqcli.exchanges.ws import WsTimings
 from liqcli.sources.binance_market import BinanceMarketSource, MarketOptions
 from tests.fakes.binance_depth import FakeBinanceDepth
-from tests.fakes.ws_servers import DROP
+from tests.fakes.ws_servers import DROP, Garbage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -220,3 +220,34 @@ def test_bad_options_are_usage_errors() -> None:
         )
     many = BinanceMarketSource([f"S{i}USDT" for i in range(120)], MarketOptions(), ws_url="ws://h")
     assert len(many.protocols) == 4  # 240 /public streams on 2 connections, 240 /market on 2
+
+
+async def test_hostile_frames_are_counted_and_skipped() -> None:
+    async with FakeBinanceDepth() as fake:
+        fake.set_book("BTCUSDT", BIDS, ASKS)
+        source = BinanceMarketSource(
+            ["BTCUSDT"], options(book_ticker=True), ws_url=fake.ws_url, rest_url=fake.rest_url
+        )
+        book = source.books["BTCUSDT"]
+        collector = Collector(source)
+        try:
+            churn(fake, "BTCUSDT", 0)
+            fake.flush("BTCUSDT")
+            await collector.until(lambda: book.synced)
+            bad_top = {"e": "bookTicker", "s": "BTCUSDT", "u": 5, "b": "NaN", "B": "1"}
+            fake.push_to("btcusdt@bookTicker", bad_top, Garbage(), [1, 2])
+            fake.book_ticker("BTCUSDT")
+            for i in range(1, 4):
+                churn(fake, "BTCUSDT", i)
+                fake.flush("BTCUSDT")
+            await collector.until(
+                lambda: (
+                    book.update_id == fake.books["BTCUSDT"].update_id
+                    and any(isinstance(e, BookTop) for e in collector.events)
+                )
+            )
+            status = source.statuses["binance"]
+            assert (status.malformed, status.garbage) == (2, 1)  # bad top, a non-object frame
+            assert (book.bids, book.asks) == fake.book("BTCUSDT") and book.counters.gaps == 0
+        finally:
+            await collector.stop()
