@@ -71,6 +71,7 @@ def test_routes_public_and_market() -> None:
 @pytest.mark.parametrize(
     "configured",
     [
+        None,
         "wss://fstream.binance.com",
         "wss://fstream.binance.com/",
         "wss://fstream.binance.com/market",
@@ -78,7 +79,10 @@ def test_routes_public_and_market() -> None:
     ],
 )
 def test_ws_url_is_the_host_root_and_old_values_still_work(monkeypatch, configured) -> None:
-    monkeypatch.setenv("LIQ_BINANCE_WS_URL", configured)
+    if configured is None:
+        monkeypatch.delenv("LIQ_BINANCE_WS_URL")  # the production default
+    else:
+        monkeypatch.setenv("LIQ_BINANCE_WS_URL", configured)
     assert binance.combined_stream_url(binance.depth_streams(["BTCUSDT"])) == (
         "wss://fstream.binance.com/public/stream?streams=btcusdt@depth@100ms"
     )

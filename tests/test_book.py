@@ -63,11 +63,12 @@ def assert_same(book: L2Book, bids: dict, asks: dict) -> None:
     assert top_asks == sorted(asks.items())[:3]
 
 
-@settings(max_examples=300, deadline=None)
-@given(sessions())
-def test_book_equals_brute_force_rebuild(session) -> None:
+@pytest.mark.parametrize("rule", ["pu", "contiguous"])
+@settings(max_examples=200, deadline=None)
+@given(session=sessions())
+def test_book_equals_brute_force_rebuild(rule, session) -> None:
     snapshot, diffs, at = session
-    book = L2Book("X", "binance")
+    book = L2Book("X", "binance", rule=rule)
     book.load(snapshot)
     results, applied = [], []
     for d in diffs:
@@ -76,10 +77,17 @@ def test_book_equals_brute_force_rebuild(session) -> None:
             applied.append(d)
         # After every step: the cached best prices must follow deletions of the best level.
         assert_same(book, *rebuild(snapshot, applied))
-    # Diffs ending before lastUpdateId are stale; the one holding it and all later ones apply.
-    expected = ["stale" if d.update_id < snapshot.update_id else "ok" for d in diffs]
+    # Diffs ending before lastUpdateId are stale; the one holding it and all later ones apply
+    # (spot-style ids: a diff ending exactly at lastUpdateId is already in the snapshot).
+    L = snapshot.update_id
+    expected = [
+        "stale" if d.update_id < L or (rule == "contiguous" and d.update_id == L) else "ok"
+        for d in diffs
+    ]
     assert results == expected
-    assert applied[0] is diffs[at] or diffs[at].update_id < snapshot.update_id
+    # The first diff applied is the one holding lastUpdateId (spot-style: the one after it).
+    first = at + (rule == "contiguous" and diffs[at].update_id == L)
+    assert applied == diffs[first:]
     assert_same(book, *rebuild(snapshot, applied))
     assert book.update_id == diffs[-1].update_id and book.synced
     assert book.counters.applied == len(applied)

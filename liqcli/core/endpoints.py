@@ -9,7 +9,7 @@ import os
 
 DEFAULTS: dict[str, str] = {
     "LIQ_BINANCE_REST_URL": "https://fapi.binance.com",
-    "LIQ_BINANCE_WS_URL": "wss://fstream.binance.com/market",
+    "LIQ_BINANCE_WS_URL": "wss://fstream.binance.com",  # host root: streams add /market, /public
     "LIQ_BINANCE_ARCHIVE_URL": "https://data.binance.vision",
     "LIQ_OKX_REST_URL": "https://www.okx.com",
     "LIQ_OKX_WS_URL": "wss://ws.okx.com:8443/ws/v5/public",
