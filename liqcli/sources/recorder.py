@@ -166,7 +166,7 @@ class Recorder:
 
     @property
     def clock(self) -> Any:
-        return self.source.clock
+        return getattr(self.source, "clock", now_ms)  # sources without one run on wall time
 
     async def __aenter__(self) -> Recorder:
         await self.open()

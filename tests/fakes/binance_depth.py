@@ -17,7 +17,8 @@ TRADING-VENUES.md §6 and §8:
 - ``GET /fapi/v1/depth?symbol=&limit=`` answers the true book (pending updates included) with
   ``lastUpdateId``, ``E``, ``T``; limits 5..1000 as on the venue (else -1130), unknown symbol
   -1121; ``stale_snapshots(n)``: the next n snapshots come from before the last flush (a
-  snapshot older than the client's buffer); ``rest.fail_next(n, 503)`` for upstream errors;
+  snapshot older than the client's buffer); ``canned_snapshot(sym, body)`` serves a recorded
+  body instead (replaying a capture); ``rest.fail_next(n, 503)`` for upstream errors;
 - ``book_ticker(sym)``, ``mark_price(..)``, ``agg_trade(..)``, ``force_order(..)`` push the other
   events in their real shapes; ``book(sym)`` is the true book for assertions.
 """
@@ -77,6 +78,7 @@ class FakeBinanceDepth(FakeBinance):
         self.depth_suffix = "" if depth_speed == "250ms" else f"@{depth_speed}"
         self.snapshots_served = 0
         self._stale_snapshots = 0
+        self._canned: dict[str, dict[str, Any]] = {}
         self._clock = itertools.count(t0, 100)  # venue ms: +100 per published event
         self.now = t0
 
@@ -135,6 +137,11 @@ class FakeBinanceDepth(FakeBinance):
 
     def stale_snapshots(self, n: int = 1) -> None:
         self._stale_snapshots += n
+
+    def canned_snapshot(self, symbol: str, payload: dict[str, Any]) -> None:
+        """Answer ``/fapi/v1/depth`` for ``symbol`` with a recorded body (a capture replay)."""
+        self._canned[symbol] = payload
+        self.books.setdefault(symbol, ServerBook())
 
     # ------------------------------------------------------------------ other events
 
@@ -230,6 +237,9 @@ class FakeBinanceDepth(FakeBinance):
         return keys
 
     def snapshot(self, symbol: str, limit: int) -> dict[str, Any]:
+        if symbol in self._canned:
+            self.snapshots_served += 1
+            return self._canned[symbol]
         book = self.books[symbol]
         bids, asks = book.bids, book.asks
         update_id = book.update_id
