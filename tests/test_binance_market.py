@@ -251,3 +251,60 @@ async def test_hostile_frames_are_counted_and_skipped() -> None:
             assert (book.bids, book.asks) == fake.book("BTCUSDT") and book.counters.gaps == 0
         finally:
             await collector.stop()
+
+
+async def test_more_than_200_streams_split_across_connections_live() -> None:
+    symbols = [f"S{i:03d}USDT" for i in range(101)]  # 202 /public streams: two connections
+    async with FakeBinanceDepth() as fake:
+        for symbol in symbols:
+            fake.set_book(symbol, BIDS, ASKS)
+        source = BinanceMarketSource(
+            symbols, options(book_ticker=True), ws_url=fake.ws_url, rest_url=fake.rest_url
+        )
+        collector = Collector(source)
+        try:
+            for symbol in (symbols[0], symbols[-1]):  # one on each connection
+                fake.book_ticker(symbol)
+                churn(fake, symbol, 1)
+                fake.flush(symbol)
+            await collector.until(
+                lambda: (
+                    {e.symbol for e in collector.events if isinstance(e, BookTop)}
+                    == {symbols[0], symbols[-1]}
+                    and source.books[symbols[-1]].synced
+                    and source.books[symbols[0]].synced
+                )
+            )
+        finally:
+            await collector.stop()
+    counts = sorted(len(p.split("streams=")[1].split("/")) for p in fake.paths)
+    assert counts == [2, 200] and all(p.startswith("/public/stream") for p in fake.paths)
+    assert fake.misrouted == []
+
+
+async def test_a_symbol_without_a_book_is_reported_and_the_rest_goes_on() -> None:
+    async with FakeBinanceDepth() as fake:
+        fake.set_book("BTCUSDT", BIDS, ASKS)
+        # NOPEUSDT streams exist on the socket but /fapi/v1/depth refuses it (-1121).
+        source = BinanceMarketSource(
+            ["BTCUSDT", "NOPEUSDT"], options(), ws_url=fake.ws_url, rest_url=fake.rest_url
+        )
+        collector = Collector(source)
+        try:
+            fake.push_to(
+                "nopeusdt@depth@100ms",
+                {"e": "depthUpdate", "E": 1, "s": "NOPEUSDT", "U": 1, "u": 2, "pu": 0,
+                 "b": [], "a": []},
+            )  # fmt: skip
+            churn(fake, "BTCUSDT", 0)
+            fake.flush("BTCUSDT")
+            await collector.until(
+                lambda: (
+                    source.books["BTCUSDT"].synced
+                    and "NOPEUSDT" in (source.statuses["binance"].last_error or "")
+                )
+            )
+        finally:
+            await collector.stop()
+    assert not source.books["NOPEUSDT"].synced
+    assert (source.books["BTCUSDT"].bids, source.books["BTCUSDT"].asks) == fake.book("BTCUSDT")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -392,11 +393,13 @@ class RecordedSource:
         self._closed = True
 
     async def batches(self) -> AsyncIterator[list[Event]]:
-        events = await asyncio.to_thread(lambda: list(recorded_events(self.store, **self._args)))
-        for i in range(0, len(events), self.batch_size):
-            if self._closed:
+        # The scans run in a thread; events are built a batch at a time from the columnar
+        # frames, so a long recording is never held as millions of event objects.
+        events = await asyncio.to_thread(recorded_events, self.store, **self._args)
+        while not self._closed:
+            batch = list(itertools.islice(events, self.batch_size))
+            if not batch:
                 return
-            batch = events[i : i + self.batch_size]
             for event in batch:
                 if event.exchange not in self.statuses:
                     status = self.statuses[event.exchange] = VenueStatus(event.exchange)
