@@ -249,74 +249,36 @@ def recorded_events(
     return (event for _, event in heapq.merge(*streams, key=lambda pair: pair[0]))
 
 
+# Rows -> events: each frame's columns picked in the event's field order, then tuples (about
+# twice as fast as named rows).
+
+
 def _liquidations(frame: pl.DataFrame) -> Iterator[tuple[int, Event]]:
-    for r in frame.iter_rows(named=True):
-        venue_symbol = r["venue_symbol"] if r["venue_symbol"] != r["symbol"] else ""
-        yield (
-            r["seq"],
-            Liquidation(
-                r["exchange"],
-                r["symbol"],
-                r["side"],
-                r["price"],
-                r["qty"],
-                r["notional_usd"],
-                r["ts"],
-                venue_symbol,
-                r["received_ts"] or 0,
-            ),
-        )
+    cols = ["exchange", "symbol", "side", "price", "qty", "notional_usd", "ts"]
+    rows = frame.select(*cols, "venue_symbol", "received_ts", "seq").iter_rows()
+    for *fields, venue_symbol, received_ts, seq in rows:
+        # to_row() stores venue_symbol = symbol where the venue's name is the same ("").
+        venue_symbol = "" if venue_symbol == fields[1] else venue_symbol
+        yield seq, Liquidation(*fields, venue_symbol, received_ts or 0)
 
 
 def _agg_trades(frame: pl.DataFrame) -> Iterator[tuple[int, Event]]:
-    for r in frame.iter_rows(named=True):
-        yield (
-            r["seq"],
-            AggTrade(
-                r["exchange"],
-                r["symbol"],
-                r["trade_id"],
-                r["ts"],
-                r["price"],
-                r["qty"],
-                r["is_buyer_maker"],
-            ),
-        )
+    cols = ["exchange", "symbol", "trade_id", "ts", "price", "qty", "is_buyer_maker", "seq"]
+    for *fields, seq in frame.select(cols).iter_rows():
+        yield seq, AggTrade(*fields)
 
 
 def _book_tops(frame: pl.DataFrame) -> Iterator[tuple[int, Event]]:
-    for r in frame.iter_rows(named=True):
-        yield (
-            r["seq"],
-            BookTop(
-                r["exchange"],
-                r["symbol"],
-                r["ts"],
-                r["bid"],
-                r["bid_qty"],
-                r["ask"],
-                r["ask_qty"],
-                r["update_id"],
-                r["received_ts"] or 0,
-            ),
-        )
+    cols = ["exchange", "symbol", "ts", "bid", "bid_qty", "ask", "ask_qty", "update_id"]
+    for *fields, received_ts, seq in frame.select(*cols, "received_ts", "seq").iter_rows():
+        yield seq, BookTop(*fields, received_ts or 0)
 
 
 def _mark_prices(frame: pl.DataFrame) -> Iterator[tuple[int, Event]]:
-    for r in frame.iter_rows(named=True):
-        yield (
-            r["seq"],
-            MarkPrice(
-                r["exchange"],
-                r["symbol"],
-                r["ts"],
-                r["mark_price"],
-                r["index_price"],
-                r["funding_rate"],
-                r["next_funding_ts"],
-                r["received_ts"] or 0,
-            ),
-        )
+    cols = ["exchange", "symbol", "ts", "mark_price", "index_price", "funding_rate"]
+    rows = frame.select(*cols, "next_funding_ts", "received_ts", "seq").iter_rows()
+    for *fields, next_funding_ts, received_ts, seq in rows:
+        yield seq, MarkPrice(*fields, next_funding_ts, received_ts or 0)
 
 
 def _book_depth(frame: pl.DataFrame) -> Iterator[tuple[int, Event]]:
