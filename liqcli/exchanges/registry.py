@@ -121,7 +121,7 @@ _BUILTIN = (
         offers=frozenset({LIQUIDATIONS, TRADES, BOOK, MARK, FUNDING, ARCHIVE}),
         endpoints={
             "LIQ_BINANCE_REST_URL": "https://fapi.binance.com",
-            "LIQ_BINANCE_WS_URL": "wss://fstream.binance.com/market",
+            "LIQ_BINANCE_WS_URL": "wss://fstream.binance.com",  # host root: routes are added
             "LIQ_BINANCE_ARCHIVE_URL": "https://data.binance.vision",
         },
         live="liqcli.services.streams:run_binance",

@@ -455,7 +455,11 @@ def _restore(state: WatchState, data_dir: Path, config: WatchConfig, now: int) -
     if config.symbols:
         partitions["symbol"] = list(config.symbols)
     frame = Store(data_dir).read(
-        DATASET, start=now - state.windows[-1].ms, end=now + MAX_AHEAD_MS, include_journal=True, **partitions
+        DATASET,
+        start=now - state.windows[-1].ms,
+        end=now + MAX_AHEAD_MS,
+        include_journal=True,
+        **partitions,
     )
     restored = state.restore(frame)
     if restored:

@@ -11,4 +11,6 @@ cascade, later paper trading and backtests) run the same code on either.
 - replay.py: stored rows -> events (``ReplaySource``)
 - live.py: the venues' live streams as a Source (``live_source``)
 - storage.py: ``open_journal`` (one journal opener for every command)
+- binance_market.py: live Binance market data (synced books, book tops, trades, marks)
+- recorder.py: record what a source delivers into the datasets; replay a recording
 """

@@ -323,7 +323,7 @@ class FakeBinance(FakeWsServer):
         parts = urlsplit(path)
         streams = parse_qs(parts.query).get("streams", [""])[-1]
         count = len([s for s in streams.split("/") if s])
-        return parts.path in ("/stream", "/market/stream") and 0 < count <= 1024
+        return parts.path in ("/stream", "/market/stream") and 0 < count <= 200  # USDⓈ-M
 
     def keys_from_path(self, path: str) -> list[str] | None:
         streams = parse_qs(urlsplit(path).query).get("streams", [""])[-1]

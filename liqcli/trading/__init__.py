@@ -1,0 +1,1 @@
+"""Trading-side building blocks (order books, ...): pure code, no sockets, files or timers."""
