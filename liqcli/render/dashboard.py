@@ -329,7 +329,7 @@ def latest_table(
             ]
         )
     if not snap.latest:
-        rows.append(["", "", Text("waiting for liquidations…", style="dim"), "", "", "", ""])
+        rows.append([Text("waiting for liquidations…", style="dim"), "", "", "", "", "", ""])
     shown = f"{len(rows)} of {len(snap.latest)}" if len(rows) < len(snap.latest) else ""
     title = "Latest liquidations" + (f" ({shown})" if shown else "")
     return fitted_table(console, options, width, cols, rows, title=title)
@@ -393,7 +393,7 @@ def venues_lines(statuses: Mapping[str, Any], now_ms: int, width: int) -> list[T
         part.append(" ")
         part.append(escape_control(state), style=_STATE_STYLE.get(state, ""))
         if s.get("last_message_ms") is not None:
-            part.append(f" {_age(s, now_ms)}", style="dim")
+            part.append(f" {_age(s, now_ms).removesuffix(' ago')}", style="dim")
         for key, label in (
             ("reconnects", "reconn"),
             ("gaps", "gaps"),
@@ -405,7 +405,8 @@ def venues_lines(statuses: Mapping[str, Any], now_ms: int, width: int) -> list[T
         parts.append(part)
     if not parts:
         return []
-    return pack_line([Text("venues", style="bold dim"), *parts], width, sep="  ·  ")
+    parts[0] = Text.assemble(("venues: ", "bold dim"), parts[0])
+    return pack_line(parts, width, sep=" · ")
 
 
 def _header(snap: Snapshot, info: DashboardInfo, now_ms: int, width: int) -> Text:
