@@ -80,4 +80,4 @@ def test_dashboard_counts_the_cascade_on_screen_and_keeps_its_direction_after_sh
     text = render([d.state()], ended=1)
     assert "0 active / 1 ended cascade " in text
     row = next(line for line in text.splitlines() if line.startswith("BTCUSDT"))
-    assert "MAJOR" in row and "LONGS" in row  # was MAJOR with direction "-"
+    assert "MAJOR" in row and "LONGS" in row and "ended" in row  # was MAJOR, "-", quiet

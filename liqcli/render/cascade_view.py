@@ -140,7 +140,8 @@ def states_table(
                 # The window's dominant side whenever there is one (after a shutdown ended the
                 # cascade, a MAJOR window still has a direction).
                 _direction(s["direction"], active or bool(s["total_usd_60s"])),
-                escape_control(s["phase"]),
+                # Not active with a level above QUIET: shutdown ended a cascade still in the window.
+                "ended" if not active and s["level"] != "QUIET" else escape_control(s["phase"]),
                 usd(s["total_usd_60s"]),
                 Text(usd(s["long_usd_60s"]), style=LONG_STYLE if s["long_usd_60s"] else ""),
                 Text(usd(s["short_usd_60s"]), style=SHORT_STYLE if s["short_usd_60s"] else ""),
