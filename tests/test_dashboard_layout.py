@@ -4,15 +4,23 @@ markup or terminal escape codes shown as text, never interpreted."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import random
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from liqcli.analytics.windows import EventFilter, WindowAggregator
 from liqcli.core.events import Liquidation
+from liqcli.core.timeutil import now_ms
 from liqcli.exchanges.ws import VenueStatus
 from liqcli.render.cascade_view import CascadeViewInfo, render_cascade_view
 from liqcli.render.dashboard import DashboardInfo, render_dashboard, usd
@@ -255,3 +263,65 @@ def test_tables_escape_control_characters() -> None:
     out = io.StringIO()
     render_rows([{"symbol": "A\x1b[2JB"}], "csv", out=out)
     assert "A\x1b[2JB" in out.getvalue()  # data formats keep the exact value
+
+
+# -- for real: liq watch in an 80×24 tmux pane, against the fake venues ----------------------------
+
+
+def tmux_pane(session: str) -> list[str]:
+    out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                         text=True, timeout=10, check=True)  # fmt: skip
+    return out.stdout.rstrip("\n").split("\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+async def test_watch_fits_a_real_80x24_terminal(tmp_path: Path) -> None:
+    from tests.fakes.ws_servers import FakeBinance, FakeBybit
+    from tests.test_watch import BYBIT_INSTRUMENTS, binance_force, bybit_push
+
+    binance = FakeBinance()
+    bybit = FakeBybit(instruments=BYBIT_INSTRUMENTS)
+    session = f"liq-test-{os.getpid()}-{T % 10_000}"
+    async with binance, bybit:
+        env = {"LIQ_BINANCE_WS_URL": binance.ws_url, "LIQ_BINANCE_REST_URL": binance.rest_url,
+               "LIQ_BYBIT_WS_URL": bybit.ws_url, "LIQ_BYBIT_REST_URL": bybit.rest_url}  # fmt: skip
+        command = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "watch",
+                   "-e", "binance", "-e", "bybit", "--no-store"]  # fmt: skip
+        exit_file = tmp_path / "exit"
+        shell = f"{shlex.join(command)} 2>{tmp_path / 'stderr'}; echo $? > {exit_file}; sleep 30"
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24",
+                        *(f"-e{k}={v}" for k, v in env.items()), shell], check=True, timeout=10)  # fmt: skip
+        try:
+            await bybit.wait_until(lambda: bybit.subscriptions, timeout=20)
+            await binance.wait_until(lambda: binance.subscriptions, timeout=20)
+            t = now_ms()
+            for i in range(30):
+                symbol = ["BTCUSDT", "ETHUSDT", "[/]", "X\x1b[2JY"][i % 4]
+                qty = f"{1.5 * (i + 1) ** 3:.3f}"  # $97K .. $2.6B at 65,000
+                binance.push_to("!forceOrder@arr",
+                                binance_force(symbol, "SELL" if i % 2 else "BUY", "65000", qty, t + i))  # fmt: skip
+            bybit.push_to("allLiquidation.BTCUSDT", bybit_push("BTCUSDT", "Buy", "64000", "2", t))
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                lines = tmux_pane(session)
+                text = "\n".join(lines)
+                if "31 events" in text or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            assert "31 events" in text, text
+            assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+            assert "…" not in text, text
+            assert "venues: binance connected" in text and "bybit connected" in text
+            assert "Latest liquidations (" in text  # as many rows as fit, and says so
+            assert sum(1 for line in lines if TIME_ROW.match(line)) >= 7
+            assert "[/]" in text and r"X\x1b[2JY" in text  # shown, not interpreted
+            subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True, timeout=10)
+            deadline = asyncio.get_running_loop().time() + 20
+            while not exit_file.exists() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+            assert exit_file.read_text().strip() == "130"
+            assert "Error" not in (tmp_path / "stderr").read_text()  # no MarkupError at exit
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
