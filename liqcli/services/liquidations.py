@@ -138,30 +138,30 @@ def aggregate(lazy: pl.LazyFrame, query: HistoryQuery) -> tuple[pl.DataFrame, pl
     notional = pl.col("notional_usd")
     ts_ms = pl.col("ts").dt.epoch("ms") if _is_datetime(lazy) else pl.col("ts").cast(pl.Int64)
     start, end = query.start_ms, query.end_ms
-    base = (
+    per_contract = (
         lazy.with_columns(ts_ms.alias("ts_ms"))
         .filter(pl.col("ts_ms").is_between(start, end, closed="left"))
         # A corrupted or hostile row (NaN, infinite, negative) must not turn a total into NaN.
         .filter(notional.is_finite() & (notional > 0) & pl.col("side").is_in(["long", "short"]))
-        .with_columns(
-            coin_expr(),
-            interval_start(pl.col("ts_ms"), query.interval_ms).alias("interval_ms"),
-            pl.when(is_long).then(notional).otherwise(0.0).alias("long_usd"),
-            pl.when(is_long).then(0.0).otherwise(notional).alias("short_usd"),
-            is_long.cast(pl.Int64).alias("long_count"),
-            (~is_long).cast(pl.Int64).alias("short_count"),
+        .with_columns(interval_start(pl.col("ts_ms"), query.interval_ms).alias("interval_ms"))
+        .group_by("interval_ms", "exchange", "symbol", "venue_symbol")
+        .agg(
+            notional.filter(is_long).sum().alias("long_usd"),
+            notional.filter(~is_long).sum().alias("short_usd"),
+            is_long.sum().cast(pl.Int64).alias("long_count"),
+            (~is_long).sum().cast(pl.Int64).alias("short_count"),
         )
+        # The coin's string work runs once per contract and interval, not once per row.
+        .with_columns(coin_expr())
     )
     if query.symbols:
         wanted = [s.upper() for s in query.symbols]
-        base = base.filter(
+        per_contract = per_contract.filter(
             pl.col("symbol").str.to_uppercase().is_in(wanted)
             | pl.col("venue_symbol").fill_null("").str.to_uppercase().is_in(wanted)
             | pl.col("coin").is_in(wanted)
         )
-    grouped = (
-        base.group_by("interval_ms", by).agg(*_SUMS).collect()
-    )  # one pass over the rows; everything below works on the (small) grouped frame
+    grouped = per_contract.group_by("interval_ms", by).agg(*_SUMS).collect()
     totals = (
         grouped.group_by(by)
         .agg(*_SUMS)
