@@ -105,6 +105,21 @@ def test_watch_dashboard_fits_the_terminal(width: int, height: int) -> None:
         assert any(line.startswith(window + " ") for line in lines), window
 
 
+@pytest.mark.parametrize(("width", "height"), [(60, 20), (40, 12), (30, 8)])
+def test_small_terminals_get_what_fits_in_priority_order(width: int, height: int) -> None:
+    snap = busy_aggregator().snapshot(10)
+    info = DashboardInfo(exchanges=["binance", "okx", "bybit"], started_ms=T)
+    lines = screen(render_dashboard(snap, statuses(), info, now_ms=T), width, height)
+    assert len(lines) <= height and all(len(line) <= width for line in lines)
+    assert any(line.startswith("1d ") for line in lines)  # the rolling totals come first
+    assert not any("…" in a for line in lines[1:] for a in AMOUNT.findall(line + " "))
+    cascade = render_cascade_view([cascade_state("BTCUSDT", "MAJOR", "early", 1e8)], [alert(1)],
+                                  statuses(), {}, CascadeViewInfo(["BTCUSDT"], ["binance"], "MINOR",
+                                  "live", None, T), now_ms=T)  # fmt: skip
+    lines = screen(cascade, width, height)
+    assert len(lines) <= height - 1 and any("MAJOR" in line for line in lines)
+
+
 def test_watch_dashboard_keeps_everything_in_a_file() -> None:
     """Printed to a pipe or file there is no screen: every panel and row is there."""
     snap = busy_aggregator().snapshot(10)

@@ -310,7 +310,7 @@ def render_cascade_view(
         budget.take(1, 0)  # header
         state_rows = max(budget.take(2 + len(states), 0) - 2, 0)
         venue_lines = venues_lines(statuses, now_ms, width)
-        budget.take(len(venue_lines), 0)
+        venue_lines = venue_lines[: budget.take(len(venue_lines), 0)]  # a tiny screen: what fits
         alert_rows = max(budget.take(2 + min(max(len(alerts), 1), 3), 3) - 2, 0)
         context_rows = max(budget.take(2 + len(context), 3) - 2, 0) if context else 0
         if alert_rows > 0:

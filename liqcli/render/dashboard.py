@@ -131,7 +131,10 @@ def fitted_table(
     keep = list(range(len(cols)))
     while True:
         table = Table(
-            title=title,
+            # One line: the table is at least as wide as its title, which is cut only when the
+            # screen is narrower still.
+            title=None if title is None else plain(title),
+            min_width=None if title is None else min(len(title), width),
             title_justify="left",
             title_style=title_style or "bold",
             box=None,
@@ -468,7 +471,7 @@ def _layout(
     budget.take(1 + len(snap.windows), 0)
     venue_lines = venues_lines(statuses, now_ms, width)
     venues_full = False
-    budget.take(len(venue_lines), 0)
+    venue_lines = venue_lines[: budget.take(len(venue_lines), 0)]  # a tiny screen: what fits
     latest_available = max(len(snap.latest), 1)
     latest_rows = budget.take(2 + min(latest_available, _MIN_LATEST), 3) - 2
     ranked_available = max(len(snap.top_long), len(snap.top_short), 1)
