@@ -6,7 +6,7 @@ complete -c liq -n '__fish_use_subcommand' -l version -s V -d 'Print the version
 complete -c liq -n '__fish_use_subcommand' -l help -s h -d 'Show help'
 complete -c liq -n '__fish_use_subcommand' -a cascade -d 'Detect liquidation cascades live - level, direction, phase, signature, alerts.'
 complete -c liq -n '__fish_use_subcommand' -a fetch -d 'Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
-complete -c liq -n '__fish_use_subcommand' -a liquidations -d 'Long and short liquidations stored by `liq watch` (and `liq cascade`), summed pe'
+complete -c liq -n '__fish_use_subcommand' -a liquidations -d 'History of stored liquidations - long/short totals per interval and symbol, exch'
 complete -c liq -n '__fish_use_subcommand' -a map -d 'Liquidation map - where positions opened by large trades would be liquidated.'
 complete -c liq -n '__fish_use_subcommand' -a pressure -d 'Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
 complete -c liq -n '__fish_use_subcommand' -a watch -d 'Live liquidations from Binance, OKX and Bybit - rolling totals, rankings, latest'

@@ -5,7 +5,7 @@ _liq() {
     commands=(
         'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
-        'liquidations:Long and short liquidations stored by `liq watch` (and `liq cascade`), summed pe'
+        'liquidations:History of stored liquidations - long/short totals per interval and symbol, exch'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
         'watch:Live liquidations from Binance, OKX and Bybit - rolling totals, rankings, latest'

@@ -12,14 +12,15 @@ from liqcli.cli.common import FormatOpt, QuietOpt, state
 from liqcli.core.timeutil import iso_ms, now_ms, parse_time
 from liqcli.render.output import Format
 
-HELP = """Long and short liquidations stored by `liq watch` (and `liq cascade`), summed per interval.
+HELP = """History of stored liquidations: long/short totals per interval and symbol, exchange or coin.
 
 \b
-One row per interval and symbol, exchange or coin (--by), largest first within an interval; the
---top groups by total over the range are named, the rest summed as "(other)". --by coin adds up
-every venue's contracts of a coin: OKX BTC-USD-SWAP and BTC-USDT-SWAP, Binance and Bybit BTCUSDT
-are all BTC. Amounts are USD notional. Only intervals with liquidations are listed. A range with
-nothing stored prints an empty table (json: "rows": []) and exits 0, with a note on stderr.
+What `liq watch` and `liq cascade` stored, summed per interval: one row per interval and symbol,
+exchange or coin (--by), largest first within an interval. The --top groups by total over the
+range are named, the rest summed as "(other)". --by coin adds up every venue's contracts of a
+coin: OKX BTC-USD-SWAP and BTC-USDT-SWAP, Binance and Bybit BTCUSDT are all BTC. Amounts are USD
+notional; only intervals with liquidations are listed. A range with nothing stored prints an
+empty table (json: "rows": []) and exits 0, with a note on stderr.
 """
 
 EPILOG = """\b
