@@ -248,10 +248,12 @@ def test_markup_and_escape_codes_in_symbols_are_shown_as_text() -> None:
     agg = WindowAggregator("3m,1h", clock=Clock(T), latest=20)
     for i, symbol in enumerate(HOSTILE):
         agg.add(Liquidation("binance", symbol, "long", 1.0, 1e5 + i, 1e5 + i, T - i))
+    agg.add(Liquidation("[i]ex[/i]", "BTCUSDT", "short", 1.0, 5.0, 5.0, T))  # a column header
     bad_status = {"bin[/]ance\x1b[31m": VenueStatus("x", state="connected")}
     info = DashboardInfo(exchanges=["binance"], started_ms=T)
+    first = render_dashboard(agg.snapshot(10), bad_status, info, now_ms=T)
     for renderable in (
-        render_dashboard(agg.snapshot(10), bad_status, info, now_ms=T),
+        first,
         render_cascade_view(
             [cascade_state(s, "MAJOR", "early", 1e6) for s in HOSTILE],
             [{**alert(i), "symbol": s, "reason": "[/]\x1b[5m"} for i, s in enumerate(HOSTILE)],
@@ -268,6 +270,7 @@ def test_markup_and_escape_codes_in_symbols_are_shown_as_text() -> None:
         assert "\x1b]0;" not in raw and "\x1b[5m" not in raw
         plain_text = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # rich's own colours
         assert "[/]" in plain_text and "[bold red]PWN[/]" in plain_text
+        assert "[i]ex[/i]" in plain_text or renderable is not first
         assert r"A\x1b[2JB" in plain_text and r"RTL\u202eDSU" in plain_text
 
 

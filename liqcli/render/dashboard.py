@@ -144,7 +144,7 @@ def fitted_table(
         for i in keep:
             c = cols[i]
             table.add_column(
-                c.header,
+                plain(c.header),  # a venue name can be a header: never markup
                 justify=c.justify,  # type: ignore[arg-type]
                 no_wrap=True,
                 overflow="ellipsis",
@@ -187,10 +187,11 @@ def first_fitting(variants: Sequence[Text], width: int) -> Text:
 class FitToScreen:
     """Builds the screen at render time for the width and height rich offers.
 
-    ``build(console, options, width, height)`` gets ``height=None`` (no limit) when printing to
-    a file or pipe; in a full-screen ``Live`` the screen's height; printed on a terminal
-    otherwise, the terminal's height less ``spare_lines`` (the cursor's line of a non-screen
-    ``Live``, so the view never scrolls).
+    ``build(console, options, width, height)`` gets the height rich asks for when it asks for
+    one (``render_lines`` with a height); else on a terminal (a ``Live``, full-screen or not, or
+    a final print) the terminal's height less ``spare_lines`` (1 keeps the cursor's line of a
+    non-screen ``Live`` free, so the view never scrolls); printed to a file or pipe, ``None``:
+    no limit, everything is shown.
     """
 
     def __init__(
