@@ -54,7 +54,10 @@ def coin_expr(symbol: str = "symbol", venue_symbol: str = "venue_symbol") -> pl.
 
 def coin_of(symbol: str, venue_symbol: str = "") -> str:
     """:func:`coin_expr` for one name (for the command line's arguments and tests)."""
-    frame = pl.DataFrame({"symbol": [symbol], "venue_symbol": [venue_symbol]})
+    frame = pl.DataFrame(
+        {"symbol": [symbol], "venue_symbol": [venue_symbol]},
+        schema={"symbol": pl.String, "venue_symbol": pl.String},
+    )
     return frame.select(coin_expr())["coin"][0]
 
 
@@ -220,7 +223,10 @@ def _partition_filter(store: Any, query: HistoryQuery) -> dict[str, list[str]]:
         }
         # A directory holds one normalised symbol; OKX's dashed venue name is a column, but its
         # normalised symbol has the same coin (BTC-USDT-SWAP is stored as BTCUSDT).
-        candidates = pl.DataFrame({"symbol": sorted(stored), "venue_symbol": [""] * len(stored)})
+        candidates = pl.DataFrame(
+            {"symbol": sorted(stored), "venue_symbol": [""] * len(stored)},
+            schema={"symbol": pl.String, "venue_symbol": pl.String},
+        )
         matching = candidates.with_columns(coin_expr()).filter(
             pl.col("symbol").str.to_uppercase().is_in(list(wanted))
             | pl.col("coin").is_in(list(wanted))
@@ -241,7 +247,12 @@ def liquidation_history(store: Any, query: HistoryQuery) -> LiquidationHistory:
         rows, totals = aggregate(empty, query)
         return LiquidationHistory(query, rows, totals)
     lazy = store.scan(DATASET, start=query.start_ms, end=query.end_ms, **partitions)
-    rows, totals = aggregate(lazy, query)
+    try:
+        rows, totals = aggregate(lazy, query)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError):
+        # A file with an intact footer but damaged pages: read() finds and skips it (warning).
+        frame = store.read(DATASET, start=query.start_ms, end=query.end_ms, **partitions)
+        rows, totals = aggregate(frame.lazy(), query)
     history = LiquidationHistory(query, rows, totals)
     if rows.is_empty():
         history.stored_range = _stored_range(store, partitions)
