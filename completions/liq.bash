@@ -2,11 +2,11 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in cascade|fetch|map|pressure|watch) cmd="$w"; break;; esac
+        case "$w" in cascade|fetch|liquidations|map|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h cascade fetch map pressure watch"
+        "") opts="--data-dir --log-level --version -V --help -h cascade fetch liquidations map pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;
         cascade) opts="--exchange -e --min-level -l --webhook --exec --exec-timeout --format -f --duration --replay --history --start --end --threshold-scale --store --no-store --store-trades --context --no-context --quiet -q --help -h"
@@ -15,6 +15,11 @@ _liq() {
             case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;
         fetch) opts="--dataset -d --period -p --since --start --end --archive --quiet -q --format -f --help -h"
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        liquidations) opts="--start --end --interval -i --by --exchange -e --top --chart --format -f --quiet -q --help -h"
+            case "$prev" in --by) COMPREPLY=($(compgen -W "symbol exchange coin" -- "$cur")); return;; esac
+            case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         map) opts="--exchange -e --start --end --mode -m --threshold -t --model --tiers --mmr --bin-size --chart -c --out -o --input -i --live --window --refresh --duration --format -f --quiet -q --help -h"

@@ -5,6 +5,7 @@ _liq() {
     commands=(
         'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
+        'liquidations:History of stored liquidations - long/short totals per interval and symbol, exch'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
         'watch:Live liquidations from Binance, OKX and Bybit - rolling totals,'
@@ -49,6 +50,18 @@ _liq() {
                     ''--archive'[Use data.binance.vision for history older than 30 days (and agg_trades).]' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                liquidations) _arguments \
+                    ''--start'[Range start - date, ISO time, epoch ms or e.g. 7d (before --end).]:value: ' \
+                    ''--end'[Range end (exclusive) (default - now).]:value: ' \
+                    '(--interval -i)'{--interval,-i}'[Interval, e.g. 5m, 1h, 1d.]:value: ' \
+                    ''--by'[Group by symbol, exchange or coin (all venues of a coin).]:value:(symbol exchange coin)' \
+                    '(--exchange -e)'{--exchange,-e}'[binance, okx or bybit; repeat for several (default - every stored venue).]:value: ' \
+                    ''--top'[Groups named; the rest sum to (other); 0 = all.]:value: ' \
+                    ''--chart'[Also write a PNG - stacked long/short bars per interval, the price on top when k]:path:_files' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 map) _arguments \

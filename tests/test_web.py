@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
-from liqcli.analytics.windows import EventFilter
+from liqcli.analytics.windows import EventFilter, WindowAggregator
 from liqcli.core.events import Liquidation
 from liqcli.core.timeutil import now_ms
+from liqcli.render.dashboard import DashboardInfo
 from liqcli.render.web import WebDashboard, parse_client_filter
 from liqcli.services.watch import WatchConfig, WatchState
 from tests.fakes.ws_servers import FakeBinance, FakeBybit
@@ -141,6 +145,138 @@ async def test_websocket_pushes_live_updates_and_per_client_filters(dashboard) -
         assert doc["snapshot"]["overall"]["1m"]["count"] == 2
     await asyncio.sleep(0.1)
     assert not web._views  # closed connections released their views
+
+
+# -- a local dashboard: who may talk to it, and how much ------------------------------------------
+
+
+async def test_cross_origin_websocket_and_foreign_host_are_refused(dashboard) -> None:
+    """A page on another site must not read the feed (its WebSocket carries its Origin), and a
+    rebinding DNS name must not reach the data (its requests carry the foreign Host)."""
+    _, web, _ = dashboard
+    ws_url = web.url.replace("http://", "ws://") + "ws"
+    for origin in ("http://evil.example", f"http://evil.example:{web.port}", "null",
+                   f"http://127.0.0.1:{web.port + 1}", f"https://localhost:{web.port}.evil"):  # fmt: skip
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url, proxy=None, origin=origin):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 403, origin
+    for origin in (f"http://127.0.0.1:{web.port}", f"http://localhost:{web.port}", None):
+        async with connect(ws_url, proxy=None, origin=origin) as ws:  # type: ignore[arg-type]
+            assert (await recv_json(ws))["type"] == "snapshot"
+
+    async with httpx.AsyncClient(base_url=web.url, trust_env=False) as client:
+        for host in ("evil.example", f"evil.example:{web.port}", f"127.0.0.1:{web.port + 1}",
+                     f"localhost.evil.example:{web.port}", "", f"user@127.0.0.1:{web.port}"):  # fmt: skip
+            for path in ("/snapshot.json", "/", "/ws"):
+                reply = await client.get(path, headers={"Host": host})
+                assert reply.status_code == 403, (host, path)
+                assert "snapshot" not in reply.text
+        for host in (f"127.0.0.1:{web.port}", f"localhost:{web.port}", f"LOCALHOST:{web.port}"):
+            assert (await client.get("/snapshot.json", headers={"Host": host})).status_code == 200
+        page = await client.get("/")
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["x-content-type-options"] == "nosniff"
+    assert web.refused >= 5 * 3 + 5
+
+
+async def test_served_documents_leave_the_data_dir_out(tmp_path: Path) -> None:
+    secret = str(tmp_path / "very-private-data-dir")
+    state = WatchState(
+        WatchConfig(exchanges=["binance"], windows="1m", web=True),
+        info=DashboardInfo(exchanges=["binance"], started_ms=now_ms(), store=secret),
+        keep_history=True,
+    )
+    async with (
+        WebDashboard(state, host="127.0.0.1", port=0) as web,
+        httpx.AsyncClient(base_url=web.url, trust_env=False) as client,
+    ):
+        doc = (await client.get("/snapshot.json")).json()
+    assert doc["info"]["stored"] is True
+    assert "very-private" not in orjson.dumps(doc).decode()
+
+
+async def test_clients_and_views_are_capped(dashboard) -> None:
+    state, _, _ = dashboard
+    async with WebDashboard(state, host="127.0.0.1", port=0, max_clients=2, max_views=1) as web:
+        ws_url = web.url.replace("http://", "ws://") + "ws"
+        async with connect(ws_url, proxy=None) as a, connect(ws_url, proxy=None) as b:
+            await recv_json(a)
+            await recv_json(b)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(ws_url, proxy=None):
+                    pass
+            assert refused.value.response.status_code == 503
+            await a.send(b'{"type": "filter", "symbols": "BTCUSDT"}')
+            await recv_until(
+                a, lambda d: d.get("snapshot", {}).get("filter", {}).get("symbols") == ["BTCUSDT"]
+            )
+            await b.send(b'{"type": "filter", "symbols": "ETHUSDT"}')
+            error = await recv_until(b, lambda d: d["type"] == "error")
+            assert "too many filtered views (at most 1" in error["message"]
+            # The same view is shared, and a page may change its own (it frees one).
+            await b.send(b'{"type": "filter", "symbols": "BTCUSDT"}')
+            await recv_until(
+                b, lambda d: d.get("snapshot", {}).get("filter", {}).get("symbols") == ["BTCUSDT"]
+            )
+            await b.send(b'{"type": "filter", "symbols": ""}')
+            await recv_until(
+                b, lambda d: d.get("snapshot", {}).get("filter", {}).get("symbols") == []
+            )
+            await a.send(b'{"type": "filter", "symbols": "ETHUSDT"}')
+            doc = await recv_until(
+                a, lambda d: d.get("snapshot", {}).get("filter", {}).get("symbols") == ["ETHUSDT"]
+            )
+            assert doc["snapshot"]["overall"]["1m"]["count"] == 1
+        await asyncio.sleep(0.1)
+        assert len(state._views) == 0  # every view released
+
+
+async def test_a_filter_over_a_long_history_does_not_stall_the_event_loop(monkeypatch) -> None:
+    """The view's history is loaded in a worker thread: the loop keeps ingesting (and the view
+    gets what arrived meanwhile). Today's code loaded it on the loop: 0.35 s over 1M events."""
+    t = now_ms()
+    state = WatchState(WatchConfig(exchanges=["binance"], windows="1m,1h", web=True),
+                       keep_history=True)  # fmt: skip
+    for i in range(1_000):
+        state.ingest(liq("BTCUSDT", "long", 1_000.0, t - 1_000_000 + i))
+    loading, proceed = threading.Event(), threading.Event()
+    real_load = WindowAggregator.load_frame
+
+    def slow_load(self, frame):  # stands for the 0.35 s of a big history
+        loading.set()
+        proceed.wait(5)
+        return real_load(self, frame)
+
+    monkeypatch.setattr(WindowAggregator, "load_frame", slow_load)
+    async with (
+        WebDashboard(state, host="127.0.0.1", port=0, push_interval=0.05) as web,
+        connect(web.url.replace("http://", "ws://") + "ws", proxy=None) as ws,
+    ):
+        await recv_json(ws)
+        await ws.send(b'{"type": "filter", "symbols": "BTCUSDT", "min_usd": "500"}')
+        async with asyncio.timeout(5):
+            while not loading.is_set():
+                await asyncio.sleep(0.01)  # runs only if the loop is free during the load
+        state.ingest(liq("BTCUSDT", "short", 2_000.0, now_ms()))  # arrives mid-load
+        proceed.set()
+        doc = await recv_until(ws, lambda d: d["snapshot"]["filter"]["symbols"] == ["BTCUSDT"])
+    assert doc["snapshot"]["overall"]["1h"]["long_count"] == 1_000
+    assert doc["snapshot"]["overall"]["1h"]["short_count"] == 1  # the event from mid-load
+
+
+async def test_wildcard_address_warns_and_accepts_ip_hosts(caplog) -> None:
+    state = WatchState(WatchConfig(exchanges=["binance"], windows="1m"), keep_history=True)
+    with caplog.at_level(logging.WARNING, logger="liq.web"):
+        async with (
+            WebDashboard(state, host="0.0.0.0", port=0) as web,
+            httpx.AsyncClient(trust_env=False) as client,
+        ):
+            url = f"http://127.0.0.1:{web.port}/snapshot.json"
+            ok = await client.get(url, headers={"Host": f"192.0.2.7:{web.port}"})
+            bad = await client.get(url, headers={"Host": f"rebind.example:{web.port}"})
+    assert ok.status_code == 200 and bad.status_code == 403
+    assert any("reachable from other machines" in r.getMessage() for r in caplog.records)
 
 
 def test_parse_client_filter() -> None:

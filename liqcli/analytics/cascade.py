@@ -224,6 +224,8 @@ class LiquidationCascadeDetector:
         self._price_ts = -1
         self._close = [0.0] * _PRICE_SLOTS
         self._close_sec = [-1] * _PRICE_SLOTS
+        self._first_price: float | None = None  # the first trade: the 30-s move's reference
+        self._first_price_ts = -1  # until 30 s of prices are known
 
         # Level with hysteresis and the current cascade, if any.
         self._level = QUIET
@@ -263,6 +265,8 @@ class LiquidationCascadeDetector:
                         self._advance(ts)
                     else:
                         self._now = ts
+                if self._price is None:
+                    self._first_price, self._first_price_ts = event.price, ts
                 self._price = event.price
                 self._price_ts = ts
                 if self._active and self._start_price is None:
@@ -500,6 +504,18 @@ class LiquidationCascadeDetector:
         slot = sec % _PRICE_SLOTS
         return self._close[slot] if self._close_sec[slot] == sec else None
 
+    def _move_30s(self, now: int) -> tuple[float | None, float | None]:
+        """(% price change over the last 30 s, seconds it covers). Before 30 s of prices are
+        known (a run that just started) the change is since the first trade, and the span says
+        how far back that is: a 0.95 % drop in the first 4 s is a drop, not an unknown."""
+        price = self._price
+        move = _pct(price, self._price_as_of(now // 1000 - 30))
+        if move is not None:
+            return move, 30.0
+        if price is None or self._first_price_ts < 0 or now - self._first_price_ts >= 30_000:
+            return None, None
+        return _pct(price, self._first_price), round(max(now - self._first_price_ts, 0) / 1000, 3)
+
     def _signature(self, direction: str, move_30s: float | None, now: int) -> dict:
         """Which parts of the cascade signature are present (None: not known)."""
         longs = direction == LONG_LIQUIDATION
@@ -536,9 +552,8 @@ class LiquidationCascadeDetector:
         direction = LONG_LIQUIDATION if side_long >= side_short else SHORT_LIQUIDATION
         both = side_long + side_short
         share = max(side_long, side_short) / both if both else 0.5
-        now_sec = now // 1000
         price = self._price
-        move_30s = _pct(price, self._price_as_of(now_sec - 30))
+        move_30s, span_30s = self._move_30s(now)
         move = _pct(price, self._start_price) if active else None
         if not active:
             phase = "quiet"
@@ -567,6 +582,7 @@ class LiquidationCascadeDetector:
             "price": price,
             "price_change_pct": move,
             "price_change_30s_pct": move_30s,
+            "price_change_30s_span_s": span_30s,
             "recommended_action": action,
             "action_note": note,
             "confidence": round(min(confidence, 0.99), 2),

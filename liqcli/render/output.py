@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 from tabulate import tabulate
 
+from liqcli.render.safe import escape_control
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -48,6 +50,8 @@ def _plain(value: Any) -> Any:
 
 def _cell(value: Any, floatfmt: str | None) -> Any:
     """Table cell text: big amounts with thousands separators, small ratios with enough digits."""
+    if isinstance(value, str):
+        return escape_control(value)  # venue strings never send escape codes to the terminal
     if not isinstance(value, float) or value != value:  # non-floats and NaN unchanged
         return "" if value is None else value
     if floatfmt:

@@ -9,17 +9,33 @@ No web framework: the ``websockets`` server answers plain HTTP requests itself
                           ``push_interval`` seconds; the page sends
                           ``{"type": "filter", "symbols": "BTCUSDT,ETHUSDT", "min_usd": 10000}``
                           to get its own filtered view (``{"type": "error"}`` on bad input).
+
+It is a local dashboard, guarded as one:
+
+- every request's ``Host`` must name the bound address (127.0.0.1, localhost, [::1] or the
+  ``--host`` given) with the bound port, so a page on another site cannot reach it through DNS
+  rebinding; a browser's ``Origin``, when sent, must be such an address too, so another site's
+  page cannot open the WebSocket and read the feed (HTTP 403 otherwise). Bound to a wildcard
+  address (``--host 0.0.0.0``) any IP-literal Host is accepted and a warning is logged;
+- at most ``max_clients`` WebSockets (``MAX_CLIENTS``; HTTP 503 beyond) and ``max_views``
+  distinct filtered views (``MAX_VIEWS``; the page gets an error) at once, and one filter load at
+  a time: a view over a long history is built off the event loop when the source can
+  (``open_view_async``);
+- nothing served names local paths (the data dir stays out of ``info``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 from functools import cache
 from http import HTTPStatus
 from importlib.resources import files
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -35,11 +51,16 @@ log = logging.getLogger("liq.web")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+MAX_CLIENTS = 32  # WebSocket connections at once
+MAX_VIEWS = 8  # distinct filtered views at once (each is its own set of rolling windows)
 _MAX_CLIENT_MESSAGE = 4096
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 
 class DashboardSource(Protocol):
-    """What the web server needs from the watch pipeline."""
+    """What the web server needs from the watch pipeline (and, optionally,
+    ``async open_view_async(event_filter)``: the same as ``open_view`` without blocking)."""
 
     def payload(self, view: object | None) -> dict[str, Any]:
         """The JSON document for a view (None = the unfiltered one)."""
@@ -95,10 +116,31 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "no-referrer"),
             ("Connection", "close"),
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+def _refuse(status: HTTPStatus, why: str) -> Response:
+    return _response(status, f"{why}\n".encode(), "text/plain; charset=utf-8")
+
+
+def split_host(value: str, default_port: int) -> tuple[str, int] | None:
+    """``"127.0.0.1:8765"`` / ``"[::1]:8765"`` / ``"localhost"`` -> (lower-case name, port);
+    None when it is not a host[:port]."""
+    value = value.strip().lower()
+    try:
+        parts = urlsplit(f"//{value}")
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not name or parts.netloc != value or parts.username is not None:
+        return None
+    return name, default_port if port is None else port
 
 
 class WebDashboard:
@@ -111,14 +153,26 @@ class WebDashboard:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         push_interval: float = 1.0,
+        max_clients: int = MAX_CLIENTS,
+        max_views: int = MAX_VIEWS,
     ) -> None:
         self.source = source
         self.host = host
         self.port = port
         self.push_interval = push_interval
+        self.max_clients = max_clients
+        self.max_views = max_views
+        self.refused = 0  # requests refused (foreign Host or Origin, too many clients)
         self._server: Server | None = None
         self._pusher: asyncio.Task[None] | None = None
         self._views: dict[ServerConnection, object | None] = {}
+        self._requested: dict[ServerConnection, EventFilter] = {}  # each page's own filter
+        self._loading = asyncio.Semaphore(1)  # one view built at a time
+        self._names = set(_LOOPBACK_NAMES)
+        if host.strip("[]").lower() not in _WILDCARDS:
+            self._names.add(host.strip("[]").lower())
+        else:
+            self._names.add(socket.gethostname().lower())
 
     @property
     def url(self) -> str:
@@ -141,7 +195,45 @@ class WebDashboard:
             ) from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._pusher = asyncio.create_task(self._push_loop(), name="liq-web-push")
+        if self.wildcard:
+            log.warning(
+                "web dashboard listens on %s: reachable from other machines, with no "
+                "authentication and no TLS; use --host 127.0.0.1 unless that is what you want",
+                self.host or "every address",
+            )
         return self.url
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host.strip("[]").lower() in _WILDCARDS
+
+    def host_allowed(self, value: str | None, default_port: int | None = None) -> bool:
+        """Whether a Host header (or an Origin's host[:port]) names this server."""
+        if value is None:
+            return False
+        found = split_host(value, self.port if default_port is None else default_port)
+        if found is None:
+            return False
+        name, port = found
+        if port != self.port:
+            return False
+        if name in self._names:
+            return True
+        if self.wildcard:
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(name)
+                return True
+        return False
+
+    def origin_allowed(self, origin: str) -> bool:
+        """A browser page's Origin: one of this server's own addresses, over http(s)."""
+        try:
+            parts = urlsplit(origin.strip())
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or parts.path or parts.query:
+            return False
+        return self.host_allowed(parts.netloc, 443 if parts.scheme == "https" else 80)
 
     async def close(self) -> None:
         if self._pusher is not None:
@@ -167,7 +259,23 @@ class WebDashboard:
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        host = request.headers.get("Host")
+        if not self.host_allowed(host):
+            self.refused += 1
+            log.info("web dashboard: refused Host %r", host)
+            return _refuse(HTTPStatus.FORBIDDEN, "forbidden: unexpected Host header")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self.origin_allowed(origin):
+            self.refused += 1
+            log.info("web dashboard: refused Origin %r", origin)
+            return _refuse(HTTPStatus.FORBIDDEN, "forbidden: cross-origin request")
         if path == "/ws":
+            if len(self._views) >= self.max_clients:
+                self.refused += 1
+                return _refuse(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"too many dashboard clients (at most {self.max_clients})",
+                )
             return None  # continue with the WebSocket handshake
         if path in ("/", "/index.html"):
             return _response(HTTPStatus.OK, page_html(), "text/html; charset=utf-8")
@@ -182,21 +290,41 @@ class WebDashboard:
             async for raw in ws:
                 try:
                     event_filter = parse_client_filter(raw)
-                    new_view = None if event_filter is None else self.source.open_view(event_filter)
+                    new_view = None if event_filter is None else await self._open(ws, event_filter)
                 except UsageError as exc:
                     await ws.send(dumps({"type": "error", "message": str(exc)}).decode())
                     continue
                 old_view = self._views.get(ws)
                 self._views[ws] = new_view
+                if new_view is None:
+                    self._requested.pop(ws, None)
                 if old_view is not None:
                     self.source.close_view(old_view)
                 await ws.send(self._encode(new_view))
         except ConnectionClosed:
             pass
         finally:
+            self._requested.pop(ws, None)
             view = self._views.pop(ws, None)
             if view is not None:
                 self.source.close_view(view)
+
+    async def _open(self, ws: ServerConnection, event_filter: EventFilter) -> object:
+        """A view for the page, within the cap, built off the event loop when possible."""
+        held = [v for v in self._views.values() if v is not None]
+        own = self._views.get(ws)
+        frees_one = own is not None and held.count(own) == 1
+        shared = event_filter in {f for c, f in self._requested.items() if c is not ws}
+        if len(set(held)) >= self.max_views and not frees_one and not shared:
+            raise UsageError(
+                f"too many filtered views (at most {self.max_views} at once): "
+                "try again later or clear the filter"
+            )
+        opener = getattr(self.source, "open_view_async", None)
+        async with self._loading:
+            view = await opener(event_filter) if opener else self.source.open_view(event_filter)
+        self._requested[ws] = event_filter
+        return view
 
     def _encode(self, view: object | None) -> str:
         return dumps({"type": "snapshot", **self.source.payload(view)}).decode()

@@ -169,6 +169,7 @@ class WatchState:
         self._guard = FutureGuard(wall_clock=clock if getattr(clock, "live", True) else None)
         self._history = _History(self.windows[-1].ms) if keep_history else None
         self._views: dict[EventFilter, list] = {}  # filter -> [aggregator, refcount]
+        self._loading: dict[EventFilter, asyncio.Future[None]] = {}  # views being built
 
     def _aggregator(self, event_filter: EventFilter) -> WindowAggregator:
         return WindowAggregator(
@@ -257,6 +258,37 @@ class WatchState:
         entry[1] += 1
         return combined
 
+    async def open_view_async(self, event_filter: EventFilter) -> object:
+        """``open_view`` with the history loaded in a worker thread (Polars releases the GIL), so
+        a filter over a day of events does not stall the event loop. Events ingested meanwhile
+        are held by a stand-in view and added once the load is done."""
+        if self._history is None:
+            raise UsageError("filtered views need the web dashboard's history")
+        combined = self._combine(event_filter)
+        loading = self._loading.get(combined)
+        if loading is not None:
+            await asyncio.wait({loading})  # another page asked for the same view first
+            return await self.open_view_async(event_filter)
+        entry = self._views.get(combined)
+        if entry is None:
+            pending = _PendingView()
+            entry = self._views[combined] = [pending, 0]
+            loading = self._loading[combined] = asyncio.get_running_loop().create_future()
+            aggregator = self._aggregator(combined)
+            try:
+                await asyncio.to_thread(aggregator.load_frame, self._history.frame(self.clock()))
+            except BaseException:
+                del self._views[combined]
+                raise
+            finally:
+                del self._loading[combined]
+                loading.set_result(None)
+            for event in pending.events:
+                aggregator.add(event)
+            entry[0] = aggregator
+        entry[1] += 1
+        return combined
+
     def close_view(self, view: object) -> None:
         entry = self._views.get(view)  # type: ignore[call-overload]
         if entry is None:
@@ -288,7 +320,17 @@ class WatchState:
         )
 
 
-# -- replay ------------------------------------------------------------------------------------
+class _PendingView:
+    """Stands in for a web view while its history loads: keeps the events that arrive."""
+
+    def __init__(self) -> None:
+        self.events: list[Liquidation] = []
+
+    def add(self, event: Liquidation) -> None:
+        self.events.append(event)
+
+
+# -- replay ----------------------------------------------------------------------------
 
 
 def replay_frame(spec: str, *, data_dir: Path | None, config: WatchConfig) -> pl.LazyFrame:
