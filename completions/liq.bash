@@ -19,6 +19,7 @@ _liq() {
             ;;
         liquidations) opts="--start --end --interval -i --by --exchange -e --top --chart --format -f --quiet -q --help -h"
             case "$prev" in --by) COMPREPLY=($(compgen -W "symbol exchange coin" -- "$cur")); return;; esac
+            case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
             case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;

@@ -40,7 +40,7 @@ complete -c liq -n '__fish_seen_subcommand_from liquidations' -l start -x -d 'Ra
 complete -c liq -n '__fish_seen_subcommand_from liquidations' -l end -x -d 'Range end (exclusive) (default - now).'
 complete -c liq -n '__fish_seen_subcommand_from liquidations' -l interval -s i -x -d 'Interval, e.g. 5m, 1h, 1d.'
 complete -c liq -n '__fish_seen_subcommand_from liquidations' -l by -x -a 'symbol exchange coin' -d 'Group by symbol, exchange or coin (all venues of a coin).'
-complete -c liq -n '__fish_seen_subcommand_from liquidations' -l exchange -s e -x -d 'binance, okx or bybit; repeat for several (default - every stored venue).'
+complete -c liq -n '__fish_seen_subcommand_from liquidations' -l exchange -s e -x -a 'binance okx bybit' -d 'binance, okx or bybit; repeat for several (default - every stored venue).'
 complete -c liq -n '__fish_seen_subcommand_from liquidations' -l top -x -d 'Groups named; the rest sum to (other); 0 = all.'
 complete -c liq -n '__fish_seen_subcommand_from liquidations' -l chart -r -F -d 'Also write a PNG - stacked long/short bars per interval, the price on top when k'
 complete -c liq -n '__fish_seen_subcommand_from liquidations' -l format -s f -x -a 'table json csv' -d 'Output format - table for people, json (one document) or csv.'

@@ -57,7 +57,7 @@ _liq() {
                     ''--end'[Range end (exclusive) (default - now).]:value: ' \
                     '(--interval -i)'{--interval,-i}'[Interval, e.g. 5m, 1h, 1d.]:value: ' \
                     ''--by'[Group by symbol, exchange or coin (all venues of a coin).]:value:(symbol exchange coin)' \
-                    '(--exchange -e)'{--exchange,-e}'[binance, okx or bybit; repeat for several (default - every stored venue).]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[binance, okx or bybit; repeat for several (default - every stored venue).]:value:(binance okx bybit)' \
                     ''--top'[Groups named; the rest sum to (other); 0 = all.]:value: ' \
                     ''--chart'[Also write a PNG - stacked long/short bars per interval, the price on top when k]:path:_files' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
