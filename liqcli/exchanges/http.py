@@ -10,7 +10,8 @@
   5xx; writes only when the request provably never left (connect errors) or was refused by a
   rate limit, since a 5xx or a timeout leaves a write's outcome unknown;
 - every attempt has a total ``deadline`` (httpx's ``timeout`` is per read, so a server trickling
-  a byte at a time would never time out), and bodies over ``max_body_bytes`` are refused;
+  a byte at a time would never time out; an overrun is retried once, not ``max_retries`` times),
+  and bodies over ``max_body_bytes`` are refused;
 - venue error bodies become :class:`~liqcli.errors.ExchangeError` (or a subclass) through the
   venue's ``error_parser``, also on HTTP 200 (``{"code": -1121}``, with or without ``msg``);
   malformed JSON becomes :class:`~liqcli.errors.DataError` naming the endpoint;
@@ -183,9 +184,10 @@ class HttpStats:
 class _Retry(Exception):
     """One attempt failed in a way worth retrying; ``final`` is raised once retries run out."""
 
-    def __init__(self, final: LiqError, delay: float | None = None):
+    def __init__(self, final: LiqError, delay: float | None = None, *, overran: bool = False):
         self.final = final
         self.delay = delay  # None: use backoff
+        self.overran = overran  # the attempt hit its total deadline
 
 
 class VenueHttp:
@@ -200,7 +202,7 @@ class VenueHttp:
         error_parser: ErrorParser | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
         timeout: float = 10.0,
-        deadline: float = 60.0,
+        deadline: float = 30.0,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_retries: int = 5,
         backoff_s: float = 0.5,
@@ -273,12 +275,15 @@ class VenueHttp:
     ) -> Any:
         method = method.upper()
         params = dict(params or {})
-        failures = 0
+        failures = overruns = 0
         while True:
             try:
                 return await self._attempt(method, path, params, json, headers, cost)
             except _Retry as retry:
-                if failures >= self.max_retries:
+                overruns += retry.overran
+                # A server that trickles once likely trickles again: one more try, not five,
+                # so a cron job ends in about two deadlines instead of piling up.
+                if failures >= self.max_retries or overruns >= 2:
                     raise retry.final from None
                 failures += 1
                 self.stats.retries += 1
@@ -320,7 +325,7 @@ class VenueHttp:
                     )
                     error = NetworkError(f"{self.venue}: {method} {path} {limit}")
                     if read or isinstance(exc, httpx.ConnectTimeout):
-                        raise _Retry(error) from None
+                        raise _Retry(error, overran=isinstance(exc, TimeoutError)) from None
                     raise error from None
                 except httpx.TransportError as exc:
                     self.stats.transport_errors += 1

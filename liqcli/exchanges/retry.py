@@ -236,7 +236,7 @@ class RateLimitGate:
                 self.bans += 1
         what = "banned this IP" if status == 418 else "rate limit hit"
         if status == 418 and self.bans > self.bans_tolerated:
-            ban = f" for {retry_after_s:.0f}s" if retry_after_s is not None else ""
+            ban = f", Retry-After {retry_after_s:g}s" if retry_after_s is not None else ""
             self.stopped = RateLimitError(
                 self.venue,
                 f"banned again (HTTP 418{ban}) after waiting out a ban: no more requests to "
