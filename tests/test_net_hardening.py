@@ -55,3 +55,59 @@ async def test_fetch_against_a_trickling_server_ends(tmp_path):
     assert {r.status for r in results} == {"error"}
     assert all("deadline" in (r.error or "") for r in results)
     assert elapsed < 5
+
+
+async def test_overlap_copies_that_differ_per_connection_are_dropped_by_the_event_dedup(
+    monkeypatch,
+):
+    # Raw-frame dedup in the WebSocket client only catches identical copies. A venue that stamps
+    # each push per connection (Bybit's "ts") gets past it during a planned reconnect; the
+    # event-key dedup downstream (watch, cascade) must drop those copies.
+    from liqcli.exchanges.ws import WsTimings
+    from liqcli.services.streams import StreamOptions, liquidation_stream
+    from liqcli.services.watch import WatchConfig, WatchState
+    from tests.fakes.ws_servers import FakeBybit
+
+    topic, n = "allLiquidation.BTCUSDT", 120
+    t0 = 1_795_046_400_000
+
+    def push(seq: int) -> dict:
+        return {
+            "topic": topic,
+            "type": "snapshot",
+            "ts": t0 + seq,
+            "data": [{"T": t0 + seq, "s": "BTCUSDT", "S": "Buy", "v": "0.1", "p": "30000"}],
+        }
+
+    def stamped(conn_id: int, frame: dict) -> dict:
+        return {**frame, "ts": frame["ts"] + 1000 * conn_id}
+
+    timings = WsTimings(max_lifetime=0.15, backoff_initial=5.0, close_timeout=0.2)
+    async with FakeBybit() as server:
+        monkeypatch.setenv("LIQ_BYBIT_WS_URL", server.ws_url)
+        state = WatchState(WatchConfig(exchanges=["bybit"], symbols=["BTCUSDT"]), clock=lambda: t0)
+        async with liquidation_stream(
+            ["bybit"], ["BTCUSDT"], options=StreamOptions(timings=timings)
+        ) as stream:
+
+            async def consume() -> None:
+                async for event in stream:
+                    state.ingest(event)
+
+            consumer = asyncio.create_task(consume())
+            await server.wait_until(lambda: topic in {k for _, k in server.subscriptions})
+            for seq in range(n):
+                await server.publish(topic, push(seq), per_connection=stamped)
+                await asyncio.sleep(0.005)
+            await server.wait_until(
+                lambda: state.counters.received - state.counters.duplicates >= n
+            )
+            await asyncio.sleep(0.1)
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+            status = stream.statuses["bybit"]
+    assert server.connections >= 3 and status.gaps == 0
+    counters = state.counters
+    assert counters.received - counters.duplicates == n  # every event once
+    assert counters.duplicates > 0  # the overlap's copies did reach the event dedup
+    assert status.overlap_duplicates == 0  # no identical raw copies to catch at the socket

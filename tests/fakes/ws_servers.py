@@ -183,19 +183,26 @@ class FakeWsServer:
                 raise AssertionError(f"{self.venue} fake: condition not met within {timeout}s")
             await asyncio.sleep(0.005)
 
-    async def publish(self, key: str, *frames: Any) -> int:
+    async def publish(
+        self, key: str, *frames: Any, per_connection: Callable[[int, Any], Any] | None = None
+    ) -> int:
         """Send each frame to every live connection subscribed to ``key``; returns how many
-        connections got the last one."""
+        connections got the last one. ``per_connection(conn_id, frame)`` varies the frame per
+        connection (a venue stamping its push time per connection, say)."""
         reached = 0
         for frame in frames:
-            wrapped = self.wrap(key, frame)
-            text = wrapped if isinstance(wrapped, (str, bytes)) else orjson.dumps(wrapped).decode()
             reached = 0
             for conn in list(self._live.values()):
-                if key in conn.keys:
-                    with contextlib.suppress(ConnectionClosed):
-                        await conn.ws.send(text)
-                        reached += 1
+                if key not in conn.keys:
+                    continue
+                body = per_connection(conn.conn_id, frame) if per_connection else frame
+                wrapped = self.wrap(key, body)
+                text = (
+                    wrapped if isinstance(wrapped, (str, bytes)) else orjson.dumps(wrapped).decode()
+                )
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.ws.send(text)
+                    reached += 1
             self.sent += 1
         return reached
 
