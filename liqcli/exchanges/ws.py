@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import random
@@ -161,6 +162,7 @@ class _Connection:
     ws: ClientConnection
     opened_at: float
     last_frame: float
+    serial: int = 0  # tells the connections of an overlap apart
     close_reason: str | None = None
     got_data: bool = False
     planned: str | None = None  # why a successor is being prepared ("lifetime", "notice")
@@ -201,9 +203,10 @@ class ReconnectingWebSocket:
         self._iterator: AsyncIterator[Any] | None = None
         self._conn: _Connection | None = None
         self._handover: _Handover | None = None
-        # Raw data frames seen during a handover's overlap -> id() of the connection that
+        # Raw data frames seen during a handover's overlap -> serial of the connection that
         # delivered them; None outside an overlap (the hot loop then pays one check).
         self._overlap: dict[Any, int] | None = None
+        self._serials = itertools.count(1)
         self._overlap_until = math.inf
         self._stopping = False
         self._error_log_next = 0.0
@@ -455,11 +458,11 @@ class ReconnectingWebSocket:
         overlap = self._overlap
         assert overlap is not None
         origin = overlap.get(raw)
-        if origin is not None and origin != id(conn):
+        if origin is not None and origin != conn.serial:
             del overlap[raw]  # matched: a later identical frame is a new event again
             self.status.overlap_duplicates += 1
             return True
-        overlap[raw] = id(conn)
+        overlap[raw] = conn.serial
         if len(overlap) > OVERLAP_MAX_FRAMES:
             del overlap[next(iter(overlap))]
         if self._clock() > self._overlap_until:
@@ -502,7 +505,7 @@ class ReconnectingWebSocket:
             self.status.last_error = f"connect failed: {exc or type(exc).__name__}"
             return None
         now = self._clock()
-        conn = _Connection(ws=ws, opened_at=now, last_frame=now)
+        conn = _Connection(ws=ws, opened_at=now, last_frame=now, serial=next(self._serials))
         try:
             for frame in self.protocol.subscriptions:
                 await ws.send(frame)
