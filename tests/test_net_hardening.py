@@ -111,3 +111,61 @@ async def test_overlap_copies_that_differ_per_connection_are_dropped_by_the_even
     assert counters.received - counters.duplicates == n  # every event once
     assert counters.duplicates > 0  # the overlap's copies did reach the event dedup
     assert status.overlap_duplicates == 0  # no identical raw copies to catch at the socket
+
+
+def test_cli_cascade_leaves_no_exec_command_running_after_it_exits(tmp_path):
+    # Issue #13: an --exec command still running at shutdown survived liq (shell and child).
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    import orjson
+
+    from liqcli.core.events import Liquidation
+    from tests.test_alerts import process_alive
+
+    t0 = 1_767_225_600_000
+    session = tmp_path / "session.jsonl"
+    events = [
+        Liquidation("binance", "BTCUSDT", "long", 100.0, usd / 100.0, usd, t0 + i * 1000)
+        for i, usd in enumerate((70, 80, 250, 700))
+    ]
+    session.write_bytes(b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in events))
+    pid_file = tmp_path / "pid"
+    child = (
+        "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
+        "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)"
+    )
+    command = shlex.join([sys.executable, "-c", child, str(pid_file)]) + " | cat"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "liqcli",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "cascade",
+            "BTCUSDT",
+            "--replay",
+            str(session),
+            "--threshold-scale",
+            "0.0001",
+            "-f",
+            "jsonl",
+            "--exec",
+            command,
+            "--exec-timeout",
+            "60",
+        ],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert pid_file.exists(), done.stderr.decode()  # the command did start
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not process_alive(pid)
