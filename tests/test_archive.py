@@ -255,6 +255,7 @@ async def test_a_trickling_download_hits_the_total_deadline(server, tmp_path):
 
 async def test_a_second_ban_stops_every_download_of_the_venue(server, tmp_path):
     server.retry_after = None  # 418 without Retry-After: back off, probe once
+    server.fault_delay_s = 0.2
     paths = [f"data/d{i}.zip" for i in range(4)]
     for path in paths:
         server.add(path, b"z", checksum=False)
@@ -270,6 +271,7 @@ async def test_a_second_ban_stops_every_download_of_the_venue(server, tmp_path):
 
 async def test_after_a_418_one_download_probes_before_the_rest(server, tmp_path):
     server.retry_after = "0.2"
+    server.fault_delay_s = 0.2
     paths = [f"data/p{i}.zip" for i in range(4)]
     for path in paths:
         server.add(path, b"z" * 10, checksum=False)

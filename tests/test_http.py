@@ -295,6 +295,13 @@ def _gate(initial: float = 0.05) -> RateLimitGate:
     return RateLimitGate("binance", backoff=Backoff(initial, 1.0, rng=random.Random(3)))
 
 
+def _burst_latency(fast: float, first: int = 10, slow: float = 0.3):
+    """The first ``first`` answers are slow, so a burst is surely all in flight at once even on
+    a loaded machine; later ones take ``fast``."""
+    calls = itertools.count()
+    return lambda: slow if next(calls) < first else fast
+
+
 def _lone(times: list[float], latency: float) -> bool:
     """No two requests arrived closer together than the server's latency: one in flight."""
     return all(b - a >= latency * 0.9 for a, b in itertools.pairwise(times))
@@ -360,7 +367,7 @@ async def test_error_body_without_msg_on_http_200_reports_the_code():
 
 async def test_429_without_retry_after_backs_off_exponentially_one_probe_at_a_time():
     latency = 0.01
-    with FakeBinanceRest(latency_s=latency) as server:
+    with FakeBinanceRest(latency_s=_burst_latency(latency)) as server:
         # 10 concurrent requests are refused at once (in flight together), then 3 probes.
         server.inject("429", path=OI, count=13, omit_retry_after=True)
         async with binance_http(server.url, gate=_gate()) as http:
@@ -382,7 +389,7 @@ async def test_429_without_retry_after_backs_off_exponentially_one_probe_at_a_ti
 
 async def test_after_a_418_one_probe_then_everything_resumes():
     latency = 0.02
-    with FakeBinanceRest(latency_s=latency) as server:
+    with FakeBinanceRest(latency_s=_burst_latency(latency)) as server:
         server.inject("418", path=OI, count=10, retry_after=0.2)
         async with binance_http(server.url, gate=_gate()) as http:
             await asyncio.gather(*(http.get_json(OI, OI_PARAMS) for _ in range(10)))
@@ -397,7 +404,7 @@ async def test_after_a_418_one_probe_then_everything_resumes():
 
 @pytest.mark.parametrize("retry_after", [0.1, None])
 async def test_a_second_ban_stops_the_venue_for_the_run(retry_after):
-    with FakeBinanceRest(latency_s=0.01) as server:
+    with FakeBinanceRest(latency_s=_burst_latency(0.01)) as server:
         server.inject(
             "418", count=100, retry_after=retry_after, omit_retry_after=retry_after is None
         )

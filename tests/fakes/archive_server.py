@@ -101,6 +101,7 @@ class FakeArchiveServer:
         self._faults: dict[str, list[int]] = {}
         self._trickle: dict[str, float] = {}
         self.retry_after: str | None = "0"
+        self.fault_delay_s = 0.0  # faults answer this late (a burst is then surely concurrent)
         self.log: list[tuple[str, int, float]] = []
         self._lock = threading.Lock()
         server = self
@@ -119,6 +120,7 @@ class FakeArchiveServer:
                     trickle = server._trickle.get(path, 0.0) if status == 200 else 0.0
                 if status != 200:
                     body = b"<Error><Code>NoSuchKey</Code></Error>" if status == 404 else b"busy"
+                    time.sleep(server.fault_delay_s)
                 self.send_response(status)
                 if status in (429, 418) and server.retry_after is not None:
                     self.send_header("Retry-After", server.retry_after)
