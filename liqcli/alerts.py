@@ -1,8 +1,14 @@
 """Alert sinks for cascade alerts: webhook POST, ``--exec`` command, min-level filter.
 
 Detection must never wait on a sink: ``submit(alert)`` is synchronous and only puts the alert on
-a bounded queue (dropping the oldest, counted, when full); a worker task per sink delivers in
-order. Delivery failures are logged and counted, never raised into the detector.
+a bounded queue (dropping the oldest, counted, when full); a worker task per sink delivers them,
+starting in order. Delivery failures are logged and counted, never raised into the detector.
+
+A webhook delivers up to ``max_in_flight`` alerts at once, each attempt within ``timeout_s`` (a
+total deadline: a server trickling its answer cannot stretch it) and each alert within
+``deadline_s`` over all its attempts, so one stuck alert never holds back the newer ones (retries
+may then arrive after a newer alert: each carries its own ``ts``). An ``--exec`` command runs in
+its own process group, which is killed on timeout, on shutdown and at interpreter exit.
 
 Typical wiring::
 
@@ -16,6 +22,7 @@ Typical wiring::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -29,6 +36,7 @@ import orjson
 from liqcli import __version__
 from liqcli.analytics.cascade import level_index
 from liqcli.errors import UsageError
+from liqcli.exchanges.retry import Backoff, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +62,17 @@ class AlertSink(Protocol):
 
 
 class QueuedSink:
-    """A bounded queue and one worker delivering alerts in order; subclasses define ``deliver``."""
+    """A bounded queue and a worker starting deliveries in order, up to ``max_in_flight`` at
+    once; subclasses define ``deliver``."""
 
     name = "sink"
 
-    def __init__(self, *, queue_size: int = 1000) -> None:
+    def __init__(self, *, queue_size: int = 1000, max_in_flight: int = 1) -> None:
         if queue_size < 1:
             raise UsageError(f"{self.name} queue size must be at least 1, got {queue_size}")
+        if max_in_flight < 1:
+            raise UsageError(f"{self.name} needs max_in_flight >= 1, got {max_in_flight}")
+        self.max_in_flight = max_in_flight
         self._queue: asyncio.Queue[dict] = asyncio.Queue(queue_size)
         self._worker: asyncio.Task | None = None
         self.dropped = 0  # alerts discarded because the queue was full
@@ -103,23 +115,41 @@ class QueuedSink:
         raise NotImplementedError
 
     async def _work(self) -> None:
-        while True:
-            alert = await self._queue.get()
-            try:
-                ok = await self.deliver(alert)
-            except Exception:  # a sink bug must not kill the worker and silently stop alerts
-                log.exception("%s failed to deliver an alert", self.name)
-                ok = False
-            finally:
-                self._queue.task_done()
-            if ok:
-                self.delivered += 1
-            else:
-                self.failed += 1
+        if self.max_in_flight == 1:
+            while True:
+                await self._deliver_one(await self._queue.get())
+        slots = asyncio.Semaphore(self.max_in_flight)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                await slots.acquire()
+                alert = await self._queue.get()
+                task = asyncio.create_task(self._deliver_one(alert))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _deliver_one(self, alert: dict) -> None:
+        try:
+            ok = await self.deliver(alert)
+        except Exception:  # a sink bug must not kill the worker and silently stop alerts
+            log.exception("%s failed to deliver an alert", self.name)
+            ok = False
+        finally:
+            self._queue.task_done()
+        if ok:
+            self.delivered += 1
+        else:
+            self.failed += 1
 
 
 class WebhookSink(QueuedSink):
-    """POSTs each alert as JSON; retries network errors, 5xx, 408 and 429 with backoff."""
+    """POSTs each alert as JSON; retries network errors, 5xx, 408 and 429 with backoff (doubling
+    from ``backoff_s``, or the server's ``Retry-After``) within the alert's ``deadline_s``."""
 
     name = "webhook"
 
@@ -129,25 +159,34 @@ class WebhookSink(QueuedSink):
         *,
         queue_size: int = 1000,
         timeout_s: float = 5.0,
+        deadline_s: float = 30.0,
         max_attempts: int = 4,
+        max_in_flight: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"invalid webhook URL {url!r}: must start with http:// or https://")
-        if max_attempts < 1 or timeout_s <= 0 or backoff_s < 0:
-            raise UsageError("webhook needs max_attempts >= 1, timeout > 0 and backoff >= 0")
-        super().__init__(queue_size=queue_size)
+        if max_attempts < 1 or timeout_s <= 0 or backoff_s < 0 or deadline_s <= 0:
+            raise UsageError(
+                "webhook needs max_attempts >= 1, timeout > 0, deadline > 0 and backoff >= 0"
+            )
+        super().__init__(queue_size=queue_size, max_in_flight=max_in_flight)
         self.url = url
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
+        # One receiver, not a fleet: no jitter, so the delays are what the docs say.
+        self.backoff = Backoff(backoff_s, max_backoff_s, jitter=0.0)
         self.max_backoff_s = max_backoff_s
         self.retries = 0
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout_s)
         self._sleep = sleep
+        self._clock = clock
 
     async def aclose(self, drain_timeout_s: float = 5.0) -> None:
         await super().aclose(drain_timeout_s)
@@ -157,10 +196,17 @@ class WebhookSink(QueuedSink):
     async def deliver(self, alert: dict) -> bool:
         body = alert_json(alert)
         headers = {"content-type": "application/json", "user-agent": f"liq/{__version__}"}
+        clock = self._clock or asyncio.get_running_loop().time
+        give_up_at = clock() + self.deadline_s
         for attempt in range(1, self.max_attempts + 1):
-            wait = self.backoff_s * 2 ** (attempt - 1)
+            wait = self.backoff.delay(attempt - 1)
+            # httpx's timeout is per read: only a total one ends a trickled answer.
+            budget = min(self.timeout_s, give_up_at - clock())
             try:
-                response = await self._client.post(self.url, content=body, headers=headers)
+                async with asyncio.timeout(budget):
+                    response = await self._client.post(self.url, content=body, headers=headers)
+            except TimeoutError:
+                reason = f"no answer within {budget:.3g}s"
             except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
             else:
@@ -170,33 +216,32 @@ class WebhookSink(QueuedSink):
                 if response.status_code < 500 and response.status_code not in _RETRY_STATUSES:
                     log.warning("webhook %s rejected an alert: %s", self.url, reason)
                     return False
-                wait = _retry_after(response) or wait
-            if attempt == self.max_attempts:
+                asked = retry_after(response.headers)
+                wait = asked if asked is not None else wait
+            wait = min(wait, self.max_backoff_s)
+            out_of_time = clock() + wait >= give_up_at
+            if attempt == self.max_attempts or out_of_time:
                 log.warning(
-                    "webhook %s: gave up on an alert after %d attempts (%s)",
+                    "webhook %s: gave up on an alert after %d attempts%s (%s)",
                     self.url,
                     attempt,
+                    f" and {self.deadline_s:g}s" if out_of_time else "",
                     reason,
                 )
                 return False
             self.retries += 1
-            await self._sleep(min(wait, self.max_backoff_s))
+            await self._sleep(wait)
         return False
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None
 
 
 class ExecSink(QueuedSink):
     """Runs ``command`` through the shell once per alert with the alert JSON on stdin.
 
     The command also gets ``LIQ_ALERT_TYPE``, ``LIQ_ALERT_SYMBOL`` and ``LIQ_ALERT_LEVEL`` in its
-    environment. It runs in its own process group so a timeout kills its children too. Its
-    output is captured (stdout must stay clean for ``--format jsonl``) and logged at debug.
+    environment. It runs in its own process group so a timeout kills its children too, and so
+    does shutdown: a command still running when the sink closes (or the task delivering it is
+    cancelled, or the interpreter exits) is killed with its whole group. Its output is captured
+    (stdout must stay clean for ``--format jsonl``) and logged at debug.
     """
 
     name = "exec"
@@ -230,14 +275,24 @@ class ExecSink(QueuedSink):
         except OSError as exc:
             log.warning("exec %r could not start: %s", self.command, exc)
             return False
+        _RUNNING.add(proc.pid)
         try:
             out, err = await asyncio.wait_for(proc.communicate(alert_json(alert)), self.timeout_s)
         except TimeoutError:
-            _kill_group(proc)
+            _kill_group(proc.pid)
             await proc.wait()
             self.timed_out += 1
             log.warning("exec %r timed out after %gs and was killed", self.command, self.timeout_s)
             return False
+        except BaseException:
+            # Shutdown (cancellation) or Ctrl-C: never leave the command or its children behind.
+            _kill_group(proc.pid)
+            log.warning("exec %r was still running at shutdown and was killed", self.command)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(proc.wait(), 2.0)  # reap it while the loop still runs
+            raise
+        finally:
+            _RUNNING.discard(proc.pid)
         if out or err:
             log.debug("exec %r output: %s", self.command, (out + err).decode(errors="replace"))
         if proc.returncode != 0:
@@ -247,12 +302,24 @@ class ExecSink(QueuedSink):
         return True
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
+# Process groups of --exec commands still running: killed at interpreter exit as a last resort
+# (a normal shutdown kills them through cancellation already).
+_RUNNING: set[int] = set()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         if hasattr(os, "killpg"):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
         else:
-            proc.kill()
+            os.kill(pgid, signal.SIGTERM)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for pgid in list(_RUNNING):
+        _kill_group(pgid)
+    _RUNNING.clear()
 
 
 class AlertRouter:

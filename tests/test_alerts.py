@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -29,11 +31,21 @@ def alert(level: str = "SIGNIFICANT", kind: str = "cascade_level", **extra) -> d
 
 class FakeWebhook:
     """A minimal HTTP/1.1 server: answers each POST with the next scripted status (then 200);
-    ``hang=True`` holds every request until ``release`` is set."""
+    ``hang=True`` holds every request until ``release`` is set, ``hang_first=n`` only the first
+    n; ``trickle_s`` sends the answer's body a byte at a time, that far apart."""
 
-    def __init__(self, statuses: tuple[int, ...] = (), *, hang: bool = False) -> None:
+    def __init__(
+        self,
+        statuses: tuple[int, ...] = (),
+        *,
+        hang: bool = False,
+        hang_first: int = 0,
+        trickle_s: float = 0.0,
+    ) -> None:
         self.statuses = list(statuses)
         self.hang = hang
+        self.hang_first = hang_first
+        self.trickle_s = trickle_s
         self.release = asyncio.Event()
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.accepted: list[dict] = []
@@ -69,14 +81,20 @@ class FakeWebhook:
                 async with self.arrived:
                     self.requests.append((request_line.decode().strip(), headers, body))
                     self.arrived.notify_all()
-                if self.hang:
+                if self.hang or len(self.requests) <= self.hang_first:
                     await self.release.wait()
                 status = self.statuses.pop(0) if self.statuses else 200
+                extra = "Retry-After: 0.05\r\n" if status == 429 else ""
+                answer = b"ok" * 50 if self.trickle_s else b""
+                head = f"HTTP/1.1 {status} X\r\n{extra}Content-Length: {len(answer)}\r\n\r\n"
+                writer.write(head.encode())
+                for i in range(len(answer)):
+                    await writer.drain()
+                    await asyncio.sleep(self.trickle_s)
+                    writer.write(answer[i : i + 1])
+                await writer.drain()
                 if status < 300:
                     self.accepted.append(orjson.loads(body))
-                extra = "Retry-After: 0.05\r\n" if status == 429 else ""
-                writer.write(f"HTTP/1.1 {status} X\r\n{extra}Content-Length: 0\r\n\r\n".encode())
-                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -86,11 +104,22 @@ class FakeWebhook:
 class RecordingSleep:
     """Backoff delays are recorded, not slept, so retry tests take no wall-clock time."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.delays: list[float] = []
+        self.clock = clock
 
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
+        if self.clock is not None:
+            self.clock.now += seconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 # ---- webhook --------------------------------------------------------------------------------
@@ -126,7 +155,8 @@ async def test_webhook_retries_failures_with_backoff_then_succeeds():
 async def test_webhook_gives_up_after_max_attempts_and_keeps_going(caplog):
     sleep = RecordingSleep()
     async with FakeWebhook((502, 502, 502)) as hook:
-        sink = WebhookSink(hook.url, max_attempts=3, sleep=sleep)
+        # One at a time: the scripted 502s all go to the first alert.
+        sink = WebhookSink(hook.url, max_attempts=3, max_in_flight=1, sleep=sleep)
         await sink.start()
         sink.submit(alert("MAJOR"))
         sink.submit(alert("EXTREME"))
@@ -159,7 +189,7 @@ async def test_webhook_connection_refused_is_logged_not_raised(caplog):
 
 async def test_hung_webhook_does_not_block_detection():
     async with FakeWebhook(hang=True) as hook:
-        sink = WebhookSink(hook.url, queue_size=3, timeout_s=30)
+        sink = WebhookSink(hook.url, queue_size=3, timeout_s=30, max_in_flight=1)
         router = AlertRouter([sink])
         await router.start()
         detector = LiquidationCascadeDetector("BTCUSDT", router, clock=lambda: T0)
@@ -190,13 +220,63 @@ async def test_hung_webhook_does_not_block_detection():
 
 async def test_hung_webhook_times_out_and_close_does_not_wait_forever():
     async with FakeWebhook(hang=True) as hook:
-        sink = WebhookSink(hook.url, timeout_s=0.1, max_attempts=2, sleep=RecordingSleep())
+        sink = WebhookSink(
+            hook.url, timeout_s=0.1, max_attempts=2, max_in_flight=1, sleep=RecordingSleep()
+        )
         await sink.start()
         sink.submit(alert())
         sink.submit(alert())
         await hook.wait_for_requests(2)  # the first attempt timed out and was retried
         await sink.aclose(drain_timeout_s=0.05)
     assert sink.retries >= 1 and sink.delivered == 0
+
+
+async def test_a_stuck_alert_does_not_hold_back_newer_ones():
+    # Issue #13: a hanging webhook delayed every later alert by 4 attempts x 5 s.
+    async with FakeWebhook(hang_first=1) as hook:
+        sink = WebhookSink(hook.url)  # default timeout 5 s, 4 attempts
+        await sink.start()
+        sink.submit(alert("SIGNIFICANT"))
+        await hook.wait_for_requests(1)
+        sink.submit(alert("MAJOR"))
+        async with asyncio.timeout(3.0):  # behind the stuck one it would take 4 x 5 s
+            while not hook.accepted:
+                await asyncio.sleep(0.005)
+        assert [a["level"] for a in hook.accepted] == ["MAJOR"]  # while the first still hangs
+        hook.release.set()
+        await sink.aclose()
+    assert sorted(a["level"] for a in hook.accepted) == ["MAJOR", "SIGNIFICANT"]
+
+
+async def test_a_trickling_webhook_hits_the_total_deadline(caplog):
+    # 100 bytes at 50 ms each: every read is quick, the answer takes 5 s.
+    async with FakeWebhook(trickle_s=0.05) as hook:
+        sink = WebhookSink(hook.url, timeout_s=0.2, max_attempts=2, backoff_s=0.01)
+        await sink.start()
+        started = asyncio.get_running_loop().time()
+        sink.submit(alert())
+        async with asyncio.timeout(2.0):
+            while sink.failed == 0:
+                await asyncio.sleep(0.01)
+        elapsed = asyncio.get_running_loop().time() - started
+        await sink.aclose(drain_timeout_s=0.1)
+    assert elapsed < 2.0 and len(hook.requests) == 2 and sink.delivered == 0  # was 10 s
+    assert "no answer within 0.2s" in caplog.text
+
+
+async def test_an_alert_gives_up_at_its_deadline_across_attempts(caplog):
+    clock = Clock()
+    sleep = RecordingSleep(clock)  # the recorded sleeps advance the injected clock
+    async with FakeWebhook((503,) * 10) as hook:
+        sink = WebhookSink(
+            hook.url, max_attempts=10, backoff_s=1.0, deadline_s=5.0, sleep=sleep, clock=clock
+        )
+        await sink.start()
+        sink.submit(alert())
+        await sink.aclose()
+    # 1 + 2 = 3 s slept; the next 4 s would pass the 5 s deadline: give up after 3 attempts.
+    assert sleep.delays == [1.0, 2.0] and len(hook.requests) == 3
+    assert "gave up on an alert after 3 attempts and 5s (HTTP 503)" in caplog.text
 
 
 def test_sink_arguments_are_validated():
@@ -268,6 +348,60 @@ async def test_exec_timeout_kills_the_command_and_its_children(tmp_path, caplog)
     async with asyncio.timeout(2):
         while process_alive(pid):
             await asyncio.sleep(0.01)
+
+
+async def _wait_for_pid(pid_file: Path) -> int:
+    async with asyncio.timeout(10):
+        while not pid_file.exists() or not pid_file.read_text():
+            await asyncio.sleep(0.01)
+    return int(pid_file.read_text())
+
+
+async def test_exec_still_running_at_shutdown_is_killed_with_its_children(tmp_path, caplog):
+    # Issue #13: the shell and its child both survived liq.
+    pid_file = tmp_path / "pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    sink = ExecSink(python_command(code, pid_file) + " | cat", timeout_s=60)
+    await sink.start()
+    sink.submit(alert("MAJOR"))
+    pid = await _wait_for_pid(pid_file)
+    await sink.aclose(drain_timeout_s=0.05)
+    assert "still running at shutdown and was killed" in caplog.text
+    async with asyncio.timeout(2):
+        while process_alive(pid):
+            await asyncio.sleep(0.01)
+
+
+def test_exec_children_are_gone_after_the_process_exits(tmp_path):
+    # A run that ends without closing its sinks (an exception, SystemExit): asyncio.run cancels
+    # the worker, which kills the group; atexit would catch anything left.
+    pid_file = tmp_path / "pid"
+    child = (  # the pid file appears whole (renamed into place), never empty
+        "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
+        "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)"
+    )
+    script = f"""
+import asyncio, sys, time
+from pathlib import Path
+from liqcli.alerts import ExecSink
+
+async def main():
+    sink = ExecSink({python_command(child, pid_file) + " | cat"!r}, timeout_s=60)
+    await sink.start()
+    sink.submit({{"type": "cascade_level", "symbol": "BTCUSDT", "level": "MAJOR"}})
+    while not Path({str(pid_file)!r}).exists():
+        await asyncio.sleep(0.01)
+    raise SystemExit(3)
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=30, capture_output=True)
+    assert done.returncode == 3, done.stderr.decode()
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not process_alive(pid)
 
 
 async def test_exec_missing_command_fails_cleanly(caplog):

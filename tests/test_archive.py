@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from liqcli.core.timeutil import parse_time
-from liqcli.errors import DataError, ExchangeError, NetworkError
+from liqcli.errors import DataError, ExchangeError, NetworkError, RateLimitError
 from liqcli.exchanges.archive import ArchiveClient, parse_checksum
 from liqcli.exchanges.binance.archive import (
     agg_trades_path,
@@ -21,6 +21,7 @@ from liqcli.exchanges.binance.archive import (
     read_metrics,
 )
 from liqcli.exchanges.bybit.archive import bybit_archive_client, download_trades, read_trades
+from liqcli.exchanges.retry import Backoff, RateLimitGate
 from tests.fakes.archive_server import FakeArchiveServer, binance_agg_csv, synthetic_trades
 
 DAY1, DAY2, DAY3 = date(2024, 3, 1), date(2024, 3, 2), date(2024, 3, 3)
@@ -233,3 +234,55 @@ async def test_bybit_download_and_read(server, tmp_path):
         "BTCUSDT2024-03-02.csv.gz",
         "BTCUSDT2024-03-02.trades.parquet",
     ]
+
+
+# ---------------------------------------------------------------------- hardening (issues #12, #13)
+
+
+def _fast_gate() -> RateLimitGate:
+    return RateLimitGate("binance", backoff=Backoff(0.02, 0.2))
+
+
+async def test_a_trickling_download_hits_the_total_deadline(server, tmp_path):
+    server.add("data/slow.zip", b"x" * 200, checksum=False)
+    server.trickle("data/slow.zip", 0.02)  # 4 s for the whole file, each read quick
+    async with _client(server, tmp_path, deadline=0.3, max_retries=1) as client:
+        with pytest.raises(NetworkError, match=r"longer than its 0\.3s deadline"):
+            await asyncio.wait_for(client.fetch("data/slow.zip"), 3)
+    assert server.hits["data/slow.zip"] == 2
+    assert not list((tmp_path / "_archive").rglob("slow.zip"))  # nothing torn left in place
+
+
+async def test_a_second_ban_stops_every_download_of_the_venue(server, tmp_path):
+    server.retry_after = None  # 418 without Retry-After: back off, probe once
+    server.fault_delay_s = 0.2
+    paths = [f"data/d{i}.zip" for i in range(4)]
+    for path in paths:
+        server.add(path, b"z", checksum=False)
+        server.fail(path, *[418] * 10)
+    async with _client(server, tmp_path, gate=_fast_gate()) as client:
+        with pytest.raises(RateLimitError, match="banned again"):
+            await client.fetch_many([(p, None) for p in paths])
+        with pytest.raises(RateLimitError, match="banned again"):
+            await client.fetch("data/other.zip")  # not even sent
+    # Four in flight together (one ban), one probe (the second): nothing after that.
+    assert sum(server.hits.values()) == 5
+
+
+async def test_after_a_418_one_download_probes_before_the_rest(server, tmp_path):
+    server.retry_after = "0.2"
+    server.fault_delay_s = 0.2
+    paths = [f"data/p{i}.zip" for i in range(4)]
+    for path in paths:
+        server.add(path, b"z" * 10, checksum=False)
+        server.fail(path, 418)
+        server.trickle(path, 0.005)  # each answer takes ~50 ms: overlapping requests would show
+    async with _client(server, tmp_path, gate=_fast_gate()) as client:
+        got = await client.fetch_many([(p, None) for p in paths])
+    assert all(p is not None for p in got)
+    statuses = [status for _, status, _ in server.log]
+    assert statuses == [418] * 4 + [200] * 4
+    first_ban = min(t for _, status, t in server.log if status == 418)
+    probe, *rest = sorted(t for _, status, t in server.log if status == 200)
+    assert probe - first_ban >= 0.2
+    assert min(rest) - probe >= 0.04  # the others waited for the probe's answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 
@@ -12,6 +13,7 @@ import pytest
 from liqcli.errors import DataError, NetworkError, RateLimitError, UnknownSymbolError
 from liqcli.exchanges.binance.rest import BinanceLimits, binance_http, fetch_page
 from liqcli.exchanges.http import RateBudget, VenueHttp
+from liqcli.exchanges.retry import Backoff, RateLimitGate
 from tests.fakes.binance_rest import FakeBinanceRest, FakeClock, Limits
 
 OI = "/futures/data/openInterestHist"
@@ -283,3 +285,137 @@ async def test_mock_transport_seam_error_body_on_http_200():
     ) as http:
         with pytest.raises(UnknownSymbolError, match="unknown symbol XYZUSDT"):
             await http.get_json("/fapi/v1/klines", {"symbol": "XYZUSDT"})
+
+
+# ---------------------------------------------------------------------- hardening (issues #12, #13)
+
+
+def _gate(initial: float = 0.05) -> RateLimitGate:
+    # Refusals without Retry-After back off from 50 ms here (1 s in production).
+    return RateLimitGate("binance", backoff=Backoff(initial, 1.0, rng=random.Random(3)))
+
+
+def _burst_latency(fast: float, first: int = 10, slow: float = 0.3):
+    """The first ``first`` answers are slow, so a burst is surely all in flight at once even on
+    a loaded machine; later ones take ``fast``."""
+    calls = itertools.count()
+    return lambda: slow if next(calls) < first else fast
+
+
+def _lone(times: list[float], latency: float) -> bool:
+    """No two requests arrived closer together than the server's latency: one in flight."""
+    return all(b - a >= latency * 0.9 for a, b in itertools.pairwise(times))
+
+
+async def test_a_trickling_server_hits_the_total_deadline():
+    # One byte every 50 ms: each read is quick, so only a total deadline ends the request.
+    with FakeBinanceRest() as server:
+        server.inject("trickle", path=OI, delay_s=0.05, count=5)
+        started = asyncio.get_running_loop().time()
+        async with binance_http(server.url, timeout=1.0, deadline=0.3, backoff_s=0.01) as http:
+            with pytest.raises(NetworkError, match=r"longer than its 0.3s deadline"):
+                await asyncio.wait_for(fetch_page(http, "open_interest", "BTCUSDT"), 5)
+        elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 3.0  # without the deadline: 10 s per attempt
+    # Retried once (not max_retries=5 times): a trickling server tends to keep trickling.
+    assert http.stats.requests == 2 and http.stats.timeouts == 2
+
+
+async def test_an_oversized_body_is_refused_with_a_clear_error():
+    with FakeBinanceRest() as server:
+        server.inject("huge", path=OI, size=5000)
+        async with binance_http(server.url, max_body_bytes=4096) as http:
+            with pytest.raises(DataError, match=r"answered more than .* MB.*refused"):
+                await fetch_page(http, "open_interest", "BTCUSDT")
+        assert len(server.requests) == 1  # not retried: the next answer would be as big
+
+
+async def test_an_endless_body_without_content_length_stops_at_the_cap():
+    async def endless():
+        while True:
+            yield b" " * 1024
+            await asyncio.sleep(0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    async with VenueHttp(
+        "binance",
+        "http://venue.invalid",
+        max_body_bytes=64 * 1024,
+        transport=httpx.MockTransport(handler),
+    ) as http:
+        with pytest.raises(DataError, match="answered more than"):
+            await asyncio.wait_for(http.get_json("/fapi/v1/klines"), 5)
+
+
+async def test_error_body_without_msg_on_http_200_reports_the_code():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"code": -1121})
+
+    async with binance_http("http://venue.invalid", transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(UnknownSymbolError, match=r"unknown symbol XYZUSDT.*-1121"):
+            await http.get_json("/fapi/v1/klines", {"symbol": "XYZUSDT"})
+
+    def other(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"code": -2015})
+
+    async with VenueHttp("okx", "http://venue.invalid", transport=httpx.MockTransport(other)) as h:
+        with pytest.raises(Exception, match=r"refused the request: no message \(code -2015\)"):
+            await h.get_json("/x")
+
+
+async def test_429_without_retry_after_backs_off_exponentially_one_probe_at_a_time():
+    latency = 0.01
+    with FakeBinanceRest(latency_s=_burst_latency(latency)) as server:
+        # 10 concurrent requests are refused at once (in flight together), then 3 probes.
+        server.inject("429", path=OI, count=13, omit_retry_after=True)
+        async with binance_http(server.url, gate=_gate()) as http:
+            results = await asyncio.gather(*(http.get_json(OI, OI_PARAMS) for _ in range(10)))
+    assert len(results) == 10
+    log = server.requests_to(OI)
+    assert [r.status for r in log[:10]] == [429] * 10
+    probes = log[10:14]
+    assert [r.status for r in probes] == [429, 429, 429, 200]
+    assert len(log) == 23  # 13 refusals, 10 answers: nothing sent beyond one probe at a time
+    # Gaps between the burst and each probe grow: >= 25, 50, 100, 200 ms (jitter halves at most).
+    times = [log[9].t] + [r.t for r in probes]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for n, gap in enumerate(gaps):
+        assert gap >= 0.025 * 2**n * 0.9, gaps
+    assert _lone(times, latency)
+    assert http.gate.refusals == 4  # the burst's ten refusals count as one
+
+
+async def test_after_a_418_one_probe_then_everything_resumes():
+    latency = 0.02
+    with FakeBinanceRest(latency_s=_burst_latency(latency)) as server:
+        server.inject("418", path=OI, count=10, retry_after=0.2)
+        async with binance_http(server.url, gate=_gate()) as http:
+            await asyncio.gather(*(http.get_json(OI, OI_PARAMS) for _ in range(10)))
+    log = server.requests_to(OI)
+    assert [r.status for r in log] == [418] * 10 + [200] * 10
+    probe, rest = log[10], log[11:]
+    assert probe.t - log[9].t >= 0.2
+    # The probe went alone: the others waited for its answer (issue #12 saw 10 at once).
+    assert min(r.t for r in rest) - probe.t >= latency * 0.9
+    assert http.gate.bans == 1 and http.gate.stopped is None
+
+
+@pytest.mark.parametrize("retry_after", [0.1, None])
+async def test_a_second_ban_stops_the_venue_for_the_run(retry_after):
+    with FakeBinanceRest(latency_s=_burst_latency(0.01)) as server:
+        server.inject(
+            "418", count=100, retry_after=retry_after, omit_retry_after=retry_after is None
+        )
+        async with binance_http(server.url, gate=_gate()) as http:
+            outcomes = await asyncio.gather(
+                *(http.get_json(OI, OI_PARAMS) for _ in range(10)), return_exceptions=True
+            )
+            assert all(isinstance(o, RateLimitError) for o in outcomes)
+            assert "banned again (HTTP 418" in str(outcomes[0])
+            assert "no more requests to binance in this run" in str(outcomes[0])
+            with pytest.raises(RateLimitError, match="banned again"):
+                await fetch_page(http, "funding", "ETHUSDT", limit=5)
+        # The burst of 10 (in flight together) and one probe; nothing after the second ban.
+        assert [r.status for r in server.requests] == [418] * 11

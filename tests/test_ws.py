@@ -4,6 +4,7 @@ delivery after a drop, garbage, staleness, pings, venue notices, lifetime, clean
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import Sequence
@@ -220,32 +221,134 @@ async def test_bybit_sends_op_ping_and_swallows_json_pong() -> None:
         assert pings and all(p == {"op": "ping"} for p in pings)
 
 
-async def test_okx_64008_notice_reconnects_at_once_without_losing_later_frames() -> None:
+async def publish_every(server, key: str, frames: Sequence[Any], interval: float):
+    """A venue's steady stream: each frame to every connection subscribed at that moment."""
+
+    async def run() -> None:
+        for frame in frames:
+            await server.publish(key, frame)
+            await asyncio.sleep(interval)
+
+    return asyncio.create_task(run())
+
+
+async def test_okx_64008_notice_switches_without_losing_or_repeating_frames() -> None:
     def push(i: int) -> dict[str, Any]:
         return {"arg": {"channel": "liquidation-orders", "instType": "SWAP"}, "data": [], "seq": i}
 
-    script = [push(0), push(1), okx_notice(), Pause(0.2), push(2), push(3)]
-    async with FakeOkx(by_subscription={"SWAP": script}) as server:
+    async with FakeOkx() as server:
         proto = okx.protocol(["SWAP"], base_url=server.ws_url)
         slow_backoff = WsTimings(backoff_initial=5.0, backoff_max=5.0, close_timeout=0.2)
         async with ReconnectingWebSocket(proto, timings=slow_backoff) as ws:
-            got = await collect(ws, 4, timeout=3.0)  # would time out if it backed off 5 s
-            assert [m["seq"] for m in got] == [0, 1, 2, 3]
+            sink: list[Any] = []
+            task = await run_in_background(ws, sink)
+            await server.wait_until(lambda: "SWAP" in {k for _, k in server.subscriptions})
+            await server.publish("SWAP", push(0), push(1))
+            await server.wait_until(lambda: len(sink) == 2)
+            await server.notify(okx_notice())
+            # The old connection keeps delivering while the new one opens (would back off 5 s
+            # if the notice were treated as a failure).
+            publisher = await publish_every(server, "SWAP", [push(i) for i in range(2, 40)], 0.005)
+            await server.wait_until(lambda: len(sink) == 40, timeout=3.0)
+            await publisher
+            await asyncio.sleep(0.05)  # nothing more may arrive
+            await stop(task)
+            assert [m["seq"] for m in sink] == list(range(40))
             assert server.connections == 2 and ws.status.reconnects == 1
+            assert ws.status.gaps == 0
 
 
-async def test_max_lifetime_reconnects_proactively_without_losing_frames() -> None:
-    frames: list[Any] = []
-    for i in range(12):
-        frames += [force_order(i), Pause(0.05)]
-    timings = WsTimings(max_lifetime=0.2, backoff_initial=5.0, close_timeout=0.2)
-    async with FakeBinance(by_subscription={"btcusdt@forceOrder": frames}) as server:
-        proto = binance.protocol(["btcusdt@forceOrder"], base_url=server.ws_url)
+@pytest.mark.parametrize("venue", ["binance", "bybit"])
+async def test_max_lifetime_make_before_break_loses_and_repeats_nothing(venue: str) -> None:
+    # Frames published every 5 ms to whichever connections are subscribed at that moment: a
+    # break-before-make reconnect leaves a window where no connection is, and loses frames.
+    timings = WsTimings(max_lifetime=0.15, backoff_initial=5.0, close_timeout=0.2)
+    n = 150
+    if venue == "binance":
+        server_cm, key = FakeBinance(), "btcusdt@forceOrder"
+        frames = [force_order(i) for i in range(n)]
+    else:
+        server_cm, key = FakeBybit(), TOPIC
+        frames = [bybit_push(i) for i in range(n)]
+    async with server_cm as server:
+        if venue == "binance":
+            proto = binance.protocol([key], base_url=server.ws_url)
+        else:
+            proto = bybit.protocol([key], base_url=server.ws_url)
         async with ReconnectingWebSocket(proto, timings=timings) as ws:
-            got = await collect(ws, 12, timeout=5.0)
-            assert [seq_of(m) for m in got] == list(range(12))
+            sink: list[Any] = []
+            task = await run_in_background(ws, sink)
+            await server.wait_until(lambda: key in {k for _, k in server.subscriptions})
+            publisher = await publish_every(server, key, frames, 0.005)
+            await publisher
+            await server.wait_until(lambda: len(sink) >= n)
+            await asyncio.sleep(0.05)
+            await stop(task)
+            assert [seq_of(m) for m in sink] == list(range(n))
             assert server.connections >= 3
-            assert ws.status.reconnects == server.connections - 1
+            # (the last successor may still be opening when the test stops)
+            assert server.connections - 2 <= ws.status.reconnects <= server.connections - 1
+            assert ws.status.gaps == 0
+            # The connections overlapped (both delivered) and the copies were dropped.
+            assert ws.status.overlap_duplicates > 0
+
+
+async def test_handover_on_a_quiet_stream_switches_after_the_timeout() -> None:
+    timings = WsTimings(
+        max_lifetime=0.1, handover_timeout=0.1, backoff_initial=5.0, close_timeout=0.2
+    )
+    key = "btcusdt@forceOrder"
+    async with FakeBinance() as server:
+        proto = binance.protocol([key], base_url=server.ws_url)
+        async with ReconnectingWebSocket(proto, timings=timings) as ws:
+            sink: list[Any] = []
+            task = await run_in_background(ws, sink)
+            await server.wait_until(lambda: server.connections >= 3)  # no data, still switching
+            assert len(server._live) <= 2  # old ones closed, not piling up
+            await server.publish(key, force_order(0), force_order(1))
+            await server.wait_until(lambda: len(sink) == 2)
+            await asyncio.sleep(0.05)
+            await stop(task)
+            assert [seq_of(m) for m in sink] == [0, 1] and ws.status.gaps == 0
+
+
+async def test_server_closing_after_each_frame_gets_a_growing_backoff() -> None:
+    # Issue #13: a server that closes right after sending data was reconnected every 0.5-1 s
+    # forever: delivering data is not enough to reset the backoff, staying up is.
+    timings = WsTimings(
+        backoff_initial=0.02, backoff_max=1.0, jitter=0.0, healthy_after=5.0, close_timeout=0.1
+    )
+    script: list[Any] = []
+    for i in range(6):
+        script += [bybit_push(i), DROP]
+    async with (
+        FakeBybit(by_subscription={TOPIC: script}) as server,
+        bybit_ws(server, timings) as ws,
+    ):
+        loop = asyncio.get_running_loop()
+        arrivals: list[float] = []
+        async for _ in ws:
+            arrivals.append(loop.time())
+            if len(arrivals) == 6:
+                break
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # 20, 40, 80, 160, 320 ms: doubling (reset after each frame it would stay at 20 ms).
+    for n, gap in enumerate(gaps):
+        assert gap >= 0.02 * 2**n * 0.9, gaps
+    assert ws.status.gaps == 5
+
+
+async def test_repeated_venue_error_acks_are_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    error = {"success": False, "ret_msg": "error:handler not found", "op": "subscribe"}
+    script = [error] * 50 + [bybit_push(0)]
+    async with FakeBybit(script=script) as server, bybit_ws(server) as ws:
+        with caplog.at_level(logging.DEBUG, logger="liq.ws"):
+            got = await collect(ws, 1)
+    assert got[0]["seq"] == 0 and ws.status.errors == 50
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "handler not found" in warnings[0].getMessage()
 
 
 async def test_venue_error_ack_is_counted_not_yielded() -> None:

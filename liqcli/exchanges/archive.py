@@ -19,9 +19,13 @@ Behaviour:
   mismatch raises DataError and caches nothing. A missing checksum file (404) downloads the data
   unverified with a warning.
 - 404 on the data file -> ``None`` and a warning (missing days are normal), never an exception.
-- Timeouts, connection errors and 5xx are retried with exponential backoff and jitter, 429/418
-  after their ``Retry-After``; what outlives the retries raises NetworkError / RateLimitError.
-  Other 4xx raise ExchangeError.
+- Timeouts, connection errors and 5xx are retried with exponential backoff and jitter
+  (:class:`~liqcli.exchanges.retry.Backoff`). 429/418 go through the venue's
+  :class:`~liqcli.exchanges.retry.RateLimitGate`: every download waits out ``Retry-After`` (else a
+  growing backoff), one probes, and a second 418 stops the venue. What outlives the retries raises
+  NetworkError / RateLimitError. Other 4xx raise ExchangeError.
+- Every attempt has a total ``deadline`` (httpx's ``timeout`` is per read: a server trickling a
+  byte at a time would otherwise never end).
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from liqcli.errors import DataError, ExchangeError, NetworkError, RateLimitError
+from liqcli.errors import DataError, ExchangeError, LiqError, NetworkError, RateLimitError
+from liqcli.exchanges.retry import Backoff, RateLimitGate, retry_after
 
 log = logging.getLogger("liq")
 
@@ -64,6 +70,14 @@ class _NotFound(Exception):
     pass
 
 
+class _Refused(Exception):
+    """HTTP 429/418: the venue's gate decides the wait."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.retry_after = retry_after(response.headers)
+
+
 class ArchiveClient:
     """Downloads archive files into a local cache; see the module docstring."""
 
@@ -74,18 +88,32 @@ class ArchiveClient:
         *,
         venue: str = "archive",
         timeout: float = 30.0,
+        deadline: float = 900.0,
         max_retries: int = 4,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
+        max_retry_after: float = 300.0,
         concurrency: int = 4,
         client: httpx.AsyncClient | None = None,
+        gate: RateLimitGate | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.cache_dir = Path(cache_dir)
         self.venue = venue
+        self.deadline = deadline
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self._backoff = Backoff(backoff, max_backoff, rng=rng or random.Random())
+        self._sleep = sleep
+        self.gate = gate or RateLimitGate(
+            venue,
+            max_wait_s=max_retry_after,
+            backoff=Backoff(max(backoff, 1.0), max(max_backoff, 1.0), rng=rng or random.Random()),
+            clock=clock,
+            sleep=sleep,
+        )
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), follow_redirects=True
@@ -194,40 +222,54 @@ class ArchiveClient:
         status = response.status_code
         if status == 404:
             raise _NotFound(path)
-        if status in (429, 418) or status >= 500:
+        if status in (429, 418):
+            raise _Refused(response)
+        if status >= 500:
             raise httpx.HTTPStatusError(
                 f"HTTP {status}", request=response.request, response=response
             )
         if status >= 400:
             raise ExchangeError(self.venue, f"HTTP {status} for {path}", status=status)
 
-    async def _retrying(self, attempt, path: str):
+    async def _retrying(self, attempt: Callable[[], Awaitable[object]], path: str):
         tries = 0
         while True:
-            try:
-                return await attempt()
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                response = getattr(exc, "response", None)
-                status = response.status_code if response is not None else None
-                if tries >= self.max_retries:
-                    if status in (429, 418):
-                        raise RateLimitError(
-                            self.venue,
-                            f"rate limited (HTTP {status}) fetching {path}",
-                            status=status,
-                        ) from None
+            async with self.gate.admit() as ticket:
+                try:
+                    async with asyncio.timeout(self.deadline):
+                        result = await attempt()
+                except _Refused as refused:
+                    # May raise RateLimitError: a second ban, or a pause longer than we wait.
+                    self.gate.refused(ticket, refused.status, refused.retry_after)
+                    what = "banned" if refused.status == 418 else "rate limited"
+                    final: LiqError = RateLimitError(
+                        self.venue,
+                        f"{what} (HTTP {refused.status}) fetching {path}",
+                        status=refused.status,
+                    )
+                    delay = 0.0  # the gate holds every download until the pause is over
+                except TimeoutError:
+                    final = NetworkError(
+                        f"{self.venue}: fetching {self._url(path)} took longer than its "
+                        f"{self.deadline:g}s deadline ({tries + 1} attempts)"
+                    )
+                    delay = self._backoff.delay(tries)
+                except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                    response = getattr(exc, "response", None)
+                    status = response.status_code if response is not None else None
                     what = f"HTTP {status}" if status else type(exc).__name__
-                    raise NetworkError(
+                    final = NetworkError(
                         f"{self.venue}: {what} fetching {self._url(path)} after {tries + 1} attempts"
-                    ) from None
-                tries += 1
-                self.retries += 1
-                await asyncio.sleep(self._delay(tries, response))
-
-    def _delay(self, tries: int, response: httpx.Response | None) -> float:
-        if response is not None and response.status_code in (429, 418):
-            retry_after = response.headers.get("Retry-After", "")
-            if retry_after.replace(".", "", 1).isdigit():
-                return min(float(retry_after), self.max_backoff)
-        base = min(self.backoff * 2 ** (tries - 1), self.max_backoff)
-        return base / 2 + random.uniform(0, base / 2)
+                    )
+                    delay = self._backoff.delay(tries)
+                except (_NotFound, LiqError):
+                    self.gate.succeeded(ticket)  # an answer, not a refusal
+                    raise
+                else:
+                    self.gate.succeeded(ticket)
+                    return result
+            if tries >= self.max_retries:
+                raise final
+            tries += 1
+            self.retries += 1
+            await self._sleep(delay)

@@ -3,14 +3,18 @@
 :class:`VenueHttp` wraps ``httpx.AsyncClient`` with what exchanges need:
 
 - client-side request budgets (:class:`RateBudget`) so normal use never draws a 429;
-- 429 and 418 honour ``Retry-After`` *venue-wide*: a ban pauses every request to that venue,
-  not just the one that was refused;
+- 429 and 418 go through the venue's :class:`~liqcli.exchanges.retry.RateLimitGate`: the pause is
+  *venue-wide* (``Retry-After``, else a backoff that grows with each refusal), then one request
+  probes at a time until one succeeds; a second 418 (ban) stops the venue for the run;
 - reads (GET) are retried with exponential backoff and jitter on timeouts, dropped connections and
   5xx; writes only when the request provably never left (connect errors) or was refused by a
   rate limit, since a 5xx or a timeout leaves a write's outcome unknown;
+- every attempt has a total ``deadline`` (httpx's ``timeout`` is per read, so a server trickling
+  a byte at a time would never time out; an overrun is retried once, not ``max_retries`` times),
+  and bodies over ``max_body_bytes`` are refused;
 - venue error bodies become :class:`~liqcli.errors.ExchangeError` (or a subclass) through the
-  venue's ``error_parser``; malformed JSON becomes :class:`~liqcli.errors.DataError` naming the
-  endpoint;
+  venue's ``error_parser``, also on HTTP 200 (``{"code": -1121}``, with or without ``msg``);
+  malformed JSON becomes :class:`~liqcli.errors.DataError` naming the endpoint;
 - an injectable clock, sleep and random source, so tests never wait for real.
 
 Budgets count a request from the moment it is reserved until it completes, and only then start
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections import Counter, deque
@@ -35,6 +38,7 @@ import httpx
 import orjson
 
 from liqcli.errors import DataError, ExchangeError, LiqError, NetworkError, RateLimitError
+from liqcli.exchanges.retry import Backoff, RateLimitGate, Ticket, retry_after
 
 log = logging.getLogger("liq.http")
 
@@ -44,6 +48,7 @@ Sleep = Callable[[float], Awaitable[None]]
 ErrorParser = Callable[[int, Any, str, Mapping[str, Any]], LiqError | None]
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_BODY_BYTES = 50 * 2**20  # no REST answer a venue sends is near this; a bigger one is an error
 
 
 class RateBudget:
@@ -179,9 +184,10 @@ class HttpStats:
 class _Retry(Exception):
     """One attempt failed in a way worth retrying; ``final`` is raised once retries run out."""
 
-    def __init__(self, final: LiqError, delay: float | None = None):
+    def __init__(self, final: LiqError, delay: float | None = None, *, overran: bool = False):
         self.final = final
         self.delay = delay  # None: use backoff
+        self.overran = overran  # the attempt hit its total deadline
 
 
 class VenueHttp:
@@ -196,6 +202,8 @@ class VenueHttp:
         error_parser: ErrorParser | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
         timeout: float = 10.0,
+        deadline: float = 30.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
         max_retries: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
@@ -206,6 +214,7 @@ class VenueHttp:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        gate: RateLimitGate | None = None,
     ) -> None:
         self.venue = venue
         self.base_url = base_url.rstrip("/")
@@ -213,15 +222,22 @@ class VenueHttp:
         self.error_parser = error_parser
         self.on_response = on_response
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_body_bytes = max_body_bytes
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.stats = HttpStats()
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng or random.Random()
-        self._blocked_until = 0.0  # venue-wide pause after a 429/418
+        self._retry_backoff = Backoff(backoff_s, max_backoff_s, rng=rng or random.Random())
+        # Venue-wide pause after a 429/418; refusals without Retry-After back off from 1 s.
+        self.gate = gate or RateLimitGate(
+            venue,
+            max_wait_s=max_retry_after_s,
+            backoff=Backoff(1.0, max(max_backoff_s, 1.0), rng=rng or random.Random()),
+            clock=clock,
+            sleep=sleep,
+        )
         self._slots = asyncio.Semaphore(max_concurrency)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -259,12 +275,15 @@ class VenueHttp:
     ) -> Any:
         method = method.upper()
         params = dict(params or {})
-        failures = 0
+        failures = overruns = 0
         while True:
             try:
                 return await self._attempt(method, path, params, json, headers, cost)
             except _Retry as retry:
-                if failures >= self.max_retries:
+                overruns += retry.overran
+                # A server that trickles once likely trickles again: one more try, not five,
+                # so a cron job ends in about two deadlines instead of piling up.
+                if failures >= self.max_retries or overruns >= 2:
                     raise retry.final from None
                 failures += 1
                 self.stats.retries += 1
@@ -275,21 +294,7 @@ class VenueHttp:
                 await self._sleep(delay)
 
     def _backoff(self, failures: int) -> float:
-        # Equal jitter: half the exponential step is fixed, half random, so clients spread out.
-        step = min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1))
-        return step / 2 + self._rng.uniform(0, step / 2)
-
-    async def _wait_unblocked(self) -> None:
-        while (remaining := self._blocked_until - self._clock()) > 0:
-            if remaining > self.max_retry_after_s:
-                # Sending anyway would only prolong a ban: fail without a request.
-                raise RateLimitError(
-                    self.venue,
-                    f"requests paused for another {remaining:.0f}s after a rate-limit answer; "
-                    f"longer than the {self.max_retry_after_s:g}s this command waits",
-                )
-            self.stats.rate_limit_wait_s += remaining
-            await self._sleep(remaining)
+        return self._retry_backoff.delay(failures - 1)
 
     async def _attempt(
         self,
@@ -305,20 +310,22 @@ class VenueHttp:
             for budget in self.budgets:
                 if budget.applies_to(path):
                     await budgets.enter_async_context(budget.hold(budget.cost_of(cost)))
-            async with self._slots:
-                await self._wait_unblocked()
+            async with self._slots, self.gate.admit() as ticket:
+                self.stats.rate_limit_wait_s = self.gate.waited_s
                 self.stats.requests += 1
                 try:
-                    response = await self._client.request(
-                        method, path, params=params, json=json, headers=headers
-                    )
-                except httpx.TimeoutException as exc:
+                    async with asyncio.timeout(self.deadline):
+                        response, body = await self._send(method, path, params, json, headers)
+                except (httpx.TimeoutException, TimeoutError) as exc:
                     self.stats.timeouts += 1
-                    error = NetworkError(
-                        f"{self.venue}: {method} {path} timed out after {self.timeout:g}s"
+                    limit = (
+                        f"timed out after {self.timeout:g}s"
+                        if isinstance(exc, httpx.TimeoutException)
+                        else f"took longer than its {self.deadline:g}s deadline"
                     )
+                    error = NetworkError(f"{self.venue}: {method} {path} {limit}")
                     if read or isinstance(exc, httpx.ConnectTimeout):
-                        raise _Retry(error) from None
+                        raise _Retry(error, overran=isinstance(exc, TimeoutError)) from None
                     raise error from None
                 except httpx.TransportError as exc:
                     self.stats.transport_errors += 1
@@ -328,47 +335,87 @@ class VenueHttp:
                     if read or isinstance(exc, httpx.ConnectError):
                         raise _Retry(error) from None
                     raise error from None
-        return self._handle(response, method, path, params, read)
+                self._refused_or_ok(response, ticket, path)
+        return self._handle(response, body, method, path, params, read)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        json: Any,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[httpx.Response, bytes]:
+        """One exchange, the body read in chunks so an oversized one is refused early."""
+        limit = self.max_body_bytes
+        async with self._client.stream(
+            method, path, params=params, json=json, headers=headers
+        ) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise self._too_large(method, path, int(declared))
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(method, path, size)
+                chunks.append(chunk)
+        return response, b"".join(chunks)
+
+    def _too_large(self, method: str, path: str, size: int) -> DataError:
+        return DataError(
+            f"{self.venue}: {method} {path} answered more than {self.max_body_bytes / 2**20:g} MB "
+            f"({size:,} bytes so far); refused (max_body_bytes)"
+        )
+
+    def _refused_or_ok(self, response: httpx.Response, ticket: Ticket, path: str) -> None:
+        """Tell the gate how the attempt went while still admitted: a probe's outcome must be
+        known before the next request may go."""
+        status = response.status_code
+        if status not in (429, 418):
+            self.gate.succeeded(ticket)
+            return
+        self.stats.status[status] += 1
+        if self.on_response is not None:
+            self.on_response(response)
+        what = "banned this IP" if status == 418 else "rate limit hit"
+        echo = ticket.epoch != self.gate.epoch  # in flight when an earlier refusal came
+        wait = self.gate.refused(ticket, status, retry_after(response.headers))  # may raise
+        log.log(
+            logging.INFO if echo else logging.WARNING,
+            "%s: %s (HTTP %d) on %s; pausing all requests %.1fs, then one at a time",
+            self.venue,
+            what,
+            status,
+            path,
+            wait,
+        )
+        # Refused requests were not executed, so even writes are safe to resend.
+        raise _Retry(
+            RateLimitError(self.venue, f"{what} (HTTP {status}) on {path}", status=status),
+            delay=0.0,
+        )
 
     def _handle(
-        self, response: httpx.Response, method: str, path: str, params: dict[str, Any], read: bool
+        self,
+        response: httpx.Response,
+        body: bytes,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        read: bool,
     ) -> Any:
         status = response.status_code
         self.stats.status[status] += 1
         if self.on_response is not None:
             self.on_response(response)
-        if status in (429, 418):
-            retry_after = _retry_after(response)
-            what = "banned this IP" if status == 418 else "rate limit hit"
-            if retry_after is not None and retry_after > self.max_retry_after_s:
-                self._blocked_until = max(self._blocked_until, self._clock() + retry_after)
-                raise RateLimitError(
-                    self.venue,
-                    f"{what} (HTTP {status}) on {path}; Retry-After {retry_after:g}s is longer "
-                    f"than the {self.max_retry_after_s:g}s this command waits",
-                    status=status,
-                )
-            wait = retry_after if retry_after is not None else self._backoff(1)
-            self._blocked_until = max(self._blocked_until, self._clock() + wait)
-            log.warning(
-                "%s: %s (HTTP %d) on %s; pausing all requests %.1fs",
-                self.venue,
-                what,
-                status,
-                path,
-                wait,
-            )
-            # Refused requests were not executed, so even writes are safe to resend.
-            raise _Retry(
-                RateLimitError(self.venue, f"{what} (HTTP {status}) on {path}", status=status),
-                delay=0.0,
-            )
-        payload, decode_error = _decode(response)
-        if status >= 400 or _is_error_body(payload):
+        payload, decode_error = _decode(body)
+        error_body = _is_error_body(payload)
+        if status >= 400 or error_body:
             error = self.error_parser(status, payload, path, params) if self.error_parser else None
             if status >= 500:
                 final = error or NetworkError(
-                    f"{self.venue}: HTTP {status} from {method} {path}: {_snippet(response)}"
+                    f"{self.venue}: HTTP {status} from {method} {path}: {_snippet(body)}"
                 )
                 if read:
                     raise _Retry(final)
@@ -379,9 +426,15 @@ class VenueHttp:
                 hint = " (blocked by the venue's firewall)" if status == 403 else ""
                 raise ExchangeError(
                     self.venue,
-                    f"HTTP {status}{hint} from {method} {path}: {_snippet(response)}",
+                    f"HTTP {status}{hint} from {method} {path}: {_snippet(body)}",
                     status=status,
                 )
+            raise ExchangeError(
+                self.venue,
+                f"{method} {path} refused the request: {payload.get('msg') or 'no message'}",
+                code=payload["code"],
+                status=status,
+            )
         if decode_error is not None:
             raise DataError(
                 f"{self.venue}: malformed JSON from {method} {path} (HTTP {status}): {decode_error}"
@@ -389,38 +442,23 @@ class VenueHttp:
         return payload
 
 
-def _decode(response: httpx.Response) -> tuple[Any, str | None]:
-    if not response.content:
+def _decode(body: bytes) -> tuple[Any, str | None]:
+    if not body:
         return None, "empty body"
     try:
-        return orjson.loads(response.content), None
+        return orjson.loads(body), None
     except orjson.JSONDecodeError as exc:
-        return None, f"{exc}; body starts {response.content[:60]!r}"
+        return None, f"{exc}; body starts {body[:60]!r}"
 
 
 def _is_error_body(payload: Any) -> bool:
-    # Some venues answer errors with HTTP 200 and a {"code": <negative>, "msg": ...} body.
-    return (
-        isinstance(payload, dict)
-        and "msg" in payload
-        and isinstance(payload.get("code"), int)
-        and payload["code"] < 0
-    )
+    # Some venues answer errors with HTTP 200 and a {"code": <negative>, "msg": ...} body; the
+    # message is sometimes missing ({"code": -1121}), the code is what tells.
+    return isinstance(payload, dict) and type(payload.get("code")) is int and payload["code"] < 0
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None  # the HTTP-date form: venues don't use it; fall back to backoff
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _snippet(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
+def _snippet(body: bytes) -> str:
+    text = body[:400].decode(errors="replace").strip().replace("\n", " ")
     return text[:200] or "(empty body)"
 
 

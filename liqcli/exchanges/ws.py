@@ -4,15 +4,23 @@ A venue describes its protocol once (:class:`WsProtocol`: URL, subscription fram
 which frames are control frames); :class:`ReconnectingWebSocket` turns it into an endless async
 iterator of decoded JSON messages that survives the network:
 
-- exponential backoff with jitter between failed attempts, reset once a connection delivers data;
+- exponential backoff with jitter between failed attempts (:class:`~liqcli.exchanges.retry.Backoff`),
+  reset only once a connection delivered data and stayed up ``healthy_after`` seconds (a server
+  that closes right after each frame is not reconnected at full speed forever);
 - subscriptions re-sent after every reconnect;
 - application pings (OKX text ``ping``, Bybit ``{"op":"ping"}``) or protocol pings (Binance), sent
   at least three times per stale timeout so a quiet but healthy connection never looks stale;
 - stale detection: no frame (data, control or pong) for ``stale_timeout`` seconds -> reconnect;
-- proactive reconnect after ``max_lifetime`` (Binance drops connections at 24 h) and on venue
-  notices (OKX 64008);
+- planned reconnects are make-before-break: after ``max_lifetime`` (Binance drops connections at
+  24 h) or a venue notice (OKX 64008) a new connection opens and subscribes while the old one keeps
+  delivering; the old one is closed once the new one delivered a data frame (or after
+  ``handover_timeout``), its already-received frames are still yielded, and data frames the two
+  connections both delivered during the overlap are yielded once (``status.overlap_duplicates``
+  counts the dropped copies; they are matched on the raw frame, so services' event-key dedup stays
+  the backstop for venues that batch differently per connection);
 - non-JSON frames other than the venue's pong are counted as garbage and skipped; control frames
-  (pongs, subscribe acks) are never yielded, error acks are counted and logged;
+  (pongs, subscribe acks) are never yielded, error acks are counted and logged (the first as a
+  warning, repeats at most once a minute with a count);
 - :class:`VenueStatus` (state, reconnects, garbage, gaps, last message time) for dashboards;
 - cancellation or ``aclose()`` closes the socket; nothing is left running.
 
@@ -31,7 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -46,8 +56,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from liqcli.core.timeutil import now_ms
 from liqcli.errors import UsageError
 from liqcli.exchanges.parsing import Refusals
+from liqcli.exchanges.retry import Backoff, exponential_delay
 
 log = logging.getLogger("liq.ws")
+
+ERROR_LOG_EVERY_S = 60.0  # repeated venue error acks: one warning per minute, with a count
+OVERLAP_MAX_FRAMES = 100_000  # raw frames remembered for a handover's dedup
 
 State = Literal["connecting", "connected", "down", "closed"]
 
@@ -92,6 +106,18 @@ class WsTimings:
     close_timeout: float = 2.0
     ping_interval: float | None = None  # overrides the protocol's cadence
     max_lifetime: float | None = None  # overrides the protocol's limit
+    healthy_after: float = 30.0  # up this long with data: the reconnect backoff starts over
+    handover_timeout: float = 10.0  # planned reconnect: longest wait for the new one's first data
+
+    def backoff(self, rng: random.Random | None = None) -> Backoff:
+        """A :class:`Backoff` with these delays (what ``_until_ok`` loops can use too)."""
+        return Backoff(
+            self.backoff_initial,
+            self.backoff_max,
+            factor=self.backoff_factor,
+            jitter=self.jitter,
+            rng=rng,
+        )
 
 
 @dataclass
@@ -108,6 +134,7 @@ class VenueStatus:
     malformed: int = 0  # events/frames the venue parser refused: sum of ``rejected``
     # Refused events per reason (liqcli.exchanges.parsing.REASONS), set by services.
     rejected: Refusals = field(default_factory=Refusals)
+    overlap_duplicates: int = 0  # frames both connections of a planned reconnect delivered
     messages: int = 0  # data frames delivered to the consumer
     events: int = 0  # normalised events produced from them (set by services)
     last_message_ms: int | None = None  # wall clock of the last frame of any kind
@@ -122,9 +149,15 @@ class VenueStatus:
 
 def backoff_delay(attempt: int, timings: WsTimings, rng: random.Random) -> float:
     """Delay before retry number ``attempt`` (0-based): exponential, capped, jittered downwards
-    so a fleet of clients does not reconnect in lockstep."""
-    base = min(timings.backoff_max, timings.backoff_initial * timings.backoff_factor**attempt)
-    return base * (1.0 - timings.jitter * rng.random())
+    so a fleet of clients does not reconnect in lockstep (``timings.backoff()`` counts for you)."""
+    return exponential_delay(
+        attempt,
+        initial=timings.backoff_initial,
+        maximum=timings.backoff_max,
+        factor=timings.backoff_factor,
+        jitter=timings.jitter,
+        rng=rng,
+    )
 
 
 @dataclass
@@ -134,9 +167,22 @@ class _Connection:
     ws: ClientConnection
     opened_at: float
     last_frame: float
+    serial: int = 0  # tells the connections of an overlap apart
     close_reason: str | None = None
     got_data: bool = False
+    planned: str | None = None  # why a successor is being prepared ("lifetime", "notice")
     pending_pongs: set[asyncio.Future[float]] = field(default_factory=set)
+
+
+@dataclass
+class _Handover:
+    """A planned reconnect in progress: the successor connection and what it delivered while
+    the old connection was still being read."""
+
+    old: _Connection
+    task: asyncio.Task[None] | None = None
+    conn: _Connection | None = None  # open and subscribed
+    buffer: list[tuple[Any, Any]] = field(default_factory=list)  # (raw, message) data frames
 
 
 class ReconnectingWebSocket:
@@ -158,9 +204,18 @@ class ReconnectingWebSocket:
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
+        self._backoff = self.timings.backoff(self._rng)
         self._iterator: AsyncIterator[Any] | None = None
         self._conn: _Connection | None = None
+        self._handover: _Handover | None = None
+        # Raw data frames seen during a handover's overlap -> serial of the connection that
+        # delivered them; None outside an overlap (the hot loop then pays one check).
+        self._overlap: dict[Any, int] | None = None
+        self._serials = itertools.count(1)
+        self._overlap_until = math.inf
         self._stopping = False
+        self._error_log_next = 0.0
+        self._errors_unlogged = 0
         interval = self.timings.ping_interval or protocol.ping_interval
         # Three pings per stale window: one lost pong must not look like a dead connection.
         self._ping_every = min(interval, self.timings.stale_timeout / 3)
@@ -184,45 +239,63 @@ class ReconnectingWebSocket:
         if iterator is None:
             self.status.state = "closed"
         elif getattr(iterator, "ag_running", False):
-            # Another task is inside the iterator: cut the socket; its loop sees _stopping.
+            # Another task is inside the iterator: cut the sockets; its loop sees _stopping.
+            handover = self._handover
+            if handover is not None and handover.conn is not None:
+                handover.conn.ws.transport.abort()
             if self._conn is not None:
                 self._conn.ws.transport.abort()
         else:
             await iterator.aclose()  # type: ignore[attr-defined]
 
     async def _run(self) -> AsyncIterator[Any]:
-        attempt = 0
+        backoff = self._backoff
         lost_at: float | None = None  # clock() when the last established connection ended
         status = self.status
         text_pong = self.protocol.text_pong
         classify = self.protocol.classify
         try:
             while not self._stopping:
-                status.state = "connecting"
-                conn = self._conn = await self._open()
-                if conn is None:
-                    status.state = "down"
-                    delay = backoff_delay(attempt, self.timings, self._rng)
-                    # The first failure in a row is worth a warning (jsonl users see nothing
-                    # else); the retries after it are routine.
-                    log.log(
-                        logging.WARNING if attempt == 0 else logging.INFO,
-                        "%s: %s; retrying in %.1fs",
-                        self.protocol.venue,
-                        status.last_error,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                    continue
-                if lost_at is not None:
+                handover = self._take_handover()
+                if handover is not None:
+                    conn, pending = handover.conn, handover.buffer
+                    assert conn is not None
                     status.reconnects += 1
-                    status.gap_ms += int((self._clock() - lost_at) * 1000)
+                else:
+                    pending = []
+                    status.state = "connecting"
+                    conn = await self._open()
+                    if conn is None:
+                        status.state = "down"
+                        delay = backoff.next()
+                        # The first failure in a row is worth a warning (jsonl users see nothing
+                        # else); the retries after it are routine.
+                        log.log(
+                            logging.WARNING if backoff.attempts == 1 else logging.INFO,
+                            "%s: %s; retrying in %.1fs",
+                            self.protocol.venue,
+                            status.last_error,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+                        continue
+                    if lost_at is not None:
+                        status.reconnects += 1
+                        status.gap_ms += int((self._clock() - lost_at) * 1000)
+                self._conn = conn
+                lost_at = None
                 status.state = "connected"
                 status.connected_since_ms = self._wall_clock()
                 status.last_error = None
                 keepalive = asyncio.create_task(self._keepalive(conn))
                 try:
+                    # What the new connection delivered while the old one was still read.
+                    for raw, message in pending:
+                        if self._overlap is not None and self._duplicate(raw, conn):
+                            continue
+                        conn.got_data = True
+                        status.messages += 1
+                        yield message
                     async for raw in conn.ws:
                         conn.last_frame = self._clock()
                         status.last_message_ms = self._wall_clock()
@@ -235,16 +308,16 @@ class ReconnectingWebSocket:
                             continue
                         kind = classify(message)
                         if kind is FrameKind.DATA:
+                            if self._overlap is not None and self._duplicate(raw, conn):
+                                continue
                             conn.got_data = True
                             status.messages += 1
                             yield message
                         elif kind is FrameKind.ERROR:
-                            status.errors += 1
-                            status.last_error = f"venue error: {_short(message)}"
-                            log.warning("%s: %s", self.protocol.venue, status.last_error)
+                            self._error_ack(message)
                         elif kind is FrameKind.RECONNECT:
-                            conn.close_reason = "notice"
-                            break
+                            # Keep reading: the old connection delivers until the new one does.
+                            self._plan_handover(conn, "notice")
                 except ConnectionClosed:
                     pass
                 finally:
@@ -257,32 +330,169 @@ class ReconnectingWebSocket:
                     self._conn = None
                 if self._stopping:
                     return
-                lost_at = self._clock()
-                status.gaps += 1
+                if conn.got_data and self._clock() - conn.opened_at >= self.timings.healthy_after:
+                    backoff.reset()
+                if conn.close_reason == "handover":
+                    log.info(
+                        "%s: planned reconnect (%s): switched to the new connection",
+                        self.protocol.venue,
+                        conn.planned,
+                    )
+                    continue
                 status.connected_since_ms = None
                 reason = conn.close_reason or _describe_close(conn.ws)
-                if conn.got_data:
-                    attempt = 0
-                # Planned reconnects are immediate; anything else backs off so a failing venue
-                # is not hammered (a notice on a connection that never delivered data too).
-                planned = conn.close_reason == "lifetime" or (
-                    conn.close_reason == "notice" and conn.got_data
-                )
-                log.log(
-                    logging.INFO if planned else logging.WARNING,
-                    "%s: connection ended (%s); reconnecting",
-                    self.protocol.venue,
-                    reason,
-                )
-                if planned:
+                if self._handover is not None and self._handover.conn is not None:
+                    # Lost while its successor was already subscribed: switch to it now.
+                    log.info(
+                        "%s: connection ended (%s) during a planned reconnect; switching",
+                        self.protocol.venue,
+                        reason,
+                    )
+                    self._handover.old.close_reason = "handover"
                     continue
+                await self._drop_handover()
+                lost_at = self._clock()
+                status.gaps += 1
+                log.warning("%s: connection ended (%s); reconnecting", self.protocol.venue, reason)
                 status.last_error = reason
                 status.state = "down"
-                await asyncio.sleep(backoff_delay(attempt, self.timings, self._rng))
-                attempt += 1
+                await asyncio.sleep(backoff.next())
         finally:
+            await self._drop_handover()
             status.state = "closed"
             status.connected_since_ms = None
+
+    # -- planned reconnects (make-before-break) ----------------------------------------------
+
+    def _plan_handover(self, conn: _Connection, why: str) -> None:
+        """Start opening a successor for ``conn``; ``conn`` keeps delivering meanwhile."""
+        if conn.planned is not None or self._handover is not None or self._stopping:
+            return
+        conn.planned = why
+        # A notice on a connection that never delivered data is not worth an instant
+        # reconnect (a venue repeating it must not be hammered): back off first.
+        delay = 0.0 if conn.got_data or why == "lifetime" else self._backoff.next()
+        handover = self._handover = _Handover(conn)
+        handover.task = asyncio.create_task(self._prepare(handover, delay))
+
+    async def _prepare(self, handover: _Handover, delay: float) -> None:
+        """Open and subscribe the successor, wait (bounded) for its first data frame, then
+        close the old connection so the reader drains it and switches."""
+        venue = self.protocol.venue
+        classify = self.protocol.classify
+        text_pong = self.protocol.text_pong
+        backoff = self.timings.backoff(self._rng)
+        if delay:
+            await asyncio.sleep(delay)
+        while not self._stopping:
+            # Record the old connection's frames from now on: a venue that subscribes by URL
+            # (Binance) sends to the new connection before connect() even returns.
+            if self._overlap is None:
+                self._overlap = {}
+            self._overlap_until = math.inf
+            new = await self._open()
+            if new is None:
+                retry = backoff.next()
+                log.info(
+                    "%s: planned reconnect: %s; retrying in %.1fs",
+                    venue,
+                    self.status.last_error,
+                    retry,
+                )
+                await asyncio.sleep(retry)
+                continue
+            handover.conn = new
+            give_up_at = self._clock() + self.timings.handover_timeout
+            try:
+                while (remaining := give_up_at - self._clock()) > 0:
+                    try:
+                        # Cancelling recv() loses nothing: the frame stays for the next read.
+                        raw = await asyncio.wait_for(new.ws.recv(), remaining)
+                    except TimeoutError:
+                        break
+                    new.last_frame = self._clock()
+                    if text_pong is not None and raw == text_pong:
+                        continue
+                    try:
+                        message = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        self.status.garbage += 1
+                        continue
+                    kind = classify(message)
+                    if kind is FrameKind.DATA:
+                        handover.buffer.append((raw, message))
+                        break
+                    if kind is FrameKind.ERROR:
+                        self._error_ack(message)
+            except ConnectionClosed:
+                log.info("%s: planned reconnect: the new connection closed; retrying", venue)
+                handover.conn, handover.buffer = None, []
+                await asyncio.sleep(backoff.next())
+                continue
+            break
+        handover.old.close_reason = "handover"
+        await handover.old.ws.close()
+
+    def _take_handover(self) -> _Handover | None:
+        """The successor to read next, if a handover got that far."""
+        handover = self._handover
+        if handover is None or handover.conn is None or handover.old.close_reason != "handover":
+            return None
+        self._handover = None
+        if handover.task is not None and not handover.task.done():
+            handover.task.cancel()  # still waiting for data or closing the old one: not needed
+        # The old connection's frames are all read: the new one's may still repeat them for a
+        # moment (it can lag behind), then the overlap is over.
+        self._overlap_until = self._clock() + self.timings.handover_timeout
+        return handover
+
+    async def _drop_handover(self) -> None:
+        handover, self._handover = self._handover, None
+        self._overlap = None
+        if handover is None:
+            return
+        if handover.task is not None:
+            handover.task.cancel()
+            await asyncio.gather(handover.task, return_exceptions=True)
+        if handover.conn is not None:
+            with contextlib.suppress(Exception):
+                await handover.conn.ws.close()
+
+    def _duplicate(self, raw: Any, conn: _Connection) -> bool:
+        """During an overlap: True for a data frame the other connection already delivered."""
+        overlap = self._overlap
+        assert overlap is not None
+        origin = overlap.get(raw)
+        if origin is not None and origin != conn.serial:
+            del overlap[raw]  # matched: a later identical frame is a new event again
+            self.status.overlap_duplicates += 1
+            return True
+        overlap[raw] = conn.serial
+        if len(overlap) > OVERLAP_MAX_FRAMES:
+            del overlap[next(iter(overlap))]
+        if self._clock() > self._overlap_until:
+            self._overlap = None
+        return False
+
+    def _error_ack(self, message: Any) -> None:
+        status = self.status
+        status.errors += 1
+        status.last_error = f"venue error: {_short(message)}"
+        now = self._clock()
+        if now < self._error_log_next:
+            self._errors_unlogged += 1
+            log.debug("%s: %s", self.protocol.venue, status.last_error)
+            return
+        more = (
+            f" ({self._errors_unlogged} more since the last report)"
+            if self._errors_unlogged
+            else ""
+        )
+        log.warning("%s: %s%s", self.protocol.venue, status.last_error, more)
+        self._errors_unlogged = 0
+        self._error_log_next = now + ERROR_LOG_EVERY_S
+
+    # -- one connection ----------------------------------------------------------------------
 
     async def _open(self) -> _Connection | None:
         """Connect and subscribe; None (with ``last_error`` set) when the attempt failed."""
@@ -300,7 +510,7 @@ class ReconnectingWebSocket:
             self.status.last_error = f"connect failed: {exc or type(exc).__name__}"
             return None
         now = self._clock()
-        conn = _Connection(ws=ws, opened_at=now, last_frame=now)
+        conn = _Connection(ws=ws, opened_at=now, last_frame=now, serial=next(self._serials))
         try:
             for frame in self.protocol.subscriptions:
                 await ws.send(frame)
@@ -311,7 +521,8 @@ class ReconnectingWebSocket:
         return conn
 
     async def _keepalive(self, conn: _Connection) -> None:
-        """Ping on schedule; abort a stale connection; close one past its maximum lifetime."""
+        """Ping on schedule; abort a stale connection; plan a successor for one reaching its
+        maximum lifetime."""
         next_ping = conn.opened_at + self._ping_every
         lifetime_end = conn.opened_at + self._max_lifetime if self._max_lifetime else None
         while True:
@@ -322,9 +533,8 @@ class ReconnectingWebSocket:
                 conn.ws.transport.abort()  # a dead peer would not answer a close handshake
                 return
             if lifetime_end is not None and now >= lifetime_end:
-                conn.close_reason = "lifetime"
-                await conn.ws.close()
-                return
+                self._plan_handover(conn, "lifetime")
+                lifetime_end = None
             if now >= next_ping:
                 try:
                     await self._ping(conn)

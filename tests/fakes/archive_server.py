@@ -3,8 +3,10 @@
 It serves files it builds from synthetic trades in the venues' real layouts: Binance daily
 aggTrades / metrics zips (with or without header, ms or µs timestamps) with their ``.CHECKSUM``
 siblings, and Bybit ``trading/{SYM}/{SYM}{day}.csv.gz``. Faults: unknown paths answer 404 (a
-missing day), a checksum can be corrupted, and ``fail(path, 503, 503)`` makes the next requests
-for a path answer those statuses before the file.
+missing day), a checksum can be corrupted, ``fail(path, 503, 503)`` makes the next requests
+for a path answer those statuses before the file (429/418 carry ``Retry-After: retry_after``, no
+header when it is None), and ``trickle(path, delay_s)`` sends that file a byte at a time. Every
+request is logged in ``log`` as ``(path, status, monotonic arrival time)``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import gzip
 import hashlib
 import io
 import threading
+import time
 import zipfile
 from collections import Counter
 from datetime import date
@@ -96,6 +99,10 @@ class FakeArchiveServer:
         self.files: dict[str, bytes] = {}
         self.hits: Counter[str] = Counter()
         self._faults: dict[str, list[int]] = {}
+        self._trickle: dict[str, float] = {}
+        self.retry_after: str | None = "0"
+        self.fault_delay_s = 0.0  # faults answer this late (a burst is then surely concurrent)
+        self.log: list[tuple[str, int, float]] = []
         self._lock = threading.Lock()
         server = self
 
@@ -107,16 +114,28 @@ class FakeArchiveServer:
                     queued = server._faults.get(path)
                     status = queued.pop(0) if queued else None
                     body = server.files.get(path)
-                if status is None:
-                    status = 200 if body is not None else 404
+                    if status is None:
+                        status = 200 if body is not None else 404
+                    server.log.append((path, status, time.monotonic()))
+                    trickle = server._trickle.get(path, 0.0) if status == 200 else 0.0
                 if status != 200:
                     body = b"<Error><Code>NoSuchKey</Code></Error>" if status == 404 else b"busy"
+                    time.sleep(server.fault_delay_s)
                 self.send_response(status)
-                if status in (429, 418):
-                    self.send_header("Retry-After", "0")
+                if status in (429, 418) and server.retry_after is not None:
+                    self.send_header("Retry-After", server.retry_after)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not trickle:
+                    self.wfile.write(body)
+                    return
+                try:
+                    for i in range(len(body)):
+                        time.sleep(trickle)
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                except OSError:
+                    return  # the client gave up
 
             def log_message(self, *args) -> None:
                 pass
@@ -144,6 +163,11 @@ class FakeArchiveServer:
         """The next requests for ``path`` answer these statuses, then the real file."""
         with self._lock:
             self._faults.setdefault(path, []).extend(statuses)
+
+    def trickle(self, path: str, delay_s: float) -> None:
+        """Serve ``path`` one byte every ``delay_s`` seconds (each read is quick, the whole not)."""
+        with self._lock:
+            self._trickle[path] = delay_s
 
     def add(
         self, path: str, content: bytes, *, checksum: bool = True, corrupt_checksum: bool = False

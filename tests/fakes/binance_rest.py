@@ -25,7 +25,9 @@ asked twice is identical. Behaviour follows Binance's documentation:
   answer. :meth:`Limits.scaled` shrinks the windows so tests run in seconds.
 
 Fault injection (:meth:`FakeBinanceRest.inject`): HTTP status (5xx), slow responses, malformed
-JSON, Binance error bodies, dropped connections, explicit 429/418. Every request is logged
+JSON, Binance error bodies, dropped connections, explicit 429/418 (``retry_after=None`` with
+``omit_retry_after=True``: no header at all), a body trickled a byte every ``delay_s`` ("trickle")
+and an oversized body ("huge", ``size`` bytes). Every request is logged
 (:attr:`FakeBinanceRest.requests`) for assertions. ``python -m tests.fakes.binance_rest`` runs it
 standalone (benchmarks); ``GET /_fake/stats`` then reports its counters.
 """
@@ -110,7 +112,7 @@ class Limits:
         return Limits(**{**self.__dict__, **values})
 
 
-FaultKind = Literal["status", "error", "malformed", "slow", "drop", "429", "418"]
+FaultKind = Literal["status", "error", "malformed", "slow", "drop", "429", "418", "trickle", "huge"]
 
 
 @dataclass
@@ -124,6 +126,8 @@ class Fault:
     delay_s: float = 0.0
     retry_after: float | None = None
     symbol: str | None = None  # only requests for this symbol
+    omit_retry_after: bool = False  # 429/418 without a Retry-After header
+    size: int = 0  # "huge": body bytes
 
     def matches(self, path: str, params: dict[str, str]) -> bool:
         if self.path is not None and not path.startswith(self.path):
@@ -158,6 +162,7 @@ class _Answer:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    trickle_s: float = 0.0  # > 0: the body leaves one byte at a time, this far apart
 
 
 class _BinanceError(Exception):
@@ -303,6 +308,8 @@ class FakeBinanceRest:
         delay_s: float = 0.0,
         retry_after: float | None = None,
         symbol: str | None = None,
+        omit_retry_after: bool = False,
+        size: int = 0,
     ) -> None:
         """Make the next ``count`` matching requests fail this way (faults apply in order).
 
@@ -310,7 +317,19 @@ class FakeBinanceRest:
         """
         if status is None:
             status = 400 if kind == "error" else 503
-        fault = Fault(kind, path, count, status, code, msg, delay_s, retry_after, symbol)
+        fault = Fault(
+            kind,
+            path,
+            count,
+            status,
+            code,
+            msg,
+            delay_s,
+            retry_after,
+            symbol,
+            omit_retry_after,
+            size,
+        )
         with self._lock:
             self._faults.append(fault)
 
@@ -342,7 +361,16 @@ class FakeBinanceRest:
                 answer = await self._answer(method, target)
                 if answer.drop:
                     return
-                writer.write(self._encode(answer))
+                encoded = self._encode(answer)
+                if answer.trickle_s > 0:
+                    head = len(encoded) - len(answer.body)
+                    writer.write(encoded[:head])
+                    for i in range(len(answer.body)):
+                        await writer.drain()
+                        await asyncio.sleep(answer.trickle_s)
+                        writer.write(answer.body[i : i + 1])
+                else:
+                    writer.write(encoded)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     return
@@ -430,9 +458,16 @@ class FakeBinanceRest:
             return _Answer(200, b'[{"buySellRatio":"1.2","buyVol":"3')
         if fault.kind == "drop":
             return _Answer(0, b"", drop=True)
+        if fault.kind == "trickle":
+            return _Answer(200, b"[" + b" " * 200 + b"]", trickle_s=fault.delay_s)
+        if fault.kind == "huge":
+            return _Answer(200, b"[" + b" " * max(fault.size - 2, 0) + b"]")
         status = int(fault.kind)
         retry_after = fault.retry_after if fault.retry_after is not None else 1.0
-        return self._limit_answer(status, retry_after)
+        answer = self._limit_answer(status, retry_after)
+        if fault.omit_retry_after:
+            del answer.headers["Retry-After"]
+        return answer
 
     # ------------------------------------------------------------------ rate limits
 

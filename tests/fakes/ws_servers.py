@@ -11,6 +11,11 @@ Each speaks its venue's protocol and plays a script::
   ``liquidation-orders`` subscription; Bybit: the topic). Cursors are shared across connections:
   after a drop, the next connection continues where the last one stopped, so a test can check
   that every frame arrives exactly once. ``push``/``push_to`` append steps while running.
+- ``publish(key, *frames)`` is what a real venue does instead: each frame goes to *every* live
+  connection subscribed to ``key`` at that moment (the same bytes to each), nothing to the ones
+  that are not (yet) subscribed: a reconnect that leaves no connection subscribed loses frames,
+  two overlapping connections both get them. ``notify(frame)`` sends a frame to every live
+  connection (e.g. ``okx_notice()``).
 - Steps: a dict/list (sent as JSON), a str/bytes (sent raw), or a fault: ``Drop()`` (connection
   lost without a close frame; ``Drop(abort=False)`` closes with 1001), ``Garbage(text)``,
   ``Silence(seconds)`` (nothing sent, nothing read, no pongs: a dead peer; ``None`` = forever),
@@ -177,6 +182,35 @@ class FakeWsServer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.venue} fake: condition not met within {timeout}s")
             await asyncio.sleep(0.005)
+
+    async def publish(
+        self, key: str, *frames: Any, per_connection: Callable[[int, Any], Any] | None = None
+    ) -> int:
+        """Send each frame to every live connection subscribed to ``key``; returns how many
+        connections got the last one. ``per_connection(conn_id, frame)`` varies the frame per
+        connection (a venue stamping its push time per connection, say)."""
+        reached = 0
+        for frame in frames:
+            reached = 0
+            for conn in list(self._live.values()):
+                if key not in conn.keys:
+                    continue
+                body = per_connection(conn.conn_id, frame) if per_connection else frame
+                wrapped = self.wrap(key, body)
+                text = (
+                    wrapped if isinstance(wrapped, (str, bytes)) else orjson.dumps(wrapped).decode()
+                )
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.ws.send(text)
+                    reached += 1
+            self.sent += 1
+        return reached
+
+    async def notify(self, frame: Any) -> None:
+        """Send ``frame`` to every live connection (a venue notice)."""
+        for conn in list(self._live.values()):
+            with contextlib.suppress(ConnectionClosed):
+                await self.send(conn, frame)
 
     async def drop_all(self) -> None:
         """Cut every live connection now (as a network failure would)."""
