@@ -276,7 +276,7 @@ def test_history_offline_stores_rows_and_draws_the_chart(tmp_path, recent):
     store_market(store, "SOLUSDT", recent, 700)
     store_liquidations(store, "SOLUSDT", recent - 690 * STEP, recent)
     start, end = recent - 300 * STEP, recent
-    chart = tmp_path / "out" / "sol.png"
+    chart = tmp_path / "sol.png"  # --chart FILE: the directory must exist
     result = invoke(
         tmp_path, "SOLUSDT", "--offline", "--history", "--start", str(start), "--end", str(end),
         "--chart", str(chart), "-f", "json",

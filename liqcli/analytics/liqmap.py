@@ -191,6 +191,7 @@ class LiqMap:
     col_t0: int  # heatmap first column start (ms)
     n_cols: int
     selected_usd: dict[str, float] = field(default_factory=dict)
+    skipped_rows: int = 0  # malformed input rows left out (missing fields, bad price)
 
     @property
     def tier_labels(self) -> list[str]:
@@ -217,6 +218,7 @@ class LiqMap:
             "end": iso_ms(self.last_ts),
             "trades": self.trades,
             "selected_trades": self.selected.height,
+            "skipped_rows": self.skipped_rows,
             "selected_usd": self.selected_usd,
             "active_usd": {
                 side: float(self.bins.filter(pl.col("side") == side)["amount_usd"].sum())
@@ -316,11 +318,20 @@ def _normalise(trades: pl.LazyFrame, spec: MapSpec) -> pl.LazyFrame:
         (pl.col("price").cast(pl.Float64) * pl.col("qty").cast(pl.Float64)).alias("amount"),
         (~pl.col("is_buyer_maker").cast(pl.Boolean)).alias("is_long"),
     )
+    # A row with a missing field (a file cut mid-line) or a non-positive price is bad: kept
+    # here flagged, so the bucket pass can count it, and filtered out of everything else.
+    valid = (
+        pl.all_horizontal(pl.col("t", "price", "amount", "is_long").is_not_null())
+        & (pl.col("price") > 0)
+        & (pl.col("amount") >= 0)
+    ).fill_null(False)
+    lf = lf.with_columns(valid.alias("valid"))
+    in_range = pl.lit(True)
     if spec.start_ms is not None:
-        lf = lf.filter(pl.col("t") >= spec.start_ms)
+        in_range &= pl.col("t") >= spec.start_ms
     if spec.end_ms is not None:
-        lf = lf.filter(pl.col("t") < spec.end_ms)
-    return lf.filter(pl.col("price") > 0)
+        in_range &= pl.col("t") < spec.end_ms
+    return lf.filter(~pl.col("valid") | in_range)
 
 
 _SELECTED_COLUMNS = ("t", "price", "amount", "is_long")
@@ -385,9 +396,10 @@ def _select_trades(
         buckets, hist = pl.collect_all([buckets_q, hist_q], engine=engine)
     else:
         buckets, hist = buckets_q.collect(engine=engine), hist_q.collect(engine=engine)
-    n_long = int(buckets["n_long"].sum())
+    good = buckets.filter(pl.col("sec").is_not_null())  # the null second holds bad rows
+    n_long = int(good["n_long"].sum())
     k_long = math.floor(n_long * threshold)
-    k_short = math.floor((int(buckets["n"].sum()) - n_long) * threshold)
+    k_short = math.floor((int(good["n"].sum()) - n_long) * threshold)
     if k_long < 1 and k_short < 1:
         return buckets, _empty_selected()
     floor_long, floor_short = (
@@ -420,9 +432,11 @@ def build_map(
     ``shared_scan``: one scan feeds the buckets and the selection (faster, for inputs small
     enough that its higher peak memory does not matter)."""
     spec = spec.resolved()
-    lf = _normalise(trades, spec)
+    flagged = _normalise(trades, spec)
+    lf = flagged.filter(pl.col("valid")).drop("valid")
+    # Bad rows fall in a null second of their own: counted there, then dropped.
     buckets_q = (
-        lf.group_by((pl.col("t") // BUCKET_MS).alias("sec"))
+        flagged.group_by(pl.when(pl.col("valid")).then(pl.col("t") // BUCKET_MS).alias("sec"))
         .agg(
             pl.col("price").min().alias("low"),
             pl.col("price").max().alias("high"),
@@ -435,8 +449,12 @@ def build_map(
         .sort("sec")
     )
     buckets, selected = _select_trades(lf, spec, buckets_q, engine, shared_scan)
+    bad = buckets.filter(pl.col("sec").is_null())
+    skipped = int(bad["n"].sum()) if bad.height else 0
+    buckets = buckets.filter(pl.col("sec").is_not_null())
     if buckets.height == 0:
-        raise LiqError(f"no trades for {symbol} in the requested range")
+        extra = f" ({skipped:,} malformed rows skipped)" if skipped else ""
+        raise LiqError(f"no trades for {symbol} in the requested range{extra}")
     # Venue files are time-ordered, so the last trade of the last second is the current price.
     current_ts, current_price = int(buckets["t_last"][-1]), float(buckets["close"][-1])
     first_ts = int(buckets["t_first"][0])
@@ -477,6 +495,7 @@ def build_map(
         first_ts=first_ts,
         last_ts=current_ts,
         trades=int(buckets["n"].sum()),
+        skipped_rows=skipped,
         bin_size=bin_size,
         bins=bins,
         levels=levels,

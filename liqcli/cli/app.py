@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 from liqcli import __version__
 from liqcli.cli.common import AppState, teardown_skippable
 from liqcli.core.config import default_data_dir, load_config
-from liqcli.errors import LiqError
+from liqcli.errors import LiqError, UsageError
 
 if TYPE_CHECKING:
     from typer._click import Command  # typer vendors click
@@ -52,6 +52,36 @@ class LiqGroup(TyperGroup):
             return super().invoke(ctx)
         except LiqError as exc:
             raise _fail(exc, exc.exit_code) from None
+        except OSError as exc:
+            # The last net under every command: a file or directory that cannot be read or
+            # written is a runtime failure named in one line, not a traceback.
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise _fail(LiqError(_os_error_text(exc)), 1) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith("polars"):
+                raise
+            # Polars' errors (a corrupt Parquet file, an unparseable CSV) carry hints after the
+            # first line; the first line names the problem.
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise _fail(LiqError(f"cannot read data: {text}"), 1) from None
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason
+
+
+def check_data_dir(path: Path) -> None:
+    """--data-dir must be a directory or a path that can become one: a plain file there (or at
+    a parent) is a usage error before any command runs."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is" if candidate == path else f"is under {candidate}, which is"
+                raise UsageError(f"--data-dir {path} {what} a file, not a directory")
+            return
 
 
 # One module per subcommand, in help order; each exposes `register(app)`. Only working commands
@@ -136,6 +166,14 @@ app = typer.Typer(
 )
 
 
+class _Lower(logging.Formatter):
+    """``liq: warning: ...``: the same style as the CLI's own ``liq: error: ...`` lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        lowered = logging.makeLogRecord({**record.__dict__, "levelname": record.levelname.lower()})
+        return super().formatMessage(lowered)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"liq {__version__}")
@@ -174,9 +212,16 @@ def root(
         raise typer.BadParameter(
             f"{log_level!r} is not one of debug, info, warning, error", param_hint="--log-level"
         )
-    logging.basicConfig(level=level, stream=sys.stderr, format="liq: %(levelname)s: %(message)s")
+    root_logger = logging.getLogger()
+    if not root_logger.handlers:  # what logging.basicConfig does, with our formatter
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Lower("liq: %(levelname)s: %(message)s"))
+        root_logger.addHandler(handler)
+        root_logger.setLevel(level)
     logging.getLogger("liq").setLevel(level)
-    ctx.obj = AppState(data_dir=(data_dir or default_data_dir()).expanduser(), log_level=log_level)
+    data_dir = (data_dir or default_data_dir()).expanduser()
+    check_data_dir(data_dir)
+    ctx.obj = AppState(data_dir=data_dir, log_level=log_level)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from liqcli.cli.common import (
     FormatOpt,
     QuietOpt,
     import_numpy,
+    require_writable,
     run_async,
     skip_teardown,
     state,
@@ -213,7 +214,20 @@ def liquidation_map(
                 raise UsageError("--live uses the Binance aggTrade stream: drop --exchange bybit")
             if refresh <= 0 or (duration is not None and duration <= 0):
                 raise UsageError("--refresh and --duration must be positive seconds")
-        elif not files:
+        else:
+            from typer._click.core import ParameterSource
+
+            given = [
+                f"--{name}"
+                for name in ("window", "refresh", "duration")
+                if ctx.get_parameter_source(name)
+                not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+            ]
+            if given:
+                raise UsageError(
+                    f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --live"
+                )
+        if not live and not files:
             end_ms = end_ms if end_ms is not None else day_floor(now)
             start_ms = start_ms if start_ms is not None else end_ms - 86_400_000
         spec = MapSpec(
@@ -243,6 +257,8 @@ def liquidation_map(
         else:
             from liqcli.services.liqmap import map_from_archive
 
+            require_writable(data_dir)
+
             liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
         written = []
         if charts:
@@ -253,6 +269,12 @@ def liquidation_map(
         if worker is not None:
             worker.close()
     if not quiet:
+        if liqmap.skipped_rows:
+            typer.echo(
+                f"liq: warning: {liqmap.skipped_rows:,} malformed trade rows skipped "
+                "(missing fields, e.g. a file cut mid-line)",
+                err=True,
+            )
         for path in written:
             typer.echo(f"liq: wrote {path}", err=True)
     _print(liqmap, fmt, written)

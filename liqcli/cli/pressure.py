@@ -106,13 +106,25 @@ def pressure(
             raise UsageError(
                 f"--start ({iso_ms(start_ms)}) must be before --end ({iso_ms(end_ms)})"
             )
-        if chart is not None and chart.suffix.lower() != ".png":
-            raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
+        if chart is not None:
+            _check_chart_path(chart)
         _history(
             app_state.store(), symbol, config, start_ms, end_ms, now, offline, chart, fmt, quiet
         )
     else:
         _now(app_state.store(), symbol, config, now, offline, fmt, quiet)
+
+
+def _check_chart_path(chart: Path) -> None:
+    """--chart FILE: a PNG in a directory that exists (a mistyped directory is not created)."""
+    if chart.suffix.lower() != ".png":
+        raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
+    parent = chart.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(f"--chart {chart}: directory {parent} {what}")
+    if chart.is_dir():
+        raise UsageError(f"--chart {chart}: is a directory")
 
 
 def _warn(inputs: dict, fetch_errors: list[str], *, quiet: bool, with_inputs: bool) -> None:

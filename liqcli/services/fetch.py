@@ -396,6 +396,7 @@ def _day_of_trades(path: Any, symbol: str, start: int, end: int) -> _Rows:
         read_agg_trades(path)
         .with_columns(pl.lit(VENUE).alias("exchange"), pl.lit(symbol).alias("symbol"))
         .select(list(DATASETS["agg_trades"].schema))
+        .drop_nulls()  # rows cut short in the file (parsed as nulls) are never stored
         .collect()
     )
     return _Rows.within(trades, start, end)

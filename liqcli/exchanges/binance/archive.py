@@ -63,6 +63,8 @@ METRICS_COLUMNS = {
 }
 # Epoch values above this are microseconds (1e14 ms would be the year 5138).
 _US_THRESHOLD = 10**14
+# Plausible trade times in ms: 2001-09-09 .. 2286-11-20.
+_MIN_MS, _MAX_MS = 10**12, 10**13 - 1
 
 
 def binance_archive_client(data_dir: Path, base_url: str | None = None, **kwargs) -> ArchiveClient:
@@ -151,11 +153,21 @@ def has_header(line: str) -> bool:
 
 
 def epoch_to_ts(column: str | pl.Expr) -> pl.Expr:
-    """Integer ms or µs epochs (detected per value by magnitude) -> Datetime(ms, UTC)."""
+    """Integer ms or µs epochs (detected per value by magnitude) -> Datetime(ms, UTC); values
+    that are neither (before 2001 or after 2286, e.g. a number cut short by a truncated file)
+    become null, so the row is skipped instead of stretching the data back to 1970."""
     raw = pl.col(column) if isinstance(column, str) else column
     raw = raw.cast(pl.Int64)
     ms = pl.when(raw > _US_THRESHOLD).then(raw // 1000).otherwise(raw)
+    ms = pl.when(ms.is_between(_MIN_MS, _MAX_MS)).then(ms)
     return ms.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS)
+
+
+def maker_flag(column: str) -> pl.Expr:
+    """``true``/``false`` (any case) -> Boolean; anything else (``t`` at the end of a file cut
+    mid-line) -> null: a bad row, skipped and counted, not a failed parse of the whole file."""
+    text = pl.col(column).cast(pl.String).str.strip_chars().str.to_lowercase()
+    return pl.when(text == "true").then(True).when(text == "false").then(False)
 
 
 def _as_paths(path_or_paths: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -193,12 +205,13 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
         epoch_to_ts(pick["time"]).alias("ts"),
         pl.col(pick["price"]).cast(pl.Float64).alias("price"),
         pl.col(pick["qty"]).cast(pl.Float64).alias("qty"),
-        pl.col("is_buyer_maker").cast(pl.Boolean).alias("is_buyer_maker"),
+        maker_flag("is_buyer_maker").alias("is_buyer_maker"),
     )
 
 
 def _bool_override(names: list[str]) -> dict[str, pl.DataType]:
-    return {"is_buyer_maker": pl.Boolean()} if "is_buyer_maker" in names else {}
+    # Read as text and parsed by maker_flag: a cut-off "t" nulls one row instead of the file.
+    return {"is_buyer_maker": pl.String()} if "is_buyer_maker" in names else {}
 
 
 def _pick(names: list[str], path: Path) -> dict[str, str]:
