@@ -398,15 +398,15 @@ def test_end_to_end_history_with_chart(tmp_path, binance):
     assert store.read("pressure", symbol="BTCUSDT", model="default").height == len(lines) - 1
 
 
-def test_end_to_end_unknown_symbol_is_one_line_exit_1(tmp_path, binance):
+def test_end_to_end_unknown_symbol_is_one_line_exit_2(tmp_path, binance):
     env = {**os.environ, "LIQ_BINANCE_REST_URL": binance.url}
     command = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "pressure", "NOPEUSDT"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    # Binance's symbol list says so: a usage error, before any data request.
+    assert result.returncode == 2
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("liq: error: no 5m data for NOPEUSDT: fetch failed: ")
-    assert "unknown symbol NOPEUSDT" in line
+    assert line.startswith("liq: error: unknown symbol NOPEUSDT: not listed by Binance")
 
 
 def test_end_to_end_a_failed_input_is_reported_and_left_out(tmp_path, binance):
