@@ -466,3 +466,55 @@ def test_the_chart_worker_ends_when_the_command_fails(tmp_path, inputs, args, co
     assert result.exit_code == code and message in result.output
     assert _children() == before
     assert not (tmp_path / "c").exists()
+
+
+# --------------------------------------------------------------------------- currency and hints
+
+
+@pytest.fixture
+def xrpeth(tmp_path, tape) -> Path:
+    """XRP priced in ETH: ~0.0003 ETH a coin, trades of a few ETH."""
+    path = tmp_path / "xrpeth.parquet"
+    tape.with_columns(
+        pl.col("ts").cast(pl.Datetime("ms", "UTC")),
+        pl.col("price") * 1e-8,
+        pl.col("qty") * 1e5,
+    ).write_parquet(path)
+    return path
+
+
+def test_amounts_are_labelled_in_the_quote_currency(tmp_path, xrpeth):
+    table = liq(tmp_path, "XRPETH", "--input", str(xrpeth), "--mode", "top_n")
+    assert table.exit_code == 0, table.output
+    assert "$" not in table.stdout and "USD" not in table.stdout
+    assert "long_ETH" in table.stdout and "ETH below" in table.stdout
+    doc = document(liq(tmp_path, "XRPETH", "--input", str(xrpeth), "--mode", "top_n", "-f", "json"))
+    assert doc["quote"] == "ETH" and doc["currency"] == "ETH"
+    assert "amount_usd" in doc["bins"][0]  # the contract's column name stays
+    usdt = document(liq(tmp_path, "BTCUSDT", "--input", str(xrpeth), "-f", "json"))
+    assert usdt["quote"] == "USDT" and usdt["currency"] == "USD"
+
+
+def test_an_empty_selection_says_why(tmp_path, xrpeth):
+    result = liq(tmp_path, "XRPETH", "--input", str(xrpeth))
+    assert result.exit_code == 0, result.output
+    assert "0 selected (trades >= 100.0k ETH)" in result.stdout
+    hint = [line for line in result.stderr.splitlines() if line.startswith("liq: warning:")]
+    assert len(hint) == 1 and "no trade reached --threshold 100,000 ETH" in hint[0]
+    assert "the largest of the 3,000 trades was" in hint[0] and "ETH" in hint[0]
+
+
+def test_map_charts_in_eth_and_a_short_window(tmp_path, tape):
+    """A 46-second input: the title shows seconds, the time axis reads as clock times."""
+    short = tmp_path / "short.parquet"
+    tape.head(300).with_columns(
+        (pl.col("ts") - pl.col("ts").min()) * 2 // 325 + pl.col("ts").min(),
+        pl.col("price") * 1e-8,
+        pl.col("qty") * 1e5,
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC"))).write_parquet(short)
+    out = tmp_path / "charts"
+    result = liq(tmp_path, "XRPETH", "--input", str(short), "--mode", "top_n", "--threshold", "20",
+                 "--chart", "all", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2024-03-01 00:00:00 -> 00:00:46 UTC" in result.stdout
+    assert len(list(out.glob("*.png"))) == 3

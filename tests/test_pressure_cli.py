@@ -443,3 +443,30 @@ def test_panel_is_coloured_on_a_terminal(tmp_path, recent):
     piped = io.StringIO()
     print_panel(text, Console(file=piped, highlight=False))
     assert piped.getvalue() == text.plain
+
+
+def test_history_chart_labels_every_band_and_reads_short_windows_as_clock_times(
+    tmp_path, monkeypatch
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from liqcli.analytics.pressure import LEVELS, LOWEST_LEVEL
+    from liqcli.render.pressure_panel import history_chart
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    t0 = 1_790_000_000_000
+    history = pl.DataFrame(
+        {"ts": [t0 + i * 5_000 for i in range(12)], "long_score": [10.0 + i for i in range(12)],
+         "short_score": [50.0] * 12}
+    )  # fmt: skip
+    history_chart(history, None, tmp_path / "p.png", title="t")
+    (fig,) = figures
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {name for _, name in LEVELS} | {LOWEST_LEVEL} <= texts
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
+    assert ticks and all(t.count(":") == 2 for t in ticks), ticks  # 03:33:20, not a bare "20"

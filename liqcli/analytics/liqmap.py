@@ -4,7 +4,7 @@ Method (py-liquidation-map's, with its defects fixed): a taker buy (``is_buyer_m
 taken as a long opened at the trade price, a taker sell as a short. Large trades are selected per
 side by ``mode``:
 
-- ``gross_value``: notional ``price*qty >= threshold`` (USD);
+- ``gross_value``: notional ``price*qty >= threshold`` (in the quote currency: USD for USDT);
 - ``top_n``: the ``threshold`` largest per side (all of them if there are fewer);
 - ``portion``: the largest ``floor(count * threshold)`` per side.
 
@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from liqcli.core.money import currency_of, quote_of
 from liqcli.errors import LiqError, UsageError
 
 Mode = Literal["gross_value", "top_n", "portion"]
@@ -137,7 +138,8 @@ class MapSpec:
             raise UsageError(f"invalid threshold {self.threshold!r}")
         if self.mode == "gross_value" and threshold < 0:
             raise UsageError(
-                "invalid threshold for gross_value: a notional in USD >= 0, e.g. 100000"
+                "invalid threshold for gross_value: a notional >= 0 in the quote currency, "
+                "e.g. 100000"
             )
         if self.mode == "top_n" and (threshold < 1 or threshold != int(threshold)):
             raise UsageError("invalid threshold for top_n: a whole number of trades >= 1, e.g. 100")
@@ -192,6 +194,11 @@ class LiqMap:
     n_cols: int
     selected_usd: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0  # malformed input rows left out (missing fields, bad price)
+    largest_trade: float = 0.0  # the largest trade's notional (in the quote currency)
+
+    @property
+    def currency(self) -> str:
+        return currency_of(self.symbol)
 
     @property
     def tier_labels(self) -> list[str]:
@@ -219,6 +226,10 @@ class LiqMap:
             "trades": self.trades,
             "selected_trades": self.selected.height,
             "skipped_rows": self.skipped_rows,
+            # Amounts (the ``amount_usd`` columns, kept by that name) are in this currency.
+            "quote": quote_of(self.symbol),
+            "currency": self.currency,
+            "largest_trade": self.largest_trade,
             "selected_usd": self.selected_usd,
             "active_usd": {
                 side: float(self.bins.filter(pl.col("side") == side)["amount_usd"].sum())
@@ -445,6 +456,7 @@ def build_map(
             pl.col("t").max().alias("t_last"),
             pl.len().alias("n"),
             pl.col("is_long").sum().alias("n_long"),
+            pl.col("amount").max().alias("max_amount"),
         )
         .sort("sec")
     )
@@ -496,6 +508,7 @@ def build_map(
         last_ts=current_ts,
         trades=int(buckets["n"].sum()),
         skipped_rows=skipped,
+        largest_trade=float(buckets["max_amount"].max() or 0.0),
         bin_size=bin_size,
         bins=bins,
         levels=levels,

@@ -285,7 +285,9 @@ def history_chart(
     bottom.set_ylabel("score (0-100)")
     bottom.legend(loc="upper left", fontsize=8)
     bottom.grid(alpha=0.3)
-    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(bottom.xaxis.get_major_locator()))
+    from liqcli.render.charts import date_axis
+
+    date_axis(mdates, bottom)
     fig.tight_layout()
     # Through a temp file and a rename: a failed write never leaves half a PNG. The directory
     # must exist (a typo in --chart is not silently created).
