@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from liqcli.analytics.pressure import COMPONENTS, PressureConfig, pressure_at
 from liqcli.cli.app import app
-from liqcli.core.timeutil import now_ms
+from liqcli.core.timeutil import iso_ms, now_ms
 from liqcli.services.pressure import load_inputs
 from liqcli.store.parquet import Store
 
@@ -470,3 +470,48 @@ def test_history_chart_labels_every_band_and_reads_short_windows_as_clock_times(
     fig.canvas.draw()
     ticks = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
     assert ticks and all(t.count(":") == 2 for t in ticks), ticks  # 03:33:20, not a bare "20"
+
+
+def test_history_over_a_range_without_data_is_clamped_to_the_store(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 200)
+    first = recent - 199 * STEP
+    result = invoke(tmp_path, "BTCUSDT", "--offline", "--history", "--start", "2020-01-01",
+                    "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = orjson.loads(result.stdout)
+    assert "history clamped to the stored 5m inputs" in result.stderr
+    assert doc["notes"] and doc["start"] == iso_ms(first) and doc["end"] == iso_ms(recent)
+    # One row per stored step: none before the data, none for the still-open period.
+    assert doc["stored_rows"] == len(doc["rows"]) == 200
+    stored = store.read("pressure", symbol="BTCUSDT")
+    assert stored["ts"].dt.epoch("ms").to_list() == list(range(first, recent + 1, STEP))
+    files = list((tmp_path / "pressure").rglob("*.parquet"))
+    assert 1 <= len(files) <= 2  # the months that hold data, not 84 months of nulls
+
+
+def test_history_never_stores_a_step_without_inputs(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 300)
+    hole = (pl.col("ts").dt.epoch("ms") >= recent - 150 * STEP) & (
+        pl.col("ts").dt.epoch("ms") < recent - 50 * STEP
+    )
+    for path in (tmp_path).rglob("*.parquet"):
+        if "funding" in str(path):
+            continue
+        frame = pl.read_parquet(path)
+        frame.filter(~hole).write_parquet(path)
+    start = recent - 250 * STEP
+    result = invoke(tmp_path, "BTCUSDT", "--offline", "--history", "--start", str(start),
+                    "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = store.read("pressure", symbol="BTCUSDT")
+    assert stored.height == orjson.loads(result.stdout)["stored_rows"]
+    assert stored.filter(pl.col("weight_used") == 0).height == 0
+    # Steps in the hole whose inputs are older than the stale limit are not stored.
+    stale_steps = [
+        t
+        for t in stored["ts"].dt.epoch("ms").to_list()
+        if recent - 140 * STEP <= t < recent - 60 * STEP
+    ]
+    assert stale_steps == []

@@ -186,6 +186,11 @@ def _history(
         pressure_history_run(store, symbol, config, start, end, offline=offline, now=now)
     )
     _warn(report.inputs, report.fetch_errors, quiet=quiet, with_inputs=True)
+    for note in report.notes if not quiet else ():
+        typer.echo(f"liq: warning: {note}", err=True)
+    if report.history.height:
+        start = int(report.history["ts"].min())
+        end = int(report.history["ts"].max())
     if chart is not None:
         history_chart(
             report.history,
@@ -213,6 +218,7 @@ def _history(
             "chart": str(chart) if chart else None,
             "inputs": report.inputs,
             "fetch_errors": report.fetch_errors,
+            "notes": report.notes,
         }
         render(frame, fmt, document=document, rows_key="rows")
     else:
