@@ -41,7 +41,7 @@ _liq() {
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 fetch) _arguments \
-                    '(--dataset -d)'{--dataset,-d}'[Dataset to fetch (repeatable) (default - all seven).]:value: ' \
+                    '(--dataset -d)'{--dataset,-d}'[Dataset to fetch (repeatable) (default - all seven).]:value:(taker_ratio top_position_ratio top_account_ratio global_account_ratio open_interest funding klines agg_trades)' \
                     '(--period -p)'{--period,-p}'[Period of the series (klines interval) - 5m 15m 30m 1h 2h 4h 6h 12h 1d.]:value: ' \
                     ''--since'[How far back from now, e.g. 30d, 12h (default - 30d).]:value: ' \
                     ''--start'[Range start - YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).]:value: ' \
@@ -56,7 +56,7 @@ _liq() {
                     ''--start'[Start - date, ISO time or e.g. 2d (default - one day before --end).]:value: ' \
                     ''--end'[End, exclusive (default - today 00 -00 UTC, the newest archived day).]:value: ' \
                     '(--mode -m)'{--mode,-m}'[Large-trade selection - notional >= threshold, top N per side, or top fraction.]:value:(gross_value top_n portion)' \
-                    '(--threshold -t)'{--threshold,-t}'[gross_value - USD notional (100000); top_n - trades per side (100); portion - fr]:value: ' \
+                    '(--threshold -t)'{--threshold,-t}'[gross_value - notional (price x qty) in the quote currency, USD for USDT/USDC (1]:value: ' \
                     ''--model'[default (weighted tiers, mmr, sweeps) or compat (reference).]:value:(default compat)' \
                     ''--tiers'[Leverage tiers and weights, e.g. 5 -0.1,10 -0.25,20 -0.25,25 -0.15,50 -0.15,100 ]:value: ' \
                     ''--mmr'[Maintenance margin rate (0.004).]:value: ' \

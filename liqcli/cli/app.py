@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import sys
+import typing
 from collections.abc import Iterator, MutableMapping
 from importlib import import_module
 from pathlib import Path
@@ -45,6 +47,9 @@ class LiqGroup(TyperGroup):
                 extra["default_map"] = load_config()
             except LiqError as exc:
                 raise _fail(exc, exc.exit_code) from None
+            if not any(a in ("--help", "-h") for a in args):
+                for warning in unknown_config_keys(self, extra["default_map"]):
+                    typer.echo(f"liq: warning: {config_path_text()}: {warning}", err=True)
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):
@@ -65,6 +70,35 @@ class LiqGroup(TyperGroup):
             # first line; the first line names the problem.
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise _fail(LiqError(f"cannot read data: {text}"), 1) from None
+
+
+def unknown_config_keys(group: Any, config: dict[str, Any]) -> list[str]:
+    """Config keys no option reads (a typo is otherwise silently ignored): one message each,
+    naming the key and the keys that would be read there."""
+    root_keys = sorted(p.name for p in group.params if p.name)
+    commands = list(group.commands)
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            if key not in commands:
+                out.append(f"unknown section [{key}] (commands: {', '.join(commands)})")
+                continue
+            names = sorted(p.name for p in group.commands[key].params if p.name)
+            for option in value:
+                if option not in names and not isinstance(value[option], dict):
+                    out.append(f"unknown key {option!r} in [{key}] (known: {', '.join(names)})")
+        elif key not in root_keys:
+            out.append(
+                f"unknown key {key!r} (known at the top: {', '.join(root_keys)}; "
+                f"command options go under [command])"
+            )
+    return out
+
+
+def config_path_text() -> str:
+    from liqcli.core.config import default_config_path
+
+    return os.environ.get("LIQ_CONFIG") or str(default_config_path())
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -94,11 +128,74 @@ def _build_command(name: str) -> Command:
     holder = typer.Typer(add_completion=False)
     import_module(f"liqcli.cli.{name}").register(holder)
     (info,) = holder.registered_commands
-    return typer.main.get_command_from_info(
+    command = typer.main.get_command_from_info(
         info,
         pretty_exceptions_short=app.pretty_exceptions_short,
         rich_markup_mode=app.rich_markup_mode,
     )
+    tidy_placeholders(command)
+    return command
+
+
+# Value placeholders by option name, where a command did not give one: the help reads
+# ``--start WHEN``, ``--input FILE``, not typer's ``<str>`` / ``<list[Path]>``.
+PLACEHOLDERS: dict[str, str] = {
+    "start": "WHEN",
+    "end": "WHEN",
+    "since": "DURATION",
+    "window": "DURATION",
+    "period": "PERIOD",
+    "data_dir": "PATH",
+    "out": "DIR",
+    "inputs": "FILE",
+    "replay": "FILE",
+    "chart": "FILE",
+    "duration": "SECONDS",
+    "refresh": "SECONDS",
+    "tiers": "LIST",
+    "weights": "LIST",
+    "mmr": "RATE",
+    "bin_size": "PRICE",
+    "log_level": "LEVEL",
+    "dataset": "NAME",
+    "symbol": "SYMBOL",
+    "exchange": "VENUE",
+}
+
+
+def tidy_placeholders(command: Any) -> None:
+    """One placeholder style in every help text: ``SYMBOL...`` for arguments, ``WHEN`` /
+    ``FILE`` / ``N`` / ``[a|b]`` for option values (typer's defaults mix ``{symbol}``,
+    ``<str>`` and ``<list[Path]>``)."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            # The Arguments section: "SYMBOL  help", without typer's "<list[str]>".
+            param.display_type_rich = lambda ctx: None
+            continue
+        if param.metavar is not None:
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        if getattr(param, "is_flag", False) or desc is None:
+            continue
+        if desc.is_choice and desc.choices:
+            values = [str(getattr(c, "value", c)) for c in desc.choices]
+            param.metavar = "[" + "|".join(values) + "]"
+        elif param.name in PLACEHOLDERS:
+            param.metavar = PLACEHOLDERS[param.name]
+        elif desc.is_path:
+            param.metavar = "PATH"
+        else:
+            base = desc.annotation
+            inner = typing.get_args(base)[0] if typing.get_origin(base) is list else base
+            param.metavar = "N" if inner in (int, float) else "TEXT"
+    usage = command.collect_usage_pieces
+
+    def collect_usage_pieces(ctx: Any) -> list[str]:
+        # typer wraps required arguments in braces ({SYMBOL}): plain SYMBOL, like click.
+        return [re.sub(r"\{([^{}]+)\}", r"\1", piece) for piece in usage(ctx)]
+
+    command.collect_usage_pieces = collect_usage_pieces
 
 
 class LazyCommands(MutableMapping[str, "Command"]):
@@ -141,6 +238,7 @@ class LiqRootGroup(LiqGroup):
 
     def __init__(self, *, commands: dict[str, Command] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        tidy_placeholders(self)
         self.commands = LazyCommands(COMMANDS)
         for name, command in (commands or {}).items():
             self.commands[name] = command

@@ -68,6 +68,7 @@ def fetch(
             "-d",
             metavar="NAME",
             help="Dataset to fetch (repeatable) [default: all seven].",
+            autocompletion=lambda: [*FETCH_DATASETS, "agg_trades"],
             show_default=False,
         ),
     ] = None,
