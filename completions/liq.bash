@@ -2,11 +2,11 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in cascade|fetch|map|pressure|watch) cmd="$w"; break;; esac
+        case "$w" in cascade|data|fetch|map|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h cascade fetch map pressure watch"
+        "") opts="--data-dir --log-level --version -V --help -h cascade data fetch map pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --log-level) COMPREPLY=(); return;; esac
             ;;
@@ -22,6 +22,10 @@ _liq() {
             case "$prev" in --start) COMPREPLY=(); return;; esac
             case "$prev" in --end) COMPREPLY=(); return;; esac
             case "$prev" in --threshold-scale) COMPREPLY=(); return;; esac
+            ;;
+        data) opts="--symbol -s --format -f --help -h"
+            case "$prev" in --symbol|-s) COMPREPLY=(); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         fetch) opts="--dataset -d --period -p --since --start --end --archive --quiet -q --format -f --help -h"
             case "$prev" in --dataset|-d) COMPREPLY=($(compgen -W "taker_ratio top_position_ratio top_account_ratio global_account_ratio open_interest funding klines agg_trades" -- "$cur")); return;; esac

@@ -4,6 +4,7 @@ _liq() {
     local -a commands
     commands=(
         'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
+        'data:What the store holds - one row per dataset, exchange, symbol and period.'
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
@@ -38,6 +39,11 @@ _liq() {
                     ''--store-trades'[Also store the Binance aggTrades used for prices (agg_trades dataset), so --repl]' \
                     '(--context --no-context)'{--context,--no-context}'[Poll Binance REST (open interest, taker ratio, funding) for the signature (defau]' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                data) _arguments \
+                    '(--symbol -s)'{--symbol,-s}'[Only this symbol, e.g. BTCUSDT.]:value: ' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 fetch) _arguments \

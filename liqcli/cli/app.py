@@ -120,7 +120,7 @@ def check_data_dir(path: Path) -> None:
 
 # One module per subcommand, in help order; each exposes `register(app)`. Only working commands
 # are listed.
-COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch"]
+COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch", "data"]
 
 
 def _build_command(name: str) -> Command:
