@@ -174,6 +174,13 @@ def test_pressure_chart_directory_must_exist(tmp_path, pressure_store):
     assert not list(tmp_path.glob(".*.part"))
 
 
+@needs_proc
+def test_pressure_with_an_unwritable_data_dir_fails_before_any_request():
+    env = {"LIQ_BINANCE_REST_URL": "http://127.0.0.1:9"}
+    result = liq("--data-dir", str(PROC_DIR), "pressure", "BTCUSDT", env=env)
+    assert_one_line_error(result, 1, "data dir", "not writable")
+
+
 # --------------------------------------------------------------------------- every command
 
 
@@ -185,6 +192,8 @@ def test_pressure_chart_directory_must_exist(tmp_path, pressure_store):
         ["pressure", "BTCUSDT", "--offline"],
         ["pressure", "BTCUSDT", "--offline", "--history", "--start", "2d"],
         ["fetch", "BTCUSDT", "--since", "1d"],
+        ["watch", "--replay", "{bad}", "--format", "jsonl"],
+        ["cascade", "BTCUSDT", "--replay", "{bad}", "--format", "jsonl"],
         ["data"],
     ],
 )

@@ -518,3 +518,41 @@ def test_map_charts_in_eth_and_a_short_window(tmp_path, tape):
     assert result.exit_code == 0, result.output
     assert "2024-03-01 00:00:00 -> 00:00:46 UTC" in result.stdout
     assert len(list(out.glob("*.png"))) == 3
+
+
+def test_map_chart_labels_never_overlap_the_last_price(tmp_path, monkeypatch):
+    """A falling --live window ends at its lowest price: the last-price label sits at the bottom
+    of the bars, where "long liquidations below" used to be drawn."""
+    from liqcli.analytics.liqmap import MapSpec, build_map, parse_tiers
+    from liqcli.render import charts
+
+    n = 400
+    frame = pl.DataFrame(
+        {
+            "ts": [1_709_251_200_000 + 500 * i for i in range(n)],
+            "price": [60_000.0 - 45 * i for i in range(n)],  # -30 %
+            "qty": [0.5 + (i % 7) / 10 for i in range(n)],
+            "is_buyer_maker": [bool(i % 2) for i in range(n)],
+        }
+    )
+    spec = MapSpec(mode="top_n", threshold=50, tiers=parse_tiers("100:1"))  # levels 0.6 % away
+    liqmap = build_map(frame.lazy(), spec, symbol="BTCUSDT")
+    assert liqmap.current_price == frame["price"].min()
+    figures = []
+    real_save = charts._save
+    monkeypatch.setattr(
+        charts, "_save", lambda mpl, fig, path: (figures.append(fig), real_save(mpl, fig, path))[1]
+    )
+    charts.draw_map(charts.chart_data(liqmap, ["map"]), tmp_path / "live.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in [*ax.texts] if t.get_text()]
+    last = next(t for t in texts if t.get_text().startswith("last "))
+    others = [t for t in texts if t is not last]
+    box = last.get_window_extent(renderer)
+    for other in others:
+        assert not box.overlaps(other.get_window_extent(renderer)), other.get_text()
+    assert {t.get_text() for t in others} >= {
+        "short liquidations above the last price",
+        "long liquidations below it",
+    }

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, upper_symbols
+from liqcli.cli.common import (
+    FormatOpt,
+    QuietOpt,
+    require_writable,
+    run_async,
+    state,
+    upper_symbols,
+)
 from liqcli.core.timeutil import iso_ms, now_ms, parse_time
 from liqcli.errors import UsageError
 from liqcli.render.output import Format, render
@@ -99,6 +106,10 @@ def pressure(
         raise UsageError("--start, --end and --chart need --history")
     now = now_ms()
     app_state = state(ctx)
+    if history or not offline:
+        # What is fetched (and the scores --history keeps) must be storable: said before any
+        # request, not after the downloads.
+        require_writable(app_state.data_dir)
     if history:
         start_ms = parse_time(start or "7d", now=now)
         end_ms = parse_time(end, now=now) if end else now
