@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from liqcli.core.timeutil import iso_ms, period_ms
 from liqcli.store.parquet import first_line
 
@@ -27,6 +29,8 @@ log = logging.getLogger("liq")
 
 # Partition columns that name the step of a regular series.
 PERIOD_KEYS = ("period", "interval")
+# Polars raises its own errors for foreign files; a few corruptions surface as a panic.
+_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError)
 TIME_COLUMNS = ("ts", "start_ts")
 
 
@@ -135,29 +139,32 @@ def _leaves(
 
 
 def _measure(entry: Entry, files: list[Path], corrupt: list[Path]) -> None:
-    """Rows from each footer; first/last from the column statistics of the oldest and newest
-    readable file (files are named by month/day, so their order is time order)."""
-    import polars as pl
-
-    readable: list[tuple[Path, str | None, Any]] = []
+    """Rows from the footers (one scan over the leaf's files; file by file only when one of
+    them is unreadable); first/last from the oldest and newest readable file (files are named
+    by month/day, so their order is time order)."""
     for path in files:
         try:
             entry.bytes += path.stat().st_size
-            schema = pl.read_parquet_schema(path)
-            rows = pl.scan_parquet(path, hive_partitioning=False).select(pl.len()).collect().item()
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            entry.corrupt += 1
-            corrupt.append(path)
-            log.warning("%s: not readable, left out (%s)", path, first_line(exc))
-            continue
-        entry.files += 1
-        entry.rows += int(rows)
-        column = next((c for c in TIME_COLUMNS if c in schema), None)
-        readable.append((path, column, schema.get(column) if column else None))
-    if not readable or readable[0][1] is None:
+        except OSError:
+            pass
+    good = files
+    try:
+        entry.rows = _count(files)
+    except _ERRORS:
+        good = []
+        for path in files:
+            try:
+                entry.rows += _count([path])
+                good.append(path)
+            except _ERRORS as exc:
+                entry.corrupt += 1
+                corrupt.append(path)
+                log.warning("%s: not readable, left out (%s)", path, first_line(exc))
+    entry.files = len(good)
+    if not good:
         return
-    entry.first_ms = _edge(readable[0], newest=False)
-    entry.last_ms = _edge(readable[-1], newest=True)
+    entry.first_ms = _edge(good[0], newest=False)
+    entry.last_ms = _edge(good[-1], newest=True)
     if entry.period and entry.first_ms is not None and entry.last_ms is not None:
         try:
             step = period_ms(entry.period)
@@ -167,18 +174,22 @@ def _measure(entry: Entry, files: list[Path], corrupt: list[Path]) -> None:
         entry.gaps = max(expected - entry.rows, 0)
 
 
-def _edge(found: tuple[Path, str | None, Any], *, newest: bool) -> int | None:
-    import polars as pl
+def _count(files: list[Path]) -> int:
+    lf = pl.scan_parquet(files, hive_partitioning=False, glob=False)
+    return int(lf.select(pl.len()).collect().item())
 
-    path, column, dtype = found
-    if column is None:
-        return None
-    col = pl.col(column)
-    ms = col.dt.epoch("ms") if isinstance(dtype, pl.Datetime) else col.cast(pl.Int64)
+
+def _edge(path: Path, *, newest: bool) -> int | None:
     try:
+        schema = pl.read_parquet_schema(path)
+        column = next((c for c in TIME_COLUMNS if c in schema), None)
+        if column is None:
+            return None
+        col = pl.col(column)
+        ms = col.dt.epoch("ms") if isinstance(schema[column], pl.Datetime) else col.cast(pl.Int64)
         lf = pl.scan_parquet(path, hive_partitioning=False)
         value = lf.select(ms.max() if newest else ms.min()).collect().item()
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        log.warning("%s: no %s range (%s)", path, column, first_line(exc))
+    except _ERRORS as exc:
+        log.warning("%s: no time range (%s)", path, first_line(exc))
         return None
     return None if value is None else int(value)
