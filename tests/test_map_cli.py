@@ -377,15 +377,21 @@ def test_gzip_input_that_is_not_gzip_is_a_data_error(tmp_path):
     assert result.exit_code == 1 and "3 columns" in result.output
 
 
-def test_a_malformed_row_is_a_one_line_data_error(tmp_path, tape):
+def test_a_malformed_row_is_counted_and_skipped(tmp_path, tape):
+    good = tmp_path / "good.csv"
+    good.write_bytes(binance_agg_csv(tape))
     bad = tmp_path / "bad.csv"
-    bad.write_bytes(binance_agg_csv(tape) + b"12,not-a-price,1,1,1,1709251200000,true\n")
-    result = liq(tmp_path, "BTCUSDT", "--input", str(bad))
-    assert result.exit_code == 1
-    assert (
-        result.output.startswith("liq: error: cannot read the trades")
-        and "Traceback" not in result.output
+    bad.write_bytes(
+        binance_agg_csv(tape)
+        + b"12,not-a-price,1,1,1,1709251200000,true\n"
+        + b"13,30000.5,1,1,1,1709251200000,maybe\n"
     )
+    clean = document(liq(tmp_path, "BTCUSDT", "--input", str(good), "-f", "json"))
+    result = liq(tmp_path, "BTCUSDT", "--input", str(bad), "-f", "json")
+    dirty = document(result)
+    assert dirty["skipped_rows"] == 2 and dirty["trades"] == clean["trades"] == tape.height
+    assert dirty["bins"] == clean["bins"]
+    assert "Traceback" not in result.output
 
 
 def test_a_failing_chart_renderer_is_reported(tmp_path, inputs):

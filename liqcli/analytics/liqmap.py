@@ -323,26 +323,25 @@ def _normalise(trades: pl.LazyFrame, spec: MapSpec) -> pl.LazyFrame:
     schema = trades.collect_schema()
     ts = pl.col("ts")
     t = ts.dt.epoch("ms") if isinstance(schema["ts"], pl.Datetime) else ts.cast(pl.Int64)
+    price = pl.col("price").cast(pl.Float64)
+    amount = price * pl.col("qty").cast(pl.Float64)
+    is_long = ~pl.col("is_buyer_maker").cast(pl.Boolean)
+    # A row with a missing field (a file cut mid-line) or a non-positive price is bad: its t is
+    # nulled, so the bucket pass counts it in a null second and everything else drops it.
+    good = (price > 0) & amount.is_not_null() & is_long.is_not_null()
     lf = trades.select(
-        t.alias("t"),
-        pl.col("price").cast(pl.Float64),
-        (pl.col("price").cast(pl.Float64) * pl.col("qty").cast(pl.Float64)).alias("amount"),
-        (~pl.col("is_buyer_maker").cast(pl.Boolean)).alias("is_long"),
+        pl.when(good).then(t).alias("t"), price, amount.alias("amount"), is_long.alias("is_long")
     )
-    # A row with a missing field (a file cut mid-line) or a non-positive price is bad: kept
-    # here flagged, so the bucket pass can count it, and filtered out of everything else.
-    valid = (
-        pl.all_horizontal(pl.col("t", "price", "amount", "is_long").is_not_null())
-        & (pl.col("price") > 0)
-        & (pl.col("amount") >= 0)
-    ).fill_null(False)
-    lf = lf.with_columns(valid.alias("valid"))
-    in_range = pl.lit(True)
+    t_col = pl.col("t")
+    in_range = t_col.is_null()
+    if spec.start_ms is None and spec.end_ms is None:
+        return lf
+    bounds = pl.lit(True)
     if spec.start_ms is not None:
-        in_range &= pl.col("t") >= spec.start_ms
+        bounds &= t_col >= spec.start_ms
     if spec.end_ms is not None:
-        in_range &= pl.col("t") < spec.end_ms
-    return lf.filter(~pl.col("valid") | in_range)
+        bounds &= t_col < spec.end_ms
+    return lf.filter(in_range | bounds)
 
 
 _SELECTED_COLUMNS = ("t", "price", "amount", "is_long")
@@ -444,10 +443,10 @@ def build_map(
     enough that its higher peak memory does not matter)."""
     spec = spec.resolved()
     flagged = _normalise(trades, spec)
-    lf = flagged.filter(pl.col("valid")).drop("valid")
-    # Bad rows fall in a null second of their own: counted there, then dropped.
+    lf = flagged.filter(pl.col("t").is_not_null())
+    # Bad rows (t nulled) fall in a null second of their own: counted there, then dropped.
     buckets_q = (
-        flagged.group_by(pl.when(pl.col("valid")).then(pl.col("t") // BUCKET_MS).alias("sec"))
+        flagged.group_by((pl.col("t") // BUCKET_MS).alias("sec"))
         .agg(
             pl.col("price").min().alias("low"),
             pl.col("price").max().alias("high"),

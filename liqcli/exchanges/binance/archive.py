@@ -163,13 +163,6 @@ def epoch_to_ts(column: str | pl.Expr) -> pl.Expr:
     return ms.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS)
 
 
-def maker_flag(column: str) -> pl.Expr:
-    """``true``/``false`` (any case) -> Boolean; anything else (``t`` at the end of a file cut
-    mid-line) -> null: a bad row, skipped and counted, not a failed parse of the whole file."""
-    text = pl.col(column).cast(pl.String).str.strip_chars().str.to_lowercase()
-    return pl.when(text == "true").then(True).when(text == "false").then(False)
-
-
 def _as_paths(path_or_paths: Path | str | Iterable[Path | str]) -> list[Path]:
     if isinstance(path_or_paths, str | Path):
         return [Path(path_or_paths)]
@@ -187,7 +180,9 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
         return empty_trades()
     if has_header(line):
         names = [c.strip().strip('"') for c in line.split(",")]
-        lf = pl.scan_csv(csv_path, has_header=True, schema_overrides=_bool_override(names))
+        lf = pl.scan_csv(
+            csv_path, has_header=True, schema_overrides=_overrides(names), ignore_errors=True
+        )
     else:
         width = line.count(",") + 1
         if width == len(AGG_TRADES_COLUMNS):
@@ -197,7 +192,11 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
         else:
             raise DataError(f"{csv_path}: {width} columns, not a Binance aggTrades/trades file")
         lf = pl.scan_csv(
-            csv_path, has_header=False, new_columns=names, schema_overrides=_bool_override(names)
+            csv_path,
+            has_header=False,
+            new_columns=names,
+            schema_overrides=_overrides(names),
+            ignore_errors=True,
         )
     pick = _pick(names, csv_path)
     return lf.select(
@@ -205,13 +204,25 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
         epoch_to_ts(pick["time"]).alias("ts"),
         pl.col(pick["price"]).cast(pl.Float64).alias("price"),
         pl.col(pick["qty"]).cast(pl.Float64).alias("qty"),
-        maker_flag("is_buyer_maker").alias("is_buyer_maker"),
+        pl.col("is_buyer_maker").cast(pl.Boolean).alias("is_buyer_maker"),
     )
 
 
-def _bool_override(names: list[str]) -> dict[str, pl.DataType]:
-    # Read as text and parsed by maker_flag: a cut-off "t" nulls one row instead of the file.
-    return {"is_buyer_maker": pl.String()} if "is_buyer_maker" in names else {}
+_NUMERIC = {
+    **dict.fromkeys(("agg_trade_id", "id", "trade_id", "agg_id", "first_trade_id"), pl.Int64()),
+    **dict.fromkeys(("last_trade_id", "transact_time", "time", "timestamp"), pl.Int64()),
+    **dict.fromkeys(("price", "quantity", "qty", "quote_qty"), pl.Float64()),
+}
+
+
+def _overrides(names: list[str]) -> dict[str, pl.DataType]:
+    """Every known column typed up front, so that ``ignore_errors`` turns only a bad value
+    (``not-a-price``, ``t`` of a ``true`` cut short) into a null, counted and skipped
+    downstream, never a column inferred from its first rows."""
+    out: dict[str, pl.DataType] = {n: _NUMERIC[n] for n in names if n in _NUMERIC}
+    if "is_buyer_maker" in names:
+        out["is_buyer_maker"] = pl.Boolean()
+    return out
 
 
 def _pick(names: list[str], path: Path) -> dict[str, str]:
