@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import os
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -562,3 +562,31 @@ def test_map_chart_labels_never_overlap_the_last_price(tmp_path, monkeypatch):
         "short liquidations above the last price",
         "long liquidations below it",
     }
+
+
+def test_today_is_never_asked_of_the_archive(tmp_path, caplog):
+    today = datetime.fromtimestamp(now_ms() // 1000, UTC).date()
+    yesterday = date.fromordinal(today.toordinal() - 1)
+    with FakeArchiveServer() as server:
+        server.add_binance_agg_trades("BTCUSDT", yesterday, day_trades(yesterday))
+        env = _archive_env(server)
+        result = liq(
+            tmp_path,
+            "BTCUSDT",
+            "--start",
+            yesterday.isoformat(),
+            "--end",
+            "now",
+            "-f",
+            "json",
+            env=env,
+        )
+        asked = [p for p in server.hits if p.endswith(".zip")]
+        only_today = liq(tmp_path, "BTCUSDT", "--start", today.isoformat(), "--end", "now", env=env)
+        asked_after = [p for p in server.hits if p.endswith(".zip")]
+    assert result.exit_code == 0, result.output
+    assert asked == [next(p for p in asked if yesterday.isoformat() in p)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("not archived yet" in w for w in warnings) and not any("404" in w for w in warnings)
+    assert only_today.exit_code == 1 and "nothing archived yet" in only_today.output
+    assert asked_after == asked

@@ -271,8 +271,22 @@ async def map_from_archive(
 ) -> LiqMap:
     if spec.start_ms is None or spec.end_ms is None:
         raise UsageError("archive downloads need --start and --end")
+    from liqcli.core.timeutil import day_floor, now_ms
+
+    # A day is archived once it has ended: today's file is never there yet (no 404 for it).
+    archived_until = day_floor(now_ms())
+    end = min(spec.end_ms, archived_until)
+    if end <= spec.start_ms:
+        raise LiqError(
+            f"{exchange}: nothing archived yet between {iso_ms(spec.start_ms)} and "
+            f"{iso_ms(spec.end_ms)} (each day is published after it ends; try --live)"
+        )
+    if end < spec.end_ms:
+        log.warning(
+            "today (%s) is not archived yet: the map ends at %s", iso_ms(end)[:10], iso_ms(end)
+        )
     paths = await download_archive_trades(
-        data_dir, exchange, symbol, spec.start_ms, spec.end_ms, **client_kw
+        data_dir, exchange, symbol, spec.start_ms, end, **client_kw
     )
     import asyncio  # only the archive and live paths need it (a map from files does not)
 
