@@ -36,7 +36,7 @@ complete -c liq -n '__fish_seen_subcommand_from fetch' -l since -x -d 'How far b
 complete -c liq -n '__fish_seen_subcommand_from fetch' -l start -x -d 'Range start - YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).'
 complete -c liq -n '__fish_seen_subcommand_from fetch' -l end -x -d 'Range end (exclusive) (default - now).'
 complete -c liq -n '__fish_seen_subcommand_from fetch' -l archive -d 'Use data.binance.vision for history older than 30 days (and agg_trades).'
-complete -c liq -n '__fish_seen_subcommand_from fetch' -l quiet -s q -d 'No progress or warnings on stderr (for cron).'
+complete -c liq -n '__fish_seen_subcommand_from fetch' -l quiet -s q -d 'Print nothing on success - no progress, warnings or summary (for cron).'
 complete -c liq -n '__fish_seen_subcommand_from fetch' -l format -s f -x -a 'table json csv' -d 'Output format - table for people, json (one document) or csv.'
 complete -c liq -n '__fish_seen_subcommand_from fetch' -l help -s h -d 'Show help'
 complete -c liq -n '__fish_seen_subcommand_from map' -l exchange -s e -x -a 'binance bybit' -d 'Archive to download trades from.'

@@ -53,7 +53,7 @@ _liq() {
                     ''--start'[Range start - YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).]:value: ' \
                     ''--end'[Range end (exclusive) (default - now).]:value: ' \
                     ''--archive'[Use data.binance.vision for history older than 30 days (and agg_trades).]' \
-                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--quiet -q)'{--quiet,-q}'[Print nothing on success - no progress, warnings or summary (for cron).]' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;

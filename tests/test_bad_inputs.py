@@ -8,6 +8,7 @@ of the output file), so the failures are exercised whoever runs the suite.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -100,6 +101,21 @@ def test_map_zip_with_an_unwritable_data_dir_converts_in_a_temp_dir(tmp_path, cs
     assert result.exit_code == 0, result.output
     assert "is not writable" in caplog.text and "Traceback" not in result.output
     assert '"trades":400' in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_map_zip_with_a_read_only_data_dir_as_a_normal_user(tmp_path, csv_bytes, caplog):
+    day = tmp_path / "day.zip"
+    day.write_bytes(zip_bytes("XRPETH-aggTrades-2024-03-01.csv", csv_bytes))
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        result = liq("--data-dir", str(read_only), "map", "XRPETH", "--input", str(day))
+    finally:
+        read_only.chmod(0o755)
+    assert result.exit_code == 0, result.output
+    assert "is not writable" in caplog.text
 
 
 def test_map_zip_when_no_directory_is_writable_is_one_line(tmp_path, csv_bytes, monkeypatch):

@@ -11,7 +11,6 @@ from typer._click.core import ParameterSource
 
 from liqcli.cli.common import (
     FormatOpt,
-    QuietOpt,
     require_writable,
     run_async,
     state,
@@ -115,7 +114,14 @@ def fetch(
             help="Use data.binance.vision for history older than 30 days (and agg_trades).",
         ),
     ] = False,
-    quiet: QuietOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print nothing on success: no progress, warnings or summary (for cron).",
+        ),
+    ] = False,
     fmt: FormatOpt = Format.table,
 ) -> None:
     from liqcli.services.fetch import resolve_datasets, resolve_range, run_fetch
