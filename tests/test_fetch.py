@@ -661,3 +661,13 @@ def test_cli_ctrl_c_exits_130_and_keeps_what_was_fetched(tmp_path):
     store = Store(tmp_path)
     kept = sum(read(store, d, s).height for d in FETCH_DATASETS for s in ("BTCUSDT", "ETHUSDT"))
     assert kept > 0 and store.corrupt_files == []
+
+
+def test_cli_a_ban_on_the_symbol_list_ends_the_run_before_any_data_request(tmp_path):
+    with FakeBinanceRest() as server:
+        server.inject("418", path="/fapi/v1/exchangeInfo", count=5, retry_after=3_600)
+        result = _cli(tmp_path, server.url, "BTCUSDT", "ETHUSDT", "--since", "1d")
+        assert data_requests(server) == []
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("liq: error: binance:") and "Traceback" not in result.output

@@ -38,7 +38,7 @@ import polars as pl
 
 from liqcli.core.schemas import DATASETS
 from liqcli.core.timeutil import days_between, duration_ms, iso_ms, now_ms, period_ms
-from liqcli.errors import LiqError, UsageError
+from liqcli.errors import LiqError, NetworkError, RateLimitError, UsageError
 from liqcli.exchanges.archive import ArchiveClient
 from liqcli.exchanges.binance.archive import (
     agg_trades_path,
@@ -144,6 +144,10 @@ async def require_listed(http: VenueHttp, data_dir: Any, symbols: list[str], now
         try:
             info = await http.get_json(EXCHANGE_INFO_PATH, cost=1)
             fresh = sorted({str(item["symbol"]) for item in info["symbols"]})
+        except (NetworkError, RateLimitError):
+            # Binance unreachable, or a ban: every data request would fail the same way (and
+            # under a ban, each one lengthens it): one line, now, instead of one per dataset.
+            raise
         except (LiqError, KeyError, TypeError) as exc:
             log.info("binance: no symbol list (%s); the requests will tell", exc)
             return
