@@ -590,3 +590,15 @@ def test_today_is_never_asked_of_the_archive(tmp_path, caplog):
     assert any("not archived yet" in w for w in warnings) and not any("404" in w for w in warnings)
     assert only_today.exit_code == 1 and "nothing archived yet" in only_today.output
     assert asked_after == asked
+
+
+def test_small_amounts_keep_their_decimals_in_the_table(tmp_path, tape):
+    tiny = tmp_path / "tiny.parquet"
+    tape.with_columns(
+        pl.col("ts").cast(pl.Datetime("ms", "UTC")), pl.col("price") * 1e-8, pl.col("qty") * 10
+    ).write_parquet(tiny)  # trades of ~0.0001 ETH
+    result = liq(tmp_path, "XRPETH", "--input", str(tiny), "--mode", "top_n")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()[5:] if line.strip()]
+    amounts = [cell for row in rows for cell in row[3:] if cell[0].isdigit()]
+    assert amounts and all("." in a for a in amounts) and not all(float(a) == 0 for a in amounts)

@@ -311,6 +311,11 @@ def _table(liqmap: LiqMap) -> pl.DataFrame:
     decimals = len(f"{liqmap.bin_size:.8f}".rstrip("0").split(".")[1])
     usd = ("long_usd", "short_usd", "cum_long_usd", "cum_short_usd")
     cur = liqmap.currency
+    # Whole units for dollars and big amounts; decimals when a bin holds less (0.4 ETH is not 0).
+    biggest = max(
+        (float(liqmap.bins["amount_usd"].max() or 0.0) if liqmap.bins.height else 0.0), 0.0
+    )
+    places = 0 if biggest >= 100 else 2 if biggest >= 1 else 4
     # The table's amount columns say their currency (long_ETH for XRPETH); JSON/CSV keep
     # the contract's amount_usd names and carry "currency" instead.
     return (
@@ -320,7 +325,9 @@ def _table(liqmap: LiqMap) -> pl.DataFrame:
                 lambda v: f"{v:,.{decimals}f}", return_dtype=pl.String
             ),
             pl.col("distance_pct").map_elements(lambda v: f"{v:+.2f}%", return_dtype=pl.String),
-            pl.col(usd).map_elements(lambda v: f"{v:,.0f}" if v else "", return_dtype=pl.String),
+            pl.col(usd).map_elements(
+                lambda v: f"{v:,.{places}f}" if v else "", return_dtype=pl.String
+            ),
         )
         .rename({c: c.replace("usd", cur) for c in usd} if cur != "USD" else {})
     )
