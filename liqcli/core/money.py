@@ -37,7 +37,7 @@ def currency_of(symbol: str) -> str:
 
 def money(value: float, currency: str, *, compact: bool = False) -> str:
     """An amount for people: ``$1,234`` / ``$1.2M`` in USD, ``1,234 ETH`` / ``1.2M ETH`` else."""
-    text = f"{value:,.0f}"
+    text = f"{value:,.0f}" if abs(value) >= 100 or not value else f"{value:.4g}"
     if compact:
         size = abs(value)
         text = f"{value:.0f}" if size < 1e3 else text
