@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -136,6 +137,8 @@ def _check_chart_path(chart: Path) -> None:
         raise UsageError(f"--chart {chart}: directory {parent} {what}")
     if chart.is_dir():
         raise UsageError(f"--chart {chart}: is a directory")
+    if not os.access(parent, os.W_OK):  # before any fetch; root passes, its writes may still fail
+        raise UsageError(f"--chart {chart}: directory {parent} is not writable")
 
 
 def _warn(inputs: dict, fetch_errors: list[str], *, quiet: bool, with_inputs: bool) -> None:
