@@ -218,3 +218,22 @@ def test_warnings_have_one_prefix(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={**os.environ, "LIQ_DATA_DIR": str(tmp_path)})  # fmt: skip
     assert result.stderr == "liq: warning: something odd\n", result.stderr
+
+
+def test_config_tables_of_other_commands_are_not_loaded_to_check_them(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[watch]\nmin_usdd = 1\n[map]\nthreshhold = 5\n")
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from liqcli.cli.app import app\n"
+        f"result = CliRunner().invoke(app, ['--data-dir', {str(tmp_path)!r}, 'map', 'BTCUSDT',"
+        " '--window', '1h'])\n"
+        "print(result.stderr.replace(chr(10), ' | '))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('liqcli.cli.'))))\n"
+    )
+    env = {**os.environ, "LIQ_CONFIG": str(cfg)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    stderr, modules = out.stdout.splitlines()
+    assert "unknown key 'threshhold' in [map]" in stderr and "min_usdd" not in stderr
+    assert "liqcli.cli.watch" not in modules.split()

@@ -48,7 +48,8 @@ class LiqGroup(TyperGroup):
             except LiqError as exc:
                 raise _fail(exc, exc.exit_code) from None
             if not any(a in ("--help", "-h") for a in args):
-                for warning in unknown_config_keys(self, extra["default_map"]):
+                invoked = next((a for a in args if a in self.commands), None)
+                for warning in unknown_config_keys(self, extra["default_map"], invoked):
                     typer.echo(f"liq: warning: {config_path_text()}: {warning}", err=True)
         return super().make_context(info_name, args, parent=parent, **extra)
 
@@ -72,9 +73,12 @@ class LiqGroup(TyperGroup):
             raise _fail(LiqError(f"cannot read data: {text}"), 1) from None
 
 
-def unknown_config_keys(group: Any, config: dict[str, Any]) -> list[str]:
+def unknown_config_keys(
+    group: Any, config: dict[str, Any], invoked: str | None = None
+) -> list[str]:
     """Config keys no option reads (a typo is otherwise silently ignored): one message each,
-    naming the key and the keys that would be read there."""
+    naming the key and the keys that would be read there. The options of a command's table are
+    checked when that command runs (building the others would import them all)."""
     root_keys = sorted(p.name for p in group.params if p.name)
     commands = list(group.commands)
     out = []
@@ -82,6 +86,8 @@ def unknown_config_keys(group: Any, config: dict[str, Any]) -> list[str]:
         if isinstance(value, dict):
             if key not in commands:
                 out.append(f"unknown section [{key}] (commands: {', '.join(commands)})")
+                continue
+            if invoked is not None and key != invoked:
                 continue
             names = sorted(p.name for p in group.commands[key].params if p.name)
             for option in value:
