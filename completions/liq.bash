@@ -2,44 +2,88 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in cascade|fetch|liquidations|map|pressure|watch) cmd="$w"; break;; esac
+        case "$w" in cascade|data|fetch|liquidations|map|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h cascade fetch liquidations map pressure watch"
+        "") opts="--data-dir --log-level --version -V --help -h cascade data fetch liquidations map pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --log-level) COMPREPLY=(); return;; esac
             ;;
         cascade) opts="--exchange -e --min-level -l --webhook --exec --exec-timeout --format -f --duration --replay --history --start --end --threshold-scale --store --no-store --store-trades --context --no-context --quiet -q --help -h"
             case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
+            case "$prev" in --min-level|-l) COMPREPLY=(); return;; esac
+            case "$prev" in --webhook) COMPREPLY=(); return;; esac
+            case "$prev" in --exec) COMPREPLY=(); return;; esac
+            case "$prev" in --exec-timeout) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl table json csv" -- "$cur")); return;; esac
+            case "$prev" in --duration) COMPREPLY=(); return;; esac
             case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --start) COMPREPLY=(); return;; esac
+            case "$prev" in --end) COMPREPLY=(); return;; esac
+            case "$prev" in --threshold-scale) COMPREPLY=(); return;; esac
+            ;;
+        data) opts="--symbol -s --format -f --help -h"
+            case "$prev" in --symbol|-s) COMPREPLY=(); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         fetch) opts="--dataset -d --period -p --since --start --end --archive --quiet -q --format -f --help -h"
+            case "$prev" in --dataset|-d) COMPREPLY=($(compgen -W "taker_ratio top_position_ratio top_account_ratio global_account_ratio open_interest funding klines agg_trades" -- "$cur")); return;; esac
+            case "$prev" in --period|-p) COMPREPLY=(); return;; esac
+            case "$prev" in --since) COMPREPLY=(); return;; esac
+            case "$prev" in --start) COMPREPLY=(); return;; esac
+            case "$prev" in --end) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         liquidations) opts="--start --end --interval -i --by --exchange -e --top --chart --format -f --quiet -q --help -h"
+            case "$prev" in --start) COMPREPLY=(); return;; esac
+            case "$prev" in --end) COMPREPLY=(); return;; esac
+            case "$prev" in --interval|-i) COMPREPLY=(); return;; esac
             case "$prev" in --by) COMPREPLY=($(compgen -W "symbol exchange coin" -- "$cur")); return;; esac
             case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
+            case "$prev" in --top) COMPREPLY=(); return;; esac
             case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         map) opts="--exchange -e --start --end --mode -m --threshold -t --model --tiers --mmr --bin-size --chart -c --out -o --input -i --live --window --refresh --duration --format -f --quiet -q --help -h"
             case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance bybit" -- "$cur")); return;; esac
+            case "$prev" in --start) COMPREPLY=(); return;; esac
+            case "$prev" in --end) COMPREPLY=(); return;; esac
             case "$prev" in --mode|-m) COMPREPLY=($(compgen -W "gross_value top_n portion" -- "$cur")); return;; esac
+            case "$prev" in --threshold|-t) COMPREPLY=(); return;; esac
             case "$prev" in --model) COMPREPLY=($(compgen -W "default compat" -- "$cur")); return;; esac
+            case "$prev" in --tiers) COMPREPLY=(); return;; esac
+            case "$prev" in --mmr) COMPREPLY=(); return;; esac
+            case "$prev" in --bin-size) COMPREPLY=(); return;; esac
             case "$prev" in --chart|-c) COMPREPLY=($(compgen -W "map depth heatmap all" -- "$cur")); return;; esac
             case "$prev" in --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --input|-i) COMPREPLY=(); return;; esac
+            case "$prev" in --window) COMPREPLY=(); return;; esac
+            case "$prev" in --refresh) COMPREPLY=(); return;; esac
+            case "$prev" in --duration) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         pressure) opts="--period -p --lookback -l --offline --model -m --weights -w --history --start --end --chart --format -f --quiet -q --help -h"
+            case "$prev" in --period|-p) COMPREPLY=(); return;; esac
+            case "$prev" in --lookback|-l) COMPREPLY=(); return;; esac
             case "$prev" in --model|-m) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return;; esac
+            case "$prev" in --weights|-w) COMPREPLY=(); return;; esac
+            case "$prev" in --start) COMPREPLY=(); return;; esac
+            case "$prev" in --end) COMPREPLY=(); return;; esac
             case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         watch) opts="--exchange -e --min-usd --top --latest --format -f --web --host --port --duration --store --no-store --replay --windows --help -h"
             case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
+            case "$prev" in --min-usd) COMPREPLY=(); return;; esac
+            case "$prev" in --top) COMPREPLY=(); return;; esac
+            case "$prev" in --latest) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl" -- "$cur")); return;; esac
+            case "$prev" in --host) COMPREPLY=(); return;; esac
+            case "$prev" in --port) COMPREPLY=(); return;; esac
+            case "$prev" in --duration) COMPREPLY=(); return;; esac
             case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --windows) COMPREPLY=(); return;; esac
             ;;
     esac
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))

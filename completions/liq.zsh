@@ -4,6 +4,7 @@ _liq() {
     local -a commands
     commands=(
         'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
+        'data:What the store holds - one row per dataset, exchange, symbol and period.'
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'liquidations:History of stored liquidations - long/short totals per interval and symbol, exch'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
@@ -41,14 +42,19 @@ _liq() {
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
+                data) _arguments \
+                    '(--symbol -s)'{--symbol,-s}'[Only this symbol, e.g. BTCUSDT.]:value: ' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
                 fetch) _arguments \
-                    '(--dataset -d)'{--dataset,-d}'[Dataset to fetch (repeatable) (default - all seven).]:value: ' \
+                    '(--dataset -d)'{--dataset,-d}'[Dataset to fetch (repeatable) (default - all seven).]:value:(taker_ratio top_position_ratio top_account_ratio global_account_ratio open_interest funding klines agg_trades)' \
                     '(--period -p)'{--period,-p}'[Period of the series (klines interval) - 5m 15m 30m 1h 2h 4h 6h 12h 1d.]:value: ' \
                     ''--since'[How far back from now, e.g. 30d, 12h (default - 30d).]:value: ' \
                     ''--start'[Range start - YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).]:value: ' \
                     ''--end'[Range end (exclusive) (default - now).]:value: ' \
                     ''--archive'[Use data.binance.vision for history older than 30 days (and agg_trades).]' \
-                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--quiet -q)'{--quiet,-q}'[Print nothing on success - no progress, warnings or summary (for cron).]' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
@@ -69,7 +75,7 @@ _liq() {
                     ''--start'[Start - date, ISO time or e.g. 2d (default - one day before --end).]:value: ' \
                     ''--end'[End, exclusive (default - today 00 -00 UTC, the newest archived day).]:value: ' \
                     '(--mode -m)'{--mode,-m}'[Large-trade selection - notional >= threshold, top N per side, or top fraction.]:value:(gross_value top_n portion)' \
-                    '(--threshold -t)'{--threshold,-t}'[gross_value - USD notional (100000); top_n - trades per side (100); portion - fr]:value: ' \
+                    '(--threshold -t)'{--threshold,-t}'[gross_value - notional (price x qty) in the quote currency, USD for USDT/USDC (1]:value: ' \
                     ''--model'[default (weighted tiers, mmr, sweeps) or compat (reference).]:value:(default compat)' \
                     ''--tiers'[Leverage tiers and weights, e.g. 5 -0.1,10 -0.25,20 -0.25,25 -0.15,50 -0.15,100 ]:value: ' \
                     ''--mmr'[Maintenance margin rate (0.004).]:value: ' \

@@ -170,3 +170,70 @@ def test_numpy_starts_no_idle_blas_threads(user_setting, extra_threads):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.split() == [str(extra_threads), str(user_setting)]
+
+
+def test_unknown_config_keys_are_named_with_the_known_ones(tmp_path, monkeypatch):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('data_dirr = "/x"\n[show]\nmin-usd = 5000\nmin_used = 1\n[nope]\na = 1\n')
+    monkeypatch.setenv("LIQ_CONFIG", str(cfg))
+    result = runner.invoke(_probe_app(), ["show"])
+    assert result.exit_code == 0 and "min_usd=5000.0" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("liq: warning:")]
+    assert len(warnings) == 3, result.stderr
+    assert "unknown key 'data_dirr'" in warnings[0] and "data_dir" in warnings[0]
+    assert "unknown key 'min_used' in [show] (known: min_usd)" in warnings[1]
+    assert "unknown section [nope]" in warnings[2] and str(cfg) in warnings[2]
+    good = tmp_path / "good.toml"
+    good.write_text('log_level = "warning"\n[map]\nthreshold = 5\n[fetch]\nperiod = "15m"\n')
+    monkeypatch.setenv("LIQ_CONFIG", str(good))
+    checked = runner.invoke(app, ["--data-dir", str(tmp_path), "map", "BTCUSDT", "--window", "1h"])
+    assert checked.exit_code == 2 and "warning" not in checked.stderr, checked.stderr
+
+
+def test_help_placeholders_are_one_style():
+    import re
+
+    for name in [None, *COMMANDS]:
+        args = ["--help"] if name is None else [name, "--help"]
+        text = runner.invoke(app, args).stdout
+        assert not re.search(r"<[a-z][^>]*>", text), (name, re.findall(r"<[a-z][^>]*>", text))
+        usage = text.splitlines()[0]
+        assert "{" not in usage and "}" not in usage, usage
+    assert runner.invoke(app, ["fetch", "--help"]).stdout.startswith(
+        "Usage: liq fetch [OPTIONS] SYMBOL..."
+    )
+    assert "--start WHEN" in runner.invoke(app, ["map", "--help"]).stdout
+
+
+def test_warnings_have_one_prefix(tmp_path):
+    script = (
+        "import logging, sys\n"
+        "from liqcli.cli.app import app\n"
+        "@app.command('warnprobe')\n"
+        "def warnprobe():\n"
+        "    logging.getLogger('liq').warning('something odd')\n"
+        "sys.argv = ['liq', 'warnprobe']\n"
+        "app(prog_name='liq')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "LIQ_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert result.stderr == "liq: warning: something odd\n", result.stderr
+
+
+def test_config_tables_of_other_commands_are_not_loaded_to_check_them(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[watch]\nmin_usdd = 1\n[map]\nthreshhold = 5\n")
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from liqcli.cli.app import app\n"
+        f"result = CliRunner().invoke(app, ['--data-dir', {str(tmp_path)!r}, 'map', 'BTCUSDT',"
+        " '--window', '1h'])\n"
+        "print(result.stderr.replace(chr(10), ' | '))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('liqcli.cli.'))))\n"
+    )
+    env = {**os.environ, "LIQ_CONFIG": str(cfg)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    stderr, modules = out.stdout.splitlines()
+    assert "unknown key 'threshhold' in [map]" in stderr and "min_usdd" not in stderr
+    assert "liqcli.cli.watch" not in modules.split()

@@ -70,3 +70,14 @@ def test_bash_script_completes_subcommands_and_choices():
         "json",
         "table",
     ]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_bash_completes_dataset_names_not_options():
+    script = bash(app)
+    datasets = _complete_in_bash(script, ["liq", "fetch", "BTCUSDT", "-d", ""])
+    assert "open_interest" in datasets and "agg_trades" in datasets
+    assert not [w for w in datasets if w.startswith("-")]
+    assert _complete_in_bash(script, ["liq", "fetch", "BTCUSDT", "--dataset", "fu"]) == ["funding"]
+    # A free value (a date) is not offered the option names either.
+    assert _complete_in_bash(script, ["liq", "fetch", "BTCUSDT", "--since", ""]) == []

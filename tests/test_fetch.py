@@ -44,6 +44,11 @@ def read(store: Store, dataset: str, symbol: str, period: str = "5m") -> pl.Data
     return store.read(dataset, **partitions)
 
 
+def data_requests(server) -> list:
+    """The server's requests but the symbol-list check (one exchangeInfo per fresh store)."""
+    return [r for r in server.requests if r.path != "/fapi/v1/exchangeInfo"]
+
+
 def utc_day(ts: int) -> date:
     return datetime.fromtimestamp(ts / 1000, tz=UTC).date()
 
@@ -103,13 +108,13 @@ async def test_30_day_fetch_of_all_datasets_has_exact_row_counts(tmp_path):
             assert_contiguous(stored, first, last)
             assert (result.first_ts, result.last_ts) == (first, last)
     # Pages of 500 (futures/data), 1000 (funding) and 1500 (klines): 18 + 1 + 6 per pair.
-    assert sum(r.requests for r in results) == len(server.requests) == 2 * (5 * 18 + 1 + 6)
-    limits = {(r.path, r.params["limit"]) for r in server.requests}
+    assert sum(r.requests for r in results) == len(data_requests(server)) == 2 * (5 * 18 + 1 + 6)
+    limits = {(r.path, r.params["limit"]) for r in data_requests(server)}
     assert {lim for path, lim in limits if path.startswith("/futures/data/")} == {"500"}
     assert {lim for path, lim in limits if path == "/fapi/v1/fundingRate"} == {"1000"}
     assert {lim for path, lim in limits if path == "/fapi/v1/klines"} == {"1500"}
     assert set(server.status_counts) == {200}  # zero 429s
-    assert progress.planned_pages == progress.done_pages == len(server.requests)
+    assert progress.planned_pages == progress.done_pages == len(data_requests(server))
 
 
 async def test_second_run_fetches_only_what_is_new(tmp_path):
@@ -167,7 +172,7 @@ async def test_funding_pages_by_start_time_and_limit(tmp_path):
                 store, ["BTCUSDT"], ["funding"], start=D - 380 * DAY, http=http, now=NOW
             )
     assert result.new_rows == 380 * 3 + 1 and result.requests == 2
-    first_page, second_page = server.requests
+    first_page, second_page = data_requests(server)
     assert int(first_page.params["startTime"]) == D - 380 * DAY
     stored = ms(read(store, "funding", "BTCUSDT"))
     assert int(second_page.params["startTime"]) == stored[999] + 1  # right after the full page
@@ -376,6 +381,25 @@ async def test_archive_agg_trades_are_stored_verified_and_cached(tmp_path):
     assert len(list((tmp_path / "_archive" / "binance").rglob("*.zip"))) == 2
 
 
+async def test_archive_never_asks_for_the_day_that_has_not_ended(tmp_path):
+    store = Store(tmp_path)
+    day1 = date(2026, 11, 1)
+    start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
+    now = start + 2 * DAY + 10 * 3_600_000  # 2026-11-03 10:00: that day is not archived yet
+    with FakeArchiveServer() as archive:
+        for i in range(2):
+            frame = synthetic_trades(50, start + i * DAY, seed=i, step_ms=60_000)
+            archive.add_binance_agg_trades("BTCUSDT", day1 + timedelta(days=i), frame)
+        async with binance_http("http://127.0.0.1:9") as http:
+            (result,) = await run_fetch(
+                store, ["BTCUSDT"], ["agg_trades"], http=http, start=start, end=now,
+                archive=True, archive_url=archive.url, now=now,
+            )  # fmt: skip
+    assert result.status == "ok" and result.new_rows == 100, result
+    assert "2026-11-03 is not archived before it ends" in result.note
+    assert not any("2026-11-03" in p for p in archive.hits)
+
+
 async def test_archive_agg_trades_day_stored_in_part_is_completed_from_the_cache(tmp_path):
     store = Store(tmp_path)
     start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
@@ -441,32 +465,42 @@ def test_cli_exact_counts_json_document(tmp_path):
     counts = {row["dataset"]: row["new_rows"] for row in document["results"]}
     assert counts == {**{d: 576 for d in GRID}, "funding": 6}
     assert document["new_rows"] == 5 * 576 + 576 + 6 and document["requests"] == len(
-        server.requests
+        data_requests(server)
     )
     assert {row["status"] for row in document["results"]} == {"ok"}
 
 
-def test_cli_unknown_symbol_exits_1_and_keeps_the_others(tmp_path):
+def test_cli_unknown_symbol_is_one_line_exit_2_before_any_data_request(tmp_path):
     with FakeBinanceRest() as server:
-        result = _cli(
-            tmp_path,
-            server.url,
-            "BTCUSDT",
-            "nopeusdt",
-            "--since",
-            "1d",
-            "-d",
-            "open_interest",
-            "-d",
-            "funding",
+        args = ("BTCUSDT", "nopeusdt", "--since", "1d", "-d", "open_interest", "-d", "funding")
+        result = _cli(tmp_path, server.url, *args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (
+            "liq: error: unknown symbol NOPEUSDT: not listed by Binance USDⓈ-M futures "
+            "(e.g. BTCUSDT)\n"
         )
+        assert result.stdout == "" and data_requests(server) == []
+        # The list is cached: a second mistake costs no request at all.
+        again = _cli(tmp_path, server.url, "FOOUSDT", "--since", "1d")
+        assert again.exit_code == 2 and "FOOUSDT" in again.stderr
+        assert len(server.requests_to("/fapi/v1/exchangeInfo")) == 2  # refreshed once for FOO
+        ok = _cli(tmp_path, server.url, "BTCUSDT", "--since", "1d", "-d", "funding")
+        assert ok.exit_code == 0 and len(server.requests_to("/fapi/v1/exchangeInfo")) == 2
+    assert not (tmp_path / "open_interest").exists()
+
+
+def test_cli_unknown_symbol_without_a_symbol_list_is_one_row_and_one_line(tmp_path):
+    with FakeBinanceRest() as server:
+        server.inject("status", path="/fapi/v1/exchangeInfo", status=404, count=10)
+        result = _cli(
+            tmp_path, server.url, "BTCUSDT", "nopeusdt", "--since", "1d",
+            "-d", "open_interest", "-d", "funding", "-d", "klines",
+        )  # fmt: skip
     assert result.exit_code == 1
-    assert result.stderr.startswith(
-        "liq: error: 2 of 4 fetches failed: binance: unknown symbol NOPEUSDT"
-    )
+    assert result.stderr.startswith("liq: error: binance: unknown symbol NOPEUSDT")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    table = result.stdout
-    assert "NOPEUSDT" in table and "error" in table and "BTCUSDT" in table
+    nope_rows = [line for line in result.stdout.splitlines() if "NOPEUSDT" in line]
+    assert len(nope_rows) == 1 and "error" in nope_rows[0]
     store = Store(tmp_path)
     assert read(store, "open_interest", "BTCUSDT").height >= 287
     assert read(store, "funding", "BTCUSDT").height >= 3
@@ -552,7 +586,7 @@ def test_cli_kill_9_midway_then_rerun_has_no_gaps_and_no_duplicates(tmp_path):
     assert len(server.requests) - first_run_requests < all_pages
 
 
-def test_cli_partial_result_warns_on_stderr_unless_quiet(tmp_path):
+def test_cli_partial_result_warns_on_stderr_and_quiet_prints_nothing(tmp_path):
     command = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "fetch", "BTCUSDT"]
     command += ["-d", "open_interest", "--since", "35d"]
     with FakeBinanceRest() as server:
@@ -561,10 +595,44 @@ def test_cli_partial_result_warns_on_stderr_unless_quiet(tmp_path):
         quiet = subprocess.run(
             [*command, "--quiet"], env=env, capture_output=True, text=True, timeout=60
         )
+        quiet_json = subprocess.run(
+            [*command, "--quiet", "-f", "json"], env=env, capture_output=True, text=True
+        )
     assert loud.returncode == 0 and quiet.returncode == 0
     assert "partial" in loud.stdout and "--archive" in loud.stdout
-    assert "WARNING" in loud.stderr and "last 30 days of open_interest" in loud.stderr
-    assert quiet.stderr == "" and "partial" in quiet.stdout
+    assert "liq: warning:" in loud.stderr and "last 30 days of open_interest" in loud.stderr
+    # What cron mails: nothing at all on success.
+    assert quiet.stderr == "" and quiet.stdout == ""
+    assert quiet_json.returncode == 0 and '"status":"partial"' in quiet_json.stdout
+
+
+def test_cli_partial_with_nothing_stored_is_a_failure(tmp_path):
+    # 35-40 days back: all older than the REST window, nothing can be stored without --archive.
+    with FakeBinanceRest() as server:
+        result = _cli(tmp_path, server.url, "BTCUSDT", "-d", "open_interest",
+                      "--start", "40d", "--end", "35d", "--quiet")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "nothing stored" in result.stderr and "--archive" in result.stderr
+    assert "error" in result.stdout  # the summary still shows on a failure
+
+
+def test_cli_since_counts_back_from_end(tmp_path):
+    end = now_ms() // DAY * DAY - 2 * DAY
+    with FakeBinanceRest() as server:
+        result = _cli(tmp_path, server.url, "BTCUSDT", "-d", "funding", "--since", "3d",
+                      "--end", str(end), "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = orjson.loads(result.stdout)
+    assert doc["start"] == iso_ms(end - 3 * DAY) and doc["end"] == iso_ms(end)
+
+
+def test_cli_unwritable_data_dir_is_reported_before_any_request(tmp_path):
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc")
+    with FakeBinanceRest() as server:
+        result = _cli(Path("/proc/liq-test-data"), server.url, "BTCUSDT", "--since", "1d")
+        assert result.exit_code == 1 and server.requests == []
+    assert result.stderr.startswith("liq: error: data dir /proc/liq-test-data is not writable")
 
 
 def test_cli_ctrl_c_exits_130_and_keeps_what_was_fetched(tmp_path):
@@ -593,3 +661,13 @@ def test_cli_ctrl_c_exits_130_and_keeps_what_was_fetched(tmp_path):
     store = Store(tmp_path)
     kept = sum(read(store, d, s).height for d in FETCH_DATASETS for s in ("BTCUSDT", "ETHUSDT"))
     assert kept > 0 and store.corrupt_files == []
+
+
+def test_cli_a_ban_on_the_symbol_list_ends_the_run_before_any_data_request(tmp_path):
+    with FakeBinanceRest() as server:
+        server.inject("418", path="/fapi/v1/exchangeInfo", count=5, retry_after=3_600)
+        result = _cli(tmp_path, server.url, "BTCUSDT", "ETHUSDT", "--since", "1d")
+        assert data_requests(server) == []
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("liq: error: binance:") and "Traceback" not in result.output

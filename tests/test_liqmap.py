@@ -448,3 +448,23 @@ def test_parse_tiers():
     resolved = MapSpec().resolved()
     assert resolved.tiers == DEFAULT_TIERS and resolved.mmr == DEFAULT_MMR
     assert sum(t.weight for t in DEFAULT_TIERS) == pytest.approx(1.0)
+
+
+def test_bad_rows_are_counted_and_left_out_in_every_mode():
+    rows = [(1_000 * i, 100.0 + i, 1.0 + i, bool(i % 2)) for i in range(40)]
+    lf = trades(rows)
+    bad = pl.LazyFrame(
+        {"ts": [None, T0 + 41_000], "price": [100.0, None], "qty": [1.0, 2.0],
+         "is_buyer_maker": [True, None]},
+        schema=lf.collect_schema(),
+    )  # fmt: skip
+    for mode, threshold in (("gross_value", 0.0), ("top_n", 5), ("portion", 0.5)):
+        clean = build_map(lf, MapSpec(mode=mode, threshold=threshold), symbol="BTCUSDT")
+        dirty = build_map(
+            pl.concat([lf, bad]), MapSpec(mode=mode, threshold=threshold), symbol="BTCUSDT"
+        )
+        assert dirty.skipped_rows == 2 and clean.skipped_rows == 0
+        assert dirty.trades == clean.trades == 40
+        assert dirty.first_ts == clean.first_ts == T0
+        assert dirty.selected.height == clean.selected.height
+        assert dirty.largest_trade == pytest.approx(139.0 * 40.0)

@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import os
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -377,15 +377,21 @@ def test_gzip_input_that_is_not_gzip_is_a_data_error(tmp_path):
     assert result.exit_code == 1 and "3 columns" in result.output
 
 
-def test_a_malformed_row_is_a_one_line_data_error(tmp_path, tape):
+def test_a_malformed_row_is_counted_and_skipped(tmp_path, tape):
+    good = tmp_path / "good.csv"
+    good.write_bytes(binance_agg_csv(tape))
     bad = tmp_path / "bad.csv"
-    bad.write_bytes(binance_agg_csv(tape) + b"12,not-a-price,1,1,1,1709251200000,true\n")
-    result = liq(tmp_path, "BTCUSDT", "--input", str(bad))
-    assert result.exit_code == 1
-    assert (
-        result.output.startswith("liq: error: cannot read the trades")
-        and "Traceback" not in result.output
+    bad.write_bytes(
+        binance_agg_csv(tape)
+        + b"12,not-a-price,1,1,1,1709251200000,true\n"
+        + b"13,30000.5,1,1,1,1709251200000,maybe\n"
     )
+    clean = document(liq(tmp_path, "BTCUSDT", "--input", str(good), "-f", "json"))
+    result = liq(tmp_path, "BTCUSDT", "--input", str(bad), "-f", "json")
+    dirty = document(result)
+    assert dirty["skipped_rows"] == 2 and dirty["trades"] == clean["trades"] == tape.height
+    assert dirty["bins"] == clean["bins"]
+    assert "Traceback" not in result.output
 
 
 def test_a_failing_chart_renderer_is_reported(tmp_path, inputs):
@@ -466,3 +472,133 @@ def test_the_chart_worker_ends_when_the_command_fails(tmp_path, inputs, args, co
     assert result.exit_code == code and message in result.output
     assert _children() == before
     assert not (tmp_path / "c").exists()
+
+
+# --------------------------------------------------------------------------- currency and hints
+
+
+@pytest.fixture
+def xrpeth(tmp_path, tape) -> Path:
+    """XRP priced in ETH: ~0.0003 ETH a coin, trades of a few ETH."""
+    path = tmp_path / "xrpeth.parquet"
+    tape.with_columns(
+        pl.col("ts").cast(pl.Datetime("ms", "UTC")),
+        pl.col("price") * 1e-8,
+        pl.col("qty") * 1e5,
+    ).write_parquet(path)
+    return path
+
+
+def test_amounts_are_labelled_in_the_quote_currency(tmp_path, xrpeth):
+    table = liq(tmp_path, "XRPETH", "--input", str(xrpeth), "--mode", "top_n")
+    assert table.exit_code == 0, table.output
+    assert "$" not in table.stdout and "USD" not in table.stdout
+    assert "long_ETH" in table.stdout and "ETH below" in table.stdout
+    doc = document(liq(tmp_path, "XRPETH", "--input", str(xrpeth), "--mode", "top_n", "-f", "json"))
+    assert doc["quote"] == "ETH" and doc["currency"] == "ETH"
+    assert "amount_usd" in doc["bins"][0]  # the contract's column name stays
+    usdt = document(liq(tmp_path, "BTCUSDT", "--input", str(xrpeth), "-f", "json"))
+    assert usdt["quote"] == "USDT" and usdt["currency"] == "USD"
+
+
+def test_an_empty_selection_says_why(tmp_path, xrpeth):
+    result = liq(tmp_path, "XRPETH", "--input", str(xrpeth))
+    assert result.exit_code == 0, result.output
+    assert "0 selected (trades >= 100.0k ETH)" in result.stdout
+    hint = [line for line in result.stderr.splitlines() if line.startswith("liq: warning:")]
+    assert len(hint) == 1 and "no trade reached --threshold 100,000 ETH" in hint[0]
+    assert "the largest of the 3,000 trades was" in hint[0] and "ETH" in hint[0]
+
+
+def test_map_charts_in_eth_and_a_short_window(tmp_path, tape):
+    """A 46-second input: the title shows seconds, the time axis reads as clock times."""
+    short = tmp_path / "short.parquet"
+    tape.head(300).with_columns(
+        (pl.col("ts") - pl.col("ts").min()) * 2 // 325 + pl.col("ts").min(),
+        pl.col("price") * 1e-8,
+        pl.col("qty") * 1e5,
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC"))).write_parquet(short)
+    out = tmp_path / "charts"
+    result = liq(tmp_path, "XRPETH", "--input", str(short), "--mode", "top_n", "--threshold", "20",
+                 "--chart", "all", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2024-03-01 00:00:00 -> 00:00:46 UTC" in result.stdout
+    assert len(list(out.glob("*.png"))) == 3
+
+
+def test_map_chart_labels_never_overlap_the_last_price(tmp_path, monkeypatch):
+    """A falling --live window ends at its lowest price: the last-price label sits at the bottom
+    of the bars, where "long liquidations below" used to be drawn."""
+    from liqcli.analytics.liqmap import MapSpec, build_map, parse_tiers
+    from liqcli.render import charts
+
+    n = 400
+    frame = pl.DataFrame(
+        {
+            "ts": [1_709_251_200_000 + 500 * i for i in range(n)],
+            "price": [60_000.0 - 45 * i for i in range(n)],  # -30 %
+            "qty": [0.5 + (i % 7) / 10 for i in range(n)],
+            "is_buyer_maker": [bool(i % 2) for i in range(n)],
+        }
+    )
+    spec = MapSpec(mode="top_n", threshold=50, tiers=parse_tiers("100:1"))  # levels 0.6 % away
+    liqmap = build_map(frame.lazy(), spec, symbol="BTCUSDT")
+    assert liqmap.current_price == frame["price"].min()
+    figures = []
+    real_save = charts._save
+    monkeypatch.setattr(
+        charts, "_save", lambda mpl, fig, path: (figures.append(fig), real_save(mpl, fig, path))[1]
+    )
+    charts.draw_map(charts.chart_data(liqmap, ["map"]), tmp_path / "live.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in [*ax.texts] if t.get_text()]
+    last = next(t for t in texts if t.get_text().startswith("last "))
+    others = [t for t in texts if t is not last]
+    box = last.get_window_extent(renderer)
+    for other in others:
+        assert not box.overlaps(other.get_window_extent(renderer)), other.get_text()
+    assert {t.get_text() for t in others} >= {
+        "short liquidations above the last price",
+        "long liquidations below it",
+    }
+
+
+def test_today_is_never_asked_of_the_archive(tmp_path, caplog):
+    today = datetime.fromtimestamp(now_ms() // 1000, UTC).date()
+    yesterday = date.fromordinal(today.toordinal() - 1)
+    with FakeArchiveServer() as server:
+        server.add_binance_agg_trades("BTCUSDT", yesterday, day_trades(yesterday))
+        env = _archive_env(server)
+        result = liq(
+            tmp_path,
+            "BTCUSDT",
+            "--start",
+            yesterday.isoformat(),
+            "--end",
+            "now",
+            "-f",
+            "json",
+            env=env,
+        )
+        asked = [p for p in server.hits if p.endswith(".zip")]
+        only_today = liq(tmp_path, "BTCUSDT", "--start", today.isoformat(), "--end", "now", env=env)
+        asked_after = [p for p in server.hits if p.endswith(".zip")]
+    assert result.exit_code == 0, result.output
+    assert asked == [next(p for p in asked if yesterday.isoformat() in p)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("not archived yet" in w for w in warnings) and not any("404" in w for w in warnings)
+    assert only_today.exit_code == 1 and "nothing archived yet" in only_today.output
+    assert asked_after == asked
+
+
+def test_small_amounts_keep_their_decimals_in_the_table(tmp_path, tape):
+    tiny = tmp_path / "tiny.parquet"
+    tape.with_columns(
+        pl.col("ts").cast(pl.Datetime("ms", "UTC")), pl.col("price") * 1e-8, pl.col("qty") * 10
+    ).write_parquet(tiny)  # trades of ~0.0001 ETH
+    result = liq(tmp_path, "XRPETH", "--input", str(tiny), "--mode", "top_n")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()[5:] if line.strip()]
+    amounts = [cell for row in rows for cell in row[3:] if cell[0].isdigit()]
+    assert amounts and all("." in a for a in amounts) and not all(float(a) == 0 for a in amounts)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from liqcli.analytics.pressure import COMPONENTS, PressureConfig, pressure_at
 from liqcli.cli.app import app
-from liqcli.core.timeutil import now_ms
+from liqcli.core.timeutil import iso_ms, now_ms
 from liqcli.services.pressure import load_inputs
 from liqcli.store.parquet import Store
 
@@ -276,7 +276,7 @@ def test_history_offline_stores_rows_and_draws_the_chart(tmp_path, recent):
     store_market(store, "SOLUSDT", recent, 700)
     store_liquidations(store, "SOLUSDT", recent - 690 * STEP, recent)
     start, end = recent - 300 * STEP, recent
-    chart = tmp_path / "out" / "sol.png"
+    chart = tmp_path / "sol.png"  # --chart FILE: the directory must exist
     result = invoke(
         tmp_path, "SOLUSDT", "--offline", "--history", "--start", str(start), "--end", str(end),
         "--chart", str(chart), "-f", "json",
@@ -398,15 +398,15 @@ def test_end_to_end_history_with_chart(tmp_path, binance):
     assert store.read("pressure", symbol="BTCUSDT", model="default").height == len(lines) - 1
 
 
-def test_end_to_end_unknown_symbol_is_one_line_exit_1(tmp_path, binance):
+def test_end_to_end_unknown_symbol_is_one_line_exit_2(tmp_path, binance):
     env = {**os.environ, "LIQ_BINANCE_REST_URL": binance.url}
     command = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "pressure", "NOPEUSDT"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    # Binance's symbol list says so: a usage error, before any data request.
+    assert result.returncode == 2
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("liq: error: no 5m data for NOPEUSDT: fetch failed: ")
-    assert "unknown symbol NOPEUSDT" in line
+    assert line.startswith("liq: error: unknown symbol NOPEUSDT: not listed by Binance")
 
 
 def test_end_to_end_a_failed_input_is_reported_and_left_out(tmp_path, binance):
@@ -443,3 +443,75 @@ def test_panel_is_coloured_on_a_terminal(tmp_path, recent):
     piped = io.StringIO()
     print_panel(text, Console(file=piped, highlight=False))
     assert piped.getvalue() == text.plain
+
+
+def test_history_chart_labels_every_band_and_reads_short_windows_as_clock_times(
+    tmp_path, monkeypatch
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from liqcli.analytics.pressure import LEVELS, LOWEST_LEVEL
+    from liqcli.render.pressure_panel import history_chart
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    t0 = 1_790_000_000_000
+    history = pl.DataFrame(
+        {"ts": [t0 + i * 5_000 for i in range(12)], "long_score": [10.0 + i for i in range(12)],
+         "short_score": [50.0] * 12}
+    )  # fmt: skip
+    history_chart(history, None, tmp_path / "p.png", title="t")
+    (fig,) = figures
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {name for _, name in LEVELS} | {LOWEST_LEVEL} <= texts
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
+    assert ticks and all(t.count(":") == 2 for t in ticks), ticks  # 03:33:20, not a bare "20"
+
+
+def test_history_over_a_range_without_data_is_clamped_to_the_store(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 200)
+    first = recent - 199 * STEP
+    result = invoke(tmp_path, "BTCUSDT", "--offline", "--history", "--start", "2020-01-01",
+                    "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = orjson.loads(result.stdout)
+    assert "history clamped to the stored 5m inputs" in result.stderr
+    assert doc["notes"] and doc["start"] == iso_ms(first) and doc["end"] == iso_ms(recent)
+    # One row per stored step: none before the data, none for the still-open period.
+    assert doc["stored_rows"] == len(doc["rows"]) == 200
+    stored = store.read("pressure", symbol="BTCUSDT")
+    assert stored["ts"].dt.epoch("ms").to_list() == list(range(first, recent + 1, STEP))
+    files = list((tmp_path / "pressure").rglob("*.parquet"))
+    assert 1 <= len(files) <= 2  # the months that hold data, not 84 months of nulls
+
+
+def test_history_never_stores_a_step_without_inputs(tmp_path, recent):
+    store = Store(tmp_path)
+    store_market(store, "BTCUSDT", recent, 300)
+    hole = (pl.col("ts").dt.epoch("ms") >= recent - 150 * STEP) & (
+        pl.col("ts").dt.epoch("ms") < recent - 50 * STEP
+    )
+    for path in (tmp_path).rglob("*.parquet"):
+        if "funding" in str(path):
+            continue
+        frame = pl.read_parquet(path)
+        frame.filter(~hole).write_parquet(path)
+    start = recent - 250 * STEP
+    result = invoke(tmp_path, "BTCUSDT", "--offline", "--history", "--start", str(start),
+                    "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = store.read("pressure", symbol="BTCUSDT")
+    assert stored.height == orjson.loads(result.stdout)["stored_rows"]
+    assert stored.filter(pl.col("weight_used") == 0).height == 0
+    # Steps in the hole whose inputs are older than the stale limit are not stored.
+    stale_steps = [
+        t
+        for t in stored["ts"].dt.epoch("ms").to_list()
+        if recent - 140 * STEP <= t < recent - 60 * STEP
+    ]
+    assert stale_steps == []

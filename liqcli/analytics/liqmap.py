@@ -4,7 +4,7 @@ Method (py-liquidation-map's, with its defects fixed): a taker buy (``is_buyer_m
 taken as a long opened at the trade price, a taker sell as a short. Large trades are selected per
 side by ``mode``:
 
-- ``gross_value``: notional ``price*qty >= threshold`` (USD);
+- ``gross_value``: notional ``price*qty >= threshold`` (in the quote currency: USD for USDT);
 - ``top_n``: the ``threshold`` largest per side (all of them if there are fewer);
 - ``portion``: the largest ``floor(count * threshold)`` per side.
 
@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from liqcli.core.money import currency_of, quote_of
 from liqcli.errors import LiqError, UsageError
 
 Mode = Literal["gross_value", "top_n", "portion"]
@@ -137,7 +138,8 @@ class MapSpec:
             raise UsageError(f"invalid threshold {self.threshold!r}")
         if self.mode == "gross_value" and threshold < 0:
             raise UsageError(
-                "invalid threshold for gross_value: a notional in USD >= 0, e.g. 100000"
+                "invalid threshold for gross_value: a notional >= 0 in the quote currency, "
+                "e.g. 100000"
             )
         if self.mode == "top_n" and (threshold < 1 or threshold != int(threshold)):
             raise UsageError("invalid threshold for top_n: a whole number of trades >= 1, e.g. 100")
@@ -191,6 +193,12 @@ class LiqMap:
     col_t0: int  # heatmap first column start (ms)
     n_cols: int
     selected_usd: dict[str, float] = field(default_factory=dict)
+    skipped_rows: int = 0  # malformed input rows left out (missing fields, bad price)
+    largest_trade: float = 0.0  # the largest trade's notional (in the quote currency)
+
+    @property
+    def currency(self) -> str:
+        return currency_of(self.symbol)
 
     @property
     def tier_labels(self) -> list[str]:
@@ -217,6 +225,11 @@ class LiqMap:
             "end": iso_ms(self.last_ts),
             "trades": self.trades,
             "selected_trades": self.selected.height,
+            "skipped_rows": self.skipped_rows,
+            # Amounts (the ``amount_usd`` columns, kept by that name) are in this currency.
+            "quote": quote_of(self.symbol),
+            "currency": self.currency,
+            "largest_trade": self.largest_trade,
             "selected_usd": self.selected_usd,
             "active_usd": {
                 side: float(self.bins.filter(pl.col("side") == side)["amount_usd"].sum())
@@ -310,17 +323,25 @@ def _normalise(trades: pl.LazyFrame, spec: MapSpec) -> pl.LazyFrame:
     schema = trades.collect_schema()
     ts = pl.col("ts")
     t = ts.dt.epoch("ms") if isinstance(schema["ts"], pl.Datetime) else ts.cast(pl.Int64)
+    price = pl.col("price").cast(pl.Float64)
+    amount = price * pl.col("qty").cast(pl.Float64)
+    is_long = ~pl.col("is_buyer_maker").cast(pl.Boolean)
+    # A row with a missing field (a file cut mid-line) or a non-positive price is bad: its t is
+    # nulled, so the bucket pass counts it in a null second and everything else drops it.
+    good = (price > 0) & amount.is_not_null() & is_long.is_not_null()
     lf = trades.select(
-        t.alias("t"),
-        pl.col("price").cast(pl.Float64),
-        (pl.col("price").cast(pl.Float64) * pl.col("qty").cast(pl.Float64)).alias("amount"),
-        (~pl.col("is_buyer_maker").cast(pl.Boolean)).alias("is_long"),
+        pl.when(good).then(t).alias("t"), price, amount.alias("amount"), is_long.alias("is_long")
     )
+    t_col = pl.col("t")
+    in_range = t_col.is_null()
+    if spec.start_ms is None and spec.end_ms is None:
+        return lf
+    bounds = pl.lit(True)
     if spec.start_ms is not None:
-        lf = lf.filter(pl.col("t") >= spec.start_ms)
+        bounds &= t_col >= spec.start_ms
     if spec.end_ms is not None:
-        lf = lf.filter(pl.col("t") < spec.end_ms)
-    return lf.filter(pl.col("price") > 0)
+        bounds &= t_col < spec.end_ms
+    return lf.filter(in_range | bounds)
 
 
 _SELECTED_COLUMNS = ("t", "price", "amount", "is_long")
@@ -385,9 +406,10 @@ def _select_trades(
         buckets, hist = pl.collect_all([buckets_q, hist_q], engine=engine)
     else:
         buckets, hist = buckets_q.collect(engine=engine), hist_q.collect(engine=engine)
-    n_long = int(buckets["n_long"].sum())
+    good = buckets.filter(pl.col("sec").is_not_null())  # the null second holds bad rows
+    n_long = int(good["n_long"].sum())
     k_long = math.floor(n_long * threshold)
-    k_short = math.floor((int(buckets["n"].sum()) - n_long) * threshold)
+    k_short = math.floor((int(good["n"].sum()) - n_long) * threshold)
     if k_long < 1 and k_short < 1:
         return buckets, _empty_selected()
     floor_long, floor_short = (
@@ -420,9 +442,11 @@ def build_map(
     ``shared_scan``: one scan feeds the buckets and the selection (faster, for inputs small
     enough that its higher peak memory does not matter)."""
     spec = spec.resolved()
-    lf = _normalise(trades, spec)
+    flagged = _normalise(trades, spec)
+    lf = flagged.filter(pl.col("t").is_not_null())
+    # Bad rows (t nulled) fall in a null second of their own: counted there, then dropped.
     buckets_q = (
-        lf.group_by((pl.col("t") // BUCKET_MS).alias("sec"))
+        flagged.group_by((pl.col("t") // BUCKET_MS).alias("sec"))
         .agg(
             pl.col("price").min().alias("low"),
             pl.col("price").max().alias("high"),
@@ -431,12 +455,17 @@ def build_map(
             pl.col("t").max().alias("t_last"),
             pl.len().alias("n"),
             pl.col("is_long").sum().alias("n_long"),
+            pl.col("amount").max().alias("max_amount"),
         )
         .sort("sec")
     )
     buckets, selected = _select_trades(lf, spec, buckets_q, engine, shared_scan)
+    bad = buckets.filter(pl.col("sec").is_null())
+    skipped = int(bad["n"].sum()) if bad.height else 0
+    buckets = buckets.filter(pl.col("sec").is_not_null())
     if buckets.height == 0:
-        raise LiqError(f"no trades for {symbol} in the requested range")
+        extra = f" ({skipped:,} malformed rows skipped)" if skipped else ""
+        raise LiqError(f"no trades for {symbol} in the requested range{extra}")
     # Venue files are time-ordered, so the last trade of the last second is the current price.
     current_ts, current_price = int(buckets["t_last"][-1]), float(buckets["close"][-1])
     first_ts = int(buckets["t_first"][0])
@@ -477,6 +506,8 @@ def build_map(
         first_ts=first_ts,
         last_ts=current_ts,
         trades=int(buckets["n"].sum()),
+        skipped_rows=skipped,
+        largest_trade=float(buckets["max_amount"].max() or 0.0),
         bin_size=bin_size,
         bins=bins,
         levels=levels,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import sys
+import typing
 from collections.abc import Iterator, MutableMapping
 from importlib import import_module
 from pathlib import Path
@@ -18,7 +20,7 @@ from typer.core import TyperGroup
 from liqcli import __version__
 from liqcli.cli.common import AppState, teardown_skippable
 from liqcli.core.config import default_data_dir, load_config
-from liqcli.errors import LiqError
+from liqcli.errors import LiqError, UsageError
 
 if TYPE_CHECKING:
     from typer._click import Command  # typer vendors click
@@ -45,6 +47,10 @@ class LiqGroup(TyperGroup):
                 extra["default_map"] = load_config()
             except LiqError as exc:
                 raise _fail(exc, exc.exit_code) from None
+            if not any(a in ("--help", "-h") for a in args):
+                invoked = next((a for a in args if a in self.commands), None)
+                for warning in unknown_config_keys(self, extra["default_map"], invoked):
+                    typer.echo(f"liq: warning: {config_path_text()}: {warning}", err=True)
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):
@@ -52,11 +58,75 @@ class LiqGroup(TyperGroup):
             return super().invoke(ctx)
         except LiqError as exc:
             raise _fail(exc, exc.exit_code) from None
+        except OSError as exc:
+            # The last net under every command: a file or directory that cannot be read or
+            # written is a runtime failure named in one line, not a traceback.
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise _fail(LiqError(_os_error_text(exc)), 1) from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith("polars"):
+                raise
+            # Polars' errors (a corrupt Parquet file, an unparseable CSV) carry hints after the
+            # first line; the first line names the problem.
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise _fail(LiqError(f"cannot read data: {text}"), 1) from None
+
+
+def unknown_config_keys(
+    group: Any, config: dict[str, Any], invoked: str | None = None
+) -> list[str]:
+    """Config keys no option reads (a typo is otherwise silently ignored): one message each,
+    naming the key and the keys that would be read there. The options of a command's table are
+    checked when that command runs (building the others would import them all)."""
+    root_keys = sorted(p.name for p in group.params if p.name)
+    commands = list(group.commands)
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            if key not in commands:
+                out.append(f"unknown section [{key}] (commands: {', '.join(commands)})")
+                continue
+            if invoked is not None and key != invoked:
+                continue
+            names = sorted(p.name for p in group.commands[key].params if p.name)
+            for option in value:
+                if option not in names and not isinstance(value[option], dict):
+                    out.append(f"unknown key {option!r} in [{key}] (known: {', '.join(names)})")
+        elif key not in root_keys:
+            out.append(
+                f"unknown key {key!r} (known at the top: {', '.join(root_keys)}; "
+                f"command options go under [command])"
+            )
+    return out
+
+
+def config_path_text() -> str:
+    from liqcli.core.config import default_config_path
+
+    return os.environ.get("LIQ_CONFIG") or str(default_config_path())
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason
+
+
+def check_data_dir(path: Path) -> None:
+    """--data-dir must be a directory or a path that can become one: a plain file there (or at
+    a parent) is a usage error before any command runs."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is" if candidate == path else f"is under {candidate}, which is"
+                raise UsageError(f"--data-dir {path} {what} a file, not a directory")
+            return
 
 
 # One module per subcommand, in help order; each exposes `register(app)`. Only working commands
 # are listed.
-COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch", "liquidations"]
+COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch", "liquidations", "data"]
 
 
 def _build_command(name: str) -> Command:
@@ -64,11 +134,74 @@ def _build_command(name: str) -> Command:
     holder = typer.Typer(add_completion=False)
     import_module(f"liqcli.cli.{name}").register(holder)
     (info,) = holder.registered_commands
-    return typer.main.get_command_from_info(
+    command = typer.main.get_command_from_info(
         info,
         pretty_exceptions_short=app.pretty_exceptions_short,
         rich_markup_mode=app.rich_markup_mode,
     )
+    tidy_placeholders(command)
+    return command
+
+
+# Value placeholders by option name, where a command did not give one: the help reads
+# ``--start WHEN``, ``--input FILE``, not typer's ``<str>`` / ``<list[Path]>``.
+PLACEHOLDERS: dict[str, str] = {
+    "start": "WHEN",
+    "end": "WHEN",
+    "since": "DURATION",
+    "window": "DURATION",
+    "period": "PERIOD",
+    "data_dir": "PATH",
+    "out": "DIR",
+    "inputs": "FILE",
+    "replay": "FILE",
+    "chart": "FILE",
+    "duration": "SECONDS",
+    "refresh": "SECONDS",
+    "tiers": "LIST",
+    "weights": "LIST",
+    "mmr": "RATE",
+    "bin_size": "PRICE",
+    "log_level": "LEVEL",
+    "dataset": "NAME",
+    "symbol": "SYMBOL",
+    "exchange": "VENUE",
+}
+
+
+def tidy_placeholders(command: Any) -> None:
+    """One placeholder style in every help text: ``SYMBOL...`` for arguments, ``WHEN`` /
+    ``FILE`` / ``N`` / ``[a|b]`` for option values (typer's defaults mix ``{symbol}``,
+    ``<str>`` and ``<list[Path]>``)."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            # The Arguments section: "SYMBOL  help", without typer's "<list[str]>".
+            param.display_type_rich = lambda ctx: None
+            continue
+        if param.metavar is not None:
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        if getattr(param, "is_flag", False) or desc is None:
+            continue
+        if desc.is_choice and desc.choices:
+            values = [str(getattr(c, "value", c)) for c in desc.choices]
+            param.metavar = "[" + "|".join(values) + "]"
+        elif param.name in PLACEHOLDERS:
+            param.metavar = PLACEHOLDERS[param.name]
+        elif desc.is_path:
+            param.metavar = "PATH"
+        else:
+            base = desc.annotation
+            inner = typing.get_args(base)[0] if typing.get_origin(base) is list else base
+            param.metavar = "N" if inner in (int, float) else "TEXT"
+    usage = command.collect_usage_pieces
+
+    def collect_usage_pieces(ctx: Any) -> list[str]:
+        # typer wraps required arguments in braces ({SYMBOL}): plain SYMBOL, like click.
+        return [re.sub(r"\{([^{}]+)\}", r"\1", piece) for piece in usage(ctx)]
+
+    command.collect_usage_pieces = collect_usage_pieces
 
 
 class LazyCommands(MutableMapping[str, "Command"]):
@@ -111,6 +244,7 @@ class LiqRootGroup(LiqGroup):
 
     def __init__(self, *, commands: dict[str, Command] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        tidy_placeholders(self)
         self.commands = LazyCommands(COMMANDS)
         for name, command in (commands or {}).items():
             self.commands[name] = command
@@ -134,6 +268,14 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+class _Lower(logging.Formatter):
+    """``liq: warning: ...``: the same style as the CLI's own ``liq: error: ...`` lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        lowered = logging.makeLogRecord({**record.__dict__, "levelname": record.levelname.lower()})
+        return super().formatMessage(lowered)
 
 
 def _version(value: bool) -> None:
@@ -174,9 +316,16 @@ def root(
         raise typer.BadParameter(
             f"{log_level!r} is not one of debug, info, warning, error", param_hint="--log-level"
         )
-    logging.basicConfig(level=level, stream=sys.stderr, format="liq: %(levelname)s: %(message)s")
+    root_logger = logging.getLogger()
+    if not root_logger.handlers:  # what logging.basicConfig does, with our formatter
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Lower("liq: %(levelname)s: %(message)s"))
+        root_logger.addHandler(handler)
+        root_logger.setLevel(level)
     logging.getLogger("liq").setLevel(level)
-    ctx.obj = AppState(data_dir=(data_dir or default_data_dir()).expanduser(), log_level=log_level)
+    data_dir = (data_dir or default_data_dir()).expanduser()
+    check_data_dir(data_dir)
+    ctx.obj = AppState(data_dir=data_dir, log_level=log_level)
 
 
 def main() -> None:

@@ -159,3 +159,18 @@ def skip_teardown() -> None:
 
 def teardown_skippable() -> bool:
     return _teardown_skippable
+
+
+def require_writable(directory: Path, what: str = "data dir") -> None:
+    """Fail before any request when ``directory`` (created if missing) cannot be written: a
+    download that cannot be stored is wasted (and with the venue's rate limits, costly)."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        from liqcli.errors import LiqError
+
+        raise LiqError(f"{what} {directory} is not writable: {exc.strerror or exc}") from None

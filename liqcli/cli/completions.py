@@ -59,6 +59,9 @@ def _options(command) -> list[Opt]:
             from liqcli.exchanges import registry  # venues come from the registry
 
             choices = registry.names(registry.LIQUIDATIONS)
+        elif not choices and getattr(p, "_custom_shell_complete", None) is not None:
+            # An option's own value list (e.g. fetch --dataset): asked once, at generation.
+            choices = [item.value for item in p.shell_complete(_context(command), "")]
         is_path = desc.is_path if desc is not None else p.type.name in ("path", "file")
         out.append(
             Opt(
@@ -71,6 +74,10 @@ def _options(command) -> list[Opt]:
         )
     out.append(Opt(["--help", "-h"], "Show help", False, [], False))
     return out
+
+
+def _context(command):
+    return command.make_context(command.name or "liq", [], resilient_parsing=True)
 
 
 def command_tree(app: typer.Typer) -> tuple[list[Opt], list[Cmd]]:
@@ -129,6 +136,9 @@ def _bash_values(opts: list[Opt], indent: int) -> list[str]:
             out.append(
                 f'{pad}case "$prev" in {"|".join(o.names)}) COMPREPLY=($(compgen -f -- "$cur")); return;; esac'
             )
+        elif o.takes_value:
+            # A free value (a date, a number): offer nothing rather than the option names.
+            out.append(f'{pad}case "$prev" in {"|".join(o.names)}) COMPREPLY=(); return;; esac')
     return out
 
 

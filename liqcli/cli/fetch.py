@@ -7,8 +7,16 @@ from contextlib import nullcontext
 from typing import Annotated
 
 import typer
+from typer._click.core import ParameterSource
 
-from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, stderr_is_tty, upper_symbols
+from liqcli.cli.common import (
+    FormatOpt,
+    require_writable,
+    run_async,
+    state,
+    stderr_is_tty,
+    upper_symbols,
+)
 from liqcli.core.timeutil import duration_ms, iso_ms, now_ms, parse_time, period_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.exchanges.binance.rest import FETCH_DATASETS
@@ -62,6 +70,7 @@ def fetch(
             "-d",
             metavar="NAME",
             help="Dataset to fetch (repeatable) [default: all seven].",
+            autocompletion=lambda: [*FETCH_DATASETS, "agg_trades"],
             show_default=False,
         ),
     ] = None,
@@ -108,7 +117,14 @@ def fetch(
             help="Use data.binance.vision for history older than 30 days (and agg_trades).",
         ),
     ] = False,
-    quiet: QuietOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print nothing on success: no progress, warnings or summary (for cron).",
+        ),
+    ] = False,
     fmt: FormatOpt = Format.table,
 ) -> None:
     from liqcli.services.fetch import resolve_datasets, resolve_range, run_fetch
@@ -120,14 +136,19 @@ def fetch(
     if since is not None and start is not None:
         raise UsageError("--since and --start both set the range start: use one")
     now = now_ms()
+    end_ms = parse_time(end, now=now) if end else None
+    # --since counts back from --end when one is given, else from now.
     start_ms = (
-        now - duration_ms(since)
+        min(end_ms, now) - duration_ms(since)
+        if since is not None and end_ms is not None
+        else now - duration_ms(since)
         if since is not None
         else (parse_time(start, now=now) if start else None)
     )
-    end_ms = parse_time(end, now=now) if end else None
     start_ms, end_ms = resolve_range(start_ms, end_ms, now=now)
 
+    data_dir = state(ctx).data_dir
+    require_writable(data_dir)  # before any request: what is fetched must be storable
     store = state(ctx).store()
     bar = _ProgressBar() if stderr_is_tty() and not quiet else None
     quiet_logs = logging.getLogger("liq").level if quiet else None
@@ -151,7 +172,8 @@ def fetch(
     finally:
         if quiet_logs is not None:
             logging.getLogger("liq").setLevel(quiet_logs)
-    rows = [r.as_row() for r in results]
+    rows = _collapse_unknown([r.as_row() for r in results])
+    failed = [r for r in results if r.status == "error"]
     document = {
         "symbols": symbol_list,
         "period": period,
@@ -161,14 +183,46 @@ def fetch(
         "requests": sum(r.requests for r in results),
         "refused_rows": sum(r.refused.total for r in results),
     }
-    render(rows, fmt, document=document, rows_key="results")
-    failed = [r for r in results if r.status == "error"]
+    # --quiet: nothing on stdout on success (cron mails any output); a failure still shows
+    # the summary, and an explicit --format json/csv is always printed.
+    explicit_format = ctx.get_parameter_source("fmt") not in (
+        None,
+        ParameterSource.DEFAULT,
+        ParameterSource.DEFAULT_MAP,
+    )
+    if not quiet or failed or explicit_format:
+        render(rows, fmt, document=document, rows_key="results")
     if failed:
         reasons = list(dict.fromkeys(r.error for r in failed))
+        if len(reasons) == 1 and "unknown symbol" in (reasons[0] or ""):
+            raise LiqError(reasons[0])  # one symbol refused by every dataset: say it once
         more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
         raise LiqError(
             f"{len(failed)} of {len(results)} fetches failed: {'; '.join(reasons[:3])}{more}"
         )
+
+
+def _collapse_unknown(rows: list[dict]) -> list[dict]:
+    """One row, not one per dataset, for a symbol every dataset refused as unknown (when the
+    symbol list could not be checked beforehand)."""
+    by_symbol: dict[str, list[dict]] = {}
+    for row in rows:
+        by_symbol.setdefault(row["symbol"], []).append(row)
+    collapsed = {
+        symbol
+        for symbol, group in by_symbol.items()
+        if len(group) > 1
+        and all(r["status"] == "error" for r in group)
+        and len({r["message"] for r in group}) == 1
+        and "unknown symbol" in (group[0]["message"] or "")
+    }
+    out: list[dict] = []
+    for row in rows:
+        if row["symbol"] not in collapsed:
+            out.append(row)
+        elif row is by_symbol[row["symbol"]][0]:
+            out.append({**row, "dataset": "*"})
+    return out
 
 
 class _ProgressBar:

@@ -14,6 +14,7 @@ from liqcli.cli.common import (
     FormatOpt,
     QuietOpt,
     import_numpy,
+    require_writable,
     run_async,
     skip_teardown,
     state,
@@ -121,7 +122,8 @@ def liquidation_map(
         typer.Option(
             "--threshold",
             "-t",
-            help="gross_value: USD notional [100000]; top_n: trades per side [100]; portion: fraction [0.01].",
+            help="gross_value: notional (price x qty) in the quote currency, USD for USDT/USDC "
+            "[100000]; top_n: trades per side [100]; portion: fraction [0.01].",
             show_default=False,
         ),
     ] = None,
@@ -213,7 +215,20 @@ def liquidation_map(
                 raise UsageError("--live uses the Binance aggTrade stream: drop --exchange bybit")
             if refresh <= 0 or (duration is not None and duration <= 0):
                 raise UsageError("--refresh and --duration must be positive seconds")
-        elif not files:
+        else:
+            from typer._click.core import ParameterSource
+
+            given = [
+                f"--{name}"
+                for name in ("window", "refresh", "duration")
+                if ctx.get_parameter_source(name)
+                not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+            ]
+            if given:
+                raise UsageError(
+                    f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --live"
+                )
+        if not live and not files:
             end_ms = end_ms if end_ms is not None else day_floor(now)
             start_ms = start_ms if start_ms is not None else end_ms - 86_400_000
         spec = MapSpec(
@@ -243,6 +258,8 @@ def liquidation_map(
         else:
             from liqcli.services.liqmap import map_from_archive
 
+            require_writable(data_dir)
+
             liqmap = run_async(map_from_archive(data_dir, exchange.value, symbol, spec))
         written = []
         if charts:
@@ -253,6 +270,15 @@ def liquidation_map(
         if worker is not None:
             worker.close()
     if not quiet:
+        hint = empty_selection_hint(liqmap)
+        if hint:
+            typer.echo(f"liq: warning: {hint}", err=True)
+        if liqmap.skipped_rows:
+            typer.echo(
+                f"liq: warning: {liqmap.skipped_rows:,} malformed trade rows skipped "
+                "(missing fields, e.g. a file cut mid-line)",
+                err=True,
+            )
         for path in written:
             typer.echo(f"liq: wrote {path}", err=True)
     _print(liqmap, fmt, written)
@@ -284,24 +310,57 @@ def _table(liqmap: LiqMap) -> pl.DataFrame:
     # As many decimals as the bin edges need: 100 -> 0, 2.5 -> 1, 0.01 -> 2.
     decimals = len(f"{liqmap.bin_size:.8f}".rstrip("0").split(".")[1])
     usd = ("long_usd", "short_usd", "cum_long_usd", "cum_short_usd")
-    return liqmap.summary().with_columns(
-        pl.col("price_low", "price_high").map_elements(
-            lambda v: f"{v:,.{decimals}f}", return_dtype=pl.String
-        ),
-        pl.col("distance_pct").map_elements(lambda v: f"{v:+.2f}%", return_dtype=pl.String),
-        pl.col(usd).map_elements(lambda v: f"{v:,.0f}" if v else "", return_dtype=pl.String),
+    cur = liqmap.currency
+    # Whole units for dollars and big amounts; decimals when a bin holds less (0.4 ETH is not 0).
+    biggest = max(
+        (float(liqmap.bins["amount_usd"].max() or 0.0) if liqmap.bins.height else 0.0), 0.0
+    )
+    places = 0 if biggest >= 100 else 2 if biggest >= 1 else 4
+    # The table's amount columns say their currency (long_ETH for XRPETH); JSON/CSV keep
+    # the contract's amount_usd names and carry "currency" instead.
+    return (
+        liqmap.summary()
+        .with_columns(
+            pl.col("price_low", "price_high").map_elements(
+                lambda v: f"{v:,.{decimals}f}", return_dtype=pl.String
+            ),
+            pl.col("distance_pct").map_elements(lambda v: f"{v:+.2f}%", return_dtype=pl.String),
+            pl.col(usd).map_elements(
+                lambda v: f"{v:,.{places}f}" if v else "", return_dtype=pl.String
+            ),
+        )
+        .rename({c: c.replace("usd", cur) for c in usd} if cur != "USD" else {})
     )
 
 
 def _headline(liqmap: LiqMap) -> str:
+    from liqcli.core.money import money
     from liqcli.render.charts import threshold_text, title
 
     doc = liqmap.document()
     active = doc["active_usd"]
+    cur = liqmap.currency
     return (
         title(liqmap, "map").replace("\n", "\n  ")
         + f"\n  {liqmap.trades:,} trades, {liqmap.selected.height:,} selected ({threshold_text(liqmap)}); "
-        f"levels left: longs ${active['long']:,.0f} below, shorts ${active['short']:,.0f} above\n"
+        f"levels left: longs {money(active['long'], cur)} below, "
+        f"shorts {money(active['short'], cur)} above\n"
+    )
+
+
+def empty_selection_hint(liqmap: LiqMap) -> str | None:
+    """Why no trade was selected, with what would select some (gross_value only: the other
+    modes always pick the largest trades there are)."""
+    from liqcli.core.money import money
+
+    if liqmap.selected.height or not liqmap.trades or liqmap.spec.mode != "gross_value":
+        return None
+    cur = liqmap.currency
+    return (
+        f"no trade reached --threshold {money(float(liqmap.spec.threshold or 0), cur)} "
+        f"(amounts are price x qty in {cur}); the largest of the {liqmap.trades:,} trades was "
+        f"{money(liqmap.largest_trade, cur) if liqmap.largest_trade >= 1 else f'{liqmap.largest_trade:.4g} {cur}'}: "
+        "lower --threshold or use --mode top_n"
     )
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from liqcli.cli.common import FormatOpt, QuietOpt, run_async, state, upper_symbols
+from liqcli.cli.common import (
+    FormatOpt,
+    QuietOpt,
+    require_writable,
+    run_async,
+    state,
+    upper_symbols,
+)
 from liqcli.core.timeutil import iso_ms, now_ms, parse_time
 from liqcli.errors import UsageError
 from liqcli.render.output import Format, render
@@ -99,6 +107,10 @@ def pressure(
         raise UsageError("--start, --end and --chart need --history")
     now = now_ms()
     app_state = state(ctx)
+    if history or not offline:
+        # What is fetched (and the scores --history keeps) must be storable: said before any
+        # request, not after the downloads.
+        require_writable(app_state.data_dir)
     if history:
         start_ms = parse_time(start or "7d", now=now)
         end_ms = parse_time(end, now=now) if end else now
@@ -106,13 +118,27 @@ def pressure(
             raise UsageError(
                 f"--start ({iso_ms(start_ms)}) must be before --end ({iso_ms(end_ms)})"
             )
-        if chart is not None and chart.suffix.lower() != ".png":
-            raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
+        if chart is not None:
+            _check_chart_path(chart)
         _history(
             app_state.store(), symbol, config, start_ms, end_ms, now, offline, chart, fmt, quiet
         )
     else:
         _now(app_state.store(), symbol, config, now, offline, fmt, quiet)
+
+
+def _check_chart_path(chart: Path) -> None:
+    """--chart FILE: a PNG in a directory that exists (a mistyped directory is not created)."""
+    if chart.suffix.lower() != ".png":
+        raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
+    parent = chart.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(f"--chart {chart}: directory {parent} {what}")
+    if chart.is_dir():
+        raise UsageError(f"--chart {chart}: is a directory")
+    if not os.access(parent, os.W_OK):  # before any fetch; root passes, its writes may still fail
+        raise UsageError(f"--chart {chart}: directory {parent} is not writable")
 
 
 def _warn(inputs: dict, fetch_errors: list[str], *, quiet: bool, with_inputs: bool) -> None:
@@ -174,6 +200,11 @@ def _history(
         pressure_history_run(store, symbol, config, start, end, offline=offline, now=now)
     )
     _warn(report.inputs, report.fetch_errors, quiet=quiet, with_inputs=True)
+    for note in report.notes if not quiet else ():
+        typer.echo(f"liq: warning: {note}", err=True)
+    if report.history.height:
+        start = int(report.history["ts"].min())
+        end = int(report.history["ts"].max())
     if chart is not None:
         history_chart(
             report.history,
@@ -201,6 +232,7 @@ def _history(
             "chart": str(chart) if chart else None,
             "inputs": report.inputs,
             "fetch_errors": report.fetch_errors,
+            "notes": report.notes,
         }
         render(frame, fmt, document=document, rows_key="rows")
     else:

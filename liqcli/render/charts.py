@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from liqcli.core.money import money, quote_of
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError
 
@@ -42,34 +43,37 @@ DPI = 100
 
 
 def human_usd(value: float, _pos: object = None) -> str:
-    size = abs(value)
-    for limit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if size >= limit:
-            return f"${value / limit:.1f}{suffix}"
-    return f"${value:.0f}"
+    return money(value, "USD", compact=True)
 
 
-def quote_of(symbol: str) -> str:
-    for quote in ("USDT", "USDC", "BUSD", "USD"):
-        if symbol.endswith(quote):
-            return quote
-    return "quote"
+def amount_formatter(currency: str):
+    """Axis ticks: ``$1.2M`` in USD; plain ``1.2M`` otherwise (the axis label names the unit)."""
+    if currency == "USD":
+        return human_usd
+    return lambda value, _pos=None: money(value, "", compact=True).strip()
 
 
 def threshold_text(liqmap: LiqMap) -> str:
     spec = liqmap.spec
     if spec.mode == "gross_value":
-        return f"trades >= {human_usd(float(spec.threshold or 0))}"
+        return f"trades >= {money(float(spec.threshold or 0), liqmap.currency, compact=True)}"
     if spec.mode == "top_n":
         return f"largest {spec.threshold} trades per side"
     return f"largest {float(spec.threshold or 0) * 100:g}% of trades per side"
 
 
+def span_text(first_ms: int, last_ms: int) -> str:
+    """``2024-03-01 00:00 -> 2024-03-02 00:00 UTC``; to the second when the span is under an
+    hour (a 46 s input is not ``00:00 -> 00:00``), the date once when it is the same."""
+    cut = 19 if last_ms - first_ms < 3_600_000 else 16
+    first, last = (iso_ms(t)[:cut].replace("T", " ") for t in (first_ms, last_ms))
+    if first[:10] == last[:10] and cut == 19:
+        last = last[11:]
+    return f"{first} -> {last} UTC"
+
+
 def title(liqmap: LiqMap, chart: str) -> str:
-    span = (
-        f"{iso_ms(liqmap.first_ts)[:16]} -> {iso_ms(liqmap.last_ts)[:16]}".replace("T", " ")
-        + " UTC"
-    )
+    span = span_text(liqmap.first_ts, liqmap.last_ts)
     spec = liqmap.spec
     return (
         f"{liqmap.symbol} liquidation {chart}  |  {span}\n"
@@ -92,6 +96,7 @@ class ChartData:
 
     titles: dict[str, str]
     quote: str
+    currency: str  # of the amounts: USD for USD/USDT/USDC quotes, else the quote (ETH)
     current_price: float
     bin_size: float
     sweep: bool
@@ -153,6 +158,7 @@ def chart_data(liqmap: LiqMap, charts: list[str]) -> ChartData:
     return ChartData(
         titles={c: title(liqmap, c) for c in charts},
         quote=quote_of(liqmap.symbol),
+        currency=liqmap.currency,
         current_price=liqmap.current_price,
         bin_size=liqmap.bin_size,
         sweep=liqmap.spec.sweep,
@@ -237,16 +243,29 @@ def _save(mpl: Any, fig, path: Path) -> Path:
     mpl.FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}.part")
     # Unhinted glyphs: the same text at 100 dpi, ~15% less drawing time per chart.
-    with mpl.rc_context({"text.hinting": "no_hinting"}):
-        fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})
-    os.replace(tmp, path)
+    try:
+        with mpl.rc_context({"text.hinting": "no_hinting"}):
+            fig.savefig(tmp, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no .part left behind (a directory in the way, a full disk)
+        raise
     return path
 
 
 def _date_axis(mpl: Any, ax) -> None:
-    locator = mpl.dates.AutoDateLocator()
+    date_axis(mpl.dates, ax)
+
+
+def date_axis(mdates: Any, ax) -> None:
+    """Concise dates, but ticks a few seconds apart read ``00:00:10``, never a bare ``10``
+    that looks like an hour."""
+    locator = mdates.AutoDateLocator()
+    formatter = mdates.ConciseDateFormatter(locator)
+    formatter.formats = [*formatter.formats[:5], "%H:%M:%S"]
+    formatter.zero_formats = [*formatter.zero_formats[:5], "%H:%M:%S"]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mpl.dates.ConciseDateFormatter(locator))
+    ax.xaxis.set_major_formatter(formatter)
 
 
 def _price_limits(data: ChartData) -> tuple[float, float]:
@@ -309,26 +328,20 @@ def draw_map(data: ChartData, path: Path) -> Path:
         fontsize=9,
         fontweight="bold",
     )
-    ax_bars.text(
-        0.98,
-        0.98,
-        "short liquidations above",
-        transform=ax_bars.transAxes,
-        ha="right",
-        va="top",
-        color=SHORT_COLOR,
+    # Above the axes, not inside: inside, the last-price label (anywhere on the right edge)
+    # could land on them.
+    for x, ha, text, color in (
+        (0.0, "left", "short liquidations above the last price", SHORT_COLOR),
+        (1.0, "right", "long liquidations below it", LONG_COLOR),
+    ):
+        ax_bars.text(
+            x, 1.005, text, transform=ax_bars.transAxes, ha=ha, va="bottom", color=color,
+            fontsize=9,
+        )  # fmt: skip
+    ax_bars.set_xlabel(
+        f"estimated liquidation amount per {data.bin_size:g} {data.quote} bin [{data.currency}]"
     )
-    ax_bars.text(
-        0.98,
-        0.02,
-        "long liquidations below",
-        transform=ax_bars.transAxes,
-        ha="right",
-        va="bottom",
-        color=LONG_COLOR,
-    )
-    ax_bars.set_xlabel(f"estimated liquidation amount per {data.bin_size:g} {data.quote} bin [USD]")
-    ax_bars.xaxis.set_major_formatter(mpl.FuncFormatter(human_usd))
+    ax_bars.xaxis.set_major_formatter(mpl.FuncFormatter(amount_formatter(data.currency)))
     ax_bars.set_xlim(left=0)
     ax_bars.grid(axis="x", alpha=0.3)
     if data.per_tier:
@@ -350,8 +363,8 @@ def draw_depth(data: ChartData, path: Path) -> Path:
     ax = fig.subplots()
     stacked = _bars(mpl, ax, data, horizontal=False)
     ax.set_xlabel(f"price [{data.quote}]")
-    ax.set_ylabel(f"liquidation amount per {data.bin_size:g} {data.quote} bin [USD]")
-    ax.yaxis.set_major_formatter(mpl.FuncFormatter(human_usd))
+    ax.set_ylabel(f"liquidation amount per {data.bin_size:g} {data.quote} bin [{data.currency}]")
+    ax.yaxis.set_major_formatter(mpl.FuncFormatter(amount_formatter(data.currency)))
     ax.grid(alpha=0.3)
 
     cum = ax.twinx()
@@ -371,8 +384,8 @@ def draw_depth(data: ChartData, path: Path) -> Path:
             lw=2,
             label="cumulative shorts (price rises)",
         )
-    cum.set_ylabel("cumulative liquidation amount from the current price [USD]")
-    cum.yaxis.set_major_formatter(mpl.FuncFormatter(human_usd))
+    cum.set_ylabel(f"cumulative liquidation amount from the current price [{data.currency}]")
+    cum.yaxis.set_major_formatter(mpl.FuncFormatter(amount_formatter(data.currency)))
     # Headroom above the tallest bar and curve for the legend.
     top = max(float(data.cum_long[1][-1]), float(data.cum_short[1][-1]), 1.0)
     cum.set_ylim(0, top * 1.2)
@@ -417,8 +430,10 @@ def draw_heatmap(data: ChartData, path: Path) -> Path:
         data.current_price, color="w", ls="--", lw=1, label=f"last {data.current_price:,.6g}"
     )
     bar = fig.colorbar(mesh, ax=ax, pad=0.01)
-    bar.set_label(f"notional at risk per {edges[1] - edges[0]:g} {data.quote} bin [USD]")
-    bar.formatter = mpl.FuncFormatter(human_usd)
+    bar.set_label(
+        f"notional at risk per {edges[1] - edges[0]:g} {data.quote} bin [{data.currency}]"
+    )
+    bar.formatter = mpl.FuncFormatter(amount_formatter(data.currency))
     bar.update_ticks()
     ax.set_xlabel("time (UTC)")
     ax.set_ylabel(f"price [{data.quote}]")

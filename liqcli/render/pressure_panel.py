@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from liqcli.analytics.pressure import (
     COMPONENTS,
     LEVEL_LABELS,
     LEVELS,
+    LOWEST_LEVEL,
     PressureSnapshot,
     interpretation,
     oi_change_reading,
@@ -24,6 +27,7 @@ from liqcli.analytics.pressure import (
     taker_reading,
 )
 from liqcli.core.timeutil import iso_ms
+from liqcli.errors import LiqError
 
 BAR_WIDTH = 10
 LEVEL_STYLES = {
@@ -230,7 +234,13 @@ def print_panel(text: Text, console: Console | None = None) -> None:
 
 # --------------------------------------------------------------------------- history chart
 
-_BAND_COLOURS = {"EXTREME": "#f4b6b6", "HIGH": "#f8d3b0", "MEDIUM": "#fbeeb5", "LOW": "#dcefd0"}
+_BAND_COLOURS = {
+    "EXTREME": "#f4b6b6",
+    "HIGH": "#f8d3b0",
+    "MEDIUM": "#fbeeb5",
+    "LOW": "#dcefd0",
+    LOWEST_LEVEL: "#e4eef6",
+}
 
 
 def history_chart(
@@ -259,7 +269,7 @@ def history_chart(
     top.grid(alpha=0.3)
 
     upper = 100.0
-    for threshold, name in LEVELS:
+    for threshold, name in (*LEVELS, (0.0, LOWEST_LEVEL)):
         bottom.axhspan(threshold, upper, color=_BAND_COLOURS[name], alpha=0.6, linewidth=0)
         bottom.text(1.002, (threshold + upper) / 2, name, transform=bottom.get_yaxis_transform(),
                     fontsize=7, va="center")  # fmt: skip
@@ -275,11 +285,22 @@ def history_chart(
     bottom.set_ylabel("score (0-100)")
     bottom.legend(loc="upper left", fontsize=8)
     bottom.grid(alpha=0.3)
-    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(bottom.xaxis.get_major_locator()))
+    from liqcli.render.charts import date_axis
+
+    date_axis(mdates, bottom)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    # Through a temp file and a rename: a failed write never leaves half a PNG. The directory
+    # must exist (a typo in --chart is not silently created).
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise LiqError(f"cannot write chart {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return path
 
 

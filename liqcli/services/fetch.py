@@ -41,7 +41,7 @@ import polars as pl
 
 from liqcli.core.schemas import DATASETS
 from liqcli.core.timeutil import days_between, duration_ms, iso_ms, now_ms, period_ms
-from liqcli.errors import LiqError, UsageError
+from liqcli.errors import LiqError, NetworkError, RateLimitError, UsageError
 from liqcli.exchanges.archive import ArchiveClient
 from liqcli.exchanges.binance.archive import (
     agg_trades_path,
@@ -53,7 +53,14 @@ from liqcli.exchanges.binance.archive import (
     read_book_ticker,
     read_metrics,
 )
-from liqcli.exchanges.binance.rest import ENDPOINTS, FETCH_DATASETS, VENUE, binance_http, fetch_page
+from liqcli.exchanges.binance.rest import (
+    ENDPOINTS,
+    EXCHANGE_INFO_PATH,
+    FETCH_DATASETS,
+    VENUE,
+    binance_http,
+    fetch_page,
+)
 from liqcli.exchanges.http import VenueHttp
 from liqcli.exchanges.parsing import Refusals
 from liqcli.store.parquet import Store
@@ -135,6 +142,52 @@ def resolve_datasets(names: Iterable[str] | None, *, archive: bool) -> list[str]
     return chosen
 
 
+SYMBOLS_CACHE = ("_cache", "binance_usdm_symbols.json")
+SYMBOLS_MAX_AGE_MS = DAY_MS
+
+
+async def require_listed(http: VenueHttp, data_dir: Any, symbols: list[str], now: int) -> None:
+    """UsageError (exit 2, before any data request) for symbols Binance does not list.
+
+    The list comes from ``exchangeInfo``, cached a day under ``{data}/_cache``; a symbol missing
+    from a cached list refreshes it once (a new listing). When the list cannot be had (the
+    request fails, the cache is unwritable), nothing is decided here: the data requests tell."""
+    from pathlib import Path
+
+    import orjson
+
+    path = Path(data_dir).joinpath(*SYMBOLS_CACHE)
+    listed: set[str] | None = None
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        cached = orjson.loads(path.read_bytes())
+        if now - int(cached["fetched_ms"]) < SYMBOLS_MAX_AGE_MS:
+            listed = set(cached["symbols"])
+    if listed is None or any(s not in listed for s in symbols):
+        try:
+            info = await http.get_json(EXCHANGE_INFO_PATH, cost=1)
+            fresh = sorted({str(item["symbol"]) for item in info["symbols"]})
+        except (NetworkError, RateLimitError):
+            # Binance unreachable, or a ban: every data request would fail the same way (and
+            # under a ban, each one lengthens it): one line, now, instead of one per dataset.
+            raise
+        except (LiqError, KeyError, TypeError) as exc:
+            log.info("binance: no symbol list (%s); the requests will tell", exc)
+            return
+        listed = set(fresh)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(orjson.dumps({"fetched_ms": now, "symbols": fresh}))
+            tmp.replace(path)
+    unknown = [s for s in symbols if s not in listed]
+    if unknown:
+        names = ", ".join(unknown)
+        raise UsageError(
+            f"unknown symbol{'s' if len(unknown) > 1 else ''} {names}: not listed by Binance "
+            "USDⓈ-M futures (e.g. BTCUSDT)"
+        )
+
+
 def resolve_range(start: int | None, end: int | None, *, now: int) -> tuple[int, int]:
     end = now if end is None else min(end, now)
     start = end - duration_ms(DEFAULT_SINCE) if start is None else start
@@ -157,6 +210,7 @@ async def run_fetch(
     now: int | None = None,
     archive_url: str | None = None,
     flush_rows: int = FLUSH_ROWS,
+    check_symbols: bool = True,
 ) -> list[FetchResult]:
     """Fetch what is missing of ``datasets`` x ``symbols`` in [start, end) (ms; default the last
     30 days). Results come back in dataset-then-symbol order; see the module docstring."""
@@ -170,6 +224,9 @@ async def run_fetch(
     own_http = http is None
     job.http = http or binance_http()
     try:
+        # Archive-only runs make no REST request: they are not made to depend on one here.
+        if check_symbols and any(d not in ARCHIVE_DATASETS for d in datasets):
+            await require_listed(job.http, store.root, symbols, now)
         pairs = [(d, s) for d in datasets for s in symbols]
         return list(await asyncio.gather(*(job.run_pair(d, s) for d, s in pairs)))
     finally:
@@ -225,6 +282,12 @@ class _Job:
             log.info("%s %s: %s", dataset, symbol, exc)
         finally:
             writer.flush_now()  # keep what arrived before a failure or a Ctrl-C
+        if result.status == "partial" and not await asyncio.to_thread(
+            self._stored_any, dataset, symbol
+        ):
+            # A partial that left the whole range empty is a failure (exit 1), not a success.
+            result.status, result.error = "error", f"nothing stored: {result.note}"
+            result.note = None
         if result.status == "partial":
             log.warning("%s %s: %s", dataset, symbol, result.note)
         if result.refused:
@@ -232,6 +295,15 @@ class _Job:
                 "%s %s: %s; last: %s", dataset, symbol, result.refused_note(), result.refused.last
             )
         return result
+
+    def _stored_any(self, dataset: str, symbol: str) -> bool:
+        """Does the store hold any row of the pair inside [start, end)?"""
+        partitions: dict[str, str] = {"exchange": VENUE, "symbol": symbol}
+        endpoint = ENDPOINTS.get(dataset)
+        if endpoint is not None and endpoint.partition is not None:
+            partitions[endpoint.partition] = self.period
+        stored = self.store.scan(dataset, start=self.start, end=self.end, **partitions)
+        return stored.select(pl.len()).collect().item() > 0
 
     # ------------------------------------------------------------------ REST
 
@@ -365,6 +437,9 @@ class _Job:
         self, dataset: str, symbol: str, start: int, end: int, writer: _Writer
     ) -> None:
         client = await self._client()
+        end = min(end, day_start(datetime.fromtimestamp(self.now / 1000, UTC).date()))
+        if end <= start:
+            return  # only today's part is older than the REST window: not archived yet
         days = days_between(start, end)
         if self.progress:
             self.progress.planned(1)
@@ -388,7 +463,7 @@ class _Job:
         client = await self._client()
         todo = [
             d
-            for d in days_between(self.start, self.end)
+            for d in self._published(days_between(self.start, self.end), writer)
             if not await asyncio.to_thread(self._day_covered, symbol, *self._day_window(d))
         ]
         if self.progress:
@@ -415,7 +490,7 @@ class _Job:
         client = await self._client()
         todo = [
             d
-            for d in days_between(self.start, self.end)
+            for d in self._published(days_between(self.start, self.end), writer)
             if not await asyncio.to_thread(
                 self._day_covered, symbol, *self._day_window(d), stored_as, partitions
             )
@@ -439,6 +514,18 @@ class _Job:
                 await writer.flush()
             if self.progress:
                 self.progress.page_done(dataset, symbol, rows)
+
+    def _published(self, days: list[date], writer: _Writer) -> list[date]:
+        """The days whose archive can exist: a day's zip is published after the day ends, so the
+        current UTC day is never asked for (it would only be a 404 warning)."""
+        done = [d for d in days if day_start(d) + DAY_MS <= self.now]
+        if len(done) < len(days) and writer.result.note is None:
+            writer.result.note = (
+                f"{days[-1].isoformat()} is not archived before it ends: not fetched"
+                if len(days) - len(done) == 1
+                else f"{len(days) - len(done)} days not archived yet: not fetched"
+            )
+        return done
 
     def _day_window(self, day: date) -> tuple[int, int]:
         """The part of [start, end) inside one UTC day."""
@@ -470,6 +557,7 @@ def _day_of_trades(path: Any, symbol: str, start: int, end: int) -> _Rows:
         read_agg_trades(path)
         .with_columns(pl.lit(VENUE).alias("exchange"), pl.lit(symbol).alias("symbol"))
         .select(_stored_columns("agg_trades"))
+        .drop_nulls(_stored_columns("agg_trades"))  # rows cut short in the file are never stored
         .collect()
     )
     return _Rows.within(trades, start, end)

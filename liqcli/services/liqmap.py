@@ -15,6 +15,9 @@ API::
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +30,9 @@ from liqcli.core.events import AggTrade
 from liqcli.core.schemas import TS
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import DataError, LiqError, UsageError
+from liqcli.store.parquet import first_line
+
+log = logging.getLogger("liq")
 
 _ALIASES = {
     "ts": ("ts", "timestamp", "transact_time", "time", "T", "trade_time"),
@@ -126,19 +132,59 @@ def _source(path: Path, data_dir: Path) -> Path:
         return path
     if not name.endswith((".zip", ".gz")):
         raise UsageError(f"--input {path}: unsupported file type (zip, csv, csv.gz or parquet)")
-    dest = input_extract_dir(data_dir, path)
     stem = name.removesuffix(".zip").removesuffix(".gz").removesuffix(".csv")
-    target = dest / f"{stem}.trades.parquet"
-    if not (target.is_file() and target.stat().st_mtime >= path.stat().st_mtime):
-        binance_archive, bybit_archive = _venues()
-        unpack = binance_archive.extract_csv if name.endswith(".zip") else bybit_archive.gunzip_csv
+    for dest in (input_extract_dir(data_dir, path), _temp_extract_dir(path)):
+        target = dest / f"{stem}.trades.parquet"
+        if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
+            return target
+        if _writable(dest):
+            break
+        log.warning(
+            "%s is not writable: converting %s under %s instead",
+            _cache_root(dest),
+            path.name,
+            tempfile.gettempdir(),
+        )
+    else:
+        raise LiqError(f"--input {path}: no writable directory to unpack it into ({dest})")
+    binance_archive, bybit_archive = _venues()
+    unpack = binance_archive.extract_csv if name.endswith(".zip") else bybit_archive.gunzip_csv
+    try:
         binance_archive.trades_parquet(unpack(path, dest), _scan_csv, target)
+    except OSError as exc:
+        raise LiqError(
+            f"--input {path}: cannot unpack into {dest}: {exc.strerror or exc}"
+        ) from None
     return target
+
+
+def _temp_extract_dir(path: Path) -> Path:
+    """The fallback when the data dir cannot be written (read-only mount, a path under a file):
+    a per-user cache under the system temp dir, keyed like the data dir's."""
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"liq-{os.getuid()}" / "_input" / key
+
+
+def _cache_root(dest: Path) -> Path:
+    # {root}/_archive/_input/{key} -> {root}: the directory the user named.
+    return dest.parents[2] if len(dest.parents) > 2 else dest
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
 
 
 def _scan_source(path: Path) -> pl.LazyFrame:
     if path.name.lower().endswith(".parquet"):
-        return normalise_trades(pl.scan_parquet(path), str(path))
+        try:
+            return normalise_trades(pl.scan_parquet(path), str(path))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     return _scan_csv(path)
 
 
@@ -202,7 +248,7 @@ def _build(trades: pl.LazyFrame, spec: MapSpec, symbol: str, rows: int) -> LiqMa
         return build_map(trades, spec, symbol=symbol, shared_scan=rows <= SHARED_SCAN_MAX_ROWS)
     except pl.exceptions.PolarsError as exc:
         # A malformed row deep inside a file surfaces only when the scan reaches it.
-        raise DataError(f"cannot read the trades: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read the trades: {first_line(exc)}") from None
 
 
 def map_from_files(paths: Iterable[Path], symbol: str, spec: MapSpec, data_dir: Path) -> LiqMap:
@@ -221,8 +267,22 @@ async def map_from_archive(
 ) -> LiqMap:
     if spec.start_ms is None or spec.end_ms is None:
         raise UsageError("archive downloads need --start and --end")
+    from liqcli.core.timeutil import day_floor, now_ms
+
+    # A day is archived once it has ended: today's file is never there yet (no 404 for it).
+    archived_until = day_floor(now_ms())
+    end = min(spec.end_ms, archived_until)
+    if end <= spec.start_ms:
+        raise LiqError(
+            f"{exchange}: nothing archived yet between {iso_ms(spec.start_ms)} and "
+            f"{iso_ms(spec.end_ms)} (each day is published after it ends; try --live)"
+        )
+    if end < spec.end_ms:
+        log.warning(
+            "today (%s) is not archived yet: the map ends at %s", iso_ms(end)[:10], iso_ms(end)
+        )
     paths = await download_archive_trades(
-        data_dir, exchange, symbol, spec.start_ms, spec.end_ms, **client_kw
+        data_dir, exchange, symbol, spec.start_ms, end, **client_kw
     )
     import asyncio  # only the archive and live paths need it (a map from files does not)
 

@@ -88,6 +88,7 @@ class HistoryReport:
     stored_rows: int
     inputs: dict[str, dict[str, Any]]
     fetch_errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. the range clamped to stored data
 
 
 def _partitions(dataset: str, symbol: str, period: str) -> dict[str, str]:
@@ -253,7 +254,20 @@ async def pressure_history_run(
         errors = await _fetch(store, symbol, datasets, config, start - warmup, now, fetch)
     inputs = load_inputs(store, symbol, config, start, end)
     _require_data(inputs, config, symbol, offline, errors)
-    history = pressure_history(inputs, config, start, end)
+    asked = (start, end)
+    start, end = _stored_range(inputs, config, start, end)
+    notes = []
+    if (start, end) != asked:
+        notes.append(
+            f"history clamped to the stored {config.period} inputs: {iso_ms(start)} .. "
+            f"{iso_ms(end)} (asked {iso_ms(asked[0])} .. {iso_ms(asked[1])})"
+        )
+    history = (
+        pressure_history(inputs, config, start, end) if start <= end else _empty(inputs, config)
+    )
+    # A step with none of the period inputs (a hole in the store) is not a score: never stored.
+    with_inputs = pl.any_horizontal([pl.col(c).is_not_null() for c in PERIOD_INPUTS])
+    history = history.filter(with_inputs)
     stored = (
         store.write("pressure", _pressure_rows(history, symbol, config)).rows_in
         if history.height
@@ -267,7 +281,37 @@ async def pressure_history_run(
         stored,
         input_status(inputs, config, now, None),
         errors,
+        notes,
     )
+
+
+# The raw columns that come from the period series (funding settles every 8 h and is carried
+# forward: alone it does not make a step scored).
+PERIOD_INPUTS = ("g", "t_account", "t_position", "taker_ratio", "oi")
+
+
+def _stored_range(
+    inputs: PressureInputs, config: PressureConfig, start: int, end: int
+) -> tuple[int, int]:
+    """[start, end] narrowed to the steps the stored period inputs cover: no scores before the
+    first row, and none for steps after the last one (the still-open period is not scored as a
+    copy of the one before)."""
+    firsts, lasts = [], []
+    for dataset in needed_datasets(config.model):
+        frame = getattr(inputs, SOURCES[dataset][0])
+        if dataset != "funding" and frame is not None and frame.height:
+            ts = frame["ts"].dt.epoch("ms")
+            firsts.append(int(ts.min()))
+            lasts.append(int(ts.max()))
+    if not firsts:
+        return start, end
+    step = config.period_ms
+    first = -(-min(firsts) // step) * step
+    return max(start, first), min(end, max(lasts))
+
+
+def _empty(inputs: PressureInputs, config: PressureConfig) -> pl.DataFrame:
+    return pressure_history(inputs, config, 0, -1)
 
 
 def _pressure_rows(history: pl.DataFrame, symbol: str, config: PressureConfig) -> pl.DataFrame:

@@ -72,6 +72,8 @@ METRICS_COLUMNS = {
 }
 # Epoch values above this are microseconds (1e14 ms would be the year 5138).
 _US_THRESHOLD = 10**14
+# Plausible trade times in ms: 2001-09-09 .. 2286-11-20.
+_MIN_MS, _MAX_MS = 10**12, 10**13 - 1
 
 
 def binance_archive_client(data_dir: Path, base_url: str | None = None, **kwargs) -> ArchiveClient:
@@ -182,10 +184,13 @@ def has_header(line: str) -> bool:
 
 
 def epoch_to_ts(column: str | pl.Expr) -> pl.Expr:
-    """Integer ms or µs epochs (detected per value by magnitude) -> Datetime(ms, UTC)."""
+    """Integer ms or µs epochs (detected per value by magnitude) -> Datetime(ms, UTC); values
+    that are neither (before 2001 or after 2286, e.g. a number cut short by a truncated file)
+    become null, so the row is skipped instead of stretching the data back to 1970."""
     raw = pl.col(column) if isinstance(column, str) else column
     raw = raw.cast(pl.Int64)
     ms = pl.when(raw > _US_THRESHOLD).then(raw // 1000).otherwise(raw)
+    ms = pl.when(ms.is_between(_MIN_MS, _MAX_MS)).then(ms)
     return ms.cast(pl.Datetime("ms")).dt.replace_time_zone("UTC").cast(TS)
 
 
@@ -206,7 +211,9 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
         return empty_trades()
     if has_header(line):
         names = [c.strip().strip('"') for c in line.split(",")]
-        lf = pl.scan_csv(csv_path, has_header=True, schema_overrides=_bool_override(names))
+        lf = pl.scan_csv(
+            csv_path, has_header=True, schema_overrides=_overrides(names), ignore_errors=True
+        )
     else:
         width = line.count(",") + 1
         if width == len(AGG_TRADES_COLUMNS):
@@ -216,7 +223,11 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
         else:
             raise DataError(f"{csv_path}: {width} columns, not a Binance aggTrades/trades file")
         lf = pl.scan_csv(
-            csv_path, has_header=False, new_columns=names, schema_overrides=_bool_override(names)
+            csv_path,
+            has_header=False,
+            new_columns=names,
+            schema_overrides=_overrides(names),
+            ignore_errors=True,
         )
     pick = _pick(names, csv_path)
     return lf.select(
@@ -228,8 +239,21 @@ def scan_agg_trades_csv(csv_path: Path) -> pl.LazyFrame:
     )
 
 
-def _bool_override(names: list[str]) -> dict[str, pl.DataType]:
-    return {"is_buyer_maker": pl.Boolean()} if "is_buyer_maker" in names else {}
+_NUMERIC = {
+    **dict.fromkeys(("agg_trade_id", "id", "trade_id", "agg_id", "first_trade_id"), pl.Int64()),
+    **dict.fromkeys(("last_trade_id", "transact_time", "time", "timestamp"), pl.Int64()),
+    **dict.fromkeys(("price", "quantity", "qty", "quote_qty"), pl.Float64()),
+}
+
+
+def _overrides(names: list[str]) -> dict[str, pl.DataType]:
+    """Every known column typed up front, so that ``ignore_errors`` turns only a bad value
+    (``not-a-price``, ``t`` of a ``true`` cut short) into a null, counted and skipped
+    downstream, never a column inferred from its first rows."""
+    out: dict[str, pl.DataType] = {n: _NUMERIC[n] for n in names if n in _NUMERIC}
+    if "is_buyer_maker" in names:
+        out["is_buyer_maker"] = pl.Boolean()
+    return out
 
 
 def _pick(names: list[str], path: Path) -> dict[str, str]:
