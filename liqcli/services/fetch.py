@@ -299,6 +299,9 @@ class _Job:
     def _stored_any(self, dataset: str, symbol: str) -> bool:
         """Does the store hold any row of the pair inside [start, end)?"""
         partitions: dict[str, str] = {"exchange": VENUE, "symbol": symbol}
+        if dataset in BOOK_ARCHIVES:  # stored under another dataset's name (book_ticker)
+            _, dataset, extra = BOOK_ARCHIVES[dataset]
+            partitions.update(extra)
         endpoint = ENDPOINTS.get(dataset)
         if endpoint is not None and endpoint.partition is not None:
             partitions[endpoint.partition] = self.period
