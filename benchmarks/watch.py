@@ -84,12 +84,16 @@ def make_frames(count: int, symbols: int, seed: int) -> list[bytes]:
     return frames
 
 
+# Every CPU this process may use, read once before anything is pinned: the replay server is forked
+# from the pinned parent and inherits its affinity, so it must not read its own.
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def pin(cpu_index: int) -> str:
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not cpus:
+    if not CPUS:
         return "unpinned"
-    cpu = cpus[cpu_index % len(cpus)]
-    os.sched_setaffinity(0, {cpu})
+    cpu = CPUS[cpu_index % len(CPUS)]
+    os.sched_setaffinity(0, {cpu})  # may widen an inherited affinity: any CPU of CPUS is allowed
     return f"cpu {cpu}"
 
 
@@ -106,7 +110,8 @@ def ws_frame(payload: bytes) -> bytes:
 def serve(frames: list[bytes], port_queue: multiprocessing.Queue) -> None:
     """A replay server that is never the bottleneck: it answers the WebSocket handshake, then
     writes the pre-encoded frames in 256 KiB chunks (what a venue's server does under load)."""
-    pin(1)
+    where = pin(1)
+    port_queue.put(where)
     wire = b"".join(ws_frame(f) for f in frames)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -186,6 +191,7 @@ class Timings:
     pipeline_cpu: float
     all_in_wall: float
     all_in_cpu: float
+    server_cpu: str  # where the replay server ran
 
 
 def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
@@ -193,6 +199,7 @@ def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
     server = multiprocessing.Process(target=serve, args=(frames, port_queue), daemon=True)
     server.start()
     try:
+        server_cpu = port_queue.get(timeout=30)
         os.environ["LIQ_BINANCE_WS_URL"] = f"ws://127.0.0.1:{port_queue.get(timeout=30)}"
         stream = CountedStream(len(frames))
         with tempfile.TemporaryDirectory() as data_dir, open(os.devnull, "w") as devnull:
@@ -213,6 +220,7 @@ def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
             stream.last_cpu - stream.first_cpu,
             done - stream.first,
             done_cpu - stream.first_cpu,
+            server_cpu,
         )
         return timings, counters
     finally:
@@ -285,6 +293,7 @@ def main() -> None:
         print(
             f"  run {run + 1}: pipeline {n / t.pipeline_cpu:,.0f}/CPU-s {n / t.pipeline_wall:,.0f}"
             f"/wall-s, all-in {n / t.all_in_cpu:,.0f}/CPU-s {n / t.all_in_wall:,.0f}/wall-s"
+            f" (server on {t.server_cpu})"
         )
     best = min(runs, key=lambda r: r.all_in_cpu)
     print(f"end to end, best of {args.repeat} (the machine may be shared: see load):")
@@ -294,6 +303,16 @@ def main() -> None:
     print("  all-in (... -> every event compacted into Parquet):")
     print(f"    per CPU-second (one core) {rate(n, best.all_in_cpu)}")
     print(f"    per wall-second           {rate(n, best.all_in_wall)}")
+
+    def spread(attr: str) -> str:
+        values = sorted(n / getattr(r, attr) for r in runs)
+        return f"{values[0]:,.0f}..{values[-1]:,.0f}"
+
+    print(
+        f"  spread of the {args.repeat} runs: pipeline {spread('pipeline_cpu')}/CPU-s"
+        f" {spread('pipeline_wall')}/wall-s, all-in {spread('all_in_cpu')}/CPU-s"
+        f" {spread('all_in_wall')}/wall-s"
+    )
     print(f"  counters (last run): {counters}")
     print("stages alone (CPU time):")
     stages(frames)
