@@ -1,6 +1,7 @@
 """``liq watch`` throughput: events per second through parse -> aggregate -> journal.
 
     python benchmarks/watch.py [--events 200000] [--symbols 200] [--repeat 3] [--jsonl]
+                               [--transport picows|websockets] [--cryptofeed PYTHON]
 
 A replay server in a separate process (pinned to another core when there is one) plays
 ``--events`` Binance ``forceOrder`` frames (combined-stream format, one event per frame, as the
@@ -20,6 +21,11 @@ per wall-second. Other load on a shared machine still slows a CPU-second (caches
 the run is repeated (``--repeat``) and every run is printed with the best.
 
 Then each stage alone, on the same frames in memory, to show where the time goes.
+
+``--transport`` picks ReconnectingWebSocket's WebSocket client (default: what ``liq watch`` uses,
+picows when installed). ``--cryptofeed PYTHON`` also runs cryptofeed's Binance futures liquidation
+feed with a no-op callback on the same frames, pinned the same way, with an interpreter that has
+cryptofeed installed (benchmarks/watch_cryptofeed.py; not a dependency of liq).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import multiprocessing
 import os
 import random
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from liqcli.analytics.windows import WindowAggregator
 from liqcli.core.timeutil import now_ms
+from liqcli.exchanges import ws as ws_module
 from liqcli.exchanges.binance import stream as binance
 from liqcli.services.watch import WatchConfig, WatchState, run_watch
 from liqcli.store.journal import Journal
@@ -228,6 +236,31 @@ def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
         server.join()
 
 
+def cryptofeed_run(frames: list[bytes], symbols: int, python: str) -> tuple[float, float]:
+    """CPU and wall seconds of cryptofeed from its first liquidation to the last."""
+    port_queue: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve, args=(frames, port_queue), daemon=True)
+    server.start()
+    try:
+        port_queue.get(timeout=30)  # where the server runs
+        port = port_queue.get(timeout=30)
+        names = ["BTCUSDT", "ETHUSDT"] + [f"C{i}USDT" for i in range(symbols - 2)]
+        command = [python, str(Path(__file__).with_name("watch_cryptofeed.py"))]
+        command += ["--port", str(port), "--events", str(len(frames)), "--symbols", ",".join(names)]
+        if CPUS:
+            command += ["--cpu", str(CPUS[0])]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"cryptofeed run failed: {done.stderr.strip()[-2000:]}")
+        result = orjson.loads(done.stdout.strip().splitlines()[-1])
+        if result["events"] != len(frames):
+            raise SystemExit(f"cryptofeed saw {result['events']} of {len(frames)} events")
+        return result["cpu"], result["wall"]
+    finally:
+        server.terminate()
+        server.join()
+
+
 def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>12,.0f} events/s  ({seconds * 1e6 / n:.2f} µs/event)"
 
@@ -280,11 +313,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jsonl", action="store_true", help="also print jsonl (to /dev/null)")
     parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs (best reported)")
+    parser.add_argument(
+        "--transport",
+        choices=["picows", "websockets"],
+        help="the WebSocket client (default: liq watch's, picows when installed)",
+    )
+    parser.add_argument(
+        "--cryptofeed",
+        metavar="PYTHON",
+        help="also run cryptofeed with a no-op callback, with this interpreter",
+    )
     args = parser.parse_args()
+    if args.transport == "websockets":
+        from websockets.asyncio.client import connect
+
+        ws_module.default_connect = connect
+    elif args.transport == "picows":
+        from liqcli.exchanges.ws_picows import connect
+
+        ws_module.default_connect = connect
     frames = make_frames(args.events, args.symbols, args.seed)
     where = pin(0)
     gc.freeze()  # as `liq watch` does once its imports are done
-    print(f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where}")
+    transport = ws_module.default_connect.__module__.split(".")[-1]
+    print(
+        f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where};"
+        f" transport {transport}"
+    )
     n = args.events
     runs = []
     for run in range(args.repeat):
@@ -314,6 +369,15 @@ def main() -> None:
         f" {spread('all_in_wall')}/wall-s"
     )
     print(f"  counters (last run): {counters}")
+    if args.cryptofeed:
+        peer = [cryptofeed_run(frames, args.symbols, args.cryptofeed) for _ in range(args.repeat)]
+        cpu, wall = min(peer)
+        spread = sorted(n / c for c, _ in peer)
+        print(
+            f"cryptofeed, no-op callback, best of {args.repeat} (spread {spread[0]:,.0f}..{spread[-1]:,.0f}/CPU-s):"
+        )
+        print(f"    per CPU-second (one core) {rate(n, cpu)}")
+        print(f"    per wall-second           {rate(n, wall)}")
     print("stages alone (CPU time):")
     stages(frames)
 
