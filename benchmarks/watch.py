@@ -202,7 +202,7 @@ class Timings:
     server_cpu: str  # where the replay server ran
 
 
-def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
+def end_to_end(frames: list[bytes], jsonl: bool, uvloop: bool = False) -> tuple[Timings, dict]:
     port_queue: multiprocessing.Queue = multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(frames, port_queue), daemon=True)
     server.start()
@@ -212,7 +212,12 @@ def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
         stream = CountedStream(len(frames))
         with tempfile.TemporaryDirectory() as data_dir, open(os.devnull, "w") as devnull:
             config = WatchConfig(exchanges=["binance"], fmt="jsonl" if jsonl else "dashboard")
-            result = asyncio.run(
+            run = asyncio.run
+            if uvloop:
+                import uvloop as uv
+
+                run = uv.run
+            result = run(
                 run_watch(
                     config,
                     data_dir=Path(data_dir),
@@ -323,6 +328,11 @@ def main() -> None:
         metavar="PYTHON",
         help="also run cryptofeed with a no-op callback, with this interpreter",
     )
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run the pipeline on uvloop's event loop (if installed)",
+    )
     args = parser.parse_args()
     if args.transport == "websockets":
         from websockets.asyncio.client import connect
@@ -338,12 +348,12 @@ def main() -> None:
     transport = ws_module.default_connect.__module__.split(".")[-1]
     print(
         f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where};"
-        f" transport {transport}"
+        f" transport {transport}; event loop {'uvloop' if args.uvloop else 'asyncio'}"
     )
     n = args.events
     runs = []
     for run in range(args.repeat):
-        t, counters = end_to_end(frames, args.jsonl)
+        t, counters = end_to_end(frames, args.jsonl, args.uvloop)
         runs.append(t)
         print(
             f"  run {run + 1}: pipeline {n / t.pipeline_cpu:,.0f}/CPU-s {n / t.pipeline_wall:,.0f}"

@@ -361,3 +361,69 @@ async def test_the_connect_argument_chooses_the_transport(transport: Any) -> Non
 def test_picows_is_the_default_transport_when_installed() -> None:
     expected = picows_connect if picows_connect is not None else websockets_connect
     assert DEFAULT_CONNECT is expected
+
+
+@pytest.fixture
+def tls_files(tmp_path: Any) -> tuple[str, str]:
+    """A throw-away self-signed certificate for 127.0.0.1 (cert path, key path)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+async def test_wss_verifies_the_server_certificate_like_websockets(
+    transport: Any, tls_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    from websockets.asyncio.server import serve
+
+    cert, key = tls_files
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(ws: Any) -> None:
+        await ws.send('{"over":"tls"}')
+        await ws.close()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        with pytest.raises(OSError):  # an untrusted certificate: ssl.SSLCertVerificationError
+            await open_client(transport, url)
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # the default context trusts it now
+        conn = await open_client(transport, url)
+        assert await asyncio.wait_for(read_all(conn), 5) == ['{"over":"tls"}']
+        await conn.close()
