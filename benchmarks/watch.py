@@ -200,6 +200,25 @@ class Timings:
     all_in_wall: float
     all_in_cpu: float
     server_cpu: str  # where the replay server ran
+    gc_cpu: float  # of it, in the cyclic garbage collector (any thread)
+
+
+class GcClock:
+    """CPU time spent in the cyclic garbage collector, from gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.total += time.thread_time() - self._started
+
+
+GC_CLOCK = GcClock()
 
 
 def end_to_end(frames: list[bytes], jsonl: bool, uvloop: bool = False) -> tuple[Timings, dict]:
@@ -212,6 +231,7 @@ def end_to_end(frames: list[bytes], jsonl: bool, uvloop: bool = False) -> tuple[
         stream = CountedStream(len(frames))
         with tempfile.TemporaryDirectory() as data_dir, open(os.devnull, "w") as devnull:
             config = WatchConfig(exchanges=["binance"], fmt="jsonl" if jsonl else "dashboard")
+            gc_before = GC_CLOCK.total
             run = asyncio.run
             if uvloop:
                 import uvloop as uv
@@ -234,6 +254,7 @@ def end_to_end(frames: list[bytes], jsonl: bool, uvloop: bool = False) -> tuple[
             done - stream.first,
             done_cpu - stream.first_cpu,
             server_cpu,
+            GC_CLOCK.total - gc_before,
         )
         return timings, counters
     finally:
@@ -345,6 +366,7 @@ def main() -> None:
     frames = make_frames(args.events, args.symbols, args.seed)
     where = pin(0)
     gc.freeze()  # as `liq watch` does once its imports are done
+    gc.set_threshold(50_000, 10, 10)  # as `liq watch` does (liqcli/cli/watch.py)
     transport = ws_module.default_connect.__module__.split(".")[-1]
     print(
         f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where};"
@@ -358,7 +380,7 @@ def main() -> None:
         print(
             f"  run {run + 1}: pipeline {n / t.pipeline_cpu:,.0f}/CPU-s {n / t.pipeline_wall:,.0f}"
             f"/wall-s, all-in {n / t.all_in_cpu:,.0f}/CPU-s {n / t.all_in_wall:,.0f}/wall-s"
-            f" (server on {t.server_cpu})"
+            f" (GC {t.gc_cpu * 1e6 / n:.2f} µs/event; server on {t.server_cpu})"
         )
     best = min(runs, key=lambda r: r.all_in_cpu)
     print(f"end to end, best of {args.repeat} (the machine may be shared: see load):")
