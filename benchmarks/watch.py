@@ -349,6 +349,7 @@ def main() -> None:
         metavar="PYTHON",
         help="also run cryptofeed with a no-op callback, with this interpreter",
     )
+    parser.add_argument("--no-stages", action="store_true", help="skip the stages-alone part")
     parser.add_argument(
         "--uvloop",
         action="store_true",
@@ -410,6 +411,8 @@ def main() -> None:
         )
         print(f"    per CPU-second (one core) {rate(n, cpu)}")
         print(f"    per wall-second           {rate(n, wall)}")
+    if args.no_stages:
+        return
     print("stages alone (CPU time):")
     stages(frames)
 
