@@ -368,7 +368,7 @@ def main() -> None:
     where = pin(0)
     gc.freeze()  # as `liq watch` does once its imports are done
     gc.set_threshold(50_000, 10, 10)  # as `liq watch` does (liqcli/cli/watch.py)
-    transport = ws_module.default_connect.__module__.split(".")[-1]
+    transport = "picows" if "picows" in ws_module.default_connect.__module__ else "websockets"
     print(
         f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where};"
         f" transport {transport}; event loop {'uvloop' if args.uvloop else 'asyncio'}"
