@@ -308,11 +308,13 @@ async def test_ping_resolves_on_its_pong_and_earlier_pings_with_it(transport: An
 
 async def test_a_slow_consumer_backs_up_into_the_socket_and_loses_nothing(transport: Any) -> None:
     count = 20_000
+    checked = asyncio.Event()  # the socket stays open (and readable) until the test has looked
 
     async def script(peer: Peer) -> None:
         await peer.send(
             *(frame(TEXT, b'{"seq":%d,"pad":"%s"}' % (i, b"x" * 200)) for i in range(count))
         )
+        await checked.wait()
         await peer.send(close_frame(1000))
         await peer.recv_close()
 
@@ -320,8 +322,32 @@ async def test_a_slow_consumer_backs_up_into_the_socket_and_loses_nothing(transp
         conn = await open_client(transport, server.url())
         await asyncio.sleep(0.3)  # nothing read: the client must stop reading the socket
         assert not conn.transport.is_reading()
+        checked.set()
         got = await asyncio.wait_for(read_all(conn), 10)
         assert got == [f'{{"seq":{i},"pad":"{"x" * 200}"}}' for i in range(count)]
+
+
+async def test_big_unread_messages_pause_reading_long_before_the_message_count_would(
+    transport: Any,
+) -> None:
+    count, size = 40, 2**20
+    checked = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        for i in range(count):
+            await peer.send(frame(BINARY, bytes([i]) * size))
+        await checked.wait()
+        await peer.send(close_frame(1000))
+        await peer.recv_close()
+
+    async with RawServer(script) as server:
+        conn = await open_client(transport, server.url())
+        await asyncio.sleep(0.5)  # 40 MiB sent, fewer than 40 messages: the byte bound pauses
+        assert not conn.transport.is_reading()
+        checked.set()
+        got = await asyncio.wait_for(read_all(conn), 10)
+        assert [m[:1] for m in got] == [bytes([i]) for i in range(count)]
+        assert all(len(m) == size for m in got)
 
 
 async def test_connect_failures_raise_what_websockets_raises(transport: Any) -> None:

@@ -14,8 +14,8 @@ so either transport can sit behind it:
   (``abort()`` cuts the socket), ``close_code`` / ``close_reason`` once closed (1006 and ``""``
   when no close frame came).
 
-Frames are parsed as they are read and queued; reading pauses when ``max_queue`` messages wait
-unread (the consumer lags), so a slow consumer backs up into the socket as with websockets. Server
+Frames are parsed as they are read and queued; reading pauses when ``max_queue`` messages or
+16 MiB wait unread (the consumer lags), so a slow consumer backs up into the socket as with websockets. Server
 pings are answered by picows. A configured proxy (``HTTPS_PROXY``, ``ALL_PROXY``, ... as websockets
 reads them) is left to websockets' own client, which this one then returns.
 """
@@ -47,6 +47,7 @@ _PONG, _CLOSE = WSMsgType.PONG, WSMsgType.CLOSE
 _OK_CODES = (1000, 1001)  # a normal end: iteration stops instead of raising
 _NO_STATUS = 1005  # a close frame without a code
 _ABNORMAL = 1006  # no close frame at all
+_MAX_QUEUED = 16 * 2**20  # unread bytes before reading pauses, whatever max_queue allows
 
 
 async def connect(
@@ -106,6 +107,7 @@ class PicowsConnection(picows.WSListener):  # type: ignore[misc]
         self._max_size = max_size
         self._high = max(max_queue, 1)
         self._low = max(self._high // 4, 1)
+        self._queued = 0  # bytes (characters) waiting unread, bounded by _MAX_QUEUED too
         self._ws: picows.WSTransport | None = None
         self._messages: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None  # the reader waits for a message
@@ -155,7 +157,8 @@ class PicowsConnection(picows.WSListener):  # type: ignore[misc]
             finally:
                 self._waiter = None
         message = messages.popleft()
-        if self._paused and len(messages) <= self._low:
+        self._queued -= len(message)
+        if self._paused and len(messages) <= self._low and self._queued <= _MAX_QUEUED // 4:
             self._paused = False
             if not self._closed:
                 self.transport.resume_reading()
@@ -236,10 +239,11 @@ class PicowsConnection(picows.WSListener):  # type: ignore[misc]
     def _deliver(self, message: str | bytes) -> None:
         messages = self._messages
         messages.append(message)
+        self._queued += len(message)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if not self._paused and len(messages) >= self._high:
+        if not self._paused and (len(messages) >= self._high or self._queued >= _MAX_QUEUED):
             self._paused = True
             self.transport.pause_reading()
 
