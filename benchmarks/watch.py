@@ -1,6 +1,7 @@
 """``liq watch`` throughput: events per second through parse -> aggregate -> journal.
 
     python benchmarks/watch.py [--events 200000] [--symbols 200] [--repeat 3] [--jsonl]
+                               [--transport picows|websockets] [--cryptofeed PYTHON]
 
 A replay server in a separate process (pinned to another core when there is one) plays
 ``--events`` Binance ``forceOrder`` frames (combined-stream format, one event per frame, as the
@@ -20,6 +21,11 @@ per wall-second. Other load on a shared machine still slows a CPU-second (caches
 the run is repeated (``--repeat``) and every run is printed with the best.
 
 Then each stage alone, on the same frames in memory, to show where the time goes.
+
+``--transport`` picks ReconnectingWebSocket's WebSocket client (default: what ``liq watch`` uses,
+picows when installed). ``--cryptofeed PYTHON`` also runs cryptofeed's Binance futures liquidation
+feed with a no-op callback on the same frames, pinned the same way, with an interpreter that has
+cryptofeed installed (benchmarks/watch_cryptofeed.py; not a dependency of liq).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import multiprocessing
 import os
 import random
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from liqcli.analytics.windows import WindowAggregator
 from liqcli.core.timeutil import now_ms
+from liqcli.exchanges import ws as ws_module
 from liqcli.exchanges.binance import stream as binance
 from liqcli.services.watch import WatchConfig, WatchState, run_watch
 from liqcli.store.journal import Journal
@@ -84,12 +92,16 @@ def make_frames(count: int, symbols: int, seed: int) -> list[bytes]:
     return frames
 
 
+# Every CPU this process may use, read once before anything is pinned: the replay server is forked
+# from the pinned parent and inherits its affinity, so it must not read its own.
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def pin(cpu_index: int) -> str:
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not cpus:
+    if not CPUS:
         return "unpinned"
-    cpu = cpus[cpu_index % len(cpus)]
-    os.sched_setaffinity(0, {cpu})
+    cpu = CPUS[cpu_index % len(CPUS)]
+    os.sched_setaffinity(0, {cpu})  # may widen an inherited affinity: any CPU of CPUS is allowed
     return f"cpu {cpu}"
 
 
@@ -106,7 +118,8 @@ def ws_frame(payload: bytes) -> bytes:
 def serve(frames: list[bytes], port_queue: multiprocessing.Queue) -> None:
     """A replay server that is never the bottleneck: it answers the WebSocket handshake, then
     writes the pre-encoded frames in 256 KiB chunks (what a venue's server does under load)."""
-    pin(1)
+    where = pin(1)
+    port_queue.put(where)
     wire = b"".join(ws_frame(f) for f in frames)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -186,18 +199,45 @@ class Timings:
     pipeline_cpu: float
     all_in_wall: float
     all_in_cpu: float
+    server_cpu: str  # where the replay server ran
+    gc_cpu: float  # of it, in the cyclic garbage collector (any thread)
 
 
-def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
+class GcClock:
+    """CPU time spent in the cyclic garbage collector, from gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.total += time.thread_time() - self._started
+
+
+GC_CLOCK = GcClock()
+
+
+def end_to_end(frames: list[bytes], jsonl: bool, uvloop: bool = False) -> tuple[Timings, dict]:
     port_queue: multiprocessing.Queue = multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(frames, port_queue), daemon=True)
     server.start()
     try:
+        server_cpu = port_queue.get(timeout=30)
         os.environ["LIQ_BINANCE_WS_URL"] = f"ws://127.0.0.1:{port_queue.get(timeout=30)}"
         stream = CountedStream(len(frames))
         with tempfile.TemporaryDirectory() as data_dir, open(os.devnull, "w") as devnull:
             config = WatchConfig(exchanges=["binance"], fmt="jsonl" if jsonl else "dashboard")
-            result = asyncio.run(
+            gc_before = GC_CLOCK.total
+            run = asyncio.run
+            if uvloop:
+                import uvloop as uv
+
+                run = uv.run
+            result = run(
                 run_watch(
                     config,
                     data_dir=Path(data_dir),
@@ -213,8 +253,35 @@ def end_to_end(frames: list[bytes], jsonl: bool) -> tuple[Timings, dict]:
             stream.last_cpu - stream.first_cpu,
             done - stream.first,
             done_cpu - stream.first_cpu,
+            server_cpu,
+            GC_CLOCK.total - gc_before,
         )
         return timings, counters
+    finally:
+        server.terminate()
+        server.join()
+
+
+def cryptofeed_run(frames: list[bytes], symbols: int, python: str) -> tuple[float, float]:
+    """CPU and wall seconds of cryptofeed from its first liquidation to the last."""
+    port_queue: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve, args=(frames, port_queue), daemon=True)
+    server.start()
+    try:
+        port_queue.get(timeout=30)  # where the server runs
+        port = port_queue.get(timeout=30)
+        names = ["BTCUSDT", "ETHUSDT"] + [f"C{i}USDT" for i in range(symbols - 2)]
+        command = [python, str(Path(__file__).with_name("watch_cryptofeed.py"))]
+        command += ["--port", str(port), "--events", str(len(frames)), "--symbols", ",".join(names)]
+        if CPUS:
+            command += ["--cpu", str(CPUS[0])]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"cryptofeed run failed: {done.stderr.strip()[-2000:]}")
+        result = orjson.loads(done.stdout.strip().splitlines()[-1])
+        if result["events"] != len(frames):
+            raise SystemExit(f"cryptofeed saw {result['events']} of {len(frames)} events")
+        return result["cpu"], result["wall"]
     finally:
         server.terminate()
         server.join()
@@ -272,19 +339,49 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jsonl", action="store_true", help="also print jsonl (to /dev/null)")
     parser.add_argument("--repeat", type=int, default=3, help="end-to-end runs (best reported)")
+    parser.add_argument(
+        "--transport",
+        choices=["picows", "websockets"],
+        help="the WebSocket client (default: liq watch's, picows when installed)",
+    )
+    parser.add_argument(
+        "--cryptofeed",
+        metavar="PYTHON",
+        help="also run cryptofeed with a no-op callback, with this interpreter",
+    )
+    parser.add_argument("--no-stages", action="store_true", help="skip the stages-alone part")
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run the pipeline on uvloop's event loop (if installed)",
+    )
     args = parser.parse_args()
+    if args.transport == "websockets":
+        from websockets.asyncio.client import connect
+
+        ws_module.default_connect = connect
+    elif args.transport == "picows":
+        from liqcli.exchanges.ws_picows import connect
+
+        ws_module.default_connect = connect
     frames = make_frames(args.events, args.symbols, args.seed)
     where = pin(0)
     gc.freeze()  # as `liq watch` does once its imports are done
-    print(f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where}")
+    gc.set_threshold(50_000, 10, 10)  # as `liq watch` does (liqcli/cli/watch.py)
+    transport = "picows" if "picows" in ws_module.default_connect.__module__ else "websockets"
+    print(
+        f"{len(frames):,} Binance forceOrder frames, {args.symbols} symbols; pipeline on {where};"
+        f" transport {transport}; event loop {'uvloop' if args.uvloop else 'asyncio'}"
+    )
     n = args.events
     runs = []
     for run in range(args.repeat):
-        t, counters = end_to_end(frames, args.jsonl)
+        t, counters = end_to_end(frames, args.jsonl, args.uvloop)
         runs.append(t)
         print(
             f"  run {run + 1}: pipeline {n / t.pipeline_cpu:,.0f}/CPU-s {n / t.pipeline_wall:,.0f}"
             f"/wall-s, all-in {n / t.all_in_cpu:,.0f}/CPU-s {n / t.all_in_wall:,.0f}/wall-s"
+            f" (GC {t.gc_cpu * 1e6 / n:.2f} µs/event; server on {t.server_cpu})"
         )
     best = min(runs, key=lambda r: r.all_in_cpu)
     print(f"end to end, best of {args.repeat} (the machine may be shared: see load):")
@@ -294,7 +391,28 @@ def main() -> None:
     print("  all-in (... -> every event compacted into Parquet):")
     print(f"    per CPU-second (one core) {rate(n, best.all_in_cpu)}")
     print(f"    per wall-second           {rate(n, best.all_in_wall)}")
+
+    def spread(attr: str) -> str:
+        values = sorted(n / getattr(r, attr) for r in runs)
+        return f"{values[0]:,.0f}..{values[-1]:,.0f}"
+
+    print(
+        f"  spread of the {args.repeat} runs: pipeline {spread('pipeline_cpu')}/CPU-s"
+        f" {spread('pipeline_wall')}/wall-s, all-in {spread('all_in_cpu')}/CPU-s"
+        f" {spread('all_in_wall')}/wall-s"
+    )
     print(f"  counters (last run): {counters}")
+    if args.cryptofeed:
+        peer = [cryptofeed_run(frames, args.symbols, args.cryptofeed) for _ in range(args.repeat)]
+        cpu, wall = min(peer)
+        spread = sorted(n / c for c, _ in peer)
+        print(
+            f"cryptofeed, no-op callback, best of {args.repeat} (spread {spread[0]:,.0f}..{spread[-1]:,.0f}/CPU-s):"
+        )
+        print(f"    per CPU-second (one core) {rate(n, cpu)}")
+        print(f"    per wall-second           {rate(n, wall)}")
+    if args.no_stages:
+        return
     print("stages alone (CPU time):")
     stages(frames)
 

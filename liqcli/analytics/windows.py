@@ -339,21 +339,32 @@ class WindowAggregator:
             self.invalid += 1
             return False
         micro = round(notional * MICRO)
-        if event.side == "long":
-            lu, su, ln, sn = micro, 0, 1, 0
-        else:
-            lu, su, ln, sn = 0, micro, 0, 1
-        self._overall.add(bucket, lu, su, ln, sn, cutoffs)
-        series = self._by_exchange.get(event.exchange)
-        if series is None:
-            series = self._by_exchange[event.exchange] = _Series(len(self.windows))
-        series.add(bucket, lu, su, ln, sn, cutoffs)
-        series = self._by_symbol.get(event.symbol)
-        if series is None:
+        by_exchange = self._by_exchange.get(event.exchange)
+        if by_exchange is None:
+            by_exchange = self._by_exchange[event.exchange] = _Series(len(self.windows))
+        by_symbol = self._by_symbol.get(event.symbol)
+        if by_symbol is None:
             if len(self._by_symbol) >= self.max_symbols:
                 self._evict_symbols()
-            series = self._by_symbol[event.symbol] = _Series(len(self.windows))
-        series.add(bucket, lu, su, ln, sn, cutoffs)
+            by_symbol = self._by_symbol[event.symbol] = _Series(len(self.windows))
+        # The usual case, inlined (this runs for every event): the event falls in the newest
+        # bucket of each series, so only that bucket's sums of its side grow.
+        if event.side == "long":
+            for series in (self._overall, by_exchange, by_symbol):
+                keys = series.keys
+                if keys and keys[-1] == bucket:
+                    series.lu[-1] += micro
+                    series.ln[-1] += 1
+                else:
+                    series.add(bucket, micro, 0, 1, 0, cutoffs)
+        else:
+            for series in (self._overall, by_exchange, by_symbol):
+                keys = series.keys
+                if keys and keys[-1] == bucket:
+                    series.su[-1] += micro
+                    series.sn[-1] += 1
+                else:
+                    series.add(bucket, 0, micro, 0, 1, cutoffs)
         self._latest.append(event)
         self.events += 1
         return True

@@ -126,6 +126,9 @@ def watch(
     # Everything imported so far lives as long as the process: keep the cyclic collector from
     # re-scanning it on every full collection of a long run (about 10% of the per-event cost).
     gc.freeze()
+    # A young collection every 50k net allocations, not 700: the default thresholds spend ~1 µs
+    # per live event in the collector, this ~0.2 (benchmarks/watch.py mirrors both lines).
+    gc.set_threshold(50_000, 10, 10)
     try:
         run_async(
             run_watch(

@@ -17,7 +17,10 @@ LONG: Side = "long"
 SHORT: Side = "short"
 
 
-@dataclass(slots=True, frozen=True)
+# Liquidation and AggTrade are built for every live event: not frozen, since a frozen dataclass's
+# __init__ sets each field through object.__setattr__ (~0.8 µs more per event, benchmarks/watch.py).
+# Treat them as immutable all the same (views and the journal share them); they stay hashable.
+@dataclass(slots=True, unsafe_hash=True)
 class Liquidation:
     """A forced close. ``side`` is the side of the position that was liquidated."""
 
@@ -60,7 +63,7 @@ class Liquidation:
         }
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see Liquidation
 class AggTrade:
     """An aggregate trade. ``is_buyer_maker=True`` means the taker sold."""
 

@@ -58,6 +58,11 @@ from liqcli.errors import UsageError
 from liqcli.exchanges.parsing import Refusals
 from liqcli.exchanges.retry import Backoff, exponential_delay
 
+try:  # a C frame parser: a tenth of websockets' CPU per frame (liqcli/exchanges/ws_picows.py)
+    from liqcli.exchanges.ws_picows import connect as default_connect
+except ImportError:
+    default_connect = connect
+
 log = logging.getLogger("liq.ws")
 
 ERROR_LOG_EVERY_S = 60.0  # repeated venue error acks: one warning per minute, with a count
@@ -197,8 +202,10 @@ class ReconnectingWebSocket:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
+        connect: Callable[..., Any] | None = None,  # the transport: websockets' connect or alike
     ) -> None:
         self.protocol = protocol
+        self._connect = connect or default_connect
         self.timings = timings or WsTimings()
         self.status = status or VenueStatus(protocol.venue)
         self._clock = clock
@@ -497,7 +504,7 @@ class ReconnectingWebSocket:
     async def _open(self) -> _Connection | None:
         """Connect and subscribe; None (with ``last_error`` set) when the attempt failed."""
         try:
-            ws = await connect(
+            ws = await self._connect(
                 self.protocol.url,
                 open_timeout=self.timings.open_timeout,
                 close_timeout=self.timings.close_timeout,
