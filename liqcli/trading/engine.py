@@ -83,6 +83,9 @@ class Engine:
         self.market = MarketState()
         self.slots: list[Slot] = []
         self.emit = emit
+        # Called with (event, market) after the market state is updated and before strategies:
+        # shared features (e.g. one OrderFlow for every competing mode) are computed once here.
+        self.observers: list[Callable[[Any, MarketState], None]] = []
         self.now = 0
         self.events = 0
         self._started = False
@@ -114,6 +117,8 @@ class Engine:
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(event, self.market, self.slots)
+        for observe in self.observers:
+            observe(event, self.market)
         for slot in self.slots:
             slot.ctx.now = self.now
             self._drain(slot)  # fills caused by this market data
