@@ -126,3 +126,23 @@ def test_time_stop_after_two_hours():
     assert [r["exit_reason"] for r in records if r["type"] == "close" and r["mode"] == "0"] == [
         "time_stop"
     ]
+
+
+def test_kelly_and_vol_target_advisers():
+    from liqcli.analytics.orderflow import FeatureSnapshot
+    from liqcli.trading.signal import KellyAdviser, VolTargetAdviser, optimal_leverage
+
+    f = FeatureSnapshot(vpin=0.2, atr_ratio=0.001)
+    kelly = KellyAdviser(min_trades=4)
+    assert "rules" in kelly.advise(f, 0.9, "SAFE").reason
+    for pnl in (2.0, -1.0, 2.0, -1.0):  # returns +2 %, -1 % on a notional of 100
+        kelly.record(pnl, 100.0)
+    # mean 0.005, sample variance ((0.015^2) * 4 / 3) = 0.0003 -> 0.5 x 0.005 / 0.0003 = 8.33
+    assert kelly.advise(f, 0.9, "SAFE").leverage == pytest.approx(0.5 * 0.005 / 0.0003)
+    vol = VolTargetAdviser(target=0.5)
+    sigma = 0.001 / 1.596 * math.sqrt(525_600)
+    assert vol.advise(f, 0.9, "SAFE").leverage == pytest.approx(max(1.0, 0.5 / sigma))
+    # risk-adjusted optimum: a winner that went 1 % against itself, 5 % stop -> 5x
+    assert optimal_leverage(10.0, 0.01, 0.05) == pytest.approx(5.0)
+    assert optimal_leverage(-1.0, 0.01, 0.05) == 1.0
+    assert optimal_leverage(1.0, 0.0, 0.05) == 20.0

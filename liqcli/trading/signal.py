@@ -114,3 +114,73 @@ def rules_leverage(confidence: float, risk: str, vpin: float | None, atr_ratio: 
         f" = {raw:.2f}" + (f" -> {lev:g}" if lev != raw else "")
     )
     return LeverageAdvice(lev, reason)
+
+
+class KellyAdviser:
+    """``kelly``: half-Kelly leverage from the mode's own recent trades.
+
+    With r_i each closed trade's return on its notional (pnl / (qty · entry)), the growth-optimal
+    leverage for small returns is μ/σ²; half of it is used (full Kelly is too aggressive when μ
+    and σ are estimated from few trades), clamped 1–20. Below ``min_trades`` trades, or with no
+    edge (μ ≤ 0), the rules engine's answer is used and the reason says so."""
+
+    def __init__(self, window: int = 50, min_trades: int = 10, fraction: float = 0.5) -> None:
+        self.window = window
+        self.min_trades = min_trades
+        self.fraction = fraction
+        self.returns: list[float] = []
+
+    def record(self, pnl: float, notional: float) -> None:
+        if notional > 0:
+            self.returns.append(pnl / notional)
+            del self.returns[: -self.window]
+
+    def advise(self, f: FeatureSnapshot, confidence: float, risk: str) -> LeverageAdvice:
+        fallback = rules_leverage(confidence, risk, f.vpin, f.atr_ratio)
+        n = len(self.returns)
+        if n < self.min_trades:
+            return LeverageAdvice(
+                fallback.leverage, f"kelly: {n} trades < {self.min_trades}; rules"
+            )
+        mean = sum(self.returns) / n
+        var = sum((r - mean) ** 2 for r in self.returns) / (n - 1)
+        if mean <= 0 or var <= 0:
+            return LeverageAdvice(1.0, f"kelly: no edge in the last {n} trades (mean {mean:.4%})")
+        raw = self.fraction * mean / var
+        lev = max(1.0, min(20.0, raw))
+        return LeverageAdvice(lev, f"kelly: {self.fraction:g} x {mean:.4%}/{var:.3g} = {raw:.2f}")
+
+
+class VolTargetAdviser:
+    """``vol_target``: the leverage that makes the position's annualised volatility the target.
+
+    σ of one bar from the ATR ratio: for a random walk the expected bar range is ≈ 1.596 σ
+    (2·√(2/π)), so σ_bar ≈ ATR ratio / 1.596; annualised × √(bars per year); leverage =
+    target / σ_annual, clamped 1–20. Without an ATR yet, the rules engine's answer is used."""
+
+    def __init__(self, target: float = 0.5, bar_ms: int = 60_000) -> None:
+        self.target = target
+        self.bars_per_year = 365 * 86_400_000 / bar_ms
+
+    def advise(self, f: FeatureSnapshot, confidence: float, risk: str) -> LeverageAdvice:
+        if not f.atr_ratio:
+            fallback = rules_leverage(confidence, risk, f.vpin, f.atr_ratio)
+            return LeverageAdvice(fallback.leverage, "vol_target: no ATR yet; rules")
+        sigma = f.atr_ratio / 1.596 * math.sqrt(self.bars_per_year)
+        raw = self.target / sigma
+        lev = max(1.0, min(20.0, raw))
+        return LeverageAdvice(lev, f"vol_target: {self.target:.0%} / {sigma:.0%} = {raw:.2f}")
+
+
+def optimal_leverage(pnl: float, mae: float, stop_loss: float, max_leverage: float = 20.0) -> float:
+    """Post-hoc risk-adjusted optimal leverage of one trade.
+
+    The seed's definition picks the maximum whenever the ROI was positive, which rewards luck. liq
+    takes the largest leverage at which the trade's maximum adverse excursion (``mae``, the worst
+    move against it as a fraction of the entry price) would not have reached the stop-loss on
+    leveraged ROI: stop_loss / mae, clamped 1..max; a losing trade's optimum is 1."""
+    if pnl <= 0:
+        return 1.0
+    if mae <= 0:
+        return max_leverage
+    return max(1.0, min(max_leverage, stop_loss / mae))

@@ -25,7 +25,9 @@ from liqcli.trading.model import Fill, OrderSide
 from liqcli.trading.signal import (
     STOPS,
     STRONG_REVERSE_SCORE,
+    KellyAdviser,
     LeverageAdvice,
+    optimal_leverage,
     risk_level,
     rules_leverage,
     signal,
@@ -58,6 +60,8 @@ class _Entry:
     stop_loss: float
     take_profit: float
     ts: int
+    price: float = 0.0
+    mae: float = 0.0  # maximum adverse excursion so far, as a fraction of the entry price
 
 
 @dataclass(slots=True)
@@ -120,6 +124,9 @@ class SeedMode(BaseStrategy):
             return
         pos = ctx.position(self.symbol)
         if not pos.is_flat:
+            if self.entry is not None and pos.entry_price:
+                move = (f.mid - pos.entry_price) / pos.entry_price * (1 if pos.qty > 0 else -1)
+                self.entry.mae = max(self.entry.mae, -move)
             reason = self._exit_reason(f, pos, ctx)
             if reason:
                 self.pending = True
@@ -282,6 +289,10 @@ class SeedMode(BaseStrategy):
                 "funding": trip.funding,
                 "pnl": trip.pnl,
                 "roi": trip.roi,
+                "optimal_leverage": optimal_leverage(
+                    trip.pnl, e.mae if e else 0.0, e.stop_loss if e else 0.08
+                ),
+                "mae": e.mae if e else None,
                 "exit_reason": "liquidation" if trip.liquidated else trip.exit_tag,
                 "signal": e.signal if e else "",
                 "confidence": e.confidence if e else None,
@@ -290,6 +301,8 @@ class SeedMode(BaseStrategy):
                 "spread_bps": e.spread_bps if e else None,
                 "depth": e.depth if e else None,
             }
+            if isinstance(self.adviser, KellyAdviser):
+                self.adviser.record(trip.pnl, trip.qty * trip.entry_price)
             self.closed.append(record)
             ctx.emit(record)
             self.entry = None
