@@ -16,6 +16,8 @@ DEFAULTS: dict[str, str] = {
     "LIQ_BYBIT_REST_URL": "https://api.bybit.com",
     "LIQ_BYBIT_WS_URL": "wss://stream.bybit.com/v5/public/linear",
     "LIQ_BYBIT_ARCHIVE_URL": "https://public.bybit.com",
+    "LIQ_BACKPACK_REST_URL": "https://api.backpack.exchange",
+    "LIQ_BACKPACK_WS_URL": "wss://ws.backpack.exchange",
 }
 
 
