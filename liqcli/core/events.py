@@ -95,10 +95,66 @@ class BookTop:
     bid_qty: float
     ask_price: float
     ask_qty: float
+    update_id: int = 0  # the venue's book update id (Binance ``u``), 0 when it sends none
+    received_ts: int = 0  # local receive time, ms
 
     @property
     def mid(self) -> float:
         return (self.bid_price + self.ask_price) / 2
 
 
-Event = Liquidation | AggTrade | BookTop
+Level = tuple[float, float]  # (price, qty)
+
+
+@dataclass(slots=True, frozen=True)
+class BookSnapshot:
+    """A whole (or top-N) order book at ``update_id``: a REST snapshot (Binance
+    ``lastUpdateId``) or a recorded top-N picture of a maintained book.
+
+    ``bids`` best (highest) first, ``asks`` best (lowest) first; quantities are absolute.
+    """
+
+    exchange: str
+    symbol: str
+    ts: int  # venue time of the snapshot (Binance ``T``/``E``), ms; 0 when the venue sends none
+    update_id: int
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    received_ts: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class BookDelta:
+    """A depth diff: absolute quantities per price, qty 0 deletes the level.
+
+    ``first_update_id``..``update_id`` is the range of book updates it folds in (Binance ``U``,
+    ``u``); ``prev_update_id`` is the ``u`` of the venue's previous diff (Binance futures ``pu``),
+    -1 where the venue sends none (spot-style contiguous ids instead).
+    """
+
+    exchange: str
+    symbol: str
+    ts: int  # venue event time, ms
+    first_update_id: int
+    update_id: int
+    prev_update_id: int
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    received_ts: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class MarkPrice:
+    """Mark and index price with the current funding rate (Binance ``markPriceUpdate``)."""
+
+    exchange: str
+    symbol: str
+    ts: int  # venue event time, ms
+    mark_price: float
+    index_price: float
+    funding_rate: float  # the rate to be paid at ``next_funding_ts``, as a fraction (0.0001)
+    next_funding_ts: int  # ms
+    received_ts: int = 0
+
+
+Event = Liquidation | AggTrade | BookTop | BookSnapshot | BookDelta | MarkPrice

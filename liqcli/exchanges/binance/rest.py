@@ -24,8 +24,9 @@ import httpx
 import polars as pl
 
 from liqcli.core.endpoints import url
+from liqcli.core.events import BookSnapshot
 from liqcli.core.schemas import TS, DatasetSpec, dataset
-from liqcli.errors import DataError, ExchangeError, LiqError, UnknownSymbolError
+from liqcli.errors import DataError, ExchangeError, LiqError, UnknownSymbolError, UsageError
 from liqcli.exchanges.http import RateBudget, VenueHttp
 
 VENUE = "binance"
@@ -362,3 +363,25 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}"
     return "a kline row is too short"
+
+
+# --- order book snapshot (the base of a locally maintained book, liqcli.trading.book) ---------
+
+DEPTH_PATH = "/fapi/v1/depth"
+DEPTH_LIMITS = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}  # limit -> request weight
+
+
+async def depth(http: VenueHttp, symbol: str, limit: int = 1000) -> BookSnapshot:
+    """``GET /fapi/v1/depth``: a BookSnapshot (``lastUpdateId``, bids best first; RPI orders are
+    not in it). ``limit`` is one of 5, 10, 20, 50, 100, 500, 1000."""
+    # Imported here: the stream module loads websockets, which ``liq fetch`` never needs.
+    from liqcli.exchanges.binance.stream import parse_depth_snapshot
+
+    if limit not in DEPTH_LIMITS:
+        raise UsageError(
+            f"binance: depth limit {limit}: choose from {', '.join(map(str, DEPTH_LIMITS))}"
+        )
+    payload = await http.get_json(
+        DEPTH_PATH, {"symbol": symbol.upper(), "limit": limit}, cost=DEPTH_LIMITS[limit]
+    )
+    return parse_depth_snapshot(payload, symbol)

@@ -1,0 +1,1 @@
+"""Sources of normalised market events: live venues and recordings, behind one shape."""
