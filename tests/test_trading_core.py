@@ -285,3 +285,38 @@ def test_top_of_book_view():
     top = TopOfBook(1.0, 2.0, 3.0, 0.0)
     assert top.levels("bid", 5) == [(1.0, 2.0)] and top.levels("ask", 5) == []
     assert math.isfinite(top.bid_price)
+
+
+def test_engine_book_view_merges_book_ticker_over_depth_snapshots_and_marks_liquidate():
+    from liqcli.core.events import BookSnapshot, MarkPrice
+
+    engine = Engine()
+    broker = SimBroker(1_000.0, slippage_bps=0, fees=Fees(0, 0))
+
+    class Long(BaseStrategy):
+        sent = False
+
+        def on_event(self, event, ctx):
+            if isinstance(event, BookTop) and not self.sent:
+                self.sent = True
+                ctx.market_order("BTCUSDT", OrderSide.BUY, 2.5, leverage=10)
+
+    engine.add(Long(), broker)
+    snap = BookSnapshot(
+        "binance", "BTCUSDT", 1_000, 10, ((99.0, 1.0), (98.0, 2.0)), ((100.0, 1.0), (101.0, 2.0))
+    )
+    engine.step(snap)
+    view = engine.market.book("BTCUSDT")
+    assert view.levels("ask", 5) == [(100.0, 1.0), (101.0, 2.0)]
+    # a fresher best ask (bookTicker) sits on top; deeper snapshot levels beyond it are kept
+    engine.step(BookTop("binance", "BTCUSDT", 1_100, 99.5, 0.5, 100.5, 1.0, 11))
+    assert view.levels("ask", 5) == [(100.5, 1.0), (101.0, 2.0)]
+    assert view.levels("bid", 5) == [(99.5, 0.5), (99.0, 1.0), (98.0, 2.0)]
+    # the market buy walked it: 1 @ 100.5 + 1.5 @ 101
+    pos = broker.position("BTCUSDT")
+    assert pos.qty == 2.5 and pos.entry_price == pytest.approx((100.5 + 1.5 * 101) / 2.5)
+    lp = broker.liquidation_price("BTCUSDT")
+    engine.step(MarkPrice("binance", "BTCUSDT", 2_000, lp + 0.01, lp, 0.0001, 3_000))
+    assert not pos.is_flat
+    engine.step(MarkPrice("binance", "BTCUSDT", 2_500, lp - 0.01, lp, 0.0001, 3_000))
+    assert broker.position("BTCUSDT").is_flat and broker.liquidations == 1

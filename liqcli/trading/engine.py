@@ -11,9 +11,33 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from liqcli.core.events import AggTrade, BookTop
-from liqcli.trading.sim import BookView, SimBroker, TopOfBook
+from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Level, MarkPrice
+from liqcli.trading.sim import BookView, SimBroker
 from liqcli.trading.strategy import Context, Strategy
+
+
+@dataclass(slots=True)
+class MergedBook:
+    """The freshest view of one symbol's book: the latest best bid/ask (bookTicker, real time)
+    on top of the latest depth snapshot (top-N every second), whose levels are kept only beyond
+    the best prices. Built from recorded events alone, so a replay sees exactly what live saw."""
+
+    top: BookTop | None = None
+    depth: BookSnapshot | None = None
+
+    def levels(self, side: str, depth: int) -> list[Level]:
+        top = self.top
+        snap = self.depth
+        if side == "bid":
+            best = (top.bid_price, top.bid_qty) if top is not None and top.bid_qty > 0 else None
+            deeper = snap.bids if snap is not None else ()
+            keep = [lv for lv in deeper if best is None or lv[0] < best[0]]
+        else:
+            best = (top.ask_price, top.ask_qty) if top is not None and top.ask_qty > 0 else None
+            deeper = snap.asks if snap is not None else ()
+            keep = [lv for lv in deeper if best is None or lv[0] > best[0]]
+        out = ([best] if best is not None else []) + keep
+        return out[:depth]
 
 
 @dataclass(slots=True)
@@ -64,16 +88,50 @@ def _on_trade(event: AggTrade, market: MarketState, slots: list[Slot]) -> None:
             )
 
 
-def _on_book_top(event: BookTop, market: MarketState, slots: list[Slot]) -> None:
-    book = TopOfBook(event.bid_price, event.bid_qty, event.ask_price, event.ask_qty)
-    market.books[event.symbol] = book
+def _merged(market: MarketState, symbol: str) -> MergedBook:
+    book = market.books.get(symbol)
+    if not isinstance(book, MergedBook):
+        book = market.books[symbol] = MergedBook()
+    return book
+
+
+def _share_book(symbol: str, ts: int, market: MarketState, slots: list[Slot]) -> None:
+    book = market.books[symbol]
     for slot in slots:
         if isinstance(slot.broker, SimBroker):
-            slot.broker.update_book(event.symbol, book, event.ts)
+            slot.broker.update_book(symbol, book, ts)
+
+
+def _on_book_top(event: BookTop, market: MarketState, slots: list[Slot]) -> None:
+    _merged(market, event.symbol).top = event
+    _share_book(event.symbol, event.ts, market, slots)
+
+
+def _on_book_snapshot(event: BookSnapshot, market: MarketState, slots: list[Slot]) -> None:
+    book = _merged(market, event.symbol)
+    book.depth = event
+    top = book.top
+    # A snapshot newer than the last bookTicker replaces its top too.
+    if top is None or (event.update_id and top.update_id and event.update_id > top.update_id):
+        bid = event.bids[0] if event.bids else (0.0, 0.0)
+        ask = event.asks[0] if event.asks else (0.0, 0.0)
+        book.top = BookTop(event.exchange, event.symbol, event.ts, *bid, *ask, event.update_id)
+    _share_book(event.symbol, event.ts, market, slots)
+
+
+def _on_mark(event: MarkPrice, market: MarketState, slots: list[Slot]) -> None:
+    market.marks[event.symbol] = event.mark_price
+    for slot in slots:
+        if isinstance(slot.broker, SimBroker):
+            slot.broker.on_mark(
+                event.symbol, event.ts, event.mark_price, event.funding_rate, event.next_funding_ts
+            )
 
 
 register_event(AggTrade, _on_trade)
 register_event(BookTop, _on_book_top)
+register_event(BookSnapshot, _on_book_snapshot)
+register_event(MarkPrice, _on_mark)
 
 
 class Engine:
