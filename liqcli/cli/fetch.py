@@ -23,6 +23,8 @@ Datasets (--dataset, repeatable; default all seven):
   {", ".join(FETCH_DATASETS[:4])},
   {", ".join(FETCH_DATASETS[4:])}
   agg_trades (with --archive only: daily aggTrades zips, as `liq map` uses them)
+  book_depth, book_ticker (with --archive only: daily bookDepth bands, +-1..5 % from mid every
+  ~30 s, and bookTicker best bid/ask, where the archive publishes them)
 
 Each run asks Binance only for what the store is missing in the range (after the last stored
 row, before the first, or holes left by an interrupted run) and writes each chunk as it arrives,
@@ -38,6 +40,7 @@ Examples:
   liq fetch BTCUSDT ETHUSDT --dataset klines --period 1h --since 90d
   liq fetch BTCUSDT --start 2026-09-01 --end 2026-10-01 --archive
   liq fetch SOLUSDT --dataset agg_trades --archive --since 3d
+  liq fetch BTCUSDT --dataset book_depth --archive --since 7d
   liq --data-dir /srv/liq fetch BTCUSDT ETHUSDT --quiet   # from cron
 """
 

@@ -3,6 +3,8 @@
 Each spec names the dataset's key (what makes a row unique: re-writing never duplicates a key),
 its Hive partition columns (directories, not stored inside the files) and the file granularity
 inside the last partition (``month`` -> ``YYYY-MM.parquet``, ``day`` -> ``YYYY-MM-DD.parquet``).
+``optional`` columns may be left out by a writer (they are stored as nulls), so a column added
+for one writer (the recorder's ``seq``) does not break the others.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class DatasetSpec:
     key: tuple[str, ...]
     partition_by: tuple[str, ...]
     file_by: Literal["month", "day"] = "month"
+    optional: tuple[str, ...] = ()  # nullable columns a writer may omit
 
     @property
     def pl_schema(self) -> pl.Schema:
@@ -127,10 +130,12 @@ DATASETS: dict[str, DatasetSpec] = {
                 "price": pl.Float64(),
                 "qty": pl.Float64(),
                 "is_buyer_maker": pl.Boolean(),
+                "seq": pl.Int64(),  # recorded live: delivery order (liqcli.sources.recorder)
             },
             key=("exchange", "symbol", "trade_id"),
             partition_by=("exchange", "symbol"),
             file_by="day",
+            optional=("seq",),
         ),
         DatasetSpec(
             "liquidations",
@@ -144,10 +149,12 @@ DATASETS: dict[str, DatasetSpec] = {
                 "notional_usd": pl.Float64(),
                 "venue_symbol": pl.String(),
                 "received_ts": TS,
+                "seq": pl.Int64(),  # recorded live: delivery order (liqcli.sources.recorder)
             },
             key=("exchange", "symbol", "ts", "side", "price", "qty"),
             partition_by=("exchange", "symbol"),
             file_by="day",
+            optional=("seq",),
         ),
         DatasetSpec(
             # Cascades span venues: stored under exchange=all.
@@ -165,6 +172,82 @@ DATASETS: dict[str, DatasetSpec] = {
             },
             key=("exchange", "symbol", "start_ts"),
             partition_by=("exchange", "symbol"),
+        ),
+        # Order books and mark prices. ``seq`` (delivery order) and ``received_ts`` are set by
+        # the recorder (liqcli.sources.recorder), null in rows from the archive.
+        DatasetSpec(
+            # Best bid/ask (Binance bookTicker). ``update_id`` is in the key: a venue sends several
+            # per millisecond.
+            "book_tops",
+            {
+                "exchange": pl.String(),
+                "symbol": pl.String(),
+                "ts": TS,
+                "update_id": pl.Int64(),
+                "bid": pl.Float64(),
+                "bid_qty": pl.Float64(),
+                "ask": pl.Float64(),
+                "ask_qty": pl.Float64(),
+                "received_ts": TS,
+                "seq": pl.Int64(),
+            },
+            key=("exchange", "symbol", "ts", "update_id"),
+            partition_by=("exchange", "symbol"),
+            file_by="day",
+            optional=("received_ts", "seq"),
+        ),
+        DatasetSpec(
+            # Recorded top-N snapshots (source=live: side bid|ask, level 1 = best, price, qty) and
+            # archive depth bands (source=archive: level = the band in basis points, 100 = 1 %
+            # from mid; percentage, depth, notional as published).
+            "book_depth",
+            {
+                "exchange": pl.String(),
+                "symbol": pl.String(),
+                "source": pl.String(),
+                "ts": TS,
+                "side": pl.String(),
+                "level": pl.Int64(),
+                "price": pl.Float64(),
+                "qty": pl.Float64(),
+                "percentage": pl.Float64(),
+                "depth": pl.Float64(),
+                "notional": pl.Float64(),
+                "update_id": pl.Int64(),
+                "received_ts": TS,
+                "seq": pl.Int64(),
+            },
+            key=("exchange", "symbol", "source", "ts", "side", "level"),
+            partition_by=("exchange", "symbol", "source"),
+            file_by="day",
+            optional=(
+                "price",
+                "qty",
+                "percentage",
+                "depth",
+                "notional",
+                "update_id",
+                "received_ts",
+                "seq",
+            ),
+        ),
+        DatasetSpec(
+            "mark_prices",
+            {
+                "exchange": pl.String(),
+                "symbol": pl.String(),
+                "ts": TS,
+                "mark_price": pl.Float64(),
+                "index_price": pl.Float64(),
+                "funding_rate": pl.Float64(),
+                "next_funding_ts": TS,
+                "received_ts": TS,
+                "seq": pl.Int64(),
+            },
+            key=("exchange", "symbol", "ts"),
+            partition_by=("exchange", "symbol"),
+            file_by="day",
+            optional=("received_ts", "seq"),
         ),
     )
 }

@@ -16,7 +16,10 @@ requested range [start, end), asks Binance only for that, and writes each chunk 
   ``partial`` with an explanation, never silently dropped;
 - klines: only closed candles are stored (the open one is fetched again next run);
 - ``agg_trades`` (``archive=True`` only): daily aggTrades zips (checksum-verified, cached where
-  ``liq map`` looks for them) into the ``agg_trades`` dataset, one day at a time.
+  ``liq map`` looks for them) into the ``agg_trades`` dataset, one day at a time;
+- ``book_depth`` and ``book_ticker`` (``archive=True`` only): daily bookDepth zips (depth and
+  notional at +-1..5 % from mid, every ~30 s) into ``book_depth`` (``source=archive``) and daily
+  bookTicker zips into ``book_tops``, where the archive publishes them (missing days: partial).
 
 A failure (unknown symbol, exchange error, bad data, exhausted retries) fails only its own
 (dataset, symbol): what was fetched before it is kept, the other pairs carry on.
@@ -43,8 +46,11 @@ from liqcli.exchanges.archive import ArchiveClient
 from liqcli.exchanges.binance.archive import (
     agg_trades_path,
     binance_archive_client,
+    daily_path,
     download_metrics,
     read_agg_trades,
+    read_book_depth,
+    read_book_ticker,
     read_metrics,
 )
 from liqcli.exchanges.binance.rest import ENDPOINTS, FETCH_DATASETS, VENUE, binance_http, fetch_page
@@ -53,7 +59,13 @@ from liqcli.store.parquet import Store
 
 log = logging.getLogger("liq")
 
-ARCHIVE_DATASETS: tuple[str, ...] = ("agg_trades",)  # only with archive=True, never by default
+# Only with archive=True, never by default.
+ARCHIVE_DATASETS: tuple[str, ...] = ("agg_trades", "book_depth", "book_ticker")
+# Archive day files besides aggTrades: --dataset name -> (archive kind, stored dataset, partitions)
+BOOK_ARCHIVES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "book_depth": ("bookDepth", "book_depth", {"source": "archive"}),
+    "book_ticker": ("bookTicker", "book_tops", {}),
+}
 DEFAULT_SINCE = "30d"
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -187,10 +199,13 @@ class _Job:
 
     async def run_pair(self, dataset: str, symbol: str) -> FetchResult:
         result = FetchResult(dataset, symbol)
-        writer = _Writer(self.store, dataset, result, self.flush_rows)
+        stored_as = BOOK_ARCHIVES[dataset][1] if dataset in BOOK_ARCHIVES else dataset
+        writer = _Writer(self.store, stored_as, result, self.flush_rows)
         try:
             if dataset == "agg_trades":
                 await self._agg_trades(symbol, writer)
+            elif dataset in BOOK_ARCHIVES:
+                await self._book_archive(dataset, symbol, writer)
             else:
                 await self._rest(dataset, symbol, writer)
             await writer.flush()
@@ -373,18 +388,56 @@ class _Job:
             if self.progress:
                 self.progress.page_done("agg_trades", symbol, rows)
 
+    async def _book_archive(self, dataset: str, symbol: str, writer: _Writer) -> None:
+        """Daily bookDepth / bookTicker files, one day at a time, days already stored skipped."""
+        kind, stored_as, partitions = BOOK_ARCHIVES[dataset]
+        client = await self._client()
+        todo = [
+            d
+            for d in days_between(self.start, self.end)
+            if not await asyncio.to_thread(
+                self._day_covered, symbol, *self._day_window(d), stored_as, partitions
+            )
+        ]
+        if self.progress:
+            self.progress.planned(len(todo))
+        for day in todo:
+            path = daily_path(kind, symbol, day)
+            local = await client.fetch(path, path + ".CHECKSUM")
+            rows = 0
+            if local is None:
+                writer.result.status = "partial"
+                writer.result.note = f"days missing from the archive (404), e.g. {day.isoformat()}"
+            else:
+                begin, finish = self._day_window(day)
+                day_rows = await asyncio.to_thread(
+                    _day_of_book, dataset, local, symbol, begin, finish
+                )
+                rows = day_rows.count
+                await writer.add(day_rows)
+                await writer.flush()
+            if self.progress:
+                self.progress.page_done(dataset, symbol, rows)
+
     def _day_window(self, day: date) -> tuple[int, int]:
         """The part of [start, end) inside one UTC day."""
         return max(self.start, day_start(day)), min(self.end, day_start(day) + DAY_MS)
 
-    def _day_covered(self, symbol: str, begin: int, finish: int) -> bool:
+    def _day_covered(
+        self,
+        symbol: str,
+        begin: int,
+        finish: int,
+        dataset: str = "agg_trades",
+        partitions: dict[str, str] | None = None,
+    ) -> bool:
         """Stored trades reach both ends of the window (within an hour): nothing to load.
 
         A day stored only in part (an earlier run started mid-day) is loaded again from the
         cached zip; the upsert keeps it free of duplicates.
         """
         stored = self.store.scan(
-            "agg_trades", start=begin, end=finish, exchange=VENUE, symbol=symbol
+            dataset, start=begin, end=finish, exchange=VENUE, symbol=symbol, **(partitions or {})
         )
         ts = pl.col("ts").dt.epoch("ms")
         first, last = stored.select(ts.min(), ts.max().alias("last")).collect().row(0)
@@ -395,10 +448,19 @@ def _day_of_trades(path: Any, symbol: str, start: int, end: int) -> _Rows:
     trades = (
         read_agg_trades(path)
         .with_columns(pl.lit(VENUE).alias("exchange"), pl.lit(symbol).alias("symbol"))
-        .select(list(DATASETS["agg_trades"].schema))
+        .select(_stored_columns("agg_trades"))
         .collect()
     )
     return _Rows.within(trades, start, end)
+
+
+def _day_of_book(dataset: str, path: Any, symbol: str, start: int, end: int) -> _Rows:
+    """One archive day of bookDepth (book_depth, source=archive) or bookTicker (book_tops)."""
+    _, stored_as, partitions = BOOK_ARCHIVES[dataset]
+    frame = read_book_depth(path) if dataset == "book_depth" else read_book_ticker(path)
+    constants = {"exchange": VENUE, "symbol": symbol, **partitions}
+    frame = frame.with_columns(pl.lit(v).alias(k) for k, v in constants.items())
+    return _Rows.within(frame.select(_stored_columns(stored_as, frame.columns)), start, end)
 
 
 @dataclass(frozen=True)
@@ -572,6 +634,13 @@ def metrics_rows(dataset: str, metrics: pl.DataFrame, symbol: str) -> pl.DataFra
             (1 / (1 + ratio)).alias("short_share"),
         ]
     return metrics.select(*base, *values).select(list(DATASETS[dataset].schema))
+
+
+def _stored_columns(dataset: str, present: Iterable[str] = ()) -> list[str]:
+    """The dataset's columns, optional ones only when ``present`` (the store adds the others as
+    nulls)."""
+    spec, present = DATASETS[dataset], set(present)
+    return [c for c in spec.schema if c not in spec.optional or c in present]
 
 
 def day_start(day: date) -> int:

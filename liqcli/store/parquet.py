@@ -298,6 +298,9 @@ class Store:
 
 def _conform(spec: DatasetSpec, df: pl.DataFrame) -> pl.DataFrame:
     """Select and cast the schema columns, or raise DataError naming the dataset and column."""
+    absent = [c for c in spec.optional if c not in df.columns]
+    if absent:  # optional columns a writer left out are nulls
+        df = df.with_columns(pl.lit(None, spec.schema[c]).alias(c) for c in absent)
     missing = [c for c in spec.schema if c not in df.columns]
     if missing:
         raise DataError(f"{spec.name}: missing column(s) {', '.join(missing)}")

@@ -70,15 +70,15 @@ class FakeBinanceDepth(FakeBinance):
 
     ws_path = ""
 
-    def __init__(self, *, depth_speed: str = "100ms") -> None:
+    def __init__(self, *, depth_speed: str = "100ms", t0: int = T0) -> None:
         super().__init__(rest=_DepthRoutes(self))
         self.books: dict[str, ServerBook] = {}
         self.misrouted: list[str] = []
         self.depth_suffix = "" if depth_speed == "250ms" else f"@{depth_speed}"
         self.snapshots_served = 0
         self._stale_snapshots = 0
-        self._clock = itertools.count(T0, 100)  # venue ms: +100 per published event
-        self.now = T0
+        self._clock = itertools.count(t0, 100)  # venue ms: +100 per published event
+        self.now = t0
 
     # ------------------------------------------------------------------ the venue's book
 

@@ -19,6 +19,15 @@ API::
         ts, symbol, open_interest, open_interest_value, top_account_ratio (count_toptrader_…),
         top_position_ratio (sum_toptrader_…), global_account_ratio (count_long_short_ratio),
         taker_buy_sell_ratio (sum_taker_long_short_vol_ratio)
+    book_depth_path(symbol, day) / book_ticker_path(symbol, day)   # daily bookDepth / bookTicker zips
+    await download_daily(client, kind, symbol, start_ms, end_ms) -> list[Path]   # kind: bookDepth, ...
+    read_book_depth(path_or_paths, extract_dir=None) -> pl.DataFrame   # ~30 s depth bands:
+        ts, side (bid|ask), level (band in basis points: 100 = 1 % from mid), percentage, depth,
+        notional (CSV timestamp,percentage,depth,notional; negative percentages are bids)
+    read_book_ticker(path_or_paths, extract_dir=None) -> pl.DataFrame   # every best bid/ask change:
+        ts (transaction_time), update_id, bid, bid_qty, ask, ask_qty
+        (CSV update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,
+        event_time)
 
 Day ranges are UTC calendar days touched by [start_ms, end_ms).
 """
@@ -82,6 +91,19 @@ def metrics_path(symbol: str, day: date) -> str:
     return f"data/futures/um/daily/metrics/{symbol}/{symbol}-metrics-{day.isoformat()}.zip"
 
 
+def daily_path(kind: str, symbol: str, day: date) -> str:
+    """``data/futures/um/daily/{kind}/{SYM}/{SYM}-{kind}-{day}.zip`` (aggTrades, bookDepth, ...)."""
+    return f"data/futures/um/daily/{kind}/{symbol}/{symbol}-{kind}-{day.isoformat()}.zip"
+
+
+def book_depth_path(symbol: str, day: date) -> str:
+    return daily_path("bookDepth", symbol, day)
+
+
+def book_ticker_path(symbol: str, day: date) -> str:
+    return daily_path("bookTicker", symbol, day)
+
+
 async def _download_days(client: ArchiveClient, paths: list[str]) -> list[Path]:
     fetched = await client.fetch_many([(p, p + ".CHECKSUM") for p in paths])
     return [p for p in fetched if p is not None]
@@ -102,6 +124,15 @@ async def download_metrics(
     """Daily metrics zips (5-minute open interest and long/short ratios)."""
     return await _download_days(
         client, [metrics_path(symbol, d) for d in days_between(start_ms, end_ms)]
+    )
+
+
+async def download_daily(
+    client: ArchiveClient, kind: str, symbol: str, start_ms: int, end_ms: int
+) -> list[Path]:
+    """Daily ``kind`` zips (``bookDepth``, ``bookTicker``, ...) for the days of [start, end)."""
+    return await _download_days(
+        client, [daily_path(kind, symbol, d) for d in days_between(start_ms, end_ms)]
     )
 
 
@@ -320,3 +351,134 @@ def _metrics_schema() -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {"ts": TS, "symbol": pl.String()}
     schema.update({name: pl.Float64() for name in list(METRICS_COLUMNS.values())[2:]})
     return schema
+
+
+BOOK_DEPTH_COLUMNS = ("timestamp", "percentage", "depth", "notional")
+BOOK_TICKER_COLUMNS = (
+    "update_id",
+    "best_bid_price",
+    "best_bid_qty",
+    "best_ask_price",
+    "best_ask_qty",
+    "transaction_time",
+    "event_time",
+)
+
+
+def _archive_csv(path: Path, extract_dir: Path | None, columns: tuple[str, ...]) -> pl.DataFrame:
+    """One archive CSV as strings, header or not, checked for the expected columns."""
+    csv_path = _csv_of(path, extract_dir)
+    line = first_line(csv_path)
+    if not line:
+        return pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    if has_header(line):
+        df = pl.read_csv(csv_path, infer_schema_length=0)
+        df = df.rename({c: c.strip().strip('"') for c in df.columns})
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: archive file lacks {', '.join(missing)}")
+        return df.select(columns)
+    width = line.count(",") + 1
+    if width != len(columns):
+        raise DataError(f"{path}: {width} columns, expected {', '.join(columns)}")
+    return pl.read_csv(csv_path, has_header=False, new_columns=list(columns), infer_schema_length=0)
+
+
+def _text_or_epoch_ts(column: str) -> pl.Expr:
+    """``2024-01-01 00:00:08`` (bookDepth files) or epoch ms/µs -> Datetime(ms, UTC)."""
+    raw = pl.col(column).str.strip_chars()
+    return (
+        pl.when(raw.str.contains(r"^\d+$"))
+        .then(epoch_to_ts(raw.cast(pl.Int64, strict=False)))
+        .otherwise(
+            raw.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_unit="ms", time_zone="UTC")
+        )
+    )
+
+
+def _strict(df: pl.DataFrame, path_text: str, exprs: list[pl.Expr]) -> pl.DataFrame:
+    try:
+        out = df.select(exprs)
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{path_text}: unparseable value ({str(exc).splitlines()[0]})") from None
+    nulls = [c for c, n in out.null_count().row(0, named=True).items() if n]
+    if nulls:
+        raise DataError(f"{path_text}: unparseable or empty {nulls[0]} values")
+    return out
+
+
+def read_book_depth(
+    path_or_paths: Path | str | Iterable[Path | str], extract_dir: Path | None = None
+) -> pl.DataFrame:
+    """Daily bookDepth zips/CSVs -> depth bands sorted by ts (see the module docstring)."""
+    frames = []
+    for path in _as_paths(path_or_paths):
+        df = _archive_csv(path, extract_dir, BOOK_DEPTH_COLUMNS)
+        pct = pl.col("percentage").str.strip_chars().cast(pl.Float64)
+        frames.append(
+            _strict(
+                df,
+                str(path),
+                [
+                    _text_or_epoch_ts("timestamp").alias("ts"),
+                    pl.when(pct < 0).then(pl.lit("bid")).otherwise(pl.lit("ask")).alias("side"),
+                    (pct.abs() * 100).round(0).cast(pl.Int64).alias("level"),
+                    pct.alias("percentage"),
+                    pl.col("depth").str.strip_chars().cast(pl.Float64).alias("depth"),
+                    pl.col("notional").str.strip_chars().cast(pl.Float64).alias("notional"),
+                ],
+            )
+        )
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                "ts": TS,
+                "side": pl.String(),
+                "level": pl.Int64(),
+                "percentage": pl.Float64(),
+                "depth": pl.Float64(),
+                "notional": pl.Float64(),
+            }
+        )
+    return (
+        pl.concat(frames).unique(["ts", "side", "level"], keep="last").sort("ts", "side", "level")
+    )
+
+
+def read_book_ticker(
+    path_or_paths: Path | str | Iterable[Path | str], extract_dir: Path | None = None
+) -> pl.DataFrame:
+    """Daily bookTicker zips/CSVs -> best bid/ask rows sorted by (ts, update_id)."""
+    frames = []
+    for path in _as_paths(path_or_paths):
+        df = _archive_csv(path, extract_dir, BOOK_TICKER_COLUMNS)
+
+        def num(name: str) -> pl.Expr:
+            return pl.col(name).str.strip_chars().cast(pl.Float64)
+
+        frames.append(
+            _strict(
+                df,
+                str(path),
+                [
+                    epoch_to_ts(pl.col("transaction_time").str.strip_chars()).alias("ts"),
+                    pl.col("update_id").str.strip_chars().cast(pl.Int64).alias("update_id"),
+                    num("best_bid_price").alias("bid"),
+                    num("best_bid_qty").alias("bid_qty"),
+                    num("best_ask_price").alias("ask"),
+                    num("best_ask_qty").alias("ask_qty"),
+                ],
+            )
+        )
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                "ts": TS,
+                "update_id": pl.Int64(),
+                "bid": pl.Float64(),
+                "bid_qty": pl.Float64(),
+                "ask": pl.Float64(),
+                "ask_qty": pl.Float64(),
+            }
+        )
+    return pl.concat(frames).unique(["ts", "update_id"], keep="last").sort("ts", "update_id")
