@@ -297,6 +297,43 @@ class SimBroker:
             self._open[symbol].funding += payment
         return payment
 
+    def market_state(self, symbol: str) -> dict:
+        """What the broker knows of a market besides the book: saved with a paper session."""
+        m = self._market(symbol)
+        return {
+            "mark": m.mark,
+            "last_trade": m.last_trade,
+            "funding_rate": m.funding_rate,
+            "next_funding_ts": m.next_funding_ts,
+        }
+
+    def restore_market(self, symbol: str, state: dict) -> None:
+        m = self._market(symbol)
+        m.mark = state.get("mark")
+        m.last_trade = state.get("last_trade")
+        m.funding_rate = state.get("funding_rate")
+        m.next_funding_ts = state.get("next_funding_ts")
+
+    def restore_position(self, symbol: str, data: dict) -> None:
+        """Put back a saved isolated position (a resumed session); the round trip goes on."""
+        pos = self.account.position(symbol)
+        pos.qty = data["qty"]
+        pos.entry_price = data["entry_price"]
+        pos.leverage = data["leverage"]
+        pos.margin = data["margin"]
+        pos.opened_ts = data["opened_ts"]
+        pos.fees = data["fees"]
+        pos.funding = data["funding"]
+        self._open[symbol] = _Open(
+            "long" if pos.qty > 0 else "short",
+            pos.opened_ts,
+            pos.entry_price,
+            pos.leverage,
+            abs(pos.qty),
+            fees=pos.fees,
+            funding=pos.funding,
+        )
+
     def mark_price(self, symbol: str) -> float | None:
         m = self._market(symbol)
         return m.mark if m.mark is not None else m.last_trade
