@@ -2,13 +2,31 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in cascade|data|fetch|liquidations|map|pressure|watch) cmd="$w"; break;; esac
+        case "$w" in backtest|cascade|data|fetch|liquidations|map|paper|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h cascade data fetch liquidations map pressure watch"
+        "") opts="--data-dir --log-level --version -V --help -h backtest cascade data fetch liquidations map paper pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --log-level) COMPREPLY=(); return;; esac
+            ;;
+        backtest) opts="--start --end --data --param --strategy --capital --leverage --fees --slippage-bps --funding --grid --walk-forward --executor --exchange -e --chart --format -f --quiet -q --help -h"
+            case "$prev" in --start) COMPREPLY=(); return;; esac
+            case "$prev" in --end) COMPREPLY=(); return;; esac
+            case "$prev" in --data) COMPREPLY=(); return;; esac
+            case "$prev" in --param) COMPREPLY=(); return;; esac
+            case "$prev" in --strategy) COMPREPLY=(); return;; esac
+            case "$prev" in --capital) COMPREPLY=(); return;; esac
+            case "$prev" in --leverage) COMPREPLY=(); return;; esac
+            case "$prev" in --fees) COMPREPLY=(); return;; esac
+            case "$prev" in --slippage-bps) COMPREPLY=(); return;; esac
+            case "$prev" in --funding) COMPREPLY=(); return;; esac
+            case "$prev" in --grid) COMPREPLY=(); return;; esac
+            case "$prev" in --walk-forward) COMPREPLY=(); return;; esac
+            case "$prev" in --executor) COMPREPLY=(); return;; esac
+            case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
+            case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         cascade) opts="--exchange -e --min-level -l --webhook --exec --exec-timeout --format -f --duration --replay --history --start --end --threshold-scale --store --no-store --store-trades --context --no-context --quiet -q --help -h"
             case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
@@ -62,6 +80,18 @@ _liq() {
             case "$prev" in --refresh) COMPREPLY=(); return;; esac
             case "$prev" in --duration) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        paper) opts="--modes --capital --leverage --dynamic-leverage --fees --slippage-bps --session --duration --replay --record --format -f --help -h"
+            case "$prev" in --modes) COMPREPLY=(); return;; esac
+            case "$prev" in --capital) COMPREPLY=(); return;; esac
+            case "$prev" in --leverage) COMPREPLY=(); return;; esac
+            case "$prev" in --dynamic-leverage) COMPREPLY=(); return;; esac
+            case "$prev" in --fees) COMPREPLY=(); return;; esac
+            case "$prev" in --slippage-bps) COMPREPLY=(); return;; esac
+            case "$prev" in --session) COMPREPLY=(); return;; esac
+            case "$prev" in --duration) COMPREPLY=(); return;; esac
+            case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=(); return;; esac
             ;;
         pressure) opts="--period -p --lookback -l --offline --model -m --weights -w --history --start --end --chart --format -f --quiet -q --help -h"
             case "$prev" in --period|-p) COMPREPLY=(); return;; esac

@@ -3,11 +3,13 @@
 _liq() {
     local -a commands
     commands=(
+        'backtest:Backtest a strategy on stored history with the same simulated broker as liq pape'
         'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
         'data:What the store holds - one row per dataset, exchange, symbol and period.'
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'liquidations:History of stored liquidations - long/short totals per interval and symbol, exch'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
+        'paper:Live paper trading - the seeds four order-flow modes compete on the same Binance'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
         'watch:Live liquidations from Binance, OKX and Bybit - rolling totals,'
     )
@@ -23,6 +25,26 @@ _liq() {
         command) _describe 'command' commands ;;
         args)
             case $words[1] in
+                backtest) _arguments \
+                    ''--start'[Start - date, ISO time or e.g. 30d.]:value: ' \
+                    ''--end'[End (default - now).]:value: ' \
+                    ''--data'[bars -INTERVAL (stored klines, e.g. bars -1m, bars -1h).]:value: ' \
+                    ''--param'[Strategy parameter NAME=VALUE (repeatable).]:value: ' \
+                    ''--strategy'[Your own strategy - FILE.py -ClassName (see examples/ and the README).]:value: ' \
+                    ''--capital'[Starting balance (quote).]:value: ' \
+                    ''--leverage'[Isolated leverage, 1-125.]:value: ' \
+                    ''--fees'[MAKER,TAKER as fractions or percents, e.g. 0.02%,0.05%.]:value: ' \
+                    ''--slippage-bps'[Extra slippage per fill, basis points.]:value: ' \
+                    ''--funding'[on - settle stored funding rates; off - ignore them.]:value: ' \
+                    ''--grid'[Sweep NAME=V1,V2,... (repeatable - every combination).]:value: ' \
+                    ''--walk-forward'[K folds - pick the --grids best (by sharpe) on each window, test on the next; ou]:value: ' \
+                    ''--executor'[local (processes) or dask -//HOST -PORT (liq(dist)).]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[Whose stored klines.]:value:(binance okx bybit)' \
+                    ''--chart'[Equity and drawdown PNG (single runs).]:path:_files' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
                 cascade) _arguments \
                     '(--exchange -e)'{--exchange,-e}'[Liquidations from binance, okx or bybit; repeat for several (default - all). Pri]:value:(binance okx bybit)' \
                     '(--min-level -l)'{--min-level,-l}'[Lowest level alerted - building, minor, significant, major or extreme.]:value: ' \
@@ -89,6 +111,20 @@ _liq() {
                     ''--duration'[--live - stop after SECONDS.]:value: ' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                paper) _arguments \
+                    ''--modes'[Competing modes, e.g. 0,1,2,3.]:value: ' \
+                    ''--capital'[Starting balance of each mode (USDT).]:value: ' \
+                    ''--leverage'[Per-mode leverage MODE=N,... (default - 0=5,1=3,2=3,3=5).]:value: ' \
+                    ''--dynamic-leverage'[off, rules (the seeds), kelly or vol_target.]:value: ' \
+                    ''--fees'[MAKER,TAKER, e.g. 0.02%,0.05%.]:value: ' \
+                    ''--slippage-bps'[Extra slippage per market fill.]:value: ' \
+                    ''--session'[Session name - resume it if stored (default - new).]:value: ' \
+                    ''--duration'[Stop after this many seconds.]:value: ' \
+                    ''--replay'[Replay a recorded session NAME (needs --record when it ran).]:path:_files' \
+                    ''--record'[Store the market data consumed, for replays and backtests.]' \
+                    '(--format -f)'{--format,-f}'[dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).]:value: ' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 pressure) _arguments \

@@ -126,7 +126,17 @@ def check_data_dir(path: Path) -> None:
 
 # One module per subcommand, in help order; each exposes `register(app)`. Only working commands
 # are listed.
-COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch", "liquidations", "data"]
+COMMANDS: list[str] = [
+    "watch",
+    "pressure",
+    "cascade",
+    "map",
+    "fetch",
+    "liquidations",
+    "data",
+    "paper",
+    "backtest",
+]
 
 
 def _build_command(name: str) -> Command:

@@ -33,7 +33,8 @@ BOOK = "book"  # best bid/ask and depth
 MARK = "mark"  # mark price with funding rate / next funding time
 FUNDING = "funding"  # funding history over REST
 ARCHIVE = "archive"  # daily trade files for liq map --exchange / fetch --archive
-CAPABILITIES = (LIQUIDATIONS, TRADES, BOOK, MARK, FUNDING, ARCHIVE)
+ORDERS = "orders"  # signed trading API (liq mm)
+CAPABILITIES = (LIQUIDATIONS, TRADES, BOOK, MARK, FUNDING, ARCHIVE, ORDERS)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,22 @@ _BUILTIN = (
         ),
         notes=("Bybit prices are bankruptcy prices, pushed every 500 ms.",),
         fake="tests.fakes.ws_servers:FakeBybit",
+    ),
+    Venue(
+        name="backpack",
+        title="Backpack Exchange perpetuals",
+        offers=frozenset({BOOK, TRADES, MARK, FUNDING, ORDERS}),
+        endpoints={
+            "LIQ_BACKPACK_REST_URL": "https://api.backpack.exchange",
+            "LIQ_BACKPACK_WS_URL": "wss://ws.backpack.exchange",
+        },
+        limits=VenueLimits(
+            ping_interval_s=None,  # the server pings every 60 s and expects pongs
+            rest="2000 requests/min per subaccount; history endpoints 30/min",
+        ),
+        notes=("Backpack signs requests with ED25519 keys (LIQ_BACKPACK_API_KEY/_SECRET).",),
+        fake="tests.fakes.backpack:FakeBackpack",
+        default=False,  # no liquidation stream: never watched by default
     ),
 )
 

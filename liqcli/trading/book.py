@@ -181,6 +181,12 @@ class L2Book:
             [(p, self.asks[p]) for p in ask_prices],
         )
 
+    def levels(self, side: str, depth: int) -> list[Level]:
+        """One side's best ``depth`` levels, best first (the broker's BookView protocol)."""
+        if side == "bid":
+            return [(p, self.bids[p]) for p in heapq.nlargest(depth, self.bids)]
+        return [(p, self.asks[p]) for p in heapq.nsmallest(depth, self.asks)]
+
     def snapshot(self, n: int | None = None, *, ts: int | None = None) -> BookSnapshot:
         """The book (or its top ``n`` levels) as a BookSnapshot at the last update id."""
         if n is None:

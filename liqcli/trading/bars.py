@@ -1,0 +1,407 @@
+"""Bar backtests on the SimBroker: orders decided at a bar's close fill at the next bar's open.
+
+Two drivers share one broker and one set of rules, so their trades are identical (tested):
+
+- ``run_vectorised``: for strategies that declare their indicators and their target exposure as
+  Polars expressions (``VectorStrategy``), computed once over the whole frame. The loop then
+  visits only the bars where something happens: a change of target, a funding settlement, the
+  bar where a liquidation (or stop) price is first crossed, found with numpy over the segment.
+- ``run_loop``: any ``Strategy`` fed one ``Bar`` event at a time through the ``Engine``.
+
+Rules (README "liq backtest"):
+- A strategy's target at bar i (known at its close) is executed at bar i+1's open: a market
+  order at the open price, ``slippage_bps`` against the order, taker fee on the filled notional.
+  A flip is a close then an open at the same price (fees on both).
+- Size: the whole equity at the leverage: qty = balance × L / (price × (1 + L × taker)), so the
+  margin plus the opening fee is exactly the balance.
+- Inside a bar, the broker sees the bar's low (for longs) or high (for shorts) as the mark: a
+  position whose liquidation price (Binance isolated formula, ``costs``) lies within the bar's
+  range is liquidated at that price in that bar; the strategy, still wanting a position at that
+  bar's close, re-enters at the next open.
+- Funding (stored ``funding`` rows): settled at their real times, rate × mark (the row's mark
+  price, else the bar's close) × signed qty, before the bar's range is checked.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from liqcli.trading.costs import Fees
+from liqcli.trading.engine import Engine, register_event
+from liqcli.trading.model import Order, OrderSide, OrderType
+from liqcli.trading.sim import RoundTrip, SimBroker, TopOfBook
+from liqcli.trading.strategy import BaseStrategy, Context, Strategy
+
+DEPTH_INFINITE = math.inf
+
+
+@dataclass(slots=True, frozen=True)
+class Bar:
+    exchange: str
+    symbol: str
+    ts: int  # open time, ms
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+
+
+class VectorStrategy(Protocol):
+    """A bar strategy whose decisions are Polars expressions over the bar frame.
+
+    ``target()`` is the exposure wanted at each bar's close: 1 long, −1 short, 0 flat, null to
+    keep the previous one (before any opinion: flat). It may use only columns of the bar frame
+    (ts, open, high, low, close, volume) and ``indicators()``, computed with causal (rolling,
+    shifted) expressions, so a decision at bar i never depends on a later bar."""
+
+    name: str
+
+    def indicators(self) -> dict[str, pl.Expr]: ...
+
+    def target(self) -> pl.Expr: ...
+
+
+@dataclass(slots=True)
+class BarSettings:
+    capital: float = 10_000.0
+    leverage: float = 1.0
+    fees: Fees = field(default_factory=lambda: Fees(0.0002, 0.0005))
+    slippage_bps: float = 0.0
+    symbol: str = "BTCUSDT"
+    exchange: str = "binance"
+
+
+@dataclass(slots=True)
+class BarResult:
+    ts: np.ndarray  # bar open times, ms
+    equity: np.ndarray  # at each bar's close
+    trades: list[RoundTrip]
+    fills: int
+    fees: float
+    funding: float
+    liquidations: int
+    exposure: float  # share of bars with a position at the close
+    bars: int
+
+
+def prepare(frame: pl.DataFrame | pl.LazyFrame, strategy: VectorStrategy) -> pl.DataFrame:
+    """The bar frame with the strategy's indicators and its executed target (``exec``: the
+    exposure wanted at the previous bar's close, i.e. what this bar's open executes)."""
+    lazy = frame.lazy().sort("ts")
+    indicators = strategy.indicators()
+    if indicators:
+        lazy = lazy.with_columns(**indicators)
+    wanted = strategy.target().forward_fill().fill_null(0).cast(pl.Int8)
+    return (
+        lazy.with_columns(wanted=wanted)
+        .with_columns(exec=pl.col("wanted").shift(1).fill_null(0))
+        .collect()
+    )
+
+
+def _broker(settings: BarSettings) -> SimBroker:
+    return SimBroker(
+        settings.capital,
+        fees=settings.fees,
+        slippage_bps=settings.slippage_bps,
+        default_leverage=settings.leverage,
+    )
+
+
+def _quote(broker: SimBroker, symbol: str, ts: int, price: float) -> None:
+    broker.update_book(symbol, TopOfBook(price, DEPTH_INFINITE, price, DEPTH_INFINITE), ts)
+
+
+def _target_qty(broker: SimBroker, price: float, leverage: float, side: OrderSide) -> float:
+    slip = broker.slippage_bps / 10_000
+    fill = price * (1 + slip) if side is OrderSide.BUY else price * (1 - slip)
+    taker = broker.fees.taker
+    return broker.account.balance * leverage / (fill * (1 + leverage * taker)) * (1 - 1e-12)
+
+
+def rebalance(broker: SimBroker, symbol: str, target: int, price: float, leverage: float) -> None:
+    """Bring the position to ``target`` (−1/0/1 × the whole equity) with market orders."""
+    pos = broker.position(symbol)
+    sign = 0 if pos.qty == 0 else (1 if pos.qty > 0 else -1)
+    if sign == target:
+        return
+    if sign != 0:
+        side = OrderSide.SELL if sign > 0 else OrderSide.BUY
+        broker.submit(Order(symbol, side, abs(pos.qty), reduce_only=True, tag="signal"))
+    if target != 0:
+        side = OrderSide.BUY if target > 0 else OrderSide.SELL
+        qty = _target_qty(broker, price, leverage, side)
+        broker.submit(Order(symbol, side, qty, OrderType.MARKET, leverage=leverage, tag="signal"))
+
+
+def run_vectorised(
+    frame: pl.DataFrame | pl.LazyFrame,
+    strategy: VectorStrategy,
+    settings: BarSettings | None = None,
+    *,
+    funding: pl.DataFrame | None = None,
+) -> BarResult:
+    settings = settings or BarSettings()
+    df = prepare(frame, strategy)
+    n = df.height
+    ts = df["ts"].cast(pl.Int64).to_numpy() if df["ts"].dtype != pl.Int64 else df["ts"].to_numpy()
+    opens = df["open"].to_numpy()
+    highs = df["high"].to_numpy()
+    lows = df["low"].to_numpy()
+    closes = df["close"].to_numpy()
+    exec_target = df["exec"].to_numpy()
+    broker = _broker(settings)
+    sym = settings.symbol
+    changes = (np.flatnonzero(np.diff(exec_target)) + 1).tolist() if n else []
+    fund_bars, fund_rows = _funding_bars(ts, funding)
+    snapshots: list[tuple[int, float, float, float]] = []  # (bar, balance, qty, entry) from then
+
+    def snap(bar: int) -> None:
+        pos = broker.position(sym)
+        snapshots.append((bar, broker.account.balance, pos.qty, pos.entry_price))
+
+    snap(0)
+    cursor = 0
+    while cursor < n:
+        want = int(exec_target[cursor])
+        pos = broker.position(sym)
+        held = 0 if pos.qty == 0 else (1 if pos.qty > 0 else -1)
+        if held != want:
+            _quote(broker, sym, int(ts[cursor]), float(opens[cursor]))
+            rebalance(broker, sym, want, float(opens[cursor]), settings.leverage)
+            snap(cursor)
+        k = bisect.bisect_right(changes, cursor)
+        end = changes[k] if k < len(changes) else n
+        cursor = _hold(
+            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap
+        )
+    return _result(broker, ts, closes, snapshots, n)
+
+
+def _hold(
+    broker: SimBroker,
+    sym: str,
+    start: int,
+    end: int,
+    ts: np.ndarray,
+    highs: np.ndarray,
+    lows: np.ndarray,
+    closes: np.ndarray,
+    fund_bars: list[int],
+    fund_rows: list[tuple[int, float, float | None]],
+    snap: Callable[[int], None],
+) -> int:
+    """Hold the position over bars [start, end); returns where the next decision happens."""
+    a = start
+    f = bisect.bisect_left(fund_bars, start)
+    while a < end:
+        pos = broker.position(sym)
+        if pos.qty == 0:
+            return end  # flat and no change wanted before ``end``
+        b = fund_bars[f] if f < len(fund_bars) and fund_bars[f] < end else end
+        if fund_bars and f < len(fund_bars) and fund_bars[f] == a:
+            fts, rate, mark = fund_rows[f]
+            broker.settle_funding(sym, fts, rate, mark if mark is not None else float(closes[a]))
+            snap(a)
+            f += 1
+            b = fund_bars[f] if f < len(fund_bars) and fund_bars[f] < end else end
+        lp = broker.liquidation_price(sym)
+        if lp is not None and lp > 0:
+            seg = lows[a:b] <= lp if pos.qty > 0 else highs[a:b] >= lp
+            hit = np.flatnonzero(seg)
+            if hit.size:
+                k = a + int(hit[0])
+                price = float(lows[k]) if pos.qty > 0 else float(highs[k])
+                broker.on_mark(sym, int(ts[k]), price)
+                snap(k)
+                return k + 1  # the strategy re-enters at the next open if it still wants to
+        a = b
+    return end
+
+
+def _funding_bars(
+    ts: np.ndarray, funding: pl.DataFrame | None
+) -> tuple[list[int], list[tuple[int, float, float | None]]]:
+    if funding is None or funding.height == 0 or ts.size == 0:
+        return [], []
+    f = funding.sort("ts")
+    fts = f["ts"].cast(pl.Int64).to_numpy() if f["ts"].dtype != pl.Int64 else f["ts"].to_numpy()
+    rates = f["funding_rate"].to_list()
+    marks = f["mark_price"].to_list() if "mark_price" in f.columns else [None] * f.height
+    bars, rows = [], []
+    for t, rate, mark in zip(fts.tolist(), rates, marks, strict=True):
+        if rate is None or t < ts[0] or t > ts[-1] + (ts[-1] - ts[-2] if ts.size > 1 else 0):
+            continue
+        bar = int(np.searchsorted(ts, t, side="right") - 1)
+        bars.append(bar)
+        rows.append((int(t), float(rate), float(mark) if mark else None))
+    return bars, rows
+
+
+def _result(
+    broker: SimBroker,
+    ts: np.ndarray,
+    closes: np.ndarray,
+    snapshots: list[tuple[int, float, float, float]],
+    n: int,
+) -> BarResult:
+    if n == 0:
+        return BarResult(ts, np.array([]), [], 0, 0.0, 0.0, 0, 0.0, 0)
+    idx = np.array([s[0] for s in snapshots])
+    which = np.searchsorted(idx, np.arange(n), side="right") - 1
+    balance = np.array([s[1] for s in snapshots])[which]
+    qty = np.array([s[2] for s in snapshots])[which]
+    entry = np.array([s[3] for s in snapshots])[which]
+    equity = balance + qty * (closes - entry)
+    trades = broker.take_trades()
+    fills = len(broker.take_fills())
+    return BarResult(
+        ts=ts,
+        equity=equity,
+        trades=trades,
+        fills=fills,
+        fees=sum(t.fees for t in trades) + _open_fees(broker),
+        funding=sum(t.funding for t in trades) + _open_funding(broker),
+        liquidations=broker.liquidations,
+        exposure=float(np.mean(qty != 0)),
+        bars=n,
+    )
+
+
+def _open_fees(broker: SimBroker) -> float:
+    return sum(p.fees for p in broker.account.positions.values() if p.qty)
+
+
+def _open_funding(broker: SimBroker) -> float:
+    return sum(p.funding for p in broker.account.positions.values() if p.qty)
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+class NextOpen:
+    """The broker a bar strategy talks to: orders sent at a bar's close wait for the next open."""
+
+    def __init__(self, broker: SimBroker) -> None:
+        self.broker = broker
+        self.queued: list[Order] = []
+
+    def submit(self, order: Order) -> Order:
+        self.queued.append(order)
+        return order
+
+    def cancel(self, order_id: str) -> bool:
+        before = len(self.queued)
+        self.queued = [o for o in self.queued if o.id != order_id]
+        return len(self.queued) != before or self.broker.cancel(order_id)
+
+    def cancel_all(self, symbol: str | None = None) -> list[Order]:
+        gone = [o for o in self.queued if symbol is None or o.symbol == symbol]
+        self.queued = [o for o in self.queued if o not in gone]
+        return gone + self.broker.cancel_all(symbol)
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        return self.broker.open_orders(symbol)
+
+    def position(self, symbol: str) -> Any:
+        return self.broker.position(symbol)
+
+    def take_fills(self) -> list:
+        return self.broker.take_fills()
+
+    @property
+    def account(self) -> Any:
+        return self.broker.account
+
+
+def _on_bar(bar: Bar, market: Any, slots: Sequence[Any]) -> None:
+    market.last_price[bar.symbol] = bar.close
+    for slot in slots:
+        wrapper = slot.broker
+        if not isinstance(wrapper, NextOpen):
+            continue
+        broker = wrapper.broker
+        _quote(broker, bar.symbol, bar.ts, bar.open)
+        queued, wrapper.queued = wrapper.queued, []
+        for order in queued:
+            if order.tag == "rebalance":
+                rebalance(broker, order.symbol, int(order.qty), bar.open, order.leverage or 1.0)
+            else:
+                broker.submit(order)
+        funding = getattr(slot.strategy, "funding_at", None)
+        if funding:
+            for fts, rate, mark in funding.pop(bar.ts, ()):
+                broker.settle_funding(
+                    bar.symbol, fts, rate, mark if mark is not None else bar.close
+                )
+        pos = broker.position(bar.symbol)
+        if pos.qty:
+            broker.on_mark(bar.symbol, bar.ts, bar.low if pos.qty > 0 else bar.high)
+
+
+register_event(Bar, _on_bar)
+
+
+class TargetLoop(BaseStrategy):
+    """Runs a VectorStrategy's target bar by bar (no vectorised skipping): the reference path."""
+
+    def __init__(self, wanted: Sequence[int], leverage: float) -> None:
+        self.wanted = list(wanted)
+        self.leverage = leverage
+        self.i = 0
+        self.funding_at: dict[int, list] = {}
+
+    def on_event(self, event: Any, ctx: Context) -> None:
+        if not isinstance(event, Bar):
+            return
+        target = self.wanted[self.i]
+        self.i += 1
+        # Ask for the target every close; the next open's rebalance is a no-op when it holds.
+        ctx.submit(
+            Order(
+                event.symbol, OrderSide.BUY, float(target), leverage=self.leverage, tag="rebalance"
+            )
+        )
+
+
+def run_loop(
+    frame: pl.DataFrame | pl.LazyFrame,
+    strategy: VectorStrategy | Strategy,
+    settings: BarSettings | None = None,
+    *,
+    funding: pl.DataFrame | None = None,
+) -> BarResult:
+    """Every bar through the Engine (slow, general: any Strategy that handles ``Bar`` events)."""
+    settings = settings or BarSettings()
+    if hasattr(strategy, "target"):
+        df = prepare(frame, strategy)  # type: ignore[arg-type]
+        runner: Strategy = TargetLoop(df["wanted"].to_list(), settings.leverage)
+    else:
+        df = frame.lazy().sort("ts").collect()
+        runner = strategy  # type: ignore[assignment]
+    ts = df["ts"].cast(pl.Int64).to_numpy() if df["ts"].dtype != pl.Int64 else df["ts"].to_numpy()
+    broker = _broker(settings)
+    wrapper = NextOpen(broker)
+    if funding is not None and isinstance(runner, TargetLoop):
+        bars, rows = _funding_bars(ts, funding)
+        for bar, row in zip(bars, rows, strict=True):
+            runner.funding_at.setdefault(int(ts[bar]), []).append(row)
+    engine = Engine()
+    engine.add(runner, wrapper)
+    sym, exch = settings.symbol, settings.exchange
+    snapshots: list[tuple[int, float, float, float]] = []
+    rows = df.select("ts", "open", "high", "low", "close").rows()
+    for i, (_, o, h, low, c) in enumerate(rows):
+        engine.step(Bar(exch, sym, int(ts[i]), o, h, low, c))
+        pos = broker.position(sym)
+        snapshots.append((i, broker.account.balance, pos.qty, pos.entry_price))
+    engine.stop()
+    return _result(broker, ts, df["close"].to_numpy(), snapshots, df.height)

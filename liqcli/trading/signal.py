@@ -1,0 +1,186 @@
+"""The seed's order-flow signal, risk score and dynamic-leverage rules, as pure functions.
+
+Signal (SEED-SYSTEMS.md, exactly; long shown, short mirrored with every sign flipped):
+  OBI part      0.4·min(OBI, 1) if OBI > 0.3;  0.4·0.5·(OBI/0.3) if 0.1 < OBI ≤ 0.3;  else 0
+  velocity part 0.2·min(v/0.1, 1) if v > 0.05 (v = OBI minus the previous reading), else 0
+  volume part   0.3·tanh(SV/100) when positive (SV: signed volume of the last 100 trades, base)
+  micro part    0.1·min(pressure, 1) when positive; pressure = (microprice − mid)/half-spread
+                (the seed never filled it in; this is liq's definition)
+  LONG when the long score > 0.6 and > the short score (mirror for SHORT); confidence = score.
+
+Risk score (the seed names the inputs, not the weights; liq's rule): points for VPIN (≥ 0.7: 3,
+≥ 0.5: 2, ≥ 0.3: 1), spread (> 10 bps: 2, > 5 bps: 1) and top-of-book depth (< 3: 2, < 10: 1,
+base units); 0–1 SAFE, 2–3 WARNING, 4–5 DANGER, ≥ 6 CRITICAL. Stop-loss / take-profit on the
+leveraged ROI: SAFE 5 %/8 %, WARNING 8 %/12 %, DANGER 10 %/15 %; CRITICAL opens nothing.
+
+Dynamic leverage ``rules`` (the seed's plan, exactly): 5 × confidence multiplier (> 0.8: 1.5,
+> 0.6: 1.2, else 0.8) × risk multiplier (SAFE 1.2, WARNING 0.7, CRITICAL 0.4; DANGER, which the
+plan leaves out, 0.55: between its neighbours) × VPIN multiplier (1 − (VPIN − 0.3) above 0.3)
+× volatility multiplier (0.8 if the ATR ratio > 2 %), clamped to 1–20.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from liqcli.analytics.orderflow import FeatureSnapshot
+
+ENTRY_SCORE = 0.6
+STRONG_REVERSE_SCORE = 0.7  # an opposite signal this strong closes a position ("strong reverse")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    direction: str  # LONG | SHORT | NEUTRAL
+    confidence: float
+    long_score: float
+    short_score: float
+
+
+def side_score(obi: float, velocity: float, signed_volume: float, pressure: float) -> float:
+    """One side's score from features already signed for that side (positive = favourable)."""
+    score = 0.0
+    if obi > 0.3:
+        score += 0.4 * min(obi, 1.0)
+    elif obi > 0.1:
+        score += 0.4 * 0.5 * (obi / 0.3)
+    if velocity > 0.05:
+        score += 0.2 * min(velocity / 0.1, 1.0)
+    if signed_volume > 0:
+        score += 0.3 * math.tanh(signed_volume / 100)
+    if pressure > 0:
+        score += 0.1 * min(pressure, 1.0)
+    return score
+
+
+def signal(f: FeatureSnapshot) -> Signal:
+    obi = f.obi or 0.0
+    long = side_score(obi, f.obi_velocity, f.signed_volume, f.micro_pressure)
+    short = side_score(-obi, -f.obi_velocity, -f.signed_volume, -f.micro_pressure)
+    if long > ENTRY_SCORE and long > short:
+        return Signal("LONG", long, long, short)
+    if short > ENTRY_SCORE and short > long:
+        return Signal("SHORT", short, long, short)
+    return Signal("NEUTRAL", max(long, short), long, short)
+
+
+RISK_LEVELS = ("SAFE", "WARNING", "DANGER", "CRITICAL")
+STOPS = {"SAFE": (0.05, 0.08), "WARNING": (0.08, 0.12), "DANGER": (0.10, 0.15)}
+
+
+def risk_level(f: FeatureSnapshot) -> str:
+    points = 0
+    vpin = f.vpin or 0.0
+    points += 3 if vpin >= 0.7 else 2 if vpin >= 0.5 else 1 if vpin >= 0.3 else 0
+    spread = f.spread_bps or 0.0
+    points += 2 if spread > 10 else 1 if spread > 5 else 0
+    depth = f.top_depth
+    if depth is not None:
+        points += 2 if depth < 3 else 1 if depth < 10 else 0
+    if points <= 1:
+        return "SAFE"
+    if points <= 3:
+        return "WARNING"
+    if points <= 5:
+        return "DANGER"
+    return "CRITICAL"
+
+
+def size_fraction(confidence: float) -> float:
+    """Fraction of the balance committed as margin, by confidence."""
+    return 0.8 if confidence > 0.8 else 0.5 if confidence > 0.6 else 0.3
+
+
+RISK_MULTIPLIER = {"SAFE": 1.2, "WARNING": 0.7, "DANGER": 0.55, "CRITICAL": 0.4}
+
+
+@dataclass(frozen=True, slots=True)
+class LeverageAdvice:
+    leverage: float
+    reason: str
+
+
+def rules_leverage(confidence: float, risk: str, vpin: float | None, atr_ratio: float | None):
+    conf_m = 1.5 if confidence > 0.8 else 1.2 if confidence > 0.6 else 0.8
+    risk_m = RISK_MULTIPLIER[risk]
+    v = vpin or 0.0
+    vpin_m = 1 - (v - 0.3) if v > 0.3 else 1.0
+    vol_m = 0.8 if (atr_ratio or 0.0) > 0.02 else 1.0
+    raw = 5 * conf_m * risk_m * vpin_m * vol_m
+    lev = max(1.0, min(20.0, raw))
+    reason = (
+        f"5 x conf {conf_m:g} x risk {risk_m:g} x vpin {vpin_m:.2f} x vol {vol_m:g}"
+        f" = {raw:.2f}" + (f" -> {lev:g}" if lev != raw else "")
+    )
+    return LeverageAdvice(lev, reason)
+
+
+class KellyAdviser:
+    """``kelly``: half-Kelly leverage from the mode's own recent trades.
+
+    With r_i each closed trade's return on its notional (pnl / (qty · entry)), the growth-optimal
+    leverage for small returns is μ/σ²; half of it is used (full Kelly is too aggressive when μ
+    and σ are estimated from few trades), clamped 1–20. Below ``min_trades`` trades, or with no
+    edge (μ ≤ 0), the rules engine's answer is used and the reason says so."""
+
+    def __init__(self, window: int = 50, min_trades: int = 10, fraction: float = 0.5) -> None:
+        self.window = window
+        self.min_trades = min_trades
+        self.fraction = fraction
+        self.returns: list[float] = []
+
+    def record(self, pnl: float, notional: float) -> None:
+        if notional > 0:
+            self.returns.append(pnl / notional)
+            del self.returns[: -self.window]
+
+    def advise(self, f: FeatureSnapshot, confidence: float, risk: str) -> LeverageAdvice:
+        fallback = rules_leverage(confidence, risk, f.vpin, f.atr_ratio)
+        n = len(self.returns)
+        if n < self.min_trades:
+            return LeverageAdvice(
+                fallback.leverage, f"kelly: {n} trades < {self.min_trades}; rules"
+            )
+        mean = sum(self.returns) / n
+        var = sum((r - mean) ** 2 for r in self.returns) / (n - 1)
+        if mean <= 0 or var <= 0:
+            return LeverageAdvice(1.0, f"kelly: no edge in the last {n} trades (mean {mean:.4%})")
+        raw = self.fraction * mean / var
+        lev = max(1.0, min(20.0, raw))
+        return LeverageAdvice(lev, f"kelly: {self.fraction:g} x {mean:.4%}/{var:.3g} = {raw:.2f}")
+
+
+class VolTargetAdviser:
+    """``vol_target``: the leverage that makes the position's annualised volatility the target.
+
+    σ of one bar from the ATR ratio: for a random walk the expected bar range is ≈ 1.596 σ
+    (2·√(2/π)), so σ_bar ≈ ATR ratio / 1.596; annualised × √(bars per year); leverage =
+    target / σ_annual, clamped 1–20. Without an ATR yet, the rules engine's answer is used."""
+
+    def __init__(self, target: float = 0.5, bar_ms: int = 60_000) -> None:
+        self.target = target
+        self.bars_per_year = 365 * 86_400_000 / bar_ms
+
+    def advise(self, f: FeatureSnapshot, confidence: float, risk: str) -> LeverageAdvice:
+        if not f.atr_ratio:
+            fallback = rules_leverage(confidence, risk, f.vpin, f.atr_ratio)
+            return LeverageAdvice(fallback.leverage, "vol_target: no ATR yet; rules")
+        sigma = f.atr_ratio / 1.596 * math.sqrt(self.bars_per_year)
+        raw = self.target / sigma
+        lev = max(1.0, min(20.0, raw))
+        return LeverageAdvice(lev, f"vol_target: {self.target:.0%} / {sigma:.0%} = {raw:.2f}")
+
+
+def optimal_leverage(pnl: float, mae: float, stop_loss: float, max_leverage: float = 20.0) -> float:
+    """Post-hoc risk-adjusted optimal leverage of one trade.
+
+    The seed's definition picks the maximum whenever the ROI was positive, which rewards luck. liq
+    takes the largest leverage at which the trade's maximum adverse excursion (``mae``, the worst
+    move against it as a fraction of the entry price) would not have reached the stop-loss on
+    leveraged ROI: stop_loss / mae, clamped 1..max; a losing trade's optimum is 1."""
+    if pnl <= 0:
+        return 1.0
+    if mae <= 0:
+        return max_leverage
+    return max(1.0, min(max_leverage, stop_loss / mae))

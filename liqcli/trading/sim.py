@@ -1,0 +1,665 @@
+"""SimBroker: a simulated venue that fills orders against the maintained book and the trade tape.
+
+Rules (documented in the README's trading section):
+- Market orders walk the opposite side of the book level by level (slippage from real depth),
+  then pay ``slippage_bps`` more (default 2 bps); past the known depth the rest fills at the worst
+  known level. With no book, the last trade price (else the mark) is the only level.
+- Limit orders that cross the book fill at once as taker up to their price, the rest rests;
+  post-only orders that would cross are rejected (``post_only_would_cross``), as venues do.
+- A resting order fills as maker at its own price when a trade prints *through* it (fully), or,
+  queue-aware, when trades at its price have consumed the quantity that was displayed ahead of it
+  at that price when it was placed.
+- Isolated margin: each position holds margin = notional / leverage; fees and funding come out of
+  the wallet balance (funding also out of the position's margin, as on Binance isolated).
+- Liquidation: when the mark crosses the position's liquidation price (``costs.liquidation_price``
+  with the notional's maintenance bracket), the position closes at that price, its whole isolated
+  margin is lost (the remainder is the venue's liquidation fee) and its open orders are cancelled.
+- Funding: settled at the venue's funding times from the real rate x mark x signed qty, either from
+  mark-price events (rate and next funding time) or explicitly (``settle_funding``, for history).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from liqcli.trading.costs import (
+    BTCUSDT_BRACKETS,
+    Bracket,
+    Fees,
+    bracket_for,
+    funding_payment,
+    liquidation_price,
+)
+from liqcli.trading.model import (
+    Account,
+    Fill,
+    Liquidity,
+    Order,
+    OrderSide,
+    OrderStatus,
+    OrderType,
+    Position,
+)
+
+Level = tuple[float, float]  # (price, qty)
+
+
+class BookView(Protocol):
+    """What the broker needs of a book: levels best first. ``L2Book`` and ``TopOfBook`` have it."""
+
+    def levels(self, side: str, depth: int) -> list[Level]: ...
+
+
+@dataclass(slots=True)
+class TopOfBook:
+    """A one-level book from a bookTicker (``BookTop``) event."""
+
+    bid_price: float
+    bid_qty: float
+    ask_price: float
+    ask_qty: float
+
+    def levels(self, side: str, depth: int) -> list[Level]:
+        if side == "bid":
+            return [(self.bid_price, self.bid_qty)] if self.bid_qty > 0 else []
+        return [(self.ask_price, self.ask_qty)] if self.ask_qty > 0 else []
+
+
+@dataclass(slots=True)
+class RoundTrip:
+    """A closed trade: from flat to flat (or to a flip), with everything it cost."""
+
+    symbol: str
+    side: str  # long | short
+    entry_ts: int
+    exit_ts: int
+    entry_price: float
+    exit_price: float
+    qty: float  # largest absolute size held
+    leverage: float
+    pnl: float  # price PnL - fees - funding
+    fees: float
+    funding: float
+    liquidated: bool
+    exit_tag: str = ""
+
+    @property
+    def gross_pnl(self) -> float:
+        return self.pnl + self.fees + self.funding
+
+    @property
+    def margin(self) -> float:
+        return self.qty * self.entry_price / self.leverage if self.leverage else 0.0
+
+    @property
+    def roi(self) -> float:
+        """Net PnL over the margin committed (leveraged ROI)."""
+        return self.pnl / self.margin if self.margin else 0.0
+
+
+@dataclass(slots=True)
+class _Resting:
+    order: Order
+    queue_ahead: float  # displayed qty at our price when placed, still ahead of us
+
+
+@dataclass(slots=True)
+class _Open:
+    """Bookkeeping of the round trip in progress for one symbol."""
+
+    side: str
+    entry_ts: int
+    entry_price: float
+    leverage: float
+    max_qty: float = 0.0
+    fees: float = 0.0
+    funding: float = 0.0
+    close_qty: float = 0.0
+    close_notional: float = 0.0
+    realized: float = 0.0
+
+
+@dataclass(slots=True)
+class _Market:
+    book: BookView | None = None
+    last_trade: float | None = None
+    mark: float | None = None
+    funding_rate: float | None = None
+    next_funding_ts: int | None = None
+    resting: dict[str, _Resting] = field(default_factory=dict)
+
+
+class SimBroker:
+    """A simulated broker for one account over any number of symbols."""
+
+    def __init__(
+        self,
+        balance: float,
+        *,
+        fees: Fees | None = None,
+        slippage_bps: float = 2.0,
+        default_leverage: float = 1.0,
+        brackets: tuple[Bracket, ...] = BTCUSDT_BRACKETS,
+        depth_levels: int = 1000,
+    ) -> None:
+        if not math.isfinite(balance) or balance <= 0:
+            raise ValueError(f"balance must be positive, got {balance!r}")
+        self.account = Account(balance)
+        self.fees = fees or Fees()
+        self.slippage_bps = slippage_bps
+        self.default_leverage = default_leverage
+        self.brackets = brackets
+        self.depth_levels = depth_levels
+        self.now = 0
+        self.fills: list[Fill] = []  # since the last take_fills()
+        self.trades: list[RoundTrip] = []  # since the last take_trades()
+        self.rejections = 0
+        self.liquidations = 0
+        self._markets: dict[str, _Market] = {}
+        self._orders: dict[str, Order] = {}
+        self._open: dict[str, _Open] = {}
+        self._seq = 0
+
+    # -- the Broker protocol -------------------------------------------------------------------
+
+    def submit(self, order: Order) -> Order:
+        self._seq += 1
+        order.id = order.id or f"sim-{self._seq}"
+        order.created_ts = self.now
+        self._orders[order.id] = order
+        problem = self._check(order)
+        if problem:
+            return self._reject(order, problem)
+        market = self._market(order.symbol)
+        if order.type is OrderType.MARKET:
+            self._take(order, limit=None)
+            if order.remaining > 0 and order.status is not OrderStatus.REJECTED:
+                order.status = OrderStatus.CANCELED  # IOC: whatever could not fill is gone
+            return order
+        assert order.price is not None
+        crosses = self._crosses(order)
+        if order.post_only and crosses:
+            return self._reject(order, "post_only_would_cross")
+        if crosses:
+            self._take(order, limit=order.price)
+        if order.remaining > 0 and order.status.is_open:
+            market.resting[order.id] = _Resting(order, self._displayed_at(order))
+        return order
+
+    def cancel(self, order_id: str) -> bool:
+        order = self._orders.get(order_id)
+        if order is None or not order.is_open:
+            return False
+        order.status = OrderStatus.CANCELED
+        self._market(order.symbol).resting.pop(order_id, None)
+        return True
+
+    def cancel_all(self, symbol: str | None = None) -> list[Order]:
+        cancelled = [o for o in self.open_orders(symbol) if self.cancel(o.id)]
+        return cancelled
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        markets = [self._market(symbol)] if symbol is not None else list(self._markets.values())
+        return [r.order for m in markets for r in m.resting.values()]
+
+    def order(self, order_id: str) -> Order | None:
+        return self._orders.get(order_id)
+
+    def position(self, symbol: str) -> Position:
+        return self.account.position(symbol)
+
+    def take_fills(self) -> list[Fill]:
+        fills, self.fills = self.fills, []
+        return fills
+
+    def take_trades(self) -> list[RoundTrip]:
+        trades, self.trades = self.trades, []
+        return trades
+
+    # -- market data ---------------------------------------------------------------------------
+
+    def set_time(self, ts: int) -> None:
+        if ts > self.now:
+            self.now = ts
+            self._settle_due_funding()
+
+    def update_book(self, symbol: str, book: BookView, ts: int | None = None) -> None:
+        if ts is not None:
+            self.set_time(ts)
+        self._market(symbol).book = book
+
+    def on_trade(
+        self, symbol: str, ts: int, price: float, qty: float, is_buyer_maker: bool
+    ) -> None:
+        """A print on the tape: may fill resting orders (maker)."""
+        self.set_time(ts)
+        market = self._market(symbol)
+        market.last_trade = price
+        if not market.resting:
+            return
+        for rest in list(market.resting.values()):
+            order = rest.order
+            assert order.price is not None
+            if order.side is OrderSide.BUY:
+                through = price < order.price
+                at_price_hit = price == order.price and is_buyer_maker  # a seller hit the bid
+            else:
+                through = price > order.price
+                at_price_hit = price == order.price and not is_buyer_maker
+            if through:
+                self._fill(order, order.remaining, order.price, Liquidity.MAKER)
+            elif at_price_hit:
+                volume = qty
+                if rest.queue_ahead > 0:
+                    used = min(rest.queue_ahead, volume)
+                    rest.queue_ahead -= used
+                    volume -= used
+                if volume > 0:
+                    self._fill(order, min(order.remaining, volume), order.price, Liquidity.MAKER)
+            if not order.is_open:
+                market.resting.pop(order.id, None)
+
+    def on_mark(
+        self,
+        symbol: str,
+        ts: int,
+        mark: float,
+        funding_rate: float | None = None,
+        next_funding_ts: int | None = None,
+    ) -> None:
+        """A mark price (and the venue's current funding rate and next funding time)."""
+        market = self._market(symbol)
+        self.set_time(ts)  # settles a funding time that passed, at the rate and mark known then
+        market.mark = mark
+        if funding_rate is not None:
+            market.funding_rate = funding_rate
+        if next_funding_ts is not None and (
+            market.next_funding_ts is None or next_funding_ts > market.next_funding_ts
+        ):
+            market.next_funding_ts = next_funding_ts
+        self._check_liquidation(symbol, market)
+
+    def settle_funding(self, symbol: str, ts: int, rate: float, mark: float | None = None) -> float:
+        """Settle one funding payment now (history: the stored ``funding`` rows). Returns it."""
+        market = self._market(symbol)
+        price = mark if mark is not None else (market.mark or market.last_trade)
+        pos = self.account.positions.get(symbol)
+        if pos is None or pos.qty == 0 or price is None:
+            return 0.0
+        payment = funding_payment(pos.qty, price, rate)
+        self.account.balance -= payment
+        pos.margin -= payment
+        pos.funding += payment
+        if symbol in self._open:
+            self._open[symbol].funding += payment
+        return payment
+
+    def market_state(self, symbol: str) -> dict:
+        """What the broker knows of a market besides the book: saved with a paper session."""
+        m = self._market(symbol)
+        return {
+            "mark": m.mark,
+            "last_trade": m.last_trade,
+            "funding_rate": m.funding_rate,
+            "next_funding_ts": m.next_funding_ts,
+        }
+
+    def restore_market(self, symbol: str, state: dict) -> None:
+        m = self._market(symbol)
+        m.mark = state.get("mark")
+        m.last_trade = state.get("last_trade")
+        m.funding_rate = state.get("funding_rate")
+        m.next_funding_ts = state.get("next_funding_ts")
+
+    def restore_position(self, symbol: str, data: dict) -> None:
+        """Put back a saved isolated position (a resumed session); the round trip goes on."""
+        pos = self.account.position(symbol)
+        pos.qty = data["qty"]
+        pos.entry_price = data["entry_price"]
+        pos.leverage = data["leverage"]
+        pos.margin = data["margin"]
+        pos.opened_ts = data["opened_ts"]
+        pos.fees = data["fees"]
+        pos.funding = data["funding"]
+        self._open[symbol] = _Open(
+            "long" if pos.qty > 0 else "short",
+            pos.opened_ts,
+            pos.entry_price,
+            pos.leverage,
+            abs(pos.qty),
+            fees=pos.fees,
+            funding=pos.funding,
+        )
+
+    def mark_price(self, symbol: str) -> float | None:
+        m = self._market(symbol)
+        return m.mark if m.mark is not None else m.last_trade
+
+    def marks(self) -> dict[str, float]:
+        out = {}
+        for symbol, m in self._markets.items():
+            price = m.mark if m.mark is not None else m.last_trade
+            if price is not None:
+                out[symbol] = price
+        return out
+
+    def equity(self) -> float:
+        return self.account.equity(self.marks())
+
+    def liquidation_price(self, symbol: str) -> float | None:
+        pos = self.account.positions.get(symbol)
+        if pos is None or pos.qty == 0:
+            return None
+        b = bracket_for(pos.notional, self.brackets)
+        return liquidation_price(
+            qty=pos.qty, entry_price=pos.entry_price, margin=pos.margin, mmr=b.mmr, cum=b.cum
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _market(self, symbol: str) -> _Market:
+        m = self._markets.get(symbol)
+        if m is None:
+            m = self._markets[symbol] = _Market()
+        return m
+
+    def _reject(self, order: Order, reason: str) -> Order:
+        order.status = OrderStatus.REJECTED
+        order.reject_reason = reason
+        self.rejections += 1
+        return order
+
+    def _check(self, order: Order) -> str:
+        if not (math.isfinite(order.qty) and order.qty > 0):
+            return "invalid_qty"
+        if order.type is OrderType.LIMIT and not (
+            order.price is not None and math.isfinite(order.price) and order.price > 0
+        ):
+            return "invalid_price"
+        lev = order.leverage
+        if lev is not None and not (1 <= lev <= bracket_for(0, self.brackets).max_leverage):
+            return "invalid_leverage"
+        pos = self.account.positions.get(order.symbol)
+        if order.reduce_only:
+            if pos is None or pos.qty == 0 or (pos.qty > 0) == (order.side is OrderSide.BUY):
+                return "reduce_only_would_increase"
+            order.qty = min(order.qty, abs(pos.qty))
+        no_price = self.mark_price(order.symbol) is None and self._best(order.symbol, "ask") is None
+        if no_price and order.type is OrderType.MARKET:
+            return "no_price"
+        return ""
+
+    def _best(self, symbol: str, side: str) -> Level | None:
+        book = self._market(symbol).book
+        if book is None:
+            return None
+        levels = book.levels(side, 1)
+        return levels[0] if levels else None
+
+    def _crosses(self, order: Order) -> bool:
+        assert order.price is not None
+        if order.side is OrderSide.BUY:
+            best = self._best(order.symbol, "ask")
+            return best is not None and order.price >= best[0]
+        best = self._best(order.symbol, "bid")
+        return best is not None and order.price <= best[0]
+
+    def _displayed_at(self, order: Order) -> float:
+        book = self._market(order.symbol).book
+        if book is None:
+            return 0.0
+        for price, qty in book.levels("bid" if order.side is OrderSide.BUY else "ask", 1000):
+            if price == order.price:
+                return qty
+        return 0.0
+
+    def _take(self, order: Order, limit: float | None) -> None:
+        """Fill as taker against the opposite side, up to ``limit`` when given."""
+        market = self._market(order.symbol)
+        side = "ask" if order.side is OrderSide.BUY else "bid"
+        levels = market.book.levels(side, self.depth_levels) if market.book is not None else []
+        if not levels:
+            price = market.last_trade if market.last_trade is not None else market.mark
+            if price is None:
+                self._reject(order, "no_price")
+                return
+            levels = [(price, math.inf)]
+        want = order.remaining
+        got = notional = 0.0
+        worst = levels[0][0]
+        for price, qty in levels:
+            if limit is not None and (
+                price > limit if order.side is OrderSide.BUY else price < limit
+            ):
+                break
+            take = min(qty, want - got)
+            got += take
+            notional += take * price
+            worst = price
+            if got >= want:
+                break
+        if got < want and limit is None:
+            # Past the known depth: the rest at the worst known level.
+            notional += (want - got) * worst
+            got = want
+        if got <= 0:
+            return
+        vwap = notional / got
+        slip = self.slippage_bps / 10_000
+        price = vwap * (1 + slip) if order.side is OrderSide.BUY else vwap * (1 - slip)
+        self._fill(order, got, price, Liquidity.TAKER)
+
+    def _fill(self, order: Order, qty: float, price: float, liquidity: Liquidity) -> None:
+        if qty <= 0:
+            return
+        symbol = order.symbol
+        pos = self.account.position(symbol)
+        lev = order.leverage or (pos.leverage if pos.qty else None) or self.default_leverage
+        signed = qty * order.side.sign
+        opening = (
+            qty if pos.qty == 0 or (pos.qty > 0) == (signed > 0) else max(qty - abs(pos.qty), 0.0)
+        )
+        fee = self.fees.fee(qty * price, maker=liquidity is Liquidity.MAKER)
+        if opening > 0 and not order.reduce_only:
+            need = opening * price / lev + fee
+            if need > self.account.available + 1e-9:
+                if liquidity is Liquidity.MAKER:
+                    self.cancel(order.id)
+                self._reject(order, "insufficient_margin")
+                return
+        before = pos.qty
+        realized = self._apply(pos, signed, price, lev, fee)
+        total = order.filled_qty + qty
+        order.avg_price = (order.avg_price * order.filled_qty + price * qty) / total
+        order.filled_qty = total
+        order.status = (
+            OrderStatus.FILLED if order.remaining <= 1e-12 else OrderStatus.PARTIALLY_FILLED
+        )
+        self.fills.append(
+            Fill(
+                order.id,
+                symbol,
+                order.side,
+                qty,
+                price,
+                fee,
+                liquidity,
+                self.now,
+                realized,
+                client_id=order.client_id,
+                tag=order.tag,
+            )
+        )
+        self._track(symbol, before, pos, qty, price, fee, realized, order.tag)
+
+    def _apply(self, pos: Position, signed: float, price: float, lev: float, fee: float) -> float:
+        """Change the position by ``signed`` at ``price``; returns the price PnL realised."""
+        acct = self.account
+        acct.balance -= fee
+        pos.fees += fee
+        realized = 0.0
+        if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
+            if pos.qty == 0:
+                pos.leverage = lev
+                pos.opened_ts = self.now
+                pos.realized_pnl = pos.fees = pos.funding = 0.0
+                pos.fees = fee
+            new_qty = pos.qty + signed
+            pos.entry_price = (pos.entry_price * abs(pos.qty) + price * abs(signed)) / abs(new_qty)
+            pos.margin += abs(signed) * price / pos.leverage
+            pos.qty = new_qty
+            return 0.0
+        closing = min(abs(signed), abs(pos.qty))
+        realized = closing * (price - pos.entry_price) * (1 if pos.qty > 0 else -1)
+        release = pos.margin * closing / abs(pos.qty)
+        acct.balance += realized
+        pos.realized_pnl += realized
+        rest = abs(signed) - closing
+        if closing >= abs(pos.qty) - 1e-12:
+            pos.qty = 0.0
+            pos.margin = 0.0
+            pos.entry_price = 0.0
+        else:
+            pos.qty -= closing * (1 if pos.qty > 0 else -1)
+            pos.margin -= release
+        if rest > 1e-12:
+            pos.leverage = lev
+            pos.opened_ts = self.now
+            pos.realized_pnl = pos.funding = 0.0
+            pos.fees = 0.0
+            pos.qty = rest * (1 if signed > 0 else -1)
+            pos.entry_price = price
+            pos.margin = rest * price / lev
+        return realized
+
+    def _track(
+        self,
+        symbol: str,
+        before: float,
+        pos: Position,
+        qty: float,
+        price: float,
+        fee: float,
+        realized: float,
+        tag: str,
+        *,
+        liquidated: bool = False,
+    ) -> None:
+        """Round-trip bookkeeping after a fill of ``qty`` at ``price`` took ``before`` to pos.qty."""
+        after = pos.qty
+        trip = self._open.get(symbol)
+        if trip is None or before == 0:
+            if after != 0:
+                self._open[symbol] = _Open(
+                    "long" if after > 0 else "short",
+                    self.now,
+                    pos.entry_price,
+                    pos.leverage,
+                    abs(after),
+                    fees=fee,
+                )
+            return
+        if after != 0 and (after > 0) == (before > 0) and abs(after) > abs(before):
+            trip.fees += fee  # added to the position
+            trip.max_qty = abs(after)
+            trip.entry_price = pos.entry_price
+            return
+        flipped = after != 0 and (after > 0) != (before > 0)
+        closing = abs(before) if flipped else qty
+        close_fee = fee * closing / qty if qty else fee
+        trip.close_qty += closing
+        trip.close_notional += closing * price
+        trip.realized += realized
+        trip.fees += close_fee
+        if after == 0 or flipped:
+            self._close_trip(symbol, trip, tag, liquidated)
+        if flipped:
+            self._open[symbol] = _Open(
+                "long" if after > 0 else "short",
+                self.now,
+                pos.entry_price,
+                pos.leverage,
+                abs(after),
+                fees=fee - close_fee,
+            )
+
+    def _close_trip(self, symbol: str, trip: _Open, tag: str, liquidated: bool) -> None:
+        del self._open[symbol]
+        exit_price = trip.close_notional / trip.close_qty if trip.close_qty else trip.entry_price
+        self.trades.append(
+            RoundTrip(
+                symbol=symbol,
+                side=trip.side,
+                entry_ts=trip.entry_ts,
+                exit_ts=self.now,
+                entry_price=trip.entry_price,
+                exit_price=exit_price,
+                qty=trip.max_qty,
+                leverage=trip.leverage,
+                pnl=trip.realized - trip.fees - trip.funding,
+                fees=trip.fees,
+                funding=trip.funding,
+                liquidated=liquidated,
+                exit_tag=tag,
+            )
+        )
+
+    def _settle_due_funding(self) -> None:
+        for symbol, market in self._markets.items():
+            due = market.next_funding_ts
+            if due is None or self.now < due or market.funding_rate is None:
+                continue
+            self.settle_funding(symbol, due, market.funding_rate, market.mark)
+            market.next_funding_ts = None  # the next mark event brings the next time
+
+    def _check_liquidation(self, symbol: str, market: _Market) -> None:
+        pos = self.account.positions.get(symbol)
+        if pos is None or pos.qty == 0 or market.mark is None:
+            return
+        lp = self.liquidation_price(symbol)
+        if lp is None:
+            return
+        if (pos.qty > 0 and market.mark <= lp) or (pos.qty < 0 and market.mark >= lp):
+            self._liquidate(symbol, pos, lp)
+
+    def _liquidate(self, symbol: str, pos: Position, price: float) -> None:
+        for rest in list(self._market(symbol).resting.values()):
+            self.cancel(rest.order.id)
+        self.liquidations += 1
+        before = pos.qty
+        qty = abs(pos.qty)
+        side = OrderSide.SELL if pos.qty > 0 else OrderSide.BUY
+        realized = pos.qty * (price - pos.entry_price)
+        clearance = max(pos.margin + realized, 0.0)  # what is left of the margin goes to the venue
+        self.account.balance += realized - clearance
+        pos.fees += clearance
+        pos.realized_pnl += realized
+        pos.qty = pos.margin = pos.entry_price = 0.0
+        self._seq += 1
+        self.fills.append(
+            Fill(
+                f"liq-{self._seq}",
+                symbol,
+                side,
+                qty,
+                price,
+                clearance,
+                Liquidity.TAKER,
+                self.now,
+                realized,
+                liquidation=True,
+                tag="liquidation",
+            )
+        )
+        self._track(
+            symbol, before, pos, qty, price, clearance, realized, "liquidation", liquidated=True
+        )
+
+
+def replay_marks(broker: SimBroker, symbol: str, marks: Iterable[tuple[int, float]]) -> None:
+    """Feed (ts, mark) pairs, e.g. from history, checking liquidation at each."""
+    for ts, mark in marks:
+        broker.on_mark(symbol, ts, mark)

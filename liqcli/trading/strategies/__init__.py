@@ -1,0 +1,1 @@
+"""Built-in strategies: the seed's four order-flow modes (``seed``)."""

@@ -1,0 +1,308 @@
+"""The seed's four order-flow modes, each a Strategy with its own broker (balance).
+
+mode 0: no filter (5x) · mode 1: VPIN filter (block if VPIN > 0.7; 3x) · mode 2: liquidity
+filter (adaptive VPIN filter, then block if spread > 10 bps or top-of-book depth < 3; 3x) ·
+mode 3: all filters (5x). Signal, risk, sizing and leverage rules: ``liqcli.trading.signal``.
+
+Exits, checked on every event while a position is open: stop-loss and take-profit on the
+leveraged ROI (net of fees paid so far), VPIN > 0.8 while in profit, a 2-hour time stop, and a
+strong reverse signal (the opposite side scoring > 0.7). Positions are opened with market orders
+sized as balance × fraction(confidence) × leverage; a "block" is recorded only for a signal that
+a filter actually stopped (the seed marked every order blocked).
+
+The adaptive VPIN filter (the seed names it, liq defines it): block when VPIN exceeds
+clamp(EWMA of VPIN at decision points (α = 0.05) + 0.15, 0.5, 0.7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from liqcli.analytics.orderflow import FeatureSnapshot, OrderFlow
+from liqcli.core.events import AggTrade, Liquidation
+from liqcli.trading.model import Fill, OrderSide
+from liqcli.trading.signal import (
+    STOPS,
+    STRONG_REVERSE_SCORE,
+    KellyAdviser,
+    LeverageAdvice,
+    optimal_leverage,
+    risk_level,
+    rules_leverage,
+    signal,
+    size_fraction,
+)
+from liqcli.trading.strategy import BaseStrategy, Context
+
+TIME_STOP_MS = 2 * 3_600_000
+DEFAULT_LEVERAGE = {0: 5.0, 1: 3.0, 2: 3.0, 3: 5.0}
+FILTERS = {0: (), 1: ("vpin",), 2: ("adaptive_vpin", "liquidity"), 3: ("vpin", "adaptive_vpin", "liquidity")}  # fmt: skip
+VPIN_BLOCK = 0.7
+VPIN_EXIT = 0.8
+MAX_SPREAD_BPS = 10.0
+MIN_DEPTH = 3.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What a position was opened on: recorded with the trade when it closes."""
+
+    signal: str
+    confidence: float
+    risk: str
+    vpin: float | None
+    spread_bps: float | None
+    depth: float | None
+    leverage: float
+    suggested_leverage: float
+    leverage_reason: str
+    stop_loss: float
+    take_profit: float
+    ts: int
+    price: float = 0.0
+    mae: float = 0.0  # maximum adverse excursion so far, as a fraction of the entry price
+
+
+@dataclass(slots=True)
+class ModeStats:
+    blocks: int = 0
+    last_block: str = ""
+    block_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def order_flow_observer(symbol: str, flow: OrderFlow, depth: int = 20):
+    """An Engine observer that feeds one symbol's book readings and trades into ``flow``."""
+
+    def observe(event: Any, market: Any) -> None:
+        if getattr(event, "symbol", None) != symbol:
+            return
+        if isinstance(event, AggTrade):
+            flow.on_trade(event.ts, event.price, event.qty, event.is_buyer_maker)
+            return
+        book = market.book(symbol)
+        if book is not None and not isinstance(event, Liquidation):
+            flow.on_book(event.ts, book.levels("bid", depth), book.levels("ask", depth))
+
+    return observe
+
+
+class SeedMode(BaseStrategy):
+    """One competitor. ``flow`` is the shared feature state, updated before strategies run."""
+
+    def __init__(
+        self,
+        mode: int,
+        symbol: str,
+        flow: OrderFlow,
+        *,
+        leverage: float | None = None,
+        dynamic: str = "off",
+        adviser: Any = None,
+    ) -> None:
+        if mode not in FILTERS:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = mode
+        self.name = str(mode)
+        self.symbol = symbol
+        self.flow = flow
+        self.leverage = float(leverage if leverage is not None else DEFAULT_LEVERAGE[mode])
+        self.filters = FILTERS[mode]
+        self.dynamic = dynamic
+        self.adviser = adviser  # kelly / vol_target engines: .advise(features, signal, risk)
+        self.entry: _Entry | None = None
+        self.pending = False  # an order is in flight (live brokers answer later)
+        self.stats = ModeStats()
+        self._vpin_ewma: float | None = None
+        self.closed: list[dict] = []
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def on_event(self, event: Any, ctx: Context) -> None:
+        f = self.flow.snapshot
+        if f.mid is None or f.obi is None or self.pending:
+            return
+        pos = ctx.position(self.symbol)
+        if not pos.is_flat:
+            if self.entry is not None and pos.entry_price:
+                move = (f.mid - pos.entry_price) / pos.entry_price * (1 if pos.qty > 0 else -1)
+                self.entry.mae = max(self.entry.mae, -move)
+            reason = self._exit_reason(f, pos, ctx)
+            if reason:
+                self.pending = True
+                side = OrderSide.SELL if pos.qty > 0 else OrderSide.BUY
+                ctx.market_order(self.symbol, side, abs(pos.qty), reduce_only=True, tag=reason)
+                self.pending = False
+            return
+        sig = signal(f)
+        if sig.direction == "NEUTRAL":
+            return
+        blocked = self._blocked(f)
+        if blocked:
+            self._block(ctx, blocked, sig.direction, sig.confidence)
+            return
+        risk = risk_level(f)
+        if risk == "CRITICAL":
+            self._block(ctx, ["risk CRITICAL"], sig.direction, sig.confidence)
+            return
+        advice = self._advice(f, sig.confidence, risk)
+        lev = advice.leverage if self.dynamic != "off" else self.leverage
+        broker = ctx.broker
+        balance = broker.account.available if hasattr(broker, "account") else 0.0
+        price = f.ask if sig.direction == "LONG" else f.bid
+        price = price or f.mid
+        margin = balance * size_fraction(sig.confidence)
+        qty = margin * lev / price
+        if qty <= 0:
+            return
+        sl, tp = STOPS[risk]
+        self.entry = _Entry(
+            sig.direction,
+            sig.confidence,
+            risk,
+            f.vpin,
+            f.spread_bps,
+            f.top_depth,
+            lev,
+            advice.leverage,
+            advice.reason,
+            sl,
+            tp,
+            ctx.now,
+        )
+        side = OrderSide.BUY if sig.direction == "LONG" else OrderSide.SELL
+        # Margin plus the taker fee must fit: size down by the fee so the order is not refused.
+        taker = getattr(getattr(broker, "fees", None), "taker", 0.0)
+        qty /= 1 + lev * taker * 2
+        order = ctx.market_order(self.symbol, side, qty, leverage=lev, tag="entry")
+        ctx.emit(
+            {
+                "type": "order",
+                "mode": self.name,
+                "side": side.value,
+                "qty": order.qty,
+                "leverage": lev,
+                "suggested_leverage": advice.leverage,
+                "confidence": round(sig.confidence, 4),
+                "risk": risk,
+                "status": order.status.value,
+            }
+        )
+        if not order.filled_qty:
+            self.entry = None
+
+    def _exit_reason(self, f: FeatureSnapshot, pos: Any, ctx: Context) -> str:
+        mark = f.mid
+        margin = pos.margin or 1e-12
+        roi = (pos.unrealized(mark) - pos.fees - pos.funding) / margin
+        entry = self.entry
+        sl, tp = (entry.stop_loss, entry.take_profit) if entry else STOPS["WARNING"]
+        if roi <= -sl:
+            return "stop_loss"
+        if roi >= tp:
+            return "take_profit"
+        if (f.vpin or 0.0) > VPIN_EXIT and roi > 0:
+            return "vpin_exit"
+        if ctx.now - pos.opened_ts >= TIME_STOP_MS:
+            return "time_stop"
+        sig = signal(f)
+        against = sig.short_score if pos.qty > 0 else sig.long_score
+        if against > STRONG_REVERSE_SCORE and sig.direction != ("LONG" if pos.qty > 0 else "SHORT"):
+            return "reverse_signal"
+        return ""
+
+    def _blocked(self, f: FeatureSnapshot) -> list[str]:
+        reasons = []
+        vpin = f.vpin
+        if "vpin" in self.filters and vpin is not None and vpin > VPIN_BLOCK:
+            reasons.append(f"VPIN {vpin:.2f} > {VPIN_BLOCK}")
+        if "adaptive_vpin" in self.filters and vpin is not None:
+            limit = self._adaptive_limit(vpin)
+            if vpin > limit:
+                reasons.append(f"VPIN {vpin:.2f} > adaptive {limit:.2f}")
+        if "liquidity" in self.filters:
+            if f.spread_bps is not None and f.spread_bps > MAX_SPREAD_BPS:
+                reasons.append(f"spread {f.spread_bps:.1f} bps > {MAX_SPREAD_BPS:g}")
+            if f.top_depth is not None and f.top_depth < MIN_DEPTH:
+                reasons.append(f"depth {f.top_depth:.2f} < {MIN_DEPTH:g}")
+        return reasons
+
+    def _adaptive_limit(self, vpin: float) -> float:
+        self._vpin_ewma = vpin if self._vpin_ewma is None else 0.95 * self._vpin_ewma + 0.05 * vpin
+        return min(VPIN_BLOCK, max(0.5, self._vpin_ewma + 0.15))
+
+    def _advice(self, f: FeatureSnapshot, confidence: float, risk: str) -> LeverageAdvice:
+        if self.dynamic in ("kelly", "vol_target") and self.adviser is not None:
+            return self.adviser.advise(f, confidence, risk)
+        return rules_leverage(confidence, risk, f.vpin, f.atr_ratio)
+
+    def _block(self, ctx: Context, reasons: list[str], direction: str, confidence: float) -> None:
+        self.stats.blocks += 1
+        self.stats.last_block = "; ".join(reasons)
+        for r in reasons:
+            key = r.split(" ")[0]
+            self.stats.block_reasons[key] = self.stats.block_reasons.get(key, 0) + 1
+        ctx.emit(
+            {
+                "type": "block",
+                "mode": self.name,
+                "direction": direction,
+                "confidence": round(confidence, 4),
+                "reasons": reasons,
+            }
+        )
+
+    # -- records -----------------------------------------------------------------------------
+
+    def on_fill(self, fill: Fill, ctx: Context) -> None:
+        ctx.emit(
+            {
+                "type": "fill",
+                "mode": self.name,
+                "side": fill.side.value,
+                "qty": fill.qty,
+                "price": fill.price,
+                "fee": fill.fee,
+                "liquidity": fill.liquidity.value,
+                "reason": fill.tag,
+            }
+        )
+        take = getattr(ctx.broker, "take_trades", None)
+        if take is None:
+            return
+        for trip in take():
+            e = self.entry
+            record = {
+                "type": "close",
+                "mode": self.name,
+                "symbol": trip.symbol,
+                "side": trip.side,
+                "entry_ts": trip.entry_ts,
+                "exit_ts": trip.exit_ts,
+                "entry_price": trip.entry_price,
+                "exit_price": trip.exit_price,
+                "qty": trip.qty,
+                "leverage": trip.leverage,
+                "suggested_leverage": e.suggested_leverage if e else trip.leverage,
+                "leverage_reason": e.leverage_reason if e else "",
+                "fees": trip.fees,
+                "funding": trip.funding,
+                "pnl": trip.pnl,
+                "roi": trip.roi,
+                "optimal_leverage": optimal_leverage(
+                    trip.pnl, e.mae if e else 0.0, e.stop_loss if e else 0.08
+                ),
+                "mae": e.mae if e else None,
+                "exit_reason": "liquidation" if trip.liquidated else trip.exit_tag,
+                "signal": e.signal if e else "",
+                "confidence": e.confidence if e else None,
+                "risk_level": e.risk if e else "",
+                "vpin": e.vpin if e else None,
+                "spread_bps": e.spread_bps if e else None,
+                "depth": e.depth if e else None,
+            }
+            if isinstance(self.adviser, KellyAdviser):
+                self.adviser.record(trip.pnl, trip.qty * trip.entry_price)
+            self.closed.append(record)
+            ctx.emit(record)
+            self.entry = None

@@ -1,0 +1,237 @@
+"""``liq backtest`` end to end on a store written here: output shapes, stored runs, errors,
+grids, walk-forward, user strategies, and the same sweep on a local Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from liqcli.cli.app import app
+from liqcli.store.parquet import Store
+from liqcli.trading.bars import BarSettings, run_vectorised
+from liqcli.trading.costs import Fees
+from liqcli.trading.strategies.sma_cross import SmaCross
+
+START = 1_767_225_600_000  # 2026-01-01
+N = 4_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def klines(n=N, seed=5):
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
+    open_ = np.concatenate(([close[0]], close[:-1]))
+    return pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "interval": "1m",
+            "ts": START + 60_000 * np.arange(n),
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.001,
+            "low": np.minimum(open_, close) * 0.999,
+            "close": close,
+            "volume": 1.0,
+            "quote_volume": 1.0,
+            "trades": 1,
+            "taker_buy_volume": 0.5,
+            "taker_buy_quote_volume": 0.5,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    store = Store(tmp_path)
+    store.write("klines", klines())
+    return tmp_path
+
+
+def liq(data_dir, *args):
+    return CliRunner().invoke(app, ["--data-dir", str(data_dir), "backtest", *args])
+
+
+RANGE = ["--start", "2026-01-01", "--end", "2026-01-04"]
+
+
+def test_json_document_matches_the_engine_and_the_run_is_stored(data_dir):
+    result = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["strategy"] == "sma_cross" and doc["params"] == {"fast": 20, "slow": 50}
+    assert doc["bars"] == N and doc["start"] == "2026-01-01T00:00:00.000Z"
+    frame = klines().select(pl.col("ts").dt.epoch("ms"), "open", "high", "low", "close", "volume")
+    direct = run_vectorised(frame, SmaCross(), BarSettings(fees=Fees(0.0002, 0.0005)))
+    assert doc["metrics"]["final_equity"] == pytest.approx(direct.equity[-1])
+    assert doc["metrics"]["trades"] == len(direct.trades) == len(doc["trades"])
+    for key in (
+        "total_return",
+        "cagr",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "win_rate",
+        "profit_factor",
+        "fees",
+        "funding",
+        "liquidations",
+    ):
+        assert key in doc["metrics"]
+    assert set(doc["trades"][0]) >= {
+        "side",
+        "entry_ts",
+        "entry_price",
+        "exit_ts",
+        "exit_price",
+        "qty",
+        "pnl",
+        "fees",
+    }
+    runs = Store(data_dir).read("backtest_runs")
+    assert runs["run_id"].to_list() == [doc["run_id"]]
+    trades = Store(data_dir).read("backtest_trades")
+    assert trades.height == len(doc["trades"])
+    # the same run again is the same key: no duplicate
+    assert liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "json").exit_code == 0
+    assert Store(data_dir).read("backtest_runs").height == 1
+
+
+def test_table_and_csv(data_dir):
+    table = liq(
+        data_dir, "sma_cross", "BTCUSDT", *RANGE, "--param", "fast=10", "--param", "slow=30"
+    )
+    assert table.exit_code == 0, table.output
+    assert "fast=10 slow=30" in table.stdout and "sharpe" in table.stdout
+    csv = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "csv")
+    assert csv.stdout.splitlines()[0].startswith("side,entry_ts,entry_price")
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["sma_cross", "ETHUSDT", *RANGE], "liq fetch ETHUSDT --dataset klines --period 1m", 1),
+        (["sma_cross", "BTCUSDT", *RANGE, "--param", "fast=50"], "fast < slow", 2),
+        (["sma_cross", "BTCUSDT", *RANGE, "--param", "speed=1"], "no parameter 'speed'", 2),
+        (["nope", "BTCUSDT", *RANGE], "unknown strategy 'nope'", 2),
+        (["sma_cross", "BTCUSDT", *RANGE, "--leverage", "0"], "--leverage", 2),
+        (["sma_cross", "BTCUSDT", *RANGE, "--capital", "-5"], "--capital", 2),
+        (["sma_cross", "BTCUSDT", *RANGE, "--data", "ticks"], "invalid --data", 2),
+        (["sma_cross", "BTCUSDT", *RANGE, "--fees", "1,2"], "fees", 2),
+        (
+            ["sma_cross", "BTCUSDT", "--start", "2026-01-04", "--end", "2026-01-01"],
+            "before --end",
+            2,
+        ),
+        (["x", "BTCUSDT", *RANGE, "--strategy", "missing.py:X"], "no file missing.py", 2),
+        (["sma_cross", "BTCUSDT", *RANGE, "--chart", "/nonexistent/x.png"], "does not exist", 2),
+    ],
+)
+def test_bad_input_is_one_line_and_the_right_exit_code(data_dir, args, message, code):
+    result = liq(data_dir, *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_user_strategy_from_a_file(data_dir):
+    example = REPO / "examples" / "breakout.py"
+    result = liq(
+        data_dir,
+        "breakout",
+        "BTCUSDT",
+        *RANGE,
+        "--strategy",
+        f"{example}:Breakout",
+        "--param",
+        "lookback=30",
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["strategy"] == "Breakout" and doc["params"] == {"lookback": 30}
+    assert doc["metrics"]["trades"] > 0
+
+
+def test_grid_and_walk_forward(data_dir):
+    grid = liq(
+        data_dir,
+        "sma_cross",
+        "BTCUSDT",
+        *RANGE,
+        "--grid",
+        "fast=5,10",
+        "--grid",
+        "slow=30,60",
+        "-f",
+        "json",
+    )
+    assert grid.exit_code == 0, grid.output
+    runs = json.loads(grid.stdout)["runs"]
+    assert [r["params"] for r in runs] == [
+        {"fast": 5, "slow": 30},
+        {"fast": 5, "slow": 60},
+        {"fast": 10, "slow": 30},
+        {"fast": 10, "slow": 60},
+    ]
+    wf = liq(
+        data_dir,
+        "sma_cross",
+        "BTCUSDT",
+        *RANGE,
+        "--grid",
+        "fast=5,10",
+        "--walk-forward",
+        "3",
+        "-f",
+        "json",
+    )
+    assert wf.exit_code == 0, wf.output
+    folds = json.loads(wf.stdout)["runs"]
+    assert [f["fold"] for f in folds] == [1, 2, 3]
+    # each out-of-sample window starts where its training window ended
+    for f in folds:
+        assert f["trained_on"]["end"] < f["start"]
+
+
+def test_the_same_sweep_on_a_local_dask_cluster(data_dir):
+    distributed = pytest.importorskip("distributed")
+    args = [*RANGE, "--grid", "fast=5,10", "--walk-forward", "2", "-f", "json"]
+    local = json.loads(liq(data_dir, "sma_cross", "BTCUSDT", *args).stdout)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
+        address = cluster.scheduler_address.replace("tcp://", "dask://")
+        remote = liq(data_dir, "sma_cross", "BTCUSDT", *args, "--executor", address)
+    assert remote.exit_code == 0, remote.output
+    assert json.loads(remote.stdout) == local
+
+
+def test_the_real_command_in_a_subprocess(data_dir):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "liqcli",
+            "--data-dir",
+            str(data_dir),
+            "backtest",
+            "sma_cross",
+            "BTCUSDT",
+            *RANGE,
+            "--chart",
+            str(data_dir / "eq.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (data_dir / "eq.png").stat().st_size > 10_000
