@@ -33,6 +33,8 @@ def test_builtin_entries_declare_what_each_venue_offers() -> None:
     assert registry.names(registry.LIQUIDATIONS) == ["binance", "okx", "bybit"]
     assert registry.names(registry.TRADES) == ["binance"]
     assert registry.names(registry.ARCHIVE) == ["binance", "bybit"]
+    assert registry.names(registry.ORDERS) == ["backpack"]  # trading venues (liq mm)
+    assert "backpack" not in registry.default_names()
     assert registry.get("binance").offers_all(registry.BOOK, registry.MARK)
     assert registry.get("binance").limits.streams_per_connection == 200
     assert "one liquidation per symbol per second" in registry.get("binance").notes[0]
@@ -42,6 +44,7 @@ def test_builtin_entries_declare_what_each_venue_offers() -> None:
             ("BINANCE", "REST WS ARCHIVE"),
             ("OKX", "REST WS"),
             ("BYBIT", "REST WS ARCHIVE"),
+            ("BACKPACK", "REST WS"),
         )
         for k in ks.split()
     }

@@ -185,7 +185,7 @@ _BUILTIN = (
     Venue(
         name="backpack",
         title="Backpack Exchange perpetuals",
-        offers=frozenset({BOOK, TRADES, MARK, FUNDING, ORDERS}),
+        offers=frozenset({BOOK, MARK, FUNDING, ORDERS}),
         endpoints={
             "LIQ_BACKPACK_REST_URL": "https://api.backpack.exchange",
             "LIQ_BACKPACK_WS_URL": "wss://ws.backpack.exchange",
