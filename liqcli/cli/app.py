@@ -56,7 +56,7 @@ class LiqGroup(TyperGroup):
 
 # One module per subcommand, in help order; each exposes `register(app)`. Only working commands
 # are listed.
-COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch", "paper", "backtest"]
+COMMANDS: list[str] = ["watch", "pressure", "cascade", "map", "fetch", "paper", "backtest", "mm"]
 
 
 def _build_command(name: str) -> Command:
