@@ -242,6 +242,28 @@ async def test_max_position_holds_under_a_burst_of_fills(fake):
     assert fake.open_orders() == []
 
 
+async def test_max_position_holds_when_fill_events_lag_behind_cancels(fake):
+    """Our bids fill, but the fill events arrive late; the book moves and the strategy re-places
+    its bids: the venue answers the cancels "not found", so the broker holds the new bids back
+    until it knows where the position stands."""
+    s = Session(fake, params(max_orders=3, quantity=0.1, max_position=0.3, interval_s=0.05,
+                             refresh_tolerance_bps=0.5, position_threshold=1.0))  # fmt: skip
+    await s.book()
+    await until(lambda: len(fake.open_orders()) == 6, what="quotes")
+    fake.private_delay_s = 0.4
+    await fake.trade("90", "5")  # all three bids fill at the venue
+    assert fake.position_qty == Decimal("0.3")
+    fake.set_book([("99.79", "10")], [("99.81", "10")])
+    await fake.push_book_ticker("99.79", "10", "99.81", "10")
+    await asyncio.sleep(1.0)
+    assert fake.max_long_exposure <= Decimal("0.3")
+    assert s.run.broker.stats.parked > 0
+    assert s.run.broker.pos.qty == pytest.approx(0.3)
+    fake.private_delay_s = 0.0
+    await s.stop()
+    assert fake.open_orders() == []
+
+
 async def test_end_of_duration_cancels_everything(fake):
     s = Session(fake, params(), duration_s=1.0)
     await s.book()

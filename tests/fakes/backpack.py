@@ -20,7 +20,8 @@
   is sent as a snapshot without ``e``, as the venue does.
 - Faults: ``hang`` (method, path) pairs are never answered (a write with an unknown outcome),
   ``fail_next[(method, path)] = (status, code, message)`` answers one request with that error,
-  ``kick_private()`` drops every connection holding a private stream.
+  ``kick_private()`` drops every connection holding a private stream, ``private_delay_s``
+  delays every private push (REST answers overtake the fill events).
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ class FakeBackpack:
         self._trade_ids = itertools.count(1)
         self._subscribers: dict[ServerConnection, set[str]] = {}
         self.hang: set[tuple[str, str]] = set()
+        self.private_delay_s = 0.0
+        self._late: set[asyncio.Task[None]] = set()
         # the most the account could have been long / short at any instant: position plus
         # every resting order of that side (what fills together could reach)
         self.max_long_exposure = Decimal(0)
@@ -594,6 +597,20 @@ class FakeBackpack:
             self._subscribers.pop(ws, None)
 
     async def _publish(self, stream: str, data: dict[str, Any]) -> None:
+        if self.private_delay_s and stream.startswith("account."):
+            # a slow private stream: REST answers overtake the fill events
+            delay, self_ = self.private_delay_s, self
+
+            async def later() -> None:
+                await asyncio.sleep(delay)
+                await self_._send(stream, data)
+
+            self._late.add(task := asyncio.create_task(later()))
+            task.add_done_callback(self._late.discard)
+            return
+        await self._send(stream, data)
+
+    async def _send(self, stream: str, data: dict[str, Any]) -> None:
         text = orjson.dumps({"stream": stream, "data": data}).decode()
         for ws, streams in list(self._subscribers.items()):
             if stream in streams:

@@ -352,7 +352,6 @@ class BackpackBroker:
                     await self._guard(self._cancel(rec))
                 else:
                     await self._guard(self._cancel_all())
-                self._unpark()
             if self.halted:
                 await self._halt_cancel()
 
@@ -513,6 +512,11 @@ class BackpackBroker:
         rec.state = DONE
         if rec.order.status.is_open:
             rec.order.status = status
+        self._exposure_changed()
+
+    def _exposure_changed(self) -> None:
+        if self._parked:
+            self._work.set()  # parked orders may fit now
         self.changed.set()
 
     def _find(self, client_id: Any, venue_id: Any) -> _Rec | None:
@@ -604,6 +608,7 @@ class BackpackBroker:
         }
         self.fills.append(fill)
         self._check_position()
+        self._exposure_changed()
 
     def _apply_fill(self, signed: float, price: float) -> float:
         pos = self.pos
