@@ -209,7 +209,7 @@ class BackpackBroker:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         try:
-            await asyncio.wait_for(self.cancel_everything(verify=True), timeout_s)
+            await _within(self.cancel_everything(verify=True), timeout_s)
         except (TimeoutError, LiqError) as exc:
             problems.append(f"cancel-all on exit failed: {exc or 'timed out'}")
         if self._ws is not None:
@@ -224,9 +224,7 @@ class BackpackBroker:
         """Cancel all of this symbol's orders on the venue now (not queued); with ``verify`` ask
         the venue afterwards and once more if anything is left."""
         for _ in range(3):
-            answered = await asyncio.wait_for(
-                self.rest.cancel_all(self.symbol), self.request_timeout_s
-            )
+            answered = await _within(self.rest.cancel_all(self.symbol), self.request_timeout_s)
             self.stats.requests += 1
             for row in answered:
                 self._terminal_from_rest(row)
@@ -235,9 +233,7 @@ class BackpackBroker:
                     self._done(rec, OrderStatus.CANCELED)
             if not verify:
                 return len(answered)
-            left = await asyncio.wait_for(
-                self.rest.open_orders(self.symbol), self.request_timeout_s
-            )
+            left = await _within(self.rest.open_orders(self.symbol), self.request_timeout_s)
             self.stats.requests += 1
             if not left:
                 return len(answered)
@@ -357,7 +353,7 @@ class BackpackBroker:
 
     async def _guard(self, coro: Any) -> None:
         try:
-            await asyncio.wait_for(coro, self.request_timeout_s)
+            await _within(coro, self.request_timeout_s)
         except TimeoutError:
             self.halt(
                 f"a request timed out after {self.request_timeout_s:g}s: its outcome is unknown"
@@ -495,7 +491,7 @@ class BackpackBroker:
     async def _halt_cancel(self) -> None:
         self._queue.clear()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.cancel_everything(), self.request_timeout_s)
+            await _within(self.cancel_everything(), self.request_timeout_s)
 
     def _terminal_from_rest(self, row: dict[str, Any], rec: _Rec | None = None) -> None:
         rec = rec or self._find(row.get("clientId"), row.get("id"))
@@ -638,7 +634,7 @@ class BackpackBroker:
             self._mismatch_since = None
 
     async def _read_position(self) -> None:
-        row = await asyncio.wait_for(self.rest.position(self.symbol), self.request_timeout_s)
+        row = await _within(self.rest.position(self.symbol), self.request_timeout_s)
         self.stats.requests += 1
         qty = row["qty"] if row else 0.0
         self.pos.qty = qty
@@ -708,6 +704,13 @@ class BackpackBroker:
         except (TimeoutError, LiqError) as exc:
             self.halt(f"resync after a private-stream reconnect failed: {exc or 'timeout'}")
         self.changed.set()
+
+
+async def _within(coro: Any, seconds: float) -> Any:
+    """``asyncio.wait_for`` without its Python 3.11 flaw: a cancellation that lands as the inner
+    call completes is swallowed there, and a cancelled worker would then wait forever."""
+    async with asyncio.timeout(seconds):
+        return await coro
 
 
 def _fill_key(fill: Fill) -> str:
