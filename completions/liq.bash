@@ -2,12 +2,16 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in cascade|fetch|map|pressure|watch) cmd="$w"; break;; esac
+        case "$w" in backtest|cascade|fetch|map|mm|paper|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h cascade fetch map pressure watch"
+        "") opts="--data-dir --log-level --version -V --help -h backtest cascade fetch map mm paper pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            ;;
+        backtest) opts="--start --end --data --param --strategy --capital --leverage --fees --slippage-bps --funding --grid --walk-forward --executor --exchange -e --chart --format -f --quiet -q --help -h"
+            case "$prev" in --chart) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
             ;;
         cascade) opts="--exchange -e --min-level -l --webhook --exec --exec-timeout --format -f --duration --replay --history --start --end --threshold-scale --store --no-store --store-trades --context --no-context --quiet -q --help -h"
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "dashboard jsonl table json csv" -- "$cur")); return;; esac
@@ -23,6 +27,11 @@ _liq() {
             case "$prev" in --chart|-c) COMPREPLY=($(compgen -W "map depth heatmap all" -- "$cur")); return;; esac
             case "$prev" in --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        mm) opts="--symbol -s --spread --quantity --exchange -e --market-type --max-orders --target-position --max-position --position-threshold --inventory-skew --stop-loss --take-profit --max-loss --duration --interval --refresh-tolerance --max-order-age --paper --session --format -f --help -h"
+            ;;
+        paper) opts="--modes --capital --leverage --dynamic-leverage --fees --slippage-bps --session --duration --replay --record --format -f --help -h"
+            case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             ;;
         pressure) opts="--period -p --lookback -l --offline --model -m --weights -w --history --start --end --chart --format -f --quiet -q --help -h"
             case "$prev" in --model|-m) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return;; esac

@@ -3,9 +3,12 @@
 _liq() {
     local -a commands
     commands=(
+        'backtest:Backtest a strategy on stored history with the same simulated broker as liq pape'
         'cascade:Detect liquidation cascades live - level, direction, phase, signature, alerts.'
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
+        'mm:Market making on a Backpack perpetual - post-only quotes around the mid, refresh'
+        'paper:Live paper trading - the seeds four order-flow modes compete on the same Binance'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
         'watch:Live liquidations from Binance, OKX and Bybit - rolling totals, rankings, latest'
     )
@@ -21,6 +24,26 @@ _liq() {
         command) _describe 'command' commands ;;
         args)
             case $words[1] in
+                backtest) _arguments \
+                    ''--start'[Start - date, ISO time or e.g. 30d.]:value: ' \
+                    ''--end'[End (default - now).]:value: ' \
+                    ''--data'[bars -INTERVAL (stored klines, e.g. bars -1m, bars -1h).]:value: ' \
+                    ''--param'[Strategy parameter NAME=VALUE (repeatable).]:value: ' \
+                    ''--strategy'[Your own strategy - FILE.py -ClassName (see examples/ and the README).]:value: ' \
+                    ''--capital'[Starting balance (quote).]:value: ' \
+                    ''--leverage'[Isolated leverage, 1-125.]:value: ' \
+                    ''--fees'[MAKER,TAKER as fractions or percents, e.g. 0.02%,0.05%.]:value: ' \
+                    ''--slippage-bps'[Extra slippage per fill, basis points.]:value: ' \
+                    ''--funding'[on - settle stored funding rates; off - ignore them.]:value: ' \
+                    ''--grid'[Sweep NAME=V1,V2,... (repeatable - every combination).]:value: ' \
+                    ''--walk-forward'[K folds - pick the --grids best (by sharpe) on each window, test on the next; ou]:value: ' \
+                    ''--executor'[local (processes) or dask -//HOST -PORT (liq(dist)).]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[Whose stored klines.]:value: ' \
+                    ''--chart'[Equity and drawdown PNG (single runs).]:path:_files' \
+                    '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
+                    '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
                 cascade) _arguments \
                     '(--exchange -e)'{--exchange,-e}'[Liquidations from binance, okx or bybit; repeat for several (default - all three]:value: ' \
                     '(--min-level -l)'{--min-level,-l}'[Lowest level alerted - building, minor, significant, major or extreme.]:value: ' \
@@ -70,6 +93,43 @@ _liq() {
                     ''--duration'[--live - stop after SECONDS.]:value: ' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                mm) _arguments \
+                    '(--symbol -s)'{--symbol,-s}'[Venue symbol, e.g. SOL_USDC_PERP.]:value: ' \
+                    ''--spread'[Full spread in percent - bid = mid*(1-s/200), ask = mid*(1+s/200).]:value: ' \
+                    ''--quantity'[Size per level, base units.]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[Venue (backpack).]:value: ' \
+                    ''--market-type'[perp (spot is not supported).]:value: ' \
+                    ''--max-orders'[Levels per side.]:value: ' \
+                    ''--target-position'[Inventory the table steers to (>= 0).]:value: ' \
+                    ''--max-position'[Hard cap on |position| incl. resting orders.]:value: ' \
+                    ''--position-threshold'[Tolerated excess over the target.]:value: ' \
+                    ''--inventory-skew'[0..1 of the half-spread, at max position.]:value: ' \
+                    ''--stop-loss'[Unrealised PnL (negative, quote units) that closes.]:value: ' \
+                    ''--take-profit'[Unrealised PnL (quote units) that closes.]:value: ' \
+                    ''--max-loss'[Kill switch - total PnL loss (quote units) that stops.]:value: ' \
+                    ''--duration'[Stop after this many seconds.]:value: ' \
+                    ''--interval'[Seconds between quote decisions.]:value: ' \
+                    ''--refresh-tolerance'[Re-place an order only when its price is off by more.]:value: ' \
+                    ''--max-order-age'[Re-place orders older than this.]:value: ' \
+                    ''--paper'[Simulated fills on the live public book; no keys.]' \
+                    ''--session'[Session name in mm_fills / mm_state (default - new).]:value: ' \
+                    '(--format -f)'{--format,-f}'[dashboard or jsonl (quote, order, cancel, fill, position, stop).]:value: ' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                paper) _arguments \
+                    ''--modes'[Competing modes, e.g. 0,1,2,3.]:value: ' \
+                    ''--capital'[Starting balance of each mode (USDT).]:value: ' \
+                    ''--leverage'[Per-mode leverage MODE=N,... (default - 0=5,1=3,2=3,3=5).]:value: ' \
+                    ''--dynamic-leverage'[off, rules (the seeds), kelly or vol_target.]:value: ' \
+                    ''--fees'[MAKER,TAKER, e.g. 0.02%,0.05%.]:value: ' \
+                    ''--slippage-bps'[Extra slippage per market fill.]:value: ' \
+                    ''--session'[Session name - resume it if stored (default - new).]:value: ' \
+                    ''--duration'[Stop after this many seconds.]:value: ' \
+                    ''--replay'[Replay a recorded session NAME (needs --record when it ran).]:path:_files' \
+                    ''--record'[Store the market data consumed, for replays and backtests.]' \
+                    '(--format -f)'{--format,-f}'[dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).]:value: ' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 pressure) _arguments \
