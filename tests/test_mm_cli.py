@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import orjson
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from liqcli.cli.app import app
@@ -40,7 +41,13 @@ def _env(fake: FakeBackpack, tmp_path, **extra) -> dict[str, str]:
     return env
 
 
-async def test_sigterm_to_a_real_process_leaves_no_order(fake, tmp_path):
+@pytest.mark.parametrize(("sig", "code", "reason"), [
+    (signal.SIGTERM, 0, "SIGTERM"),
+    (signal.SIGINT, 130, "interrupted"),
+])  # fmt: skip
+async def test_sigterm_or_ctrl_c_to_a_real_process_leaves_no_order(
+    fake, tmp_path, sig, code, reason
+):
     env = _env(fake, tmp_path, LIQ_BACKPACK_API_KEY=KEY, LIQ_BACKPACK_API_SECRET=SECRET)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "liqcli", *ARGS, "--max-orders", "2", "--format", "jsonl",
@@ -51,15 +58,17 @@ async def test_sigterm_to_a_real_process_leaves_no_order(fake, tmp_path):
         fake.set_book([("99.99", "10")], [("100.01", "10")])
         await fake.push_book_ticker("99.99", "10", "100.01", "10")
         await until(lambda: len(fake.open_orders()) == 4, timeout=10, what="quotes")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
         if proc.returncode is None:
             proc.kill()
-    assert proc.returncode == 0, err.decode()
+    assert proc.returncode == code, err.decode()
     assert fake.open_orders() == []
+    assert any(o.status == "Cancelled" for o in fake.orders.values())
     records = [orjson.loads(line) for line in out.splitlines()]
-    assert records[-1]["type"] == "stop" and "SIGTERM" in records[-1]["reason"]
+    assert records[-1]["type"] == "stop"
+    assert reason in records[-1]["reason"]
     assert {"quote", "order"} <= {r["type"] for r in records}
     assert all(r["exchange"] == "backpack" and r["symbol"] == SYM for r in records)
     assert SECRET.encode() not in out + err and KEY.encode() not in out + err

@@ -163,7 +163,11 @@ def mm(
     params.validate()
     signer = None if paper else _signer(ctx)
     cfg = svc.MMConfig(exchange, params, paper=paper, session=session or "")
-    run_async(_main(cfg, signer, state(ctx).data_dir, duration, fmt))
+    try:
+        run_async(_main(cfg, signer, state(ctx).data_dir, duration, fmt))
+    except KeyboardInterrupt:
+        # every order was cancelled on the way out (CONTRACT.md: 130 on Ctrl-C)
+        raise typer.Exit(130) from None
 
 
 def _signer(ctx: typer.Context):

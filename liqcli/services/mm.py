@@ -483,6 +483,14 @@ async def run_mm(
                 run.status = f"stopped by {reasons[0]}"
             else:
                 run.status = "ended"
+    except asyncio.CancelledError:  # Ctrl-C (or a caller's cancel): cleaned up below
+        if run is not None:
+            run.status = "interrupted"
+        raise
+    except Exception as exc:
+        if run is not None:
+            run.status = f"failed: {exc}"[:200]
+        raise
     finally:
         if run is not None:
             with contextlib.suppress(Exception):
