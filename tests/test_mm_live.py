@@ -335,3 +335,35 @@ async def test_unknown_order_outcome_fails_closed(fake):
     with pytest.raises(LiqError, match=r"unknown|timed out"):
         await asyncio.wait_for(s.task, 15)
     assert fake.open_orders() == []
+
+
+async def test_private_stream_refused_after_a_reconnect_stops_and_cancels(fake):
+    s = Session(fake, params())
+    await s.book()
+    await until(lambda: len(fake.open_orders()) == 2, what="quotes")
+    fake.refuse_private = True
+    await fake.kick_private()
+    with pytest.raises(LiqError, match="private stream"):
+        await asyncio.wait_for(s.task, 10)
+    assert fake.open_orders() == []
+
+
+async def test_a_position_mismatch_stops_and_cancels(fake):
+    s = Session(fake, params())
+    await s.book()
+    await until(lambda: len(fake.open_orders()) == 2, what="quotes")
+    fake.position_qty = Decimal("0.5")  # a fill the client never heard of
+    await fake.push_position()
+    with pytest.raises(LiqError, match=r"position mismatch: venue 0\.5, fills 0"):
+        await asyncio.wait_for(s.task, 10)
+    assert fake.open_orders() == []
+
+
+async def test_a_venue_clock_30s_ahead_does_not_expire_requests(fake):
+    fake.clock_skew_ms = 30_000
+    s = Session(fake, params())
+    await s.book()
+    await until(lambda: len(fake.open_orders()) == 2, what="quotes")
+    assert not any(status == 401 for _, _, status in fake.requests)
+    await s.stop()
+    assert fake.open_orders() == []

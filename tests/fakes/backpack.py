@@ -131,6 +131,7 @@ class FakeBackpack:
         self._subscribers: dict[ServerConnection, set[str]] = {}
         self.hang: set[tuple[str, str]] = set()
         self.private_delay_s = 0.0
+        self.refuse_private = False  # refuse private subscriptions (as for a revoked key)
         self._late: set[asyncio.Task[None]] = set()
         # the most the account could have been long / short at any instant: position plus
         # every resting order of that side (what fills together could reach)
@@ -229,6 +230,13 @@ class FakeBackpack:
         frame = {"e": "markPrice", "E": now_us, "s": self.symbol, "p": mark, "f": funding,
                  "i": mark, "n": (self.now_ms() // 3_600_000 + 1) * 3_600_000_000, "T": now_us}  # fmt: skip
         await self._publish(f"markPrice.{self.symbol}", frame)
+
+    async def push_position(self) -> None:
+        """A positionUpdate with the fake's position as it stands (tests move it behind the
+        client's back: a fill it never heard of)."""
+        update = {"e": "positionAdjusted", "E": self.now_ms() * 1000, "s": self.symbol,
+                  "q": _d(self.position_qty), "B": _d(self.entry_price), "T": self.now_ms() * 1000}  # fmt: skip
+        await self._publish(f"account.positionUpdate.{self.symbol}", update)
 
     async def kick_private(self) -> None:
         """Drop every connection that holds a private (``account.``) stream."""
@@ -563,7 +571,7 @@ class FakeBackpack:
                     for stream in request.get("params", []):
                         if stream.startswith("account."):
                             sig = request.get("signature") or []
-                            ok = (
+                            ok = not self.refuse_private and (
                                 len(sig) == 4
                                 and sig[0] in self.api_keys
                                 and self.now_ms() <= int(sig[2]) + int(sig[3])
