@@ -106,6 +106,9 @@ async def test_live_fills_are_stored_with_the_venues_ids(fake, tmp_path):
     await until(lambda: len(fake.open_orders()) == 2, what="quotes")
     await fake.trade("100.10", "5", buyer_maker=False)  # lifts our 100.05 ask
     await until(lambda: s.run.strategy.stats.fills == 1, what="fill")
+    # stored within a second, while the session still runs (a kill -9 loses at most that)
+    await until(lambda: s.run._last_flush_ms and not s.run._fill_rows, timeout=3, what="flush")
+    assert store.read("mm_fills").height == 1
     await s.stop()
     fills = store.read("mm_fills")
     (row,) = fills.iter_rows(named=True)

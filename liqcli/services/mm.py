@@ -157,6 +157,7 @@ class MMRun:
         self._last_quote: tuple | None = None
         self._last_pos: float | None = None
         self._last_state_ms = 0
+        self._last_flush_ms = 0
         self._last_book_ms = 0
         self._last_top: BookTop | None = None
         self.status = "starting"
@@ -177,7 +178,8 @@ class MMRun:
         row = {
             "exchange": self.cfg.exchange,
             "symbol": self.cfg.symbol,
-            "fill_id": meta["fill_id"] if meta else f"{self.session}-{self._fill_seq}",
+            # paper fills: unique across runs of one --session name (the key is upserted)
+            "fill_id": meta["fill_id"] if meta else f"paper-{self.started_ms}-{self._fill_seq}",
             "ts": fill.ts,
             "side": fill.side.value,
             "price": fill.price,
@@ -219,6 +221,8 @@ class MMRun:
         self._after()
         if self._wall_ms() - self._last_state_ms >= self.cfg.state_every_s * 1000:
             self.snapshot_state()
+        elif self._fill_rows and self._wall_ms() - self._last_flush_ms >= 1000:
+            self.flush()  # fills reach the store within a second (a kill -9 loses at most that)
 
     def _after(self) -> None:
         s = self.strategy
@@ -286,6 +290,7 @@ class MMRun:
         return row
 
     def flush(self) -> None:
+        self._last_flush_ms = self._wall_ms()
         if self.store is None:
             return
         for name, rows in (("mm_fills", self._fill_rows), ("mm_state", self._state_rows)):
