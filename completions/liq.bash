@@ -2,11 +2,11 @@
 _liq() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" w
     for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-        case "$w" in backtest|cascade|data|fetch|liquidations|map|paper|pressure|watch) cmd="$w"; break;; esac
+        case "$w" in backtest|cascade|data|fetch|liquidations|map|mm|paper|pressure|watch) cmd="$w"; break;; esac
     done
     local opts=""
     case "$cmd" in
-        "") opts="--data-dir --log-level --version -V --help -h backtest cascade data fetch liquidations map paper pressure watch"
+        "") opts="--data-dir --log-level --version -V --help -h backtest cascade data fetch liquidations map mm paper pressure watch"
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --log-level) COMPREPLY=(); return;; esac
             ;;
@@ -80,6 +80,27 @@ _liq() {
             case "$prev" in --refresh) COMPREPLY=(); return;; esac
             case "$prev" in --duration) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return;; esac
+            ;;
+        mm) opts="--symbol -s --spread --quantity --exchange -e --market-type --max-orders --target-position --max-position --position-threshold --inventory-skew --stop-loss --take-profit --max-loss --duration --interval --refresh-tolerance --max-order-age --paper --session --format -f --help -h"
+            case "$prev" in --symbol|-s) COMPREPLY=(); return;; esac
+            case "$prev" in --spread) COMPREPLY=(); return;; esac
+            case "$prev" in --quantity) COMPREPLY=(); return;; esac
+            case "$prev" in --exchange|-e) COMPREPLY=($(compgen -W "binance okx bybit" -- "$cur")); return;; esac
+            case "$prev" in --market-type) COMPREPLY=(); return;; esac
+            case "$prev" in --max-orders) COMPREPLY=(); return;; esac
+            case "$prev" in --target-position) COMPREPLY=(); return;; esac
+            case "$prev" in --max-position) COMPREPLY=(); return;; esac
+            case "$prev" in --position-threshold) COMPREPLY=(); return;; esac
+            case "$prev" in --inventory-skew) COMPREPLY=(); return;; esac
+            case "$prev" in --stop-loss) COMPREPLY=(); return;; esac
+            case "$prev" in --take-profit) COMPREPLY=(); return;; esac
+            case "$prev" in --max-loss) COMPREPLY=(); return;; esac
+            case "$prev" in --duration) COMPREPLY=(); return;; esac
+            case "$prev" in --interval) COMPREPLY=(); return;; esac
+            case "$prev" in --refresh-tolerance) COMPREPLY=(); return;; esac
+            case "$prev" in --max-order-age) COMPREPLY=(); return;; esac
+            case "$prev" in --session) COMPREPLY=(); return;; esac
+            case "$prev" in --format|-f) COMPREPLY=(); return;; esac
             ;;
         paper) opts="--modes --capital --leverage --dynamic-leverage --fees --slippage-bps --session --duration --replay --record --format -f --help -h"
             case "$prev" in --modes) COMPREPLY=(); return;; esac

@@ -9,6 +9,7 @@ _liq() {
         'fetch:Store Binance USDⓈ-M futures market metrics as Parquet; cron-safe and incrementa'
         'liquidations:History of stored liquidations - long/short totals per interval and symbol, exch'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
+        'mm:Market making on a Backpack perpetual - post-only quotes around the mid, refresh'
         'paper:Live paper trading - the seeds four order-flow modes compete on the same Binance'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
         'watch:Live liquidations from Binance, OKX and Bybit - rolling totals,'
@@ -111,6 +112,29 @@ _liq() {
                     ''--duration'[--live - stop after SECONDS.]:value: ' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
+                    '(--help -h)'{--help,-h}'[Show help]' \
+                    '*: :_files' ;;
+                mm) _arguments \
+                    '(--symbol -s)'{--symbol,-s}'[Venue symbol, e.g. SOL_USDC_PERP.]:value: ' \
+                    ''--spread'[Full spread in percent - bid = mid*(1-s/200), ask = mid*(1+s/200).]:value: ' \
+                    ''--quantity'[Size per level, base units.]:value: ' \
+                    '(--exchange -e)'{--exchange,-e}'[Venue (backpack).]:value:(binance okx bybit)' \
+                    ''--market-type'[perp (spot is not supported).]:value: ' \
+                    ''--max-orders'[Levels per side.]:value: ' \
+                    ''--target-position'[Inventory the table steers to (>= 0).]:value: ' \
+                    ''--max-position'[Hard cap on |position| incl. resting orders.]:value: ' \
+                    ''--position-threshold'[Tolerated excess over the target.]:value: ' \
+                    ''--inventory-skew'[0..1 of the half-spread, at max position.]:value: ' \
+                    ''--stop-loss'[Unrealised PnL (negative, quote units) that closes.]:value: ' \
+                    ''--take-profit'[Unrealised PnL (quote units) that closes.]:value: ' \
+                    ''--max-loss'[Kill switch - total PnL loss (quote units) that stops.]:value: ' \
+                    ''--duration'[Stop after this many seconds.]:value: ' \
+                    ''--interval'[Seconds between quote decisions.]:value: ' \
+                    ''--refresh-tolerance'[Re-place an order only when its price is off by more.]:value: ' \
+                    ''--max-order-age'[Re-place orders older than this.]:value: ' \
+                    ''--paper'[Simulated fills on the live public book; no keys.]' \
+                    ''--session'[Session name in mm_fills / mm_state (default - new).]:value: ' \
+                    '(--format -f)'{--format,-f}'[dashboard or jsonl (quote, order, cancel, fill, position, stop).]:value: ' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 paper) _arguments \

@@ -136,6 +136,7 @@ COMMANDS: list[str] = [
     "data",
     "paper",
     "backtest",
+    "mm",
 ]
 
 

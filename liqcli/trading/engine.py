@@ -213,6 +213,12 @@ class Engine:
 
     @staticmethod
     def _drain(slot: Slot) -> None:
+        # A live broker answers asynchronously: rejections it learnt of since the last step.
+        rejects = getattr(slot.broker, "take_rejections", None)
+        on_reject = getattr(slot.strategy, "on_reject", None)
+        if rejects is not None and on_reject is not None:
+            for order in rejects():
+                on_reject(order, slot.ctx)
         take = getattr(slot.broker, "take_fills", None)
         if take is None:
             return

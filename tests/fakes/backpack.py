@@ -15,6 +15,13 @@
   signature array and receive the engine's events; payload timestamps are microseconds.
 - Records: ``requests`` (method, path, status), ``orders`` by id, ``rejected`` signatures.
   ``clock_skew_ms`` shifts the server clock (client clock drift tests).
+- Public prints: ``trade`` also publishes ``trade.<s>`` (what ``liq mm --paper`` fills from),
+  ``push_mark`` a ``markPrice.<s>``. On subscribing to ``account.positionUpdate`` an open position
+  is sent as a snapshot without ``e``, as the venue does.
+- Faults: ``hang`` (method, path) pairs are never answered (a write with an unknown outcome),
+  ``fail_next[(method, path)] = (status, code, message)`` answers one request with that error,
+  ``kick_private()`` drops every connection holding a private stream, ``private_delay_s``
+  delays every private push (REST answers overtake the fill events).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from liqcli.exchanges.backpack.auth import batch_signing_string, signing_string, verify
 
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            503: "Service Unavailable"}  # fmt: skip
 
 INSTRUCTIONS = {
     ("POST", "/api/v1/order"): "orderExecute",
@@ -121,6 +129,15 @@ class FakeBackpack:
         self._ids = itertools.count(111051090663277568)
         self._trade_ids = itertools.count(1)
         self._subscribers: dict[ServerConnection, set[str]] = {}
+        self.hang: set[tuple[str, str]] = set()
+        self.private_delay_s = 0.0
+        self.refuse_private = False  # refuse private subscriptions (as for a revoked key)
+        self._late: set[asyncio.Task[None]] = set()
+        # the most the account could have been long / short at any instant: position plus
+        # every resting order of that side (what fills together could reach)
+        self.max_long_exposure = Decimal(0)
+        self.max_short_exposure = Decimal(0)
+        self.fail_next: dict[tuple[str, str], tuple[int, str, str]] = {}
         self._http: asyncio.Server | None = None
         self._ws: Any = None
         self.http_port = self.ws_port = 0
@@ -161,9 +178,24 @@ class FakeBackpack:
     def open_orders(self) -> list[FakeOrder]:
         return [o for o in self.orders.values() if o.status in ("New", "PartiallyFilled")]
 
-    async def trade(self, price: str, qty: str) -> None:
-        """A print at ``price``: resting orders it trades through fill as maker (fully)."""
+    def _track_exposure(self) -> None:
+        resting = {"Bid": Decimal(0), "Ask": Decimal(0)}
+        for o in self.open_orders():
+            if not o.reduce_only:
+                resting[o.side] += o.quantity - o.executed
+        self.max_long_exposure = max(self.max_long_exposure, self.position_qty + resting["Bid"])
+        self.max_short_exposure = max(self.max_short_exposure, -self.position_qty + resting["Ask"])
+
+    async def trade(self, price: str, qty: str, *, buyer_maker: bool = True) -> None:
+        """A print at ``price``: resting orders it trades through fill as maker (fully); also a
+        public ``trade.<s>`` push (``m``: the buyer was the maker, i.e. the taker sold)."""
         p = Decimal(price)
+        now_us = self.now_ms() * 1000
+        await self._publish(
+            f"trade.{self.symbol}",
+            {"e": "trade", "E": now_us, "s": self.symbol, "p": price, "q": qty,
+             "b": "1", "a": "2", "t": next(self._trade_ids), "T": now_us - 1, "m": buyer_maker},
+        )  # fmt: skip
         for order in list(self.open_orders()):
             assert order.price is not None
             if (order.side == "Bid" and p < order.price) or (
@@ -192,6 +224,25 @@ class FakeBackpack:
             "T": self.now_ms() * 1000 - 1,
         }
         await self._publish(f"depth.{self.symbol}", frame)
+
+    async def push_mark(self, mark: str, funding: str = "0.0001") -> None:
+        now_us = self.now_ms() * 1000
+        frame = {"e": "markPrice", "E": now_us, "s": self.symbol, "p": mark, "f": funding,
+                 "i": mark, "n": (self.now_ms() // 3_600_000 + 1) * 3_600_000_000, "T": now_us}  # fmt: skip
+        await self._publish(f"markPrice.{self.symbol}", frame)
+
+    async def push_position(self) -> None:
+        """A positionUpdate with the fake's position as it stands (tests move it behind the
+        client's back: a fill it never heard of)."""
+        update = {"e": "positionAdjusted", "E": self.now_ms() * 1000, "s": self.symbol,
+                  "q": _d(self.position_qty), "B": _d(self.entry_price), "T": self.now_ms() * 1000}  # fmt: skip
+        await self._publish(f"account.positionUpdate.{self.symbol}", update)
+
+    async def kick_private(self) -> None:
+        """Drop every connection that holds a private (``account.``) stream."""
+        for ws, streams in list(self._subscribers.items()):
+            if any(s.startswith("account.") for s in streams):
+                ws.transport.abort()
 
     async def push_book_ticker(self, bid: str, bid_qty: str, ask: str, ask_qty: str) -> None:
         frame = {
@@ -242,6 +293,12 @@ class FakeBackpack:
         parts = urlsplit(target)
         path = parts.path
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if (method, path) in self.hang:
+            await asyncio.sleep(3600)  # the caller's timeout ends it: outcome unknown
+        if (method, path) in self.fail_next:
+            status, code, message = self.fail_next.pop((method, path))
+            self.requests.append((method, path, status))
+            return status, {"code": code, "message": message}
         try:
             data = orjson.loads(body) if body else None
             instruction = INSTRUCTIONS.get((method, path))
@@ -432,6 +489,7 @@ class FakeBackpack:
                 await self._fill(order, take, level_price, maker=False)
         if order.order_type == "Market" and order.status != "Filled":
             order.status = "Cancelled"
+        self._track_exposure()
         return order.to_json()
 
     async def _fill(self, order: FakeOrder, qty: Decimal, price: Decimal, *, maker: bool) -> None:
@@ -446,6 +504,7 @@ class FakeBackpack:
         self.position_qty = new
         if self.position_qty == 0:
             self.entry_price = Decimal(0)
+        self._track_exposure()
         fee = qty * price * (self.maker_fee if maker else self.taker_fee)
         trade_id = next(self._trade_ids)
         self.fill_log.append(
@@ -464,17 +523,16 @@ class FakeBackpack:
             }
         )
         await self._order_event("orderFill", order, fill=(trade_id, qty, price, maker, fee))
-        await self._publish(
-            "account.positionUpdate",
-            {
-                "e": "positionAdjusted",
-                "E": self.now_ms() * 1000,
-                "s": self.symbol,
-                "q": _d(self.position_qty),
-                "B": _d(self.entry_price),
-                "T": self.now_ms() * 1000,
-            },
-        )
+        update = {
+            "e": "positionAdjusted",
+            "E": self.now_ms() * 1000,
+            "s": self.symbol,
+            "q": _d(self.position_qty),
+            "B": _d(self.entry_price),
+            "T": self.now_ms() * 1000,
+        }
+        await self._publish("account.positionUpdate", update)
+        await self._publish(f"account.positionUpdate.{self.symbol}", update)
 
     async def _order_event(self, event: str, order: FakeOrder, fill: tuple | None = None) -> None:
         frame: dict[str, Any] = {
@@ -513,7 +571,7 @@ class FakeBackpack:
                     for stream in request.get("params", []):
                         if stream.startswith("account."):
                             sig = request.get("signature") or []
-                            ok = (
+                            ok = not self.refuse_private and (
                                 len(sig) == 4
                                 and sig[0] in self.api_keys
                                 and self.now_ms() <= int(sig[2]) + int(sig[3])
@@ -534,12 +592,33 @@ class FakeBackpack:
                                 )
                                 continue
                         self._subscribers[ws].add(stream)
+                        if stream.startswith("account.positionUpdate") and self.position_qty:
+                            snapshot = {"E": self.now_ms() * 1000, "s": self.symbol,
+                                        "q": _d(self.position_qty), "B": _d(self.entry_price),
+                                        "T": self.now_ms() * 1000}  # fmt: skip
+                            await ws.send(
+                                orjson.dumps({"stream": stream, "data": snapshot}).decode()
+                            )
         except Exception:
             return
         finally:
             self._subscribers.pop(ws, None)
 
     async def _publish(self, stream: str, data: dict[str, Any]) -> None:
+        if self.private_delay_s and stream.startswith("account."):
+            # a slow private stream: REST answers overtake the fill events
+            delay, self_ = self.private_delay_s, self
+
+            async def later() -> None:
+                await asyncio.sleep(delay)
+                await self_._send(stream, data)
+
+            self._late.add(task := asyncio.create_task(later()))
+            task.add_done_callback(self._late.discard)
+            return
+        await self._send(stream, data)
+
+    async def _send(self, stream: str, data: dict[str, Any]) -> None:
         text = orjson.dumps({"stream": stream, "data": data}).decode()
         for ws, streams in list(self._subscribers.items()):
             if stream in streams:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from liqcli.core.events import BookDelta, BookSnapshot, BookTop
+from liqcli.core.events import AggTrade, BookDelta, BookSnapshot, BookTop, MarkPrice
 
 VENUE = "backpack"
 
@@ -61,6 +61,39 @@ def parse_book_ticker(data: dict[str, Any], received_ts: int = 0) -> BookTop | N
             float(data["a"]),
             float(data["A"]),
             int(data.get("u") or 0),
+            received_ts,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def parse_trade(data: dict[str, Any], received_ts: int = 0) -> AggTrade | None:
+    """``trade.<s>``: ``t`` trade id, ``p``/``q`` price and size, ``m`` buyer is the maker."""
+    try:
+        return AggTrade(
+            VENUE,
+            data["s"],
+            int(data["t"]),
+            _ms(data.get("T") or data["E"]),
+            float(data["p"]),
+            float(data["q"]),
+            bool(data["m"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def parse_mark_price(data: dict[str, Any], received_ts: int = 0) -> MarkPrice | None:
+    """``markPrice.<s>``: ``p`` mark, ``i`` index, ``f`` estimated funding, ``n`` next funding (µs)."""
+    try:
+        return MarkPrice(
+            VENUE,
+            data["s"],
+            _ms(data.get("T") or data["E"]),
+            float(data["p"]),
+            float(data.get("i") or 0),
+            float(data.get("f") or 0),
+            _ms(data.get("n") or 0),
             received_ts,
         )
     except (KeyError, TypeError, ValueError):
@@ -168,6 +201,10 @@ def parse(message: str | bytes, received_ts: int = 0) -> Any | None:
         return parse_depth(data, received_ts)
     if stream.startswith("bookTicker."):
         return parse_book_ticker(data, received_ts)
+    if stream.startswith("trade."):
+        return parse_trade(data, received_ts)
+    if stream.startswith("markPrice."):
+        return parse_mark_price(data, received_ts)
     if stream.startswith("account.orderUpdate"):
         return parse_order_update(data)
     if stream.startswith("account.positionUpdate"):

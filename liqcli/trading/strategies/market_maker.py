@@ -119,6 +119,7 @@ class Working:
     order: Order
     level: int
     placed_ts: int
+    nudge: int = 0  # ticks away it was placed after post-only rejects
 
 
 @dataclass
@@ -187,6 +188,18 @@ class MarketMaker(BaseStrategy):
     def on_stop(self, ctx: Context) -> None:
         self.cancel_all(ctx, "stop")
 
+    def on_reject(self, order: Order, ctx: Context) -> None:
+        """A live broker's late rejection (the SimBroker rejects inside ``submit``): a post-only
+        quote that would have crossed is re-quoted one more tick away, at once."""
+        w = self.working.pop(order.id, None)
+        ctx.emit({"type": "order", "side": order.side.value, "price": order.price, "qty": order.qty,
+                  "tag": order.tag, "status": order.status.value, "reason": order.reject_reason})  # fmt: skip
+        if w is None or order.tag != "quote" or order.reject_reason != "post_only_would_cross":
+            return
+        self.stats.post_only_rejects += 1
+        self.nudge[(order.side, w.level)] = w.nudge + 1
+        self.quote(ctx)
+
     # -- the decision --------------------------------------------------------------------------
 
     def paused_reason(self, ctx: Context) -> str:
@@ -213,6 +226,8 @@ class MarketMaker(BaseStrategy):
                 self.cancel_all(ctx, reason)
                 ctx.emit({"type": "stop", "reason": reason, "resumable": True})
             return
+        if any(w.order.tag in ("close", "reduce_max") for w in self.working.values()):
+            return  # a live broker's market close is in flight: decide again once it is done
         pos = ctx.position(self.p.symbol)
         mid = ctx.market.mid(self.p.symbol)
         assert mid is not None
@@ -376,7 +391,8 @@ class MarketMaker(BaseStrategy):
         ctx.emit({"type": "order", "side": order.side.value, "price": order.price, "qty": order.qty,
                   "tag": order.tag, "status": order.status.value, "reason": order.reject_reason})  # fmt: skip
         if order.is_open:
-            self.working[order.id] = Working(order, level, ctx.now)
+            nudge = self.nudge.get((order.side, level), 0)
+            self.working[order.id] = Working(order, level, ctx.now, nudge)
         return order
 
     def _cancel(self, ctx: Context, order_id: str, why: str) -> None:
