@@ -266,11 +266,14 @@ app = typer.Typer(
     cls=LiqRootGroup,
     help=(
         "Command-line toolkit for crypto-derivatives traders: live liquidations, cascades, "
-        "liquidation maps, pressure scores, Binance futures metrics.\n\n"
+        "liquidation maps, pressure scores, Binance futures metrics, paper trading, backtests "
+        "and market making.\n\n"
         "\b\nExamples:\n"
         "  liq watch BTCUSDT                      # live liquidations: Binance, OKX, Bybit\n"
         "  liq fetch BTCUSDT ETHUSDT --since 7d   # store Binance futures metrics\n"
         "  liq --data-dir /srv/liq fetch BTCUSDT --quiet   # from cron\n"
+        "  liq paper BTCUSDT                      # the order-flow modes compete live\n"
+        "  liq backtest sma_cross BTCUSDT --start 90d      # strategies over stored history\n"
         "  liq COMMAND --help                     # every command has examples"
     ),
     no_args_is_help=True,
