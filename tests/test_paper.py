@@ -64,13 +64,13 @@ async def test_the_competition_stores_trades_and_state_and_resumes(tmp_path):
     await svc.drive(run, ListSource(TAPE[:4]))  # ends with mode 0 long, funding not yet due
     store = Store(tmp_path)
     state = {r["mode"]: r for r in store.read("paper_state").iter_rows(named=True)}
-    assert set(state) == {"0", "1", "2", "3"}
+    assert set(state) == {"0", "1", "2", "3", "cascade"}
     assert json.loads(state["0"]["position"])["qty"] > 0 and state["1"]["position"] is None
     assert [r["type"] for r in records if r["mode"] == "0"][:2] == ["order", "fill"]
     assert sorted({r["mode"] for r in records if r["type"] == "block"}) == ["1", "2", "3"]
     # "kill -9" here; the next run of the session resumes the position and finishes the trade
     resumed = svc.open_paper(config("s1"), tmp_path)
-    assert resumed.restored == 4
+    assert resumed.restored == 5
     qty = resumed.session.brokers["0"].position(SYM).qty
     assert qty == pytest.approx(json.loads(state["0"]["position"])["qty"])
     assert resumed.session.modes["0"].entry.risk == "DANGER"
@@ -198,7 +198,8 @@ async def test_replaying_a_recorded_session_gives_the_same_trades_as_live(tmp_pa
         (["--capital", "-5"], "--capital must be positive"),
         (["--dynamic-leverage", "magic"], "--dynamic-leverage"),
         (["--format", "html"], "--format"),
-        (["--modes", "0,cascade"], "cascade mode is not built yet"),
+        (["--modes", "0,cascade,0"], "give each mode once"),
+        (["--leverage", "cascade=0"], "between 1 and 125"),
     ],
 )
 def test_bad_input_exits_2_before_any_connection(args, message):
