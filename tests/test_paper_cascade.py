@@ -140,3 +140,38 @@ async def test_the_cascade_mode_competes_on_the_leaderboard_and_its_trades_are_s
     assert resumed.session.brokers["cascade"].position(SYM).qty > 0
     assert resumed.session.modes["cascade"].entry.signal == "prepare_long_reversal"
     assert resumed.session.trade_ids["cascade"] == 1
+
+
+def test_the_dashboard_fits_80_by_24():
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from liqcli.render.paper_view import render_paper
+    from tests.test_paper import TAPE as SEED_TAPE
+
+    session = svc.PaperSession(
+        svc.PaperConfig(symbol=SYM, session="paper-20260101-000000", vpin_bucket_usd=1_000.0)
+    )
+    for event in SEED_TAPE[:3] + TAPE[2:]:  # mode 0 long on order flow, cascade long reversal
+        session.step(event)
+    console = Console(width=80, height=24, record=True, color_system=None, file=None)
+    console.begin_capture()
+    console.print(render_paper(session))
+    text = console.end_capture()
+    lines = text.splitlines()
+    assert len(lines) <= 24 and all(cell_len(line) <= 80 for line in lines)
+    assert "…" not in text  # nothing cut off
+    board = {line.split()[1]: line for line in lines if line[:1] in ("🥇", "🥈", "🥉")}
+    assert set(board) == {"cascade", "1", "2"}
+    assert lines[5].split()[:4] == ["🥇", "cascade", "10,066.33", "10,072.71"]
+    (rank5,) = [line for line in lines if line.split()[:1] == ["0"] and " L " not in line]
+    assert rank5.split()[1:3] == ["9,514.88", "9,980.10"]  # equity, balance to the cent
+    # open positions with entry and liquidation prices, the detector's call, block reasons
+    pos = session.brokers["cascade"].position(SYM)
+    assert f"cascade L {pos.qty:.4g} entry {pos.entry_price:.6g} liq" in text
+    assert "      0 L " in text
+    assert "cascade MINOR long liquidation late $1.20M/60s -> prepare_long_reversal" in text
+    assert "      1 blocked: VPIN 1.00 > 0.7 (3)" in text
+    assert "OBI " in text and "VPIN 1.00 CRITICAL" in text and "spread 10.1 bps" in text
+    for header in ("equity", "balance", "real", "unreal", "fees", "fund", "trd", "win", "lev"):
+        assert header in lines[4]
