@@ -175,3 +175,10 @@ def test_the_dashboard_fits_80_by_24():
     assert "OBI " in text and "VPIN 1.00 CRITICAL" in text and "spread 10.1 bps" in text
     for header in ("equity", "balance", "real", "unreal", "fees", "fund", "trd", "win", "lev"):
         assert header in lines[4]
+
+
+def test_other_venues_liquidations_do_not_count():
+    engine, _mode, broker, _records = competitor()
+    okx = [Liquidation("okx", SYM, "long", 100.0, 6_000.0, 600_000.0, ts) for ts in (2_000, 3_000)]
+    engine.run([*TAPE[:2], *okx])
+    assert broker.position(SYM).is_flat  # the same burst on Binance opens a short (above)

@@ -59,6 +59,7 @@ class CascadeMode(SeedMode):
         dynamic: str = "off",
         adviser: Any = None,
         detector: LiquidationCascadeDetector | None = None,
+        exchange: str | None = "binance",
     ) -> None:
         # Not SeedMode.__init__: no order-flow filters; the same state the records need.
         self.mode = -1
@@ -74,6 +75,9 @@ class CascadeMode(SeedMode):
         self.stats = ModeStats()
         self._vpin_ewma = None
         self.closed: list[dict] = []
+        # The venue traded on: a replay of a store that `liq watch` also fills holds other
+        # venues' liquidations of the same symbol, which the live run never saw.
+        self.exchange = exchange
         self.detector = detector or LiquidationCascadeDetector(symbol, clock=lambda: 0)
         self.last_state: dict | None = None  # the detector's latest picture (dashboard)
         self._second = -1
@@ -91,8 +95,12 @@ class CascadeMode(SeedMode):
             self._second = ts // 1000
             alerts = det.tick(ts)
         kind = type(event)
-        is_liq = kind is Liquidation and event.symbol == self.symbol
-        if is_liq or kind is AggTrade:
+        is_liq = (
+            kind is Liquidation
+            and event.symbol == self.symbol
+            and (self.exchange is None or event.exchange == self.exchange)
+        )
+        if is_liq or (kind is AggTrade and event.exchange == (self.exchange or event.exchange)):
             alerts += det.feed(event)
         pos = ctx.position(self.symbol)
         if self.pending:
