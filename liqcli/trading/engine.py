@@ -213,6 +213,8 @@ class Engine:
 
     @staticmethod
     def _drain(slot: Slot) -> None:
+        if not getattr(slot.broker, "fills", True):  # SimBroker's pending fills: none (fast path)
+            return
         take = getattr(slot.broker, "take_fills", None)
         if take is None:
             return
