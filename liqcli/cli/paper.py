@@ -24,7 +24,7 @@ microprice; sizing by confidence, SL/TP by risk level, exits on SL, TP, VPIN > 0
 a 2-hour time stop or a strong reverse signal. Every closed trade goes to paper_trades, each
 mode's balance and position to paper_state every second: --session NAME resumes after a restart
 or kill -9. --record stores the market data consumed (book_tops, book_depth, agg_trades,
-mark_prices) so --replay NAME runs the same session again through the same code.
+mark_prices, liquidations) so --replay NAME runs the same session again through the same code.
 """
 
 EPILOG = """\b
