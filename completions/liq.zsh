@@ -10,7 +10,7 @@ _liq() {
         'liquidations:History of stored liquidations - long/short totals per interval and symbol, exch'
         'map:Liquidation map - where positions opened by large trades would be liquidated.'
         'mm:Market making on a Backpack perpetual - post-only quotes around the mid, refresh'
-        'paper:Live paper trading - the seeds four order-flow modes compete on the same Binance'
+        'paper:Live paper trading - the seeds four order-flow modes and the cascade mode compet'
         'pressure:Liquidation-pressure score (0-100) for longs and shorts, with its eight componen'
         'watch:Live liquidations from Binance, OKX and Bybit - rolling totals,'
     )
@@ -138,9 +138,9 @@ _liq() {
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 paper) _arguments \
-                    ''--modes'[Competing modes, e.g. 0,1,2,3.]:value: ' \
+                    ''--modes'[Competing modes - 0, 1, 2, 3 and cascade.]:value: ' \
                     ''--capital'[Starting balance of each mode (USDT).]:value: ' \
-                    ''--leverage'[Per-mode leverage MODE=N,... (default - 0=5,1=3,2=3,3=5).]:value: ' \
+                    ''--leverage'[Per-mode leverage MODE=N,... (default - 0=5,1=3,2=3,3=5,cascade=3).]:value: ' \
                     ''--dynamic-leverage'[off, rules (the seeds), kelly or vol_target.]:value: ' \
                     ''--fees'[MAKER,TAKER, e.g. 0.02%,0.05%.]:value: ' \
                     ''--slippage-bps'[Extra slippage per market fill.]:value: ' \

@@ -64,13 +64,13 @@ async def test_the_competition_stores_trades_and_state_and_resumes(tmp_path):
     await svc.drive(run, ListSource(TAPE[:4]))  # ends with mode 0 long, funding not yet due
     store = Store(tmp_path)
     state = {r["mode"]: r for r in store.read("paper_state").iter_rows(named=True)}
-    assert set(state) == {"0", "1", "2", "3"}
+    assert set(state) == {"0", "1", "2", "3", "cascade"}
     assert json.loads(state["0"]["position"])["qty"] > 0 and state["1"]["position"] is None
     assert [r["type"] for r in records if r["mode"] == "0"][:2] == ["order", "fill"]
     assert sorted({r["mode"] for r in records if r["type"] == "block"}) == ["1", "2", "3"]
     # "kill -9" here; the next run of the session resumes the position and finishes the trade
     resumed = svc.open_paper(config("s1"), tmp_path)
-    assert resumed.restored == 4
+    assert resumed.restored == 5
     qty = resumed.session.brokers["0"].position(SYM).qty
     assert qty == pytest.approx(json.loads(state["0"]["position"])["qty"])
     assert resumed.session.modes["0"].entry.risk == "DANGER"
@@ -141,6 +141,8 @@ async def play_tape(fake: FakeBinanceDepth, rounds: int) -> None:
         fake.book_ticker(SYM)
         fake.agg_trade(SYM, 100 + i, 100.05 * lift, 40.0, False)
         fake.mark_price(SYM, 100.05 * lift, 100.0 * lift, 0.0001, 1_767_225_602_000)
+        if 2 <= i < 7:  # $300k of longs liquidated each: a MINOR cascade for the cascade mode
+            fake.force_order(SYM, "SELL", 100.0, 3_000.0)
         await asyncio.sleep(0.003)
 
 
@@ -151,7 +153,9 @@ async def test_replaying_a_recorded_session_gives_the_same_trades_as_live(tmp_pa
         source = Recorder(
             BinanceMarketSource(
                 [SYM],
-                MarketOptions(timings=TIMINGS, http_retries=0, snapshot_every_ms=300),
+                MarketOptions(
+                    timings=TIMINGS, http_retries=0, snapshot_every_ms=300, liquidations=True
+                ),
                 ws_url=fake.ws_url,
                 rest_url=fake.rest_url,
             ),
@@ -165,13 +169,15 @@ async def test_replaying_a_recorded_session_gives_the_same_trades_as_live(tmp_pa
         fake.flush(SYM)  # the first diff starts the book sync
         await fake.wait_until(lambda: SYM in books and books[SYM].synced)
         await play_tape(fake, 30)
-        await fake.wait_until(lambda: live.session.engine.events >= 30 * 4 - 4)
+        await fake.wait_until(lambda: live.session.engine.events >= 30 * 4 + 5 - 4)
         await asyncio.sleep(0.1)
         await source.aclose()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     live_trades = store.read("paper_trades", session="live")
     assert live_trades.height >= 2  # the tape made the modes trade
+    # the cascade mode followed the long liquidations short and reversed on the rally
+    assert "cascade" in live_trades["mode"].to_list()
     replay = svc.open_paper(config("replay", vpin_bucket_usd=1e9), tmp_path)
     await svc.drive(replay, RecordedSource(store, symbols=[SYM]))
     replayed = store.read("paper_trades", session="replay")
@@ -198,7 +204,8 @@ async def test_replaying_a_recorded_session_gives_the_same_trades_as_live(tmp_pa
         (["--capital", "-5"], "--capital must be positive"),
         (["--dynamic-leverage", "magic"], "--dynamic-leverage"),
         (["--format", "html"], "--format"),
-        (["--modes", "0,cascade"], "cascade mode is not built yet"),
+        (["--modes", "0,cascade,0"], "give each mode once"),
+        (["--leverage", "cascade=0"], "between 1 and 125"),
     ],
 )
 def test_bad_input_exits_2_before_any_connection(args, message):

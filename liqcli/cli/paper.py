@@ -1,4 +1,5 @@
-"""``liq paper SYMBOL``: a live paper-trading competition of the seed's order-flow modes."""
+"""``liq paper SYMBOL``: a live paper-trading competition of the seed's order-flow modes and
+the cascade mode."""
 
 from __future__ import annotations
 
@@ -9,25 +10,29 @@ import typer
 from liqcli.cli.common import run_async, state, upper_symbols
 from liqcli.errors import UsageError
 
-HELP = """Live paper trading: the seed's four order-flow modes compete on the same Binance book,
-each with its own balance, on a simulated broker (book-walking market orders, maker/taker fees,
-funding from the real rate, isolated margin and liquidation at Binance's formula).
+HELP = """Live paper trading: the seed's four order-flow modes and the cascade mode compete on
+the same Binance book, each with its own balance, on a simulated broker (book-walking market
+orders, maker/taker fees, funding from the real rate, isolated margin and liquidation at
+Binance's formula).
 
 \b
-Modes: 0 no filter (5x) | 1 VPIN filter (3x) | 2 liquidity filter (3x) | 3 all filters (5x).
+Modes: 0 no filter (5x) | 1 VPIN filter (3x) | 2 liquidity filter (3x) | 3 all filters (5x)
+| cascade: liq cascade's detector on the forceOrder stream, follows a cascade early and
+takes the reversal late (3x).
 Signal: OBI over the top 20 levels, its velocity, signed volume of the last 100 trades and the
 microprice; sizing by confidence, SL/TP by risk level, exits on SL, TP, VPIN > 0.8 in profit,
 a 2-hour time stop or a strong reverse signal. Every closed trade goes to paper_trades, each
 mode's balance and position to paper_state every second: --session NAME resumes after a restart
 or kill -9. --record stores the market data consumed (book_tops, book_depth, agg_trades,
-mark_prices) so --replay NAME runs the same session again through the same code.
+mark_prices, liquidations) so --replay NAME runs the same session again through the same code.
 """
 
 EPILOG = """\b
 Examples:
-  liq paper BTCUSDT                                  # live dashboard, all four modes
+  liq paper BTCUSDT                                  # live dashboard, all five modes
   liq paper BTCUSDT --session night1 --record        # resumable, market data recorded
   liq paper BTCUSDT --modes 0,3 --leverage 0=10,3=3 --capital 5000
+  liq paper BTCUSDT --modes cascade --leverage cascade=5
   liq paper BTCUSDT --dynamic-leverage rules --format jsonl | jq 'select(.type=="close")'
   liq paper BTCUSDT --replay night1 --format json    # the recorded session again
 """
@@ -39,8 +44,8 @@ def paper(
         str, typer.Argument(help="Binance USDⓈ-M perpetual, e.g. BTCUSDT.", show_default=False)
     ],
     modes: Annotated[
-        str, typer.Option("--modes", help="Competing modes, e.g. 0,1,2,3.")
-    ] = "0,1,2,3",
+        str, typer.Option("--modes", help="Competing modes: 0, 1, 2, 3 and cascade.")
+    ] = "0,1,2,3,cascade",
     capital: Annotated[
         float, typer.Option("--capital", help="Starting balance of each mode (USDT).")
     ] = 10_000.0,
@@ -48,7 +53,7 @@ def paper(
         str | None,
         typer.Option(
             "--leverage",
-            help="Per-mode leverage MODE=N,... [default: 0=5,1=3,2=3,3=5].",
+            help="Per-mode leverage MODE=N,... [default: 0=5,1=3,2=3,3=5,cascade=3].",
             show_default=False,
         ),
     ] = None,
@@ -149,7 +154,8 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
     else:
         from liqcli.sources.binance_market import BinanceMarketSource, MarketOptions
 
-        source = BinanceMarketSource([symbol], MarketOptions())
+        # forceOrder only when the cascade mode competes
+        source = BinanceMarketSource([symbol], MarketOptions(liquidations=config.liquidations))
         if record:
             from liqcli.sources.recorder import Recorder
 

@@ -1,5 +1,6 @@
 """The ``liq paper`` dashboard: the leaderboard by equity with medals, and the book and feature
-panel. Laid out for 80 columns first; venue strings are rendered as plain text."""
+panel, and the cascade detector's line. Laid out for 80x24 first; venue strings are rendered as
+plain text."""
 
 from __future__ import annotations
 
@@ -19,77 +20,132 @@ def compact(value: float | None, digits: int = 2) -> str:
     return f"{sign}{v:.{digits}f}"
 
 
-def render_paper(session: Any, *, status: str = "") -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+def money(value: float | None) -> str:
+    """Balances and PnL to the cent while they fit, compact beyond."""
+    if value is None:
+        return "-"
+    return f"{value:,.2f}" if abs(value) < 100_000 else compact(value)
 
-    board = Table(title=None, expand=True, pad_edge=False, box=None, header_style="bold")
-    for name, justify in (
-        ("", "left"),
-        ("mode", "left"),
-        ("equity", "right"),
-        ("bal", "right"),
-        ("real", "right"),
-        ("unreal", "right"),
-        ("fees", "right"),
-        ("fund", "right"),
-        ("trd", "right"),
-        ("win", "right"),
-        ("lev", "right"),
-        ("position", "left"),
-    ):
-        board.add_column(name, justify=justify, no_wrap=True)
-    rows = session.leaderboard()
-    for row in rows:
-        pos = row["position"]
-        pos_text = (
-            f"{pos['side'][0].upper()} {compact(pos['qty'], 3)}@{compact(pos['entry_price'])}"
-            f" liq {compact(pos['liquidation_price'])}"
-            if pos
-            else "flat"
+
+def _position(pos: dict | None) -> str:
+    if not pos:
+        return "flat"
+    side = "L" if pos["side"] == "long" else "S"
+    liq = pos["liquidation_price"]
+    liq_text = f"{liq:.6g}" if liq is not None else "-"
+    return f"{side} {pos['qty']:.4g} entry {pos['entry_price']:.6g} liq {liq_text}"
+
+
+def render_paper(session: Any, *, status: str = "") -> Any:
+    """The dashboard; the leaderboard keeps positions in its own column from 110 columns up and
+    lists them under it below that, so every figure fits an 80x24 terminal."""
+    return _Dashboard(session, status)
+
+
+class _Dashboard:
+    def __init__(self, session: Any, status: str) -> None:
+        self.session, self.status = session, status
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield from self.parts(options.max_width)
+
+    def parts(self, width: int) -> list:
+        from rich.table import Table
+        from rich.text import Text
+
+        session = self.session
+        wide = width >= 110
+        board = Table(box=None, pad_edge=False, padding=(0, 0, 0, 1), header_style="bold")
+        columns = [
+            ("", "left"),
+            ("mode", "left"),
+            ("equity", "right"),
+            ("balance", "right"),
+            ("real", "right"),
+            ("unreal", "right"),
+            ("fees", "right"),
+            ("fund", "right"),
+            ("trd", "right"),
+            ("win", "right"),
+            ("lev", "right"),
+        ]
+        if wide:
+            columns.append(("position (entry, liquidation)", "left"))
+        for name, justify in columns:
+            board.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+        rows = session.leaderboard()
+        capital = session.config.capital
+        positions = []
+        for row in rows:
+            win = f"{row['win_rate'] * 100:.0f}%" if row["win_rate"] is not None else "-"
+            lev = f"{row['leverage']:g}x" if row["leverage"] else "-"
+            equity = row["equity"]
+            style = "green" if equity > capital else "red" if equity < capital else ""
+            cells = [
+                MEDALS.get(row["rank"], "  "),
+                Text(row["mode"]),
+                Text(money(equity), style=style),
+                money(row["balance"]),
+                money(row["realized_pnl"]),
+                money(row["unrealized_pnl"]),
+                money(row["fees"]),
+                money(row["funding"]),
+                str(row["trades"]),
+                win,
+                lev,
+            ]
+            if wide:
+                cells.append(Text(_position(row["position"])))
+            elif row["position"]:
+                positions.append(f"{row['mode']:>7} {_position(row['position'])}")
+            board.add_row(*cells)
+
+        f = session.flow.snapshot
+        book = Text(no_wrap=True, overflow="ellipsis")
+        book.append(f"{session.config.symbol} ", style="bold")
+        if f.bid is not None and f.ask is not None:
+            book.append(
+                f"bid {f.bid:g} ask {f.ask:g} spread {f.spread_bps or 0:.1f} bps"
+                f" depth {compact(f.top_depth)}"
+            )
+        else:
+            book.append("waiting for the book")
+        features = Text(
+            f"OBI {f.obi if f.obi is not None else 0:+.2f} vel {f.obi_velocity:+.2f}"
+            f" SV {f.signed_volume:+.1f} VPIN "
+            + (f"{f.vpin:.2f} {f.toxicity}" if f.vpin is not None else "-"),
+            no_wrap=True,
+            overflow="ellipsis",
         )
-        win = f"{row['win_rate'] * 100:.0f}%" if row["win_rate"] is not None else "-"
-        lev = f"{row['leverage']:g}x" if row["leverage"] else "-"
-        style = (
-            "green"
-            if row["equity"] > session.config.capital
-            else "red"
-            if row["equity"] < session.config.capital
-            else ""
+        header = Text(
+            f"liq paper  {session.session}  events {session.engine.events:,}  {self.status}",
+            style="bold",
+            no_wrap=True,
+            overflow="ellipsis",
         )
-        board.add_row(
-            MEDALS.get(row["rank"], " "),
-            Text(row["mode"]),
-            Text(compact(row["equity"]), style=style),
-            compact(row["balance"]),
-            compact(row["realized_pnl"]),
-            compact(row["unrealized_pnl"]),
-            compact(row["fees"]),
-            compact(row["funding"]),
-            str(row["trades"]),
-            win,
-            lev,
-            Text(pos_text),
-        )
-    f = session.flow.snapshot
-    features = Text()
-    features.append(Text(f"{session.config.symbol} ", style="bold"))
-    if f.bid is not None:
-        features.append(f"bid {f.bid:g} ask {f.ask:g} spread {f.spread_bps or 0:.1f}bps ")
-    features.append(
-        f"OBI {f.obi if f.obi is not None else 0:+.2f} v {f.obi_velocity:+.2f} SV {f.signed_volume:+.1f} "
-        f"VPIN {f.vpin if f.vpin is not None else 0:.2f} {f.toxicity} depth {compact(f.top_depth)}"
-    )
-    blocks = Text()
-    for row in rows:
-        if row["last_block"]:
-            blocks.append(Text(f"{row['mode']}: {row['last_block']}\n", style="yellow"))
-    header = Text(
-        f"liq paper  session {session.session}  events {session.engine.events:,}  {status}",
-        style="bold",
-    )
-    parts = [header, features, board]
-    if blocks:
-        parts.append(blocks)
-    return Group(*parts)
+        parts: list = [header, book, features]
+        cascade = session.modes.get("cascade")
+        state = getattr(cascade, "last_state", None)
+        if cascade is not None:
+            line = (
+                f"cascade {state['level']} {state['direction'].replace('_', ' ')}"
+                f" {state['phase']} ${compact(state['total_usd_60s'])}/60s"
+                f" -> {state['recommended_action']}"
+                if state
+                else "cascade: no liquidation cascade seen yet"
+            )
+            parts.append(Text(line, no_wrap=True, overflow="ellipsis"))
+        parts.append(board)
+        for line in positions:
+            parts.append(Text(line, no_wrap=True, overflow="ellipsis"))
+        for row in rows:
+            if row["last_block"]:
+                parts.append(
+                    Text(
+                        f"{row['mode']:>7} blocked: {row['last_block']} ({row['blocks']:,})",
+                        style="yellow",
+                        no_wrap=True,
+                        overflow="ellipsis",
+                    )
+                )
+        return parts

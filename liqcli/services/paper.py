@@ -34,11 +34,12 @@ from liqcli.trading.engine import Engine
 from liqcli.trading.model import Position
 from liqcli.trading.signal import KellyAdviser, VolTargetAdviser
 from liqcli.trading.sim import SimBroker
+from liqcli.trading.strategies.cascade_mode import DEFAULT_CASCADE_LEVERAGE, CascadeMode
 from liqcli.trading.strategies.seed import DEFAULT_LEVERAGE, SeedMode, _Entry, order_flow_observer
 
 log = logging.getLogger("liq.paper")
 
-MODES = ("0", "1", "2", "3")
+MODES = ("0", "1", "2", "3", "cascade")
 DYNAMIC = ("off", "rules", "kelly", "vol_target")
 STATE_EVERY_MS = 1_000
 
@@ -109,7 +110,9 @@ class PaperConfig:
     symbol: str
     modes: tuple[str, ...] = MODES
     capital: float = 10_000.0
-    leverage: dict[str, float] = field(default_factory=dict)  # per mode; defaults 5/3/3/5
+    leverage: dict[str, float] = field(
+        default_factory=dict
+    )  # per mode; defaults 5/3/3/5, cascade 3
     dynamic: str = "off"
     fees: Fees = field(default_factory=Fees)
     slippage_bps: float = 2.0
@@ -119,10 +122,9 @@ class PaperConfig:
     def validate(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
         if unknown:
-            hint = " (cascade mode is not built yet)" if "cascade" in unknown else ""
-            raise UsageError(f"unknown mode {unknown[0]!r}{hint}: choose from {', '.join(MODES)}")
+            raise UsageError(f"unknown mode {unknown[0]!r}: choose from {', '.join(MODES)}")
         if not self.modes or len(set(self.modes)) != len(self.modes):
-            raise UsageError("--modes: give each mode once, e.g. 0,1,2,3")
+            raise UsageError("--modes: give each mode once, e.g. 0,1,2,3,cascade")
         if not self.capital > 0:
             raise UsageError(f"--capital must be positive, got {self.capital:g}")
         for mode, lev in self.leverage.items():
@@ -138,7 +140,13 @@ class PaperConfig:
             raise UsageError(f"invalid --session {self.session!r}: letters, digits, - _ . only")
 
     def leverage_of(self, mode: str) -> float:
-        return float(self.leverage.get(mode, DEFAULT_LEVERAGE[int(mode)]))
+        default = DEFAULT_CASCADE_LEVERAGE if mode == "cascade" else DEFAULT_LEVERAGE[int(mode)]
+        return float(self.leverage.get(mode, default))
+
+    @property
+    def liquidations(self) -> bool:
+        """Whether the source must carry the liquidation stream (forceOrder)."""
+        return "cascade" in self.modes
 
 
 def parse_leverage(text: str | None) -> dict[str, float]:
@@ -182,13 +190,23 @@ class PaperSession:
                 if config.dynamic == "vol_target"
                 else None
             )
-            strategy = SeedMode(
-                int(mode),
-                config.symbol,
-                self.flow,
-                leverage=config.leverage_of(mode),
-                dynamic=config.dynamic,
-                adviser=adviser,
+            strategy = (
+                CascadeMode(
+                    config.symbol,
+                    self.flow,
+                    leverage=config.leverage_of(mode),
+                    dynamic=config.dynamic,
+                    adviser=adviser,
+                )
+                if mode == "cascade"
+                else SeedMode(
+                    int(mode),
+                    config.symbol,
+                    self.flow,
+                    leverage=config.leverage_of(mode),
+                    dynamic=config.dynamic,
+                    adviser=adviser,
+                )
             )
             broker = SimBroker(config.capital, fees=config.fees, slippage_bps=config.slippage_bps)
             self.modes[mode] = strategy

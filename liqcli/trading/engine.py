@@ -219,6 +219,8 @@ class Engine:
         if rejects is not None and on_reject is not None:
             for order in rejects():
                 on_reject(order, slot.ctx)
+        if not getattr(slot.broker, "fills", True):  # SimBroker's pending fills: none (fast path)
+            return
         take = getattr(slot.broker, "take_fills", None)
         if take is None:
             return

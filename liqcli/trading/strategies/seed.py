@@ -44,6 +44,17 @@ MAX_SPREAD_BPS = 10.0
 MIN_DEPTH = 3.0
 
 
+_memo: list = [None, None]  # (inputs, Signal) of the last call: the modes share one snapshot
+
+
+def shared_signal(f: FeatureSnapshot) -> Any:
+    """``signal(f)``, computed once per feature state however many modes ask for it."""
+    key = (f.obi, f.obi_velocity, f.signed_volume, f.micro_pressure)
+    if key != _memo[0]:
+        _memo[0], _memo[1] = key, signal(f)
+    return _memo[1]
+
+
 @dataclass(slots=True)
 class _Entry:
     """What a position was opened on: recorded with the trade when it closes."""
@@ -134,7 +145,7 @@ class SeedMode(BaseStrategy):
                 ctx.market_order(self.symbol, side, abs(pos.qty), reduce_only=True, tag=reason)
                 self.pending = False
             return
-        sig = signal(f)
+        sig = shared_signal(f)
         if sig.direction == "NEUTRAL":
             return
         blocked = self._blocked(f)
@@ -205,7 +216,7 @@ class SeedMode(BaseStrategy):
             return "vpin_exit"
         if ctx.now - pos.opened_ts >= TIME_STOP_MS:
             return "time_stop"
-        sig = signal(f)
+        sig = shared_signal(f)
         against = sig.short_score if pos.qty > 0 else sig.long_score
         if against > STRONG_REVERSE_SCORE and sig.direction != ("LONG" if pos.qty > 0 else "SHORT"):
             return "reverse_signal"
