@@ -309,27 +309,48 @@ class _Driver:
 
     def feed_tape(self, frame: pl.DataFrame, snapshots: list[tuple[int, Any]]) -> None:
         """The merged stored tape (``tape``); funding rows and the per-second trade mark go to
-        the brokers directly (they are not market events the strategies decide on)."""
+        the brokers directly (they are not market events the strategies decide on). The hot
+        loop: per-event bookkeeping inlined, each run's Engine stepped directly."""
+        if frame.height == 0:
+            return
         symbol, exchange = self.settings.symbol, self.settings.exchange
-        steps = self.steps
+        first = int(frame["ts"][0])
+        trades = frame.filter(pl.col("kind") == TRADE)["a"]
+        self.first_price = float(trades[0]) if len(trades) else None
+        for run in self.runs:
+            run.session.started_ts = first  # what PaperSession.step would set
+        self._tick(first)
+        steps = [run.session.engine.step for run in self.runs]
+        one = steps[0] if len(steps) == 1 else None
         brokers = [b for run in self.runs for _, b in run.brokers]
         snaps = iter(snapshots)
-        snap = next(snaps, None)
+        snap = next(snaps, (None, None))
+        snap_ts = snap[0] if snap[0] is not None else 1 << 62
+        next_sample, next_mark = self._next_sample, self._next_mark
+        last_ts = self.last_ts
+        events = 0
+        last_price = self.last_price
         for ts, kind, id_, a, b, c, d in frame.iter_rows():
-            while snap is not None and snap[0] <= ts:
-                self._tick(snap[0])
+            while snap_ts <= ts:
+                self.last_ts, self.last_price = last_ts, last_price
+                self._tick(snap_ts)
+                next_sample, last_ts = self._next_sample, self.last_ts
                 for step in steps:
                     step(snap[1])
-                self.events += 1
-                snap = next(snaps, None)
-            self._tick(ts)
+                events += 1
+                snap = next(snaps, (None, None))
+                snap_ts = snap[0] if snap[0] is not None else 1 << 62
+            if ts >= next_sample:
+                self.last_ts, self.last_price = last_ts, last_price
+                self._sample()
+                next_sample = ts - ts % MINUTE_MS + MINUTE_MS
+            if ts > last_ts:
+                last_ts = ts
             if kind == TRADE:
                 event: Any = AggTrade(exchange, symbol, id_, ts, a, b, bool(c))
-                self.last_price = a
-                if self.first_price is None:
-                    self.first_price = a
-                if ts >= self._next_mark:
-                    self._next_mark = ts - ts % MARK_EVERY_MS + MARK_EVERY_MS
+                last_price = a
+                if ts >= next_mark:
+                    next_mark = ts - ts % MARK_EVERY_MS + MARK_EVERY_MS
                     for broker in brokers:
                         broker.on_mark(symbol, ts, a)
             elif kind == TOP:
@@ -338,14 +359,21 @@ class _Driver:
                 for broker in brokers:
                     broker.settle_funding(symbol, ts, a, b)
                 continue
+            if one is not None:
+                one(event)
+            else:
+                for step in steps:
+                    step(event)
+            events += 1
+        self.last_ts, self.last_price = last_ts, last_price
+        self._next_sample, self._next_mark = next_sample, next_mark
+        while snap[0] is not None:
+            self._tick(snap[0])
             for step in steps:
-                step(event)
-            self.events += 1
-        for ts, event in [snap, *snaps] if snap is not None else []:
-            self._tick(ts)
-            for step in steps:
-                step(event)
-            self.events += 1
+                step(snap[1])
+            events += 1
+            snap = next(snaps, (None, None))
+        self.events += events
 
     def finish(self) -> None:
         if self.first_ts is not None:
