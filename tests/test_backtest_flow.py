@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from liqcli.cli.app import app
 from liqcli.core.events import AggTrade, BookTop
+from liqcli.services import backtest_flow as fsvc
 from liqcli.services import paper as paper_svc
 from liqcli.sources.binance_market import BinanceMarketSource, MarketOptions
 from liqcli.sources.recorder import Recorder
@@ -259,3 +260,33 @@ def test_usage_errors_exit_2(tmp_path, args, message):
     result = liq(tmp_path, *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_archive_depth_bands_become_the_deeper_book_levels(tmp_path):
+    store = Store(tmp_path)
+    write_tape(store)
+    t = T0 + 50 * MIN + 150
+    bands = [  # cumulative depth and notional at 1 % and 2 % from mid, as the archive publishes
+        ("bid", 100, -1.0, 10.0, 995.0),
+        ("bid", 200, -2.0, 30.0, 2975.0),
+        ("ask", 100, 1.0, 4.0, 404.0),
+        ("ask", 200, 2.0, 5.0, 506.0),
+    ]
+    store.write(
+        "book_depth",
+        pl.DataFrame(
+            [
+                dict(zip(["side", "level", "percentage", "depth", "notional"], b, strict=True))
+                | {"exchange": "binance", "symbol": SYM, "source": "archive", "ts": t}
+                for b in bands
+            ]
+        ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC"))),
+    )
+    settings = fsvc.FlowSettings(SYM, ("0",), T0, T0 + 24 * HOUR, "trades")
+    ((ts, snap),) = fsvc.depth_snapshots(store, settings)
+    assert ts == t and snap.update_id == 0
+    assert snap.bids == ((99.5, 10.0), (99.0, 20.0)) and snap.asks == ((101.0, 4.0), (102.0, 1.0))
+    result = liq(tmp_path, "0", SYM, "--data", "trades", *RANGE, "--param",
+                 "vpin_bucket_usd=1e9", "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["bars"] == 12 * 9 + 1

@@ -7,7 +7,8 @@ Data (``--data``):
   (``recorded_events``): the same trades as the live run. Funding comes, as live, from the
   recorded mark prices.
 - ``trades``: stored ``agg_trades`` merged in time order with stored ``book_tops`` (archive
-  bookTicker or recorded), ``book_depth`` snapshots recorded live (``source=live``) and, with
+  bookTicker or recorded), ``book_depth`` (snapshots recorded live, else the archive's depth
+  bands as levels: ``archive_snapshots``) and, with
   ``--funding on``, the stored ``funding`` rows, settled at their real times
   (``SimBroker.settle_funding``: rate x the row's mark x signed qty). Without mark prices in the
   tape, the broker's mark is the last trade price, checked for liquidation once per second of
@@ -32,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from liqcli.analytics import metrics
-from liqcli.core.events import AggTrade, BookTop
+from liqcli.core.events import AggTrade, BookSnapshot, BookTop
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.services.paper import DYNAMIC, MODES, PaperConfig, PaperSession
@@ -213,6 +214,51 @@ def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
 
 
 def depth_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
+    """(ts, BookSnapshot) in time order: the snapshots recorded live when there are any, else
+    the archive's depth bands (``archive_snapshots``)."""
+    live = live_snapshots(store, settings)
+    return live if live else archive_snapshots(store, settings)
+
+
+def archive_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
+    """data.binance.vision bookDepth bands as book levels: the band between k-1 % and k % from
+    mid becomes one level, its qty the band's depth (depth_k - depth_k-1, the archive's depth is
+    cumulative) at its average price (notional over depth of the band). ``update_id`` 0: the
+    bookTicker stays the best bid/ask, these are the deeper levels (engine.MergedBook)."""
+    frame = (
+        _scan(store, "book_depth", settings, source="archive")
+        .select("ts", "side", "level", "depth", "notional")
+        .drop_nulls()
+        .sort("ts", "side", "level")
+        .with_columns(
+            dq=pl.col("depth").diff().over("ts", "side").fill_null(pl.col("depth")),
+            dn=pl.col("notional").diff().over("ts", "side").fill_null(pl.col("notional")),
+        )
+        .filter(pl.col("dq") > 0)
+        .with_columns(price=pl.col("dn") / pl.col("dq"))
+        .collect()
+    )
+    out: list[tuple[int, Any]] = []
+    book: dict[str, list] = {"bid": [], "ask": []}
+    current = None
+    for ts, side, price, qty in frame.select("ts", "side", "price", "dq").iter_rows():
+        if ts != current and current is not None:
+            out.append((current, _band_snapshot(settings, current, book)))
+            book = {"bid": [], "ask": []}
+        current = ts
+        book[side].append((price, qty))
+    if current is not None:
+        out.append((current, _band_snapshot(settings, current, book)))
+    return out
+
+
+def _band_snapshot(settings: FlowSettings, ts: int, book: dict[str, list]) -> BookSnapshot:
+    return BookSnapshot(
+        settings.exchange, settings.symbol, ts, 0, tuple(book["bid"]), tuple(book["ask"])
+    )
+
+
+def live_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
     frame = (
         _scan(store, "book_depth", settings, source=LIVE)
         .filter(pl.col("seq").is_not_null())
