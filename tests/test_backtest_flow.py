@@ -254,6 +254,7 @@ def test_missing_data_names_the_fetch_command(tmp_path):
         (["0", SYM, "--data", "trades", "--leverage", "500"], "between 1 and 125"),
         (["sma_cross", SYM, "--compare-leverage"], "size the order-flow modes"),
         (["0", SYM, "--data", "session"], "invalid --data"),
+        (["0", SYM, "--data", "session:a/b"], "invalid --data"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, args, message):

@@ -183,7 +183,8 @@ def backtest(
                 "--chart draws one run: drop --grid/--walk-forward/--compare-leverage/all"
             )
     if kind in ("trades", "session"):
-        if (kind == "session") != bool(interval) or (kind == "session" and ":" in interval):
+        valid_name = all(c.isalnum() or c in "-_." for c in interval)
+        if (kind == "session") != bool(interval) or not valid_name:
             raise UsageError(f"invalid --data {data!r}: trades or session:NAME")
         if grid or walk_forward_k or strategy_file:
             raise UsageError(
@@ -400,7 +401,8 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
         m = doc["metrics"]
         typer.echo(
             f"{doc['strategy']} {doc['symbol']} {_params_text(doc['params'])}  "
-            f"{doc['start']} -> {doc['end']}  ({doc['bars']:,} bars, run {doc['run_id']})"
+            f"{doc['start']} -> {doc['end']}  ({doc['bars']:,} "
+            f"{'events' if 'data' in doc else 'bars'}, run {doc['run_id']})"
         )
         rows = [{"metric": k, "value": _fmt(v)} for k, v in m.items()]
         render(rows, "table")
