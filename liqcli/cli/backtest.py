@@ -357,7 +357,10 @@ def _order_flow(
             "Against fixed (seed's criteria: Sharpe +10 %, max drawdown -20 %); optimal leverage "
             "per trade: stop-loss / max adverse excursion (1 for losers), clamped 1-20:"
         )
-        render([{k: _fmt(v) for k, v in r.items()} for r in rows], "table")
+        short = ("mode", "engine", "sharpe_used", "sharpe_change", "sharpe_ok",
+                 "max_drawdown_change", "drawdown_ok", "meets_criteria", "mean_used",
+                 "mean_optimal", "median_optimal")  # fmt: skip
+        render([{k: _fmt(r[k]) for k in short} for r in rows], "table")
         return
     _print(docs, fmt, single=len(docs) == 1, quiet=quiet)
 
@@ -411,6 +414,8 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
     for doc in docs:
         m = doc["metrics"]
         row = {"fold": doc.get("fold"), **doc["params"]} if "fold" in doc else dict(doc["params"])
+        if "data" in doc:  # order-flow modes side by side
+            row = {"mode": doc["strategy"], **row}
         row.update(
             total_return=m["total_return"],
             sharpe=m["sharpe"],
