@@ -27,8 +27,9 @@ Order flow (modes 0 1 2 3, or all side by side; --data session:NAME or trades): 
 engine, shared OrderFlow, SeedMode and simulated broker as liq paper (book-walking market
 orders, --slippage-bps default 2, leverage default 5/3/3/5 per mode), driven by a recorded liq
 paper session (the same trades as the live run) or by stored agg_trades merged in time order
-with book_tops, recorded book_depth and funding (settled at its real times; the mark is the last
-trade, checked for liquidation each second). Equity is sampled each minute of event time;
+with book_tops, book_depth (recorded snapshots, else the archive's bands) and funding (settled at
+its real times; the mark is the last trade, checked for liquidation each second); --param
+vpin_bucket_usd=N (default 50000). Equity is sampled each minute of event time;
 sharpe_1m = mean/std of 1-minute returns x sqrt(525600). --compare-leverage runs fixed and each
 dynamic engine (rules, kelly, vol_target) on the same events against the seed's criteria (Sharpe
 +10 %, max drawdown -20 % vs fixed) with each trade's optimal leverage against the one used.
