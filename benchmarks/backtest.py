@@ -1,16 +1,21 @@
 """``liq backtest`` speed: SMA 20/50 cross, long/short always in the market, fill at the next
-bar's open, 0.05 % fee per side, on 525,600 one-minute bars (one year).
+bar's open, 0.05 % fee per side, on 525,600 one-minute bars (one year); and one day of
+BTCUSDT-like trades (``--trades``, default 1M synthetic agg_trades plus a book top every 4th
+trade, 250k) through order-flow mode 0 (``--data trades``).
 
 Prints: the whole command (a fresh process: start-up, Parquet scan, engine, metrics, output, the
 run stored), the engine alone (µs per bar, CPU and wall), and the same strategy in
-backtesting.py when it is installed (``pip install backtesting``; not a dependency of liq).
+backtesting.py when it is installed (``pip install backtesting``; not a dependency of liq);
+for the trades: the whole ``liq backtest 0 BTCUSDT --data trades`` command and µs per event.
 
-    python benchmarks/backtest.py [--bars 525600] [--repeat 3]
+    python benchmarks/backtest.py [--bars 525600] [--repeat 3] [--trades 1000000] [--only-trades]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -94,12 +99,82 @@ def backtesting_py(frame: pl.DataFrame) -> tuple[float, int] | None:
     return time.perf_counter() - started, int(stats["# Trades"])
 
 
+def trade_day(n: int, root: Path) -> int:
+    """One day of synthetic BTCUSDT trades (random walk, exponential sizes, random takers) and a
+    book top every 4th trade with lognormal queues, stored as agg_trades and book_tops."""
+    rng = np.random.default_rng(7)
+    ts = START + np.sort(rng.integers(0, 86_400_000, n))
+    price = np.round(60_000 * np.exp(np.cumsum(rng.normal(0, 4e-5, n))), 1)
+    base = {"exchange": pl.lit("binance"), "symbol": pl.lit("BTCUSDT")}
+    trades = pl.DataFrame(
+        {
+            "trade_id": np.arange(n),
+            "ts": ts,
+            "price": price,
+            "qty": np.round(rng.exponential(0.05, n), 3) + 0.001,
+            "is_buyer_maker": rng.random(n) < 0.5,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")), **base)
+    every = np.arange(0, n, 4)
+    m = every.size
+    tops = pl.DataFrame(
+        {
+            "ts": ts[every],
+            "update_id": np.arange(m),
+            "bid": price[every] - 0.1,
+            "bid_qty": np.round(rng.lognormal(1.0, 1.2, m), 3),
+            "ask": price[every],
+            "ask_qty": np.round(rng.lognormal(1.0, 1.2, m), 3),
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")), **base)
+    store = Store(root)
+    store.write("agg_trades", trades)
+    store.write("book_tops", tops)
+    return n + m
+
+
+def order_flow(n: int, repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        events = trade_day(n, Path(tmp))
+        command = [
+            sys.executable, "-m", "liqcli", "--data-dir", tmp, "backtest", "0", "BTCUSDT",
+            "--data", "trades", "--start", "2025-01-01", "--end", "2025-01-02", "-f", "json",
+        ]  # fmt: skip
+        walls, cpus, doc = [], [], None
+        for _ in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            out = subprocess.run(command, check=True, capture_output=True)
+            walls.append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            doc = json.loads(out.stdout)
+        assert doc is not None
+        best = min(walls)
+        print(
+            f"order flow, one day: {n:,} agg_trades + {events - n:,} book tops = {events:,} "
+            f"events through mode 0; {doc['metrics']['trades']} trades"
+        )
+        print(
+            f"whole command (liq backtest 0 BTCUSDT --data trades, start-up to printed JSON): "
+            f"best {best:.2f} s wall = {best / events * 1e6:.2f} µs/event, CPU {min(cpus):.2f} s "
+            "(the machine's other load shows in wall, not CPU); runs "
+            + ", ".join(f"{w:.2f}" for w in walls)
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bars", type=int, default=525_600)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--trades", type=int, default=1_000_000)
+    parser.add_argument("--only-trades", action="store_true")
     args = parser.parse_args()
+    if args.trades:
+        order_flow(args.trades, args.repeat)
+    if args.only_trades:
+        return
     frame = bars(args.bars)
     n = frame.height
     settings = BarSettings(fees=Fees(0.0005, 0.0005))

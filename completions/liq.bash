@@ -10,7 +10,7 @@ _liq() {
             case "$prev" in --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return;; esac
             case "$prev" in --log-level) COMPREPLY=(); return;; esac
             ;;
-        backtest) opts="--start --end --data --param --strategy --capital --leverage --fees --slippage-bps --funding --grid --walk-forward --executor --exchange -e --chart --format -f --quiet -q --help -h"
+        backtest) opts="--start --end --data --param --strategy --capital --leverage --dynamic-leverage --compare-leverage --fees --slippage-bps --funding --grid --walk-forward --executor --exchange -e --chart --format -f --quiet -q --help -h"
             case "$prev" in --start) COMPREPLY=(); return;; esac
             case "$prev" in --end) COMPREPLY=(); return;; esac
             case "$prev" in --data) COMPREPLY=(); return;; esac
@@ -18,6 +18,7 @@ _liq() {
             case "$prev" in --strategy) COMPREPLY=(); return;; esac
             case "$prev" in --capital) COMPREPLY=(); return;; esac
             case "$prev" in --leverage) COMPREPLY=(); return;; esac
+            case "$prev" in --dynamic-leverage) COMPREPLY=(); return;; esac
             case "$prev" in --fees) COMPREPLY=(); return;; esac
             case "$prev" in --slippage-bps) COMPREPLY=(); return;; esac
             case "$prev" in --funding) COMPREPLY=(); return;; esac

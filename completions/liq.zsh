@@ -29,13 +29,15 @@ _liq() {
                 backtest) _arguments \
                     ''--start'[Start - date, ISO time or e.g. 30d.]:value: ' \
                     ''--end'[End (default - now).]:value: ' \
-                    ''--data'[bars -INTERVAL (stored klines, e.g. bars -1m, bars -1h).]:value: ' \
+                    ''--data'[bars -INTERVAL (stored klines, e.g. bars -1m), trades (stored agg_trades + book_]:value: ' \
                     ''--param'[Strategy parameter NAME=VALUE (repeatable).]:value: ' \
                     ''--strategy'[Your own strategy - FILE.py -ClassName (see examples/ and the README).]:value: ' \
                     ''--capital'[Starting balance (quote).]:value: ' \
-                    ''--leverage'[Isolated leverage, 1-125.]:value: ' \
+                    ''--leverage'[Isolated leverage, 1-125 (default - 1; order-flow modes 5/3/3/5).]:value: ' \
+                    ''--dynamic-leverage'[Order-flow modes - off, rules (the seeds), kelly or vol_target.]:value: ' \
+                    ''--compare-leverage'[Order-flow modes - fixed and every dynamic engine side by side, with the deltas ]' \
                     ''--fees'[MAKER,TAKER as fractions or percents, e.g. 0.02%,0.05%.]:value: ' \
-                    ''--slippage-bps'[Extra slippage per fill, basis points.]:value: ' \
+                    ''--slippage-bps'[Extra slippage per fill, basis points (default - 0; order-flow modes 2).]:value: ' \
                     ''--funding'[on - settle stored funding rates; off - ignore them.]:value: ' \
                     ''--grid'[Sweep NAME=V1,V2,... (repeatable - every combination).]:value: ' \
                     ''--walk-forward'[K folds - pick the --grids best (by sharpe) on each window, test on the next; ou]:value: ' \
@@ -72,7 +74,7 @@ _liq() {
                     '*: :_files' ;;
                 fetch) _arguments \
                     '(--dataset -d)'{--dataset,-d}'[Dataset to fetch (repeatable) (default - all seven).]:value:(taker_ratio top_position_ratio top_account_ratio global_account_ratio open_interest funding klines agg_trades)' \
-                    '(--period -p)'{--period,-p}'[Period of the series (klines interval) - 5m 15m 30m 1h 2h 4h 6h 12h 1d.]:value: ' \
+                    '(--period -p)'{--period,-p}'[Period of the series (klines interval) - 5m 15m 30m 1h 2h 4h 6h 12h 1d; klines a]:value: ' \
                     ''--since'[How far back from now, e.g. 30d, 12h (default - 30d).]:value: ' \
                     ''--start'[Range start - YYYY-MM-DD, ISO time, epoch ms or e.g. 7d (ago).]:value: ' \
                     ''--end'[Range end (exclusive) (default - now).]:value: ' \

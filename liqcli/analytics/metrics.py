@@ -2,7 +2,8 @@
 
 - total_return: final equity / capital − 1.  final_equity: equity at the last bar's close.
 - Daily returns r_d: the equity at each UTC day's last bar over the previous day's (the first
-  day against the capital).  CAGR: (final/capital)^(365 / days) − 1, days = span of the bars.
+  day against the capital).  CAGR: (final/capital)^(365 / days) − 1, days = span of the bars
+  (null when it overflows a float: a run of minutes).
 - volatility: std(r_d, ddof=1) × √365.  sharpe: mean(r_d) / std(r_d, ddof=1) × √365 (rf = 0).
 - sortino: mean(r_d) / √mean(min(r_d, 0)²) × √365.
 - max_drawdown: max over time of 1 − equity / running peak (a positive fraction);
@@ -56,6 +57,18 @@ def drawdown(ts: np.ndarray, equity: np.ndarray) -> tuple[float, float]:
     return max_dd, (int(max(spans)) if spans else 0) / DAY_MS
 
 
+def _cagr(growth: float, days: float) -> float | None:
+    """None when undefined or too large to state (a run of minutes that made money)."""
+    if growth <= 0:
+        return -1.0
+    if days <= 0:
+        return None
+    try:
+        return float(growth) ** (365 / days) - 1
+    except OverflowError:
+        return None
+
+
 def compute(
     *,
     ts: np.ndarray,
@@ -76,9 +89,7 @@ def compute(
     mean = float(np.mean(r)) if r.size else 0.0
     downside = math.sqrt(float(np.mean(np.minimum(r, 0.0) ** 2))) if r.size else 0.0
     growth = final / capital if capital > 0 else 0.0
-    cagr = (
-        growth ** (365 / days) - 1 if days > 0 and growth > 0 else (-1.0 if growth <= 0 else None)
-    )
+    cagr = _cagr(growth, float(days))
     max_dd, dd_days = drawdown(ts, equity)
     pnls = [t.pnl for t in trades]
     wins = [p for p in pnls if p > 0]

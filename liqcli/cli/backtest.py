@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from liqcli.cli.common import FormatOpt, QuietOpt, state, upper_symbols
-from liqcli.core.timeutil import now_ms, parse_time
+from liqcli.core.timeutil import iso_ms, now_ms, parse_time
 from liqcli.errors import UsageError
 from liqcli.render.output import Format, render
 
@@ -21,6 +21,18 @@ notional); each position uses the whole equity at --leverage (qty = balance x L 
 L x taker))). A bar's low (longs) or high (shorts) is taken as the mark: a position whose
 Binance isolated liquidation price lies inside the bar's range is liquidated there, losing its
 margin. Stored funding rows are settled at their real times (rate x mark x signed qty).
+
+\b
+Order flow (modes 0 1 2 3, or all side by side; --data session:NAME or trades): the same
+engine, shared OrderFlow, SeedMode and simulated broker as liq paper (book-walking market
+orders, --slippage-bps default 2, leverage default 5/3/3/5 per mode), driven by a recorded liq
+paper session (the same trades as the live run) or by stored agg_trades merged in time order
+with book_tops, book_depth (recorded snapshots, else the archive's bands) and funding (settled at
+its real times; the mark is the last trade, checked for liquidation each second); --param
+vpin_bucket_usd=N (default 50000). Equity is sampled each minute of event time;
+sharpe_1m = mean/std of 1-minute returns x sqrt(525600). --compare-leverage runs fixed and each
+dynamic engine (rules, kelly, vol_target) on the same events against the seed's criteria (Sharpe
++10 %, max drawdown -20 % vs fixed) with each trade's optimal leverage against the one used.
 
 \b
 Metrics: total_return, cagr; volatility, sharpe and sortino from daily returns over 365 days
@@ -40,6 +52,10 @@ Examples:
   liq backtest sma_cross BTCUSDT --start 1y --grid fast=10,20 --walk-forward 4
   liq backtest mine BTCUSDT --strategy examples/breakout.py:Breakout --param lookback=60
   liq backtest sma_cross BTCUSDT --start 1y --grid fast=5,10,20 --executor dask://10.0.0.5:8786
+  liq backtest 0 BTCUSDT --data session:night1 -f json          # a recorded liq paper session
+  liq fetch BTCUSDT --dataset agg_trades --dataset book_ticker --archive --start 2024-03-01 --end 2024-03-02
+  liq backtest all BTCUSDT --data trades --start 2024-03-01 --end 2024-03-02
+  liq backtest 3 BTCUSDT --data trades --start 2024-03-01 --end 2024-03-02 --compare-leverage
 """
 
 
@@ -48,7 +64,8 @@ def backtest(
     strategy: Annotated[
         str,
         typer.Argument(
-            help="Built-in strategy (sma_cross), or any name with --strategy FILE.py:Class.",
+            help="sma_cross, an order-flow mode 0 1 2 3 (or all), or any name with "
+            "--strategy FILE.py:Class.",
             show_default=False,
         ),
     ],
@@ -59,7 +76,11 @@ def backtest(
     end: Annotated[str | None, typer.Option("--end", help="End [default: now].")] = None,
     data: Annotated[
         str,
-        typer.Option("--data", help="bars:INTERVAL (stored klines, e.g. bars:1m, bars:1h)."),
+        typer.Option(
+            "--data",
+            help="bars:INTERVAL (stored klines, e.g. bars:1m), trades (stored agg_trades + "
+            "book_tops) or session:NAME (a recorded liq paper session).",
+        ),
     ] = "bars:1m",
     param: Annotated[
         list[str] | None,
@@ -78,13 +99,40 @@ def backtest(
     capital: Annotated[
         float, typer.Option("--capital", help="Starting balance (quote).")
     ] = 10_000.0,
-    leverage: Annotated[float, typer.Option("--leverage", help="Isolated leverage, 1-125.")] = 1.0,
+    leverage: Annotated[
+        float | None,
+        typer.Option(
+            "--leverage",
+            help="Isolated leverage, 1-125 [default: 1; order-flow modes 5/3/3/5].",
+            show_default=False,
+        ),
+    ] = None,
+    dynamic: Annotated[
+        str,
+        typer.Option(
+            "--dynamic-leverage",
+            help="Order-flow modes: off, rules (the seed's), kelly or vol_target.",
+        ),
+    ] = "off",
+    compare_leverage: Annotated[
+        bool,
+        typer.Option(
+            "--compare-leverage",
+            help="Order-flow modes: fixed and every dynamic engine side by side, with the "
+            "deltas against the seed's criteria and the optimal-leverage analysis.",
+        ),
+    ] = False,
     fees: Annotated[
         str, typer.Option("--fees", help="MAKER,TAKER as fractions or percents, e.g. 0.02%,0.05%.")
     ] = "0.02%,0.05%",
     slippage_bps: Annotated[
-        float, typer.Option("--slippage-bps", help="Extra slippage per fill, basis points.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            "--slippage-bps",
+            help="Extra slippage per fill, basis points [default: 0; order-flow modes 2].",
+            show_default=False,
+        ),
+    ] = None,
     funding: Annotated[
         str, typer.Option("--funding", help="on: settle stored funding rates; off: ignore them.")
     ] = "on",
@@ -124,13 +172,6 @@ def backtest(
 
     (symbol,) = upper_symbols([symbol])
     kind, _, interval = data.partition(":")
-    if kind != "bars" or not interval:
-        if kind in ("trades",) or kind.startswith("session"):
-            raise UsageError(
-                f"--data {data}: order-flow backtests (trades, recorded sessions) are not built "
-                "yet; use bars:INTERVAL"
-            )
-        raise UsageError(f"invalid --data {data!r}: expected bars:INTERVAL, e.g. bars:1m")
     if funding not in ("on", "off"):
         raise UsageError(f"invalid --funding {funding!r}: on or off")
     if chart is not None:
@@ -138,8 +179,36 @@ def backtest(
             raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
         if not chart.parent.is_dir():
             raise UsageError(f"--chart {chart}: directory {chart.parent} does not exist")
-        if grid or walk_forward_k:
-            raise UsageError("--chart draws one run: drop --grid/--walk-forward")
+        if grid or walk_forward_k or compare_leverage or strategy == "all":
+            raise UsageError(
+                "--chart draws one run: drop --grid/--walk-forward/--compare-leverage/all"
+            )
+    if kind in ("trades", "session"):
+        valid_name = all(c.isalnum() or c in "-_." for c in interval)
+        if (kind == "session") != bool(interval) or not valid_name:
+            raise UsageError(f"invalid --data {data!r}: trades or session:NAME")
+        if grid or walk_forward_k or strategy_file:
+            raise UsageError(
+                "--grid, --walk-forward and --strategy run on bars; the order-flow modes take "
+                "--param, --leverage, --dynamic-leverage and --compare-leverage"
+            )
+        _order_flow(
+            ctx, strategy, symbol, data, start, end, param, capital, leverage, dynamic,
+            compare_leverage, fees, slippage_bps, funding == "on", exchange, chart, fmt, quiet,
+        )  # fmt: skip
+        return
+    if kind != "bars" or not interval:
+        raise UsageError(
+            f"invalid --data {data!r}: expected bars:INTERVAL (e.g. bars:1m), trades or "
+            "session:NAME"
+        )
+    if dynamic != "off" or compare_leverage:
+        raise UsageError(
+            "--dynamic-leverage and --compare-leverage size the order-flow modes: use "
+            "--data trades or session:NAME with modes 0-3"
+        )
+    leverage = 1.0 if leverage is None else leverage
+    slippage_bps = 0.0 if slippage_bps is None else slippage_bps
     spec = svc.StrategySpec(strategy_file or strategy, svc.parse_params(param or []))
     now = now_ms()
     config = svc.BacktestConfig(
@@ -196,6 +265,130 @@ def backtest(
     _print(docs, fmt, single=kind_stored == "run", quiet=quiet)
 
 
+def _order_flow(
+    ctx, strategy, symbol, data, start, end, param, capital, leverage, dynamic, compare_leverage,
+    fees, slippage_bps, funding, exchange, chart, fmt, quiet,
+) -> None:  # fmt: skip
+    from typer._click.core import ParameterSource
+
+    from liqcli.services import backtest as bt
+    from liqcli.services import backtest_flow as svc
+    from liqcli.trading.costs import parse_fees
+
+    modes = svc.parse_modes(strategy)
+    dynamic = svc.parse_dynamic(dynamic)
+    params = bt.parse_params(param or [])
+    svc.check_params(params)
+    slippage = svc.DEFAULT_SLIPPAGE_BPS if slippage_bps is None else slippage_bps
+    bt.validate_common(capital, leverage, slippage)
+    fee_rates = parse_fees(fees)
+    now = now_ms()
+    explicit = {
+        name: ctx.get_parameter_source(name)
+        not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        for name in ("start", "end")
+    }
+    store = state(ctx).store()
+    if data.startswith("session:"):
+        # The session's own range; --start/--end given explicitly narrow it.
+        start_ms, end_ms = svc.session_range(store, data.split(":", 1)[1])
+        if explicit["start"]:
+            start_ms = max(start_ms, parse_time(start, now=now))
+        if explicit["end"] and end:
+            end_ms = min(end_ms, parse_time(end, now=now))
+    else:
+        start_ms = parse_time(start, now=now)
+        end_ms = parse_time(end, now=now) if end else now
+    if start_ms >= end_ms:
+        raise UsageError(f"--start ({iso_ms(start_ms)}) must be before --end ({iso_ms(end_ms)})")
+    settings = svc.FlowSettings(
+        symbol=symbol,
+        modes=modes,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        data=data,
+        exchange=exchange,
+        capital=capital,
+        leverage=leverage,
+        fees=fee_rates,
+        slippage_bps=slippage,
+        funding=funding,
+        params=tuple(sorted(params.items())),
+    )
+    dynamics = svc.DYNAMIC if compare_leverage else (dynamic,)
+    docs = svc.run_flow(store, settings, dynamics)
+    stored = {
+        "capital": capital,
+        "fees": [fee_rates.maker, fee_rates.taker],
+        "slippage_bps": slippage,
+        "funding": funding,
+        "data": data,
+    }
+    kind = "compare_leverage" if compare_leverage else "run"
+    ids = bt.write_runs(store, docs, stored, exchange, data, kind)
+    if chart is not None:
+        from liqcli.render.backtest_chart import draw_equity
+
+        ts, equity, prices = docs[0]["_equity"]
+        draw_equity(
+            chart,
+            ts,
+            equity,
+            prices,
+            title=f"mode {docs[0]['strategy']} {symbol} {data} {dynamic}",
+            capital=capital,
+        )
+    for doc, rid in zip(docs, ids, strict=True):
+        doc.pop("_equity", None)
+        doc["run_id"] = rid
+    if compare_leverage:
+        rows = svc.compare(docs)
+        if fmt == Format.json:
+            render([], "json", document={"runs": docs, "comparison": rows}, rows_key="_")
+            return
+        if fmt == Format.csv:
+            render(rows, "csv")
+            return
+        typer.echo(
+            f"{symbol} {data}  {docs[0]['start']} -> {docs[0]['end']}  "
+            f"({docs[0]['bars']:,} events): fixed vs dynamic leverage"
+        )
+        render(_leverage_table(docs), "table")
+        typer.echo(
+            "Against fixed (seed's criteria: Sharpe +10 %, max drawdown -20 %); optimal leverage "
+            "per trade: stop-loss / max adverse excursion (1 for losers), clamped 1-20:"
+        )
+        short = ("mode", "engine", "sharpe_used", "sharpe_change", "sharpe_ok",
+                 "max_drawdown_change", "drawdown_ok", "meets_criteria", "mean_used",
+                 "mean_optimal", "median_optimal")  # fmt: skip
+        render([{k: _fmt(r[k]) for k in short} for r in rows], "table")
+        return
+    _print(docs, fmt, single=len(docs) == 1, quiet=quiet)
+
+
+def _leverage_table(docs: list[dict]) -> list[dict]:
+    rows = []
+    for doc in docs:
+        m, opt = doc["metrics"], doc["optimal_leverage"]
+        rows.append(
+            {
+                "mode": doc["strategy"],
+                "engine": doc["params"]["dynamic_leverage"],
+                "total_return": _fmt(m["total_return"]),
+                "sharpe": _fmt(m["sharpe"]),
+                "sharpe_1m": _fmt(m["sharpe_1m"]),
+                "max_drawdown": _fmt(m["max_drawdown"]),
+                "trades": m["trades"],
+                "win_rate": _fmt(m["win_rate"]),
+                "mean_used": _fmt(opt["mean_used"]),
+                "mean_optimal": _fmt(opt["mean_optimal"]),
+                "median_optimal": _fmt(opt["median_optimal"]),
+                "final_equity": _fmt(m["final_equity"]),
+            }
+        )
+    return rows
+
+
 def _params_text(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
@@ -212,7 +405,8 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
         m = doc["metrics"]
         typer.echo(
             f"{doc['strategy']} {doc['symbol']} {_params_text(doc['params'])}  "
-            f"{doc['start']} -> {doc['end']}  ({doc['bars']:,} bars, run {doc['run_id']})"
+            f"{doc['start']} -> {doc['end']}  ({doc['bars']:,} "
+            f"{'events' if 'data' in doc else 'bars'}, run {doc['run_id']})"
         )
         rows = [{"metric": k, "value": _fmt(v)} for k, v in m.items()]
         render(rows, "table")
@@ -221,6 +415,8 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
     for doc in docs:
         m = doc["metrics"]
         row = {"fold": doc.get("fold"), **doc["params"]} if "fold" in doc else dict(doc["params"])
+        if "data" in doc:  # order-flow modes side by side
+            row = {"mode": doc["strategy"], **row}
         row.update(
             total_return=m["total_return"],
             sharpe=m["sharpe"],

@@ -17,7 +17,7 @@ from liqcli.cli.common import (
     stderr_is_tty,
     upper_symbols,
 )
-from liqcli.core.timeutil import duration_ms, iso_ms, now_ms, parse_time, period_ms
+from liqcli.core.timeutil import duration_ms, iso_ms, now_ms, parse_time
 from liqcli.errors import LiqError, UsageError
 from liqcli.exchanges.binance.rest import FETCH_DATASETS
 from liqcli.render.output import Format, render
@@ -80,7 +80,8 @@ def fetch(
             "--period",
             "-p",
             metavar="PERIOD",
-            help="Period of the series (klines interval): 5m 15m 30m 1h 2h 4h 6h 12h 1d.",
+            help="Period of the series (klines interval): 5m 15m 30m 1h 2h 4h 6h 12h 1d; "
+            "klines alone also 1m 3m.",
         ),
     ] = "5m",
     since: Annotated[
@@ -127,12 +128,12 @@ def fetch(
     ] = False,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    from liqcli.services.fetch import resolve_datasets, resolve_range, run_fetch
+    from liqcli.services.fetch import check_period, resolve_datasets, resolve_range, run_fetch
 
     # Everything is validated before the first request (exit 2).
     symbol_list = upper_symbols(symbols)
     datasets = resolve_datasets(dataset, archive=archive)
-    period_ms(period)
+    check_period(period, datasets)
     if since is not None and start is not None:
         raise UsageError("--since and --start both set the range start: use one")
     now = now_ms()

@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 from liqcli.errors import UsageError
 
 PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+# Binance klines also come in 1m and 3m; the /futures/data ratio series start at 5m.
+KLINE_PERIODS = ("1m", "3m", *PERIODS)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
@@ -30,10 +32,16 @@ def duration_ms(text: str) -> int:
     return int(value)
 
 
-def period_ms(period: str) -> int:
-    """A Binance data period (``5m`` … ``1d``) in milliseconds."""
-    if period not in PERIODS:
-        raise UsageError(f"invalid period {period!r}: choose one of {', '.join(PERIODS)}")
+def period_ms(period: str, *, klines: bool = False) -> int:
+    """A Binance data period (``5m`` … ``1d``; klines also ``1m``, ``3m``) in milliseconds."""
+    allowed = KLINE_PERIODS if klines else PERIODS
+    if period not in allowed:
+        if period in KLINE_PERIODS:
+            raise UsageError(
+                f"period {period!r} exists for klines only (--dataset klines): the other "
+                f"series start at 5m; choose one of {', '.join(PERIODS)}"
+            )
+        raise UsageError(f"invalid period {period!r}: choose one of {', '.join(allowed)}")
     return duration_ms(period)
 
 

@@ -78,9 +78,12 @@ BACKTEST_TRADES = register(
             "fees": pl.Float64(),
             "funding": pl.Float64(),
             "liquidated": pl.Boolean(),
+            "exit_reason": pl.String(),  # order-flow modes: stop_loss, take_profit, ...
+            "optimal_leverage": pl.Float64(),  # order-flow modes: signal.optimal_leverage
         },
         key=("strategy", "symbol", "run_id", "trade_id"),
         partition_by=("strategy", "symbol"),
+        optional=("exit_reason", "optimal_leverage"),
     )
 )
 
@@ -115,23 +118,16 @@ class BacktestConfig:
     funding: bool = True
 
     def validate(self) -> None:
-        if not (self.capital > 0):
-            raise UsageError(f"--capital must be positive, got {self.capital:g}")
-        if not (1 <= self.leverage <= 125):
-            raise UsageError(f"--leverage must be between 1 and 125, got {self.leverage:g}")
-        if not (0 <= self.slippage_bps < 1000):
+        validate_common(self.capital, self.leverage, self.slippage_bps)
+        if self.strategy.name in ORDER_FLOW or self.strategy.name == "all":
             raise UsageError(
-                f"--slippage-bps must be between 0 and 1000, got {self.slippage_bps:g}"
+                f"strategy {self.strategy.name!r} trades order flow (book, trades): give "
+                "--data trades or --data session:NAME; bar strategies: sma_cross or "
+                "--strategy FILE.py:Class"
             )
         if self.start_ms >= self.end_ms:
             raise UsageError(
                 f"--start ({iso_ms(self.start_ms)}) must be before --end ({iso_ms(self.end_ms)})"
-            )
-        if self.strategy.name in ORDER_FLOW:
-            raise UsageError(
-                f"strategy {self.strategy.name!r} trades order flow (book, trades): it needs "
-                "--data trades or session:NAME, which this version cannot backtest yet; "
-                "bar strategies: sma_cross or --strategy FILE.py:Class"
             )
         load_strategy(self.strategy)  # unknown names, bad files and bad parameters fail here
 
@@ -144,6 +140,15 @@ class BacktestConfig:
             symbol=self.symbol,
             exchange=self.exchange,
         )
+
+
+def validate_common(capital: float, leverage: float | None, slippage_bps: float) -> None:
+    if not (capital > 0):
+        raise UsageError(f"--capital must be positive, got {capital:g}")
+    if leverage is not None and not (1 <= leverage <= 125):
+        raise UsageError(f"--leverage must be between 1 and 125, got {leverage:g}")
+    if not (0 <= slippage_bps < 1000):
+        raise UsageError(f"--slippage-bps must be between 0 and 1000, got {slippage_bps:g}")
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
@@ -481,6 +486,17 @@ def store_runs(store: Any, docs: list[dict], config: BacktestConfig, kind: str) 
         "funding": config.funding,
         "interval": config.interval,
     }
+    return write_runs(store, docs, settings, config.exchange, config.interval, kind)
+
+
+TRADE_COLUMNS = ("side", "entry_price", "exit_price", "qty", "leverage", "pnl", "fees", "funding", "liquidated")  # fmt: skip
+FLOW_TRADE_COLUMNS = ("exit_reason", "optimal_leverage")
+
+
+def write_runs(
+    store: Any, docs: list[dict], settings: dict, exchange: str, interval: str, kind: str
+) -> list[str]:
+    """Each result document to ``backtest_runs`` and its trades to ``backtest_trades``."""
     now = now_ms()
     runs, trades, ids = [], [], []
     for doc in docs:
@@ -493,8 +509,8 @@ def store_runs(store: Any, docs: list[dict], config: BacktestConfig, kind: str) 
                 "symbol": doc["symbol"],
                 "run_id": rid,
                 "ts": now,
-                "exchange": config.exchange,
-                "interval": config.interval,
+                "exchange": exchange,
+                "interval": interval,
                 "params": json.dumps(doc["params"], sort_keys=True),
                 "settings": json.dumps(settings, sort_keys=True),
                 "start": _parse_iso(doc["start"]),
@@ -519,25 +535,17 @@ def store_runs(store: Any, docs: list[dict], config: BacktestConfig, kind: str) 
                     "trade_id": i,
                     "ts": _parse_iso(t["entry_ts"]),
                     "exit_ts": _parse_iso(t["exit_ts"]),
-                    **{
-                        k: t[k]
-                        for k in (
-                            "side",
-                            "entry_price",
-                            "exit_price",
-                            "qty",
-                            "leverage",
-                            "pnl",
-                            "fees",
-                            "funding",
-                            "liquidated",
-                        )
-                    },
+                    **{k: t[k] for k in TRADE_COLUMNS},
+                    **{k: t[k] for k in FLOW_TRADE_COLUMNS if k in t},
                 }
             )
-    store.write("backtest_runs", pl.DataFrame(runs).with_columns(_times("ts", "start", "end")))
+    store.write(
+        "backtest_runs",
+        pl.DataFrame(runs, infer_schema_length=None).with_columns(_times("ts", "start", "end")),
+    )
     if trades:
-        store.write("backtest_trades", pl.DataFrame(trades).with_columns(_times("ts", "exit_ts")))
+        frame = pl.DataFrame(trades, infer_schema_length=None)
+        store.write("backtest_trades", frame.with_columns(_times("ts", "exit_ts")))
     return ids
 
 

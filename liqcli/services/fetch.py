@@ -196,6 +196,12 @@ def resolve_range(start: int | None, end: int | None, *, now: int) -> tuple[int,
     return start, end
 
 
+def check_period(period: str, datasets: Iterable[str]) -> None:
+    """1m and 3m exist for klines only: refused when any other period-based series is asked."""
+    periodic = [d for d in datasets if d in ENDPOINTS and ENDPOINTS[d].partition is not None]
+    period_ms(period, klines=bool(periodic) and all(d == "klines" for d in periodic))
+
+
 async def run_fetch(
     store: Store,
     symbols: list[str],
@@ -217,7 +223,7 @@ async def run_fetch(
     if not symbols:
         raise UsageError("give at least one symbol, e.g. BTCUSDT")
     datasets = resolve_datasets(datasets, archive=archive)
-    period_ms(period)  # UsageError on an unknown period, before any request
+    check_period(period, datasets)  # UsageError on an unknown period, before any request
     now = now_ms() if now is None else now
     start, end = resolve_range(start, end, now=now)
     job = _Job(store, period, start, end, now, archive, archive_url, progress, flush_rows)
@@ -315,7 +321,7 @@ class _Job:
         partitions = {"exchange": VENUE, "symbol": symbol}
         if endpoint.partition is not None:
             partitions[endpoint.partition] = self.period
-        step = period_ms(self.period) if endpoint.on_grid else None
+        step = period_ms(self.period, klines=True) if endpoint.on_grid else None
         # A period's row exists once the period is over (klines: once the candle has closed).
         due_before = self.now - step + 1 if step is not None else None
         ranges = await asyncio.to_thread(

@@ -167,7 +167,7 @@ def _measure(entry: Entry, files: list[Path], corrupt: list[Path]) -> None:
     entry.last_ms = _edge(good[-1], newest=True)
     if entry.period and entry.first_ms is not None and entry.last_ms is not None:
         try:
-            step = period_ms(entry.period)
+            step = period_ms(entry.period, klines=True)
         except Exception:  # a period this version does not know: no gap figure
             return
         expected = (entry.last_ms - entry.first_ms) // step + 1

@@ -1,0 +1,567 @@
+"""``liq backtest`` of the seed's order-flow modes: the same ``PaperSession`` (Engine, one shared
+OrderFlow, one SeedMode and SimBroker per mode) as ``liq paper``, driven by stored events.
+
+Data (``--data``):
+- ``session:NAME``: the market data a ``liq paper --record --session NAME`` run consumed, over
+  the session's time range (its ``paper_state`` rows), replayed in delivery order
+  (``recorded_events``): the same trades as the live run. Funding comes, as live, from the
+  recorded mark prices.
+- ``trades``: stored ``agg_trades`` merged in time order with stored ``book_tops`` (archive
+  bookTicker or recorded), ``book_depth`` (snapshots recorded live, else the archive's depth
+  bands as levels: ``archive_snapshots``) and, with
+  ``--funding on``, the stored ``funding`` rows, settled at their real times
+  (``SimBroker.settle_funding``: rate x the row's mark x signed qty). Without mark prices in the
+  tape, the broker's mark is the last trade price, checked for liquidation once per second of
+  event time.
+
+Equity (balance + unrealised PnL at the broker's mark) is sampled once per minute of event
+time; the metrics are computed from that series (``liqcli.analytics.metrics``), plus
+``sharpe_1m``: mean / std of the 1-minute returns x sqrt(525,600), for runs too short for daily
+returns. Open positions at the end stay open (their PnL is in the final equity, not a trade).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from liqcli.analytics import metrics
+from liqcli.core.events import AggTrade, BookSnapshot, BookTop
+from liqcli.core.timeutil import iso_ms
+from liqcli.errors import LiqError, UsageError
+from liqcli.services.paper import DYNAMIC, MODES, PaperConfig, PaperSession
+from liqcli.sources.recorder import _EVENTS_OF, LIVE, recorded_events
+from liqcli.trading.costs import Fees
+
+log = logging.getLogger("liq.backtest")
+
+MINUTE_MS = 60_000
+MARK_EVERY_MS = 1_000
+DEFAULT_SLIPPAGE_BPS = 2.0  # liq paper's
+FLOW_PARAMS = {"vpin_bucket_usd": 50_000.0}
+# The seed's success criteria for a dynamic engine against fixed leverage.
+SHARPE_GAIN = 0.10
+DRAWDOWN_CUT = 0.20
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    symbol: str
+    modes: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+    data: str  # "trades" | "session:NAME"
+    exchange: str = "binance"
+    capital: float = 10_000.0
+    leverage: float | None = None  # None: each mode's default (5/3/3/5)
+    fees: Fees = field(default_factory=lambda: Fees(0.0002, 0.0005))
+    slippage_bps: float = DEFAULT_SLIPPAGE_BPS
+    funding: bool = True
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def param(self, name: str) -> Any:
+        return dict(self.params).get(name, FLOW_PARAMS[name])
+
+
+def check_params(params: dict[str, Any]) -> None:
+    unknown = set(params) - set(FLOW_PARAMS)
+    if unknown:
+        raise UsageError(
+            f"the order-flow modes have no parameter {sorted(unknown)[0]!r}: "
+            f"{', '.join(FLOW_PARAMS)} (leverage: --leverage, --dynamic-leverage)"
+        )
+    bucket = params.get("vpin_bucket_usd", 1.0)
+    if not isinstance(bucket, int | float) or not bucket > 0:
+        raise UsageError(f"--param vpin_bucket_usd must be a positive number, got {bucket!r}")
+
+
+def parse_modes(strategy: str) -> tuple[str, ...]:
+    if strategy == "all":
+        return MODES
+    if strategy == "cascade":
+        raise UsageError("the cascade mode cannot be backtested yet: modes 0, 1, 2, 3 or all")
+    if strategy not in MODES:
+        raise UsageError(f"unknown order-flow mode {strategy!r}: 0, 1, 2, 3 or all")
+    return (strategy,)
+
+
+def parse_dynamic(text: str) -> str:
+    if text not in DYNAMIC:
+        raise UsageError(f"invalid --dynamic-leverage {text!r}: {', '.join(DYNAMIC)}")
+    return text
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def session_range(store: Any, name: str) -> tuple[int, int]:
+    """The time range of a stored paper session, as ``liq paper --replay`` replays it."""
+    states = store.scan("paper_state", session=name).collect()
+    if states.height == 0:
+        raise LiqError(
+            f"no paper session {name!r} stored (paper_state): record one with "
+            f"`liq paper SYMBOL --session {name} --record`"
+        )
+    start = int(states["started_ts"].min().timestamp() * 1000)
+    end = int(states["ts"].max().timestamp() * 1000) + 1
+    return start, end
+
+
+def session_events(store: Any, settings: FlowSettings) -> Iterator[Any]:
+    name = settings.data.split(":", 1)[1]
+    events = recorded_events(
+        store, symbols=[settings.symbol], start=settings.start_ms, end=settings.end_ms
+    )
+    first = next(events, None)
+    if first is None:
+        raise LiqError(
+            f"session {name!r} has no recorded market data for {settings.symbol}: "
+            f"it ran without --record (`liq paper {settings.symbol} --session NAME --record`)"
+        )
+    yield first
+    yield from events
+
+
+def _days(settings: FlowSettings) -> str:
+    return f"--start {iso_ms(settings.start_ms)[:10]} --end {iso_ms(settings.end_ms)[:10]}"
+
+
+def _scan(store: Any, name: str, settings: FlowSettings, **extra: Any) -> pl.LazyFrame:
+    return store.scan(
+        name,
+        start=settings.start_ms,
+        end=settings.end_ms,
+        exchange=settings.exchange,
+        symbol=settings.symbol,
+        **extra,
+    ).with_columns(pl.col(pl.Datetime).dt.epoch("ms"))
+
+
+# Kinds of the merged tape, in the order they are applied within one millisecond.
+FUNDING, DEPTH, TOP, TRADE = 0, 1, 2, 3
+
+
+def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
+    """agg_trades + book_tops (+ funding) as one frame sorted by (ts, kind): Polars does the
+    merge. Book snapshots recorded live come separately (``depth_snapshots``)."""
+    trades = _scan(store, "agg_trades", settings).select(
+        "ts",
+        pl.lit(TRADE, pl.Int8).alias("kind"),
+        pl.col("trade_id").alias("id"),
+        pl.col("price").alias("a"),
+        pl.col("qty").alias("b"),
+        pl.col("is_buyer_maker").cast(pl.Float64).alias("c"),
+        pl.lit(None, pl.Float64).alias("d"),
+    )
+    tops = _scan(store, "book_tops", settings).select(
+        "ts",
+        pl.lit(TOP, pl.Int8).alias("kind"),
+        pl.col("update_id").fill_null(0).alias("id"),
+        pl.col("bid").alias("a"),
+        pl.col("bid_qty").alias("b"),
+        pl.col("ask").alias("c"),
+        pl.col("ask_qty").alias("d"),
+    )
+    parts = [trades, tops]
+    if settings.funding:
+        parts.append(
+            store.scan(
+                "funding",
+                start=settings.start_ms,
+                end=settings.end_ms,
+                exchange=settings.exchange,
+                symbol=settings.symbol,
+            )
+            .with_columns(pl.col(pl.Datetime).dt.epoch("ms"))
+            .select(
+                "ts",
+                pl.lit(FUNDING, pl.Int8).alias("kind"),
+                pl.lit(0, pl.Int64).alias("id"),
+                pl.col("funding_rate").alias("a"),
+                pl.col("mark_price").alias("b"),
+                pl.lit(None, pl.Float64).alias("c"),
+                pl.lit(None, pl.Float64).alias("d"),
+            )
+        )
+    frames = pl.collect_all([p.sort("ts", "id") for p in parts])
+    if frames[0].height == 0:
+        raise LiqError(
+            f"no agg_trades stored for {settings.symbol} in the range: get them with "
+            f"`liq fetch {settings.symbol} --dataset agg_trades --archive {_days(settings)}`"
+        )
+    if frames[1].height == 0:
+        raise LiqError(
+            f"no book_tops stored for {settings.symbol} in the range (the modes read the book): "
+            f"get them with `liq fetch {settings.symbol} --dataset book_ticker --archive "
+            f"{_days(settings)}` or record them with `liq paper {settings.symbol} --record`"
+        )
+    if settings.funding and len(frames) > 2 and frames[2].height == 0:
+        log.warning(
+            "no funding stored for %s in the range: none is charged (`liq fetch %s --dataset "
+            "funding %s`)",
+            settings.symbol,
+            settings.symbol,
+            _days(settings),
+        )
+    return pl.concat(frames, how="vertical_relaxed").sort("ts", "kind", maintain_order=True)
+
+
+def depth_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
+    """(ts, BookSnapshot) in time order: the snapshots recorded live when there are any, else
+    the archive's depth bands (``archive_snapshots``)."""
+    live = live_snapshots(store, settings)
+    return live if live else archive_snapshots(store, settings)
+
+
+def archive_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
+    """data.binance.vision bookDepth bands as book levels: the band between k-1 % and k % from
+    mid becomes one level, its qty the band's depth (depth_k - depth_k-1, the archive's depth is
+    cumulative) at its average price (notional over depth of the band). ``update_id`` 0: the
+    bookTicker stays the best bid/ask, these are the deeper levels (engine.MergedBook)."""
+    frame = (
+        _scan(store, "book_depth", settings, source="archive")
+        .select("ts", "side", "level", "depth", "notional")
+        .drop_nulls()
+        .sort("ts", "side", "level")
+        .with_columns(
+            dq=pl.col("depth").diff().over("ts", "side").fill_null(pl.col("depth")),
+            dn=pl.col("notional").diff().over("ts", "side").fill_null(pl.col("notional")),
+        )
+        .filter(pl.col("dq") > 0)
+        .with_columns(price=pl.col("dn") / pl.col("dq"))
+        .collect()
+    )
+    out: list[tuple[int, Any]] = []
+    book: dict[str, list] = {"bid": [], "ask": []}
+    current = None
+    for ts, side, price, qty in frame.select("ts", "side", "price", "dq").iter_rows():
+        if ts != current and current is not None:
+            out.append((current, _band_snapshot(settings, current, book)))
+            book = {"bid": [], "ask": []}
+        current = ts
+        book[side].append((price, qty))
+    if current is not None:
+        out.append((current, _band_snapshot(settings, current, book)))
+    return out
+
+
+def _band_snapshot(settings: FlowSettings, ts: int, book: dict[str, list]) -> BookSnapshot:
+    return BookSnapshot(
+        settings.exchange, settings.symbol, ts, 0, tuple(book["bid"]), tuple(book["ask"])
+    )
+
+
+def live_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
+    frame = (
+        _scan(store, "book_depth", settings, source=LIVE)
+        .filter(pl.col("seq").is_not_null())
+        .sort("seq", "side", "level", maintain_order=True)
+        .collect()
+    )
+    if frame.height == 0:
+        return []
+    return sorted(((e.ts, e) for _, e in _EVENTS_OF["book_depth"](frame)), key=lambda p: p[0])
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _Run:
+    """One PaperSession (one dynamic-leverage engine) and its per-minute equity samples."""
+
+    def __init__(self, settings: FlowSettings, dynamic: str) -> None:
+        leverage = {m: settings.leverage for m in settings.modes} if settings.leverage else {}
+        config = PaperConfig(
+            symbol=settings.symbol,
+            modes=settings.modes,
+            capital=settings.capital,
+            leverage=leverage,
+            dynamic=dynamic,
+            fees=settings.fees,
+            slippage_bps=settings.slippage_bps,
+            session=f"backtest-{dynamic}",
+            vpin_bucket_usd=float(settings.param("vpin_bucket_usd")),
+        )
+        config.validate()
+        self.dynamic = dynamic
+        self.session = PaperSession(config)
+        self.brokers = list(self.session.brokers.items())
+        self.closed: dict[str, list[dict]] = {m: [] for m in settings.modes}
+        self.ts: list[int] = []
+        self.equity: dict[str, list[float]] = {m: [] for m in settings.modes}
+        self.exposed: dict[str, int] = dict.fromkeys(settings.modes, 0)
+
+    def sample(self, ts: int, symbol: str) -> None:
+        self.ts.append(ts)
+        for mode, broker in self.brokers:
+            self.equity[mode].append(broker.equity())
+            if broker.position(symbol).qty:
+                self.exposed[mode] += 1
+        for record in self.session.take_closed():
+            self.closed[record["mode"]].append(record)
+
+
+class _Driver:
+    """Feeds one event stream to every run, samples equity each minute of event time."""
+
+    def __init__(self, settings: FlowSettings, dynamics: Sequence[str]) -> None:
+        self.settings = settings
+        self.runs = [_Run(settings, d) for d in dynamics]
+        self.steps = [r.session.step for r in self.runs]
+        self.events = 0
+        self.first_ts: int | None = None
+        self.last_ts = 0
+        self.first_price: float | None = None
+        self.last_price: float | None = None
+        self.prices: list[float] = []
+        self._next_sample = 0
+        self._next_mark = 0
+
+    def _tick(self, ts: int) -> None:
+        if self.first_ts is None:
+            self.first_ts = ts
+            self._next_sample = ts - ts % MINUTE_MS + MINUTE_MS
+        if ts >= self._next_sample:
+            self._sample()
+            self._next_sample = ts - ts % MINUTE_MS + MINUTE_MS
+        if ts > self.last_ts:
+            self.last_ts = ts
+
+    def _sample(self) -> None:
+        for run in self.runs:
+            run.sample(self.last_ts or self.first_ts or 0, self.settings.symbol)
+        self.prices.append(self.last_price or self.first_price or 0.0)
+
+    def feed(self, events: Iterable[Any]) -> None:
+        """Recorded events, exactly as delivered (session replays)."""
+        steps = self.steps
+        for event in events:
+            self._tick(event.ts)
+            price = getattr(event, "price", None)
+            if type(event) is AggTrade:
+                self.last_price = price
+                if self.first_price is None:
+                    self.first_price = price
+            for step in steps:
+                step(event)
+            self.events += 1
+
+    def feed_tape(self, frame: pl.DataFrame, snapshots: list[tuple[int, Any]]) -> None:
+        """The merged stored tape (``tape``); funding rows and the per-second trade mark go to
+        the brokers directly (they are not market events the strategies decide on). The hot
+        loop: per-event bookkeeping inlined, each run's Engine stepped directly."""
+        if frame.height == 0:
+            return
+        symbol, exchange = self.settings.symbol, self.settings.exchange
+        first = int(frame["ts"][0])
+        trades = frame.filter(pl.col("kind") == TRADE)["a"]
+        self.first_price = float(trades[0]) if len(trades) else None
+        for run in self.runs:
+            run.session.started_ts = first  # what PaperSession.step would set
+        self._tick(first)
+        steps = [run.session.engine.step for run in self.runs]
+        one = steps[0] if len(steps) == 1 else None
+        brokers = [b for run in self.runs for _, b in run.brokers]
+        snaps = iter(snapshots)
+        snap = next(snaps, (None, None))
+        snap_ts = snap[0] if snap[0] is not None else 1 << 62
+        next_sample, next_mark = self._next_sample, self._next_mark
+        last_ts = self.last_ts
+        events = 0
+        last_price = self.last_price
+        for ts, kind, id_, a, b, c, d in frame.iter_rows():
+            while snap_ts <= ts:
+                self.last_ts, self.last_price = last_ts, last_price
+                self._tick(snap_ts)
+                next_sample, last_ts = self._next_sample, self.last_ts
+                for step in steps:
+                    step(snap[1])
+                events += 1
+                snap = next(snaps, (None, None))
+                snap_ts = snap[0] if snap[0] is not None else 1 << 62
+            if ts >= next_sample:
+                self.last_ts, self.last_price = last_ts, last_price
+                self._sample()
+                next_sample = ts - ts % MINUTE_MS + MINUTE_MS
+            if ts > last_ts:
+                last_ts = ts
+            if kind == TRADE:
+                event: Any = AggTrade(exchange, symbol, id_, ts, a, b, bool(c))
+                last_price = a
+                if ts >= next_mark:
+                    next_mark = ts - ts % MARK_EVERY_MS + MARK_EVERY_MS
+                    for broker in brokers:
+                        broker.on_mark(symbol, ts, a)
+            elif kind == TOP:
+                event = BookTop(exchange, symbol, ts, a, b, c, d, id_)
+            else:  # FUNDING: rate a, mark b
+                for broker in brokers:
+                    broker.settle_funding(symbol, ts, a, b)
+                continue
+            if one is not None:
+                one(event)
+            else:
+                for step in steps:
+                    step(event)
+            events += 1
+        self.last_ts, self.last_price = last_ts, last_price
+        self._next_sample, self._next_mark = next_sample, next_mark
+        while snap[0] is not None:
+            self._tick(snap[0])
+            for step in steps:
+                step(snap[1])
+            events += 1
+            snap = next(snaps, (None, None))
+        self.events += events
+
+    def finish(self) -> None:
+        if self.first_ts is not None:
+            self._sample()
+
+
+def run_flow(store: Any, settings: FlowSettings, dynamics: Sequence[str]) -> list[dict]:
+    """Every (dynamic engine, mode) on the same events; one result document each, in order."""
+    driver = _Driver(settings, dynamics)
+    if settings.data.startswith("session:"):
+        driver.feed(session_events(store, settings))
+    else:
+        driver.feed_tape(tape(store, settings), depth_snapshots(store, settings))
+    driver.finish()
+    docs = []
+    for run in driver.runs:
+        for mode in settings.modes:
+            docs.append(_document(driver, run, mode))
+    return docs
+
+
+def _document(driver: _Driver, run: _Run, mode: str) -> dict:
+    settings = driver.settings
+    ts = np.asarray(run.ts, dtype=np.int64)
+    equity = np.asarray(run.equity[mode], dtype=np.float64)
+    closed = run.closed[mode]
+    broker = run.session.brokers[mode]
+    pos = broker.position(settings.symbol)
+    m = metrics.compute(
+        ts=ts,
+        equity=equity,
+        capital=settings.capital,
+        trades=[SimpleNamespace(pnl=t["pnl"]) for t in closed],
+        fees=sum(t["fees"] for t in closed) + (pos.fees if pos.qty else 0.0),
+        funding=sum(t["funding"] for t in closed) + (pos.funding if pos.qty else 0.0),
+        liquidations=broker.liquidations,
+        exposure=run.exposed[mode] / ts.size if ts.size else 0.0,
+        first_open=driver.first_price,
+        last_close=driver.last_price,
+    )
+    m["sharpe_1m"] = sharpe_per_minute(equity, settings.capital)
+    used = [t["leverage"] for t in closed]
+    optimal = [t["optimal_leverage"] for t in closed]
+    strategy = run.session.modes[mode]
+    return {
+        "strategy": mode,
+        "symbol": settings.symbol,
+        "params": {
+            "leverage": strategy.leverage,
+            "dynamic_leverage": run.dynamic,
+            "vpin_bucket_usd": float(settings.param("vpin_bucket_usd")),
+        },
+        "data": settings.data,
+        "start": iso_ms(driver.first_ts) if driver.first_ts is not None else None,
+        "end": iso_ms(driver.last_ts) if driver.first_ts is not None else None,
+        "bars": driver.events,
+        "metrics": m,
+        "optimal_leverage": {
+            "trades": len(closed),
+            "mean_used": statistics.fmean(used) if used else None,
+            "median_used": statistics.median(used) if used else None,
+            "mean_optimal": statistics.fmean(optimal) if optimal else None,
+            "median_optimal": statistics.median(optimal) if optimal else None,
+        },
+        "open_position": None
+        if not pos.qty
+        else {"side": pos.side, "qty": abs(pos.qty), "entry_price": pos.entry_price},
+        "trades": [
+            {
+                "side": t["side"],
+                "entry_ts": iso_ms(t["entry_ts"]),
+                "entry_price": t["entry_price"],
+                "exit_ts": iso_ms(t["exit_ts"]),
+                "exit_price": t["exit_price"],
+                "qty": t["qty"],
+                "leverage": t["leverage"],
+                "suggested_leverage": t["suggested_leverage"],
+                "optimal_leverage": t["optimal_leverage"],
+                "mae": t["mae"],
+                "pnl": t["pnl"],
+                "fees": t["fees"],
+                "funding": t["funding"],
+                "liquidated": t["exit_reason"] == "liquidation",
+                "exit_reason": t["exit_reason"],
+            }
+            for t in closed
+        ],
+        "_equity": (ts, equity, np.asarray(driver.prices, dtype=np.float64)),
+    }
+
+
+def sharpe_per_minute(equity: np.ndarray, capital: float) -> float | None:
+    """mean / std (ddof 1) of the per-sample (1-minute) returns x sqrt(525,600); rf = 0."""
+    if equity.size < 2:
+        return None
+    series = np.concatenate(([capital], equity))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(series[:-1] > 0, series[1:] / series[:-1] - 1, 0.0)
+    sd = float(np.std(r, ddof=1))
+    return float(np.mean(r)) / sd * float(np.sqrt(525_600)) if sd > 0 else None
+
+
+# ------------------------------------------------------------------------------ the experiment
+
+
+def compare(docs: list[dict]) -> list[dict]:
+    """Each dynamic engine against fixed leverage (``off``), per mode, on the seed's criteria:
+    Sharpe +10 % and max drawdown -20 %. Sharpe from daily returns when both runs have it, else
+    ``sharpe_1m``."""
+    fixed = {d["strategy"]: d for d in docs if d["params"]["dynamic_leverage"] == "off"}
+    rows = []
+    for doc in docs:
+        base = fixed.get(doc["strategy"])
+        if base is None or doc is base:
+            continue
+        m, b = doc["metrics"], base["metrics"]
+        key = "sharpe" if m["sharpe"] is not None and b["sharpe"] is not None else "sharpe_1m"
+        s, s0 = m[key], b[key]
+        sharpe_change = (s - s0) / abs(s0) if s is not None and s0 not in (None, 0) else None
+        dd, dd0 = m["max_drawdown"], b["max_drawdown"]
+        dd_change = (dd - dd0) / dd0 if dd0 > 0 else None
+        opt = doc["optimal_leverage"]
+        rows.append(
+            {
+                "mode": doc["strategy"],
+                "engine": doc["params"]["dynamic_leverage"],
+                "sharpe_used": key,
+                "sharpe": s,
+                "sharpe_fixed": s0,
+                "sharpe_change": sharpe_change,
+                "sharpe_ok": sharpe_change is not None and sharpe_change >= SHARPE_GAIN,
+                "max_drawdown": dd,
+                "max_drawdown_fixed": dd0,
+                "max_drawdown_change": dd_change,
+                "drawdown_ok": dd_change is not None and dd_change <= -DRAWDOWN_CUT,
+                "total_return": m["total_return"],
+                "total_return_fixed": b["total_return"],
+                "trades": m["trades"],
+                "mean_used": opt["mean_used"],
+                "mean_optimal": opt["mean_optimal"],
+                "median_optimal": opt["median_optimal"],
+            }
+        )
+        rows[-1]["meets_criteria"] = rows[-1]["sharpe_ok"] and rows[-1]["drawdown_ok"]
+    return rows
