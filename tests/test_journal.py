@@ -595,15 +595,15 @@ def test_compaction_on_a_full_disk_keeps_the_segment_and_retries(
     import liqcli.store.parquet as parquet
 
     store = Store(tmp_path)
-    real = parquet._atomic_write
+    real = parquet._write_temp
     full = {"on": True}
 
-    def atomic_write(df: pl.DataFrame, path: Path) -> None:
+    def write_temp(df: pl.DataFrame, path: Path) -> Path:
         if full["on"]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(df, path)
+        return real(df, path)
 
-    monkeypatch.setattr(parquet, "_atomic_write", atomic_write)
+    monkeypatch.setattr(parquet, "_write_temp", write_temp)
     clock = FakeClock()
     journal = Journal(store, "liquidations", flush_interval=0.01, compact_interval=1, clock=clock)
     with caplog.at_level(logging.WARNING):
