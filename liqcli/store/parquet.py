@@ -93,12 +93,20 @@ class Store:
         # Within one batch the later row wins, as it does against stored rows.
         rows = rows.unique(subset=list(spec.key), keep="last", maintain_order=True)
         try:
-            rows = rows.with_columns(
+            # One sort and one column selection for every file (each group keeps the order).
+            rows = rows.select(
+                *spec.partition_by,
                 pl.col(time_column(spec))
                 .dt.strftime(_BUCKET_FORMAT[spec.file_by])
-                .alias(_BUCKET_COL)
+                .alias(_BUCKET_COL),
+                *spec.file_columns,
+            ).sort(file_key)
+            groups = rows.partition_by(
+                [*spec.partition_by, _BUCKET_COL],
+                as_dict=True,
+                include_key=False,
+                maintain_order=True,
             )
-            groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
         except _READ_ERRORS as exc:  # a panic on an out-of-range value must not escape
             raise DataError(f"{spec.name}: rows cannot be stored: {first_line(exc)}") from None
         self.corrupt_files = []
@@ -110,9 +118,7 @@ class Store:
                     *partition_values, bucket = group_key
                     directory = self._partition_dir(spec, partition_values)
                     path = directory / f"{bucket}.parquet"
-                    new_rows, rewritten = self._merge_into(
-                        spec, path, group.select(spec.file_columns), file_key, batch
-                    )
+                    new_rows, rewritten = self._merge_into(spec, path, group, file_key, batch)
                     result.new_rows += new_rows
                     if rewritten:
                         result.files.append(path)
@@ -131,17 +137,17 @@ class Store:
         file_key: list[str],
         batch: _Batch,
     ) -> tuple[int, bool]:
-        """Merge ``rows`` into one file (published by ``batch.commit()``); returns (new keys,
-        whether the file is rewritten)."""
+        """Merge ``rows`` (the file's columns, sorted by ``file_key``) into one file (published
+        by ``batch.commit()``); returns (new keys, whether the file is rewritten)."""
         batch.prepare(path.parent)
         existing = self._read_for_merge(spec, path)
         if existing is None:
-            batch.add(rows.sort(file_key), path)
+            batch.add(rows, path)
             return rows.height, True
         tc = time_column(spec)
         if tc in file_key and existing.height and rows[tc].min() > existing[tc].max():
             # Appending (a live journal's usual batch): no stored key can match a later time.
-            batch.add(pl.concat([existing, rows.sort(file_key)]), path)
+            batch.add(pl.concat([existing, rows]), path)
             return rows.height, True
         new_rows = rows.join(
             existing.select(file_key), on=file_key, how="anti", nulls_equal=True
