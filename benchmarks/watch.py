@@ -312,9 +312,9 @@ def stages(frames: list[bytes]) -> None:
         journal = Journal(Store(data_dir), "liquidations")
         journal.open()
         started = time.process_time()
-        # What WatchState.ingest_batch hands the journal (rows in column order; dicts before).
-        to_values = getattr(type(events[0]), "to_values", type(events[0]).to_row)
-        journal.extend([to_values(e) for e in events])
+        # What WatchState.ingest_batch hands the journal: the events (their rows, before).
+        journaled = events if hasattr(type(events[0]), "journal_columns") else None
+        journal.extend(journaled or [e.to_row() for e in events])
         journal.flush()  # what the flush thread does every 0.5 s: encode and write
         appended = time.process_time() - started
         started = time.process_time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import signal
@@ -184,6 +185,30 @@ def test_tuple_rows_write_the_same_segment_frames_as_dict_rows(tmp_path: Path) -
     assert journal._encode([as_values(r) for r in dicts]) == journal._encode(dicts)
     mixed = [as_values(r) if i % 2 else r for i, r in enumerate(dicts)]
     assert journal._encode(mixed) == journal._encode(dicts)
+
+
+def test_liquidations_journaled_as_events_write_the_same_frames_as_their_rows(
+    tmp_path: Path,
+) -> None:
+    from liqcli.core.events import Liquidation
+
+    journal = Journal(Store(tmp_path), "liquidations")
+    events = [
+        Liquidation("okx", "BTCUSDT", "long", 1.5 + i, 2.0, 3.0, T0 + i, "BTC-USDT-SWAP", T0 + 9)
+        if i % 3
+        else Liquidation("binance", f"S{i % 5}USDT", "short", 2.5, 1.0 + i, 4.0, T0 + i)
+        for i in range(300)
+    ]
+    rows = [e.to_row() for e in events]
+    assert journal._encode(events) == journal._encode(rows)
+    mixed = [e if i % 2 else e.to_row() for i, e in enumerate(events)]
+    assert journal._encode(mixed) == journal._encode(rows)
+    bad = Liquidation("binance", "BTCUSDT", "long", 1.5, 2.0, 3.0, 2**70)  # ts beyond Int64
+    encoded = journal._encode([bad, *events])  # the bad row alone dropped: row by row
+    assert encoded is not None and encoded[1] == 300
+    decoded = pl.read_ipc_stream(io.BytesIO(encoded[0][12:]))  # after b"LIQJ" and the length
+    assert decoded.equals(pl.DataFrame(rows, schema=decoded.schema))
+    assert journal.stats.dropped == 1
 
 
 def test_tuple_rows_reach_parquet_and_a_bad_tuple_costs_only_itself(

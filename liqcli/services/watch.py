@@ -200,7 +200,7 @@ class WatchState:
         fresh = self._dedup.fresh(admitted)
         counters.duplicates = self._dedup.duplicates
         if self.journal is not None:
-            self.journal.extend([event.to_values() for event in fresh])  # column order: cheapest
+            self.journal.extend(fresh)  # the events themselves: encoded column by column
             counters.stored += len(fresh)
         if self._history is not None:
             self._history.extend([event.to_row() for event in fresh])
