@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import signal
@@ -17,6 +18,7 @@ import orjson
 import polars as pl
 import pytest
 
+from liqcli.core.events import ROW_COLUMNS
 from liqcli.errors import LiqError
 from liqcli.store import Journal, Store
 from liqcli.store.journal import JOURNAL_DIR
@@ -156,6 +158,71 @@ def test_append_requires_an_open_journal_and_a_bad_row_costs_only_itself(
     assert caplog.text.count("dropped a row that cannot be stored") == 2
     with pytest.raises(LiqError, match="not open"):
         journal.append(liquidation(0))
+
+
+def as_values(row: dict) -> tuple:
+    return tuple(row[name] for name in ROW_COLUMNS)
+
+
+def test_liquidation_values_are_its_row_in_the_datasets_column_order() -> None:
+    from liqcli.core.events import Liquidation
+    from liqcli.core.schemas import dataset
+
+    assert list(dataset("liquidations").schema)[: len(ROW_COLUMNS)] == list(ROW_COLUMNS)
+    assert set(dataset("liquidations").schema) - set(ROW_COLUMNS) <= set(
+        dataset("liquidations").optional
+    )
+    for event in (
+        Liquidation("okx", "BTCUSDT", "long", 1.5, 2.0, 3.0, T0, "BTC-USDT-SWAP", T0 + 5),
+        Liquidation("binance", "ETHUSDT", "short", 1.5, 2.0, 3.0, T0),  # defaults filled in
+    ):
+        assert event.to_values() == as_values(event.to_row())
+
+
+def test_tuple_rows_write_the_same_segment_frames_as_dict_rows(tmp_path: Path) -> None:
+    journal = Journal(Store(tmp_path), "liquidations")
+    dicts = [liquidation(i, f"S{i % 3}USDT") for i in range(500)]
+    assert journal._encode([as_values(r) for r in dicts]) == journal._encode(dicts)
+    mixed = [as_values(r) if i % 2 else r for i, r in enumerate(dicts)]
+    assert journal._encode(mixed) == journal._encode(dicts)
+
+
+def test_liquidations_journaled_as_events_write_the_same_frames_as_their_rows(
+    tmp_path: Path,
+) -> None:
+    from liqcli.core.events import Liquidation
+
+    journal = Journal(Store(tmp_path), "liquidations")
+    events = [
+        Liquidation("okx", "BTCUSDT", "long", 1.5 + i, 2.0, 3.0, T0 + i, "BTC-USDT-SWAP", T0 + 9)
+        if i % 3
+        else Liquidation("binance", f"S{i % 5}USDT", "short", 2.5, 1.0 + i, 4.0, T0 + i)
+        for i in range(300)
+    ]
+    rows = [e.to_row() for e in events]
+    assert journal._encode(events) == journal._encode(rows)
+    mixed = [e if i % 2 else e.to_row() for i, e in enumerate(events)]
+    assert journal._encode(mixed) == journal._encode(rows)
+    bad = Liquidation("binance", "BTCUSDT", "long", 1.5, 2.0, 3.0, 2**70)  # ts beyond Int64
+    encoded = journal._encode([bad, *events])  # the bad row alone dropped: row by row
+    assert encoded is not None and encoded[1] == 300
+    decoded = pl.read_ipc_stream(io.BytesIO(encoded[0][12:]))  # after b"LIQJ" and the length
+    assert decoded.equals(pl.DataFrame(rows, schema=decoded.schema))
+    assert journal.stats.dropped == 1
+
+
+def test_tuple_rows_reach_parquet_and_a_bad_tuple_costs_only_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path)
+    with caplog.at_level(logging.ERROR), Journal(store, "liquidations") as journal:
+        journal.extend([as_values(liquidation(i)) for i in range(100)])
+        journal.extend([as_values({**liquidation(100), "ts": 2**70}), as_values(liquidation(101))])
+        journal.extend([(*as_values(liquidation(102)), 7, "one too many")])
+        journal.extend([as_values({**liquidation(103), "qty": "x"}), liquidation(104)])
+    assert stored(store).equals(expected([*range(100), 101, 104]))
+    assert journal.stats.dropped == 3
+    assert caplog.text.count("dropped a row") == 3
 
 
 def test_flusher_hands_rows_to_the_os_without_being_asked(tmp_path: Path) -> None:
@@ -595,15 +662,15 @@ def test_compaction_on_a_full_disk_keeps_the_segment_and_retries(
     import liqcli.store.parquet as parquet
 
     store = Store(tmp_path)
-    real = parquet._atomic_write
+    real = parquet._write_temp
     full = {"on": True}
 
-    def atomic_write(df: pl.DataFrame, path: Path) -> None:
+    def write_temp(df: pl.DataFrame, path: Path) -> Path:
         if full["on"]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(df, path)
+        return real(df, path)
 
-    monkeypatch.setattr(parquet, "_atomic_write", atomic_write)
+    monkeypatch.setattr(parquet, "_write_temp", write_temp)
     clock = FakeClock()
     journal = Journal(store, "liquidations", flush_interval=0.01, compact_interval=1, clock=clock)
     with caplog.at_level(logging.WARNING):

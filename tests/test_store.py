@@ -309,6 +309,98 @@ def test_property_any_split_equals_the_union(batches: list[list[tuple[str, int, 
 
 # ---------------------------------------------------------------------- crash safety
 
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What a write syncs and publishes, in order: ("fsync", name), ("syncfs", dir),
+    ("publish", target), ("sync-check", target) when a published file was already on disk."""
+    import liqcli.store.parquet as parquet
+
+    calls: list[tuple[str, str]] = []
+    synced: set[str] = set()
+    real_fsync, real_syncfs, real_publish = parquet._fsync_path, parquet._syncfs, parquet._publish
+
+    def fsync_path(path: Path, flags: int) -> None:
+        real_fsync(path, flags)
+        synced.add(str(path))
+        calls.append(("fsync", path.name))
+
+    def syncfs(directory: Path) -> None:
+        real_syncfs(directory)
+        synced.add("*")  # every temp file written so far
+        calls.append(("syncfs", directory.name))
+
+    def publish(tmp: Path, path: Path) -> None:
+        assert "*" in synced or str(tmp) in synced, f"{tmp.name} renamed before it was synced"
+        real_publish(tmp, path)
+        calls.append(("publish", path.parent.name + "/" + path.name))
+
+    monkeypatch.setattr(parquet, "_fsync_path", fsync_path)
+    monkeypatch.setattr(parquet, "_syncfs", syncfs)
+    monkeypatch.setattr(parquet, "_publish", publish)
+    return calls
+
+
+def test_a_small_write_fsyncs_each_file_before_its_rename_and_each_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_syncs(monkeypatch)
+    store = Store(tmp_path)
+    # Two months of one symbol (two files in one directory) and one more symbol.
+    df = pl.concat([funding("BTCUSDT", [JAN_1, FEB_1]), funding("ETHUSDT", [JAN_1])])
+    result = store.write("funding", df)
+    kinds = [kind for kind, _ in calls]
+    assert kinds == ["fsync"] * 3 + ["publish"] * 3 + ["fsync"] * 2  # files, renames, 2 dirs
+    assert [name for _, name in calls[-2:]] == ["symbol=BTCUSDT", "symbol=ETHUSDT"]
+    assert len(result.files) == 3 and result.new_rows == 3
+    assert store.read("funding").height == 3
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="syncfs is Linux's")
+def test_a_write_of_many_files_syncs_the_filesystem_before_any_rename_and_after_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_syncs(monkeypatch)
+    store = Store(tmp_path)
+    symbols = [f"C{i}USDT" for i in range(12)]
+    # Every symbol in two months: 24 files in 12 directories, one write.
+    df = pl.concat([funding(s, [JAN_1, JAN_1 + 1000, FEB_1]) for s in symbols])
+    result = store.write("funding", df)
+    kinds = [kind for kind, _ in calls]
+    assert kinds == ["syncfs"] + ["publish"] * 24 + ["syncfs"]
+    assert len(result.files) == 24 and result.new_rows == 36
+    assert store.read("funding").sort("symbol", "ts").equals(store.read("funding"))
+    assert store.read("funding").height == 36
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_write_failing_part_way_publishes_nothing_unsynced_and_leaves_no_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import liqcli.store.parquet as parquet
+
+    store = Store(tmp_path)
+    before = pl.concat([funding(f"C{i}USDT", [JAN_1]) for i in range(10)])
+    store.write("funding", before)
+    expected = store.read("funding")
+    real, written = parquet._write_temp, []
+
+    def write_temp(df: pl.DataFrame, path: Path) -> Path:
+        if len(written) == 9:  # the last file's temp cannot be written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        return real(df, path)
+
+    monkeypatch.setattr(parquet, "_write_temp", write_temp)
+    with pytest.raises(LiqError, match="No space left"):
+        store.write("funding", pl.concat([funding(f"C{i}USDT", [JAN_1 + 1000]) for i in range(10)]))
+    assert len(written) == 9
+    assert store.read("funding").equals(expected)  # the nine written temp files were not published
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 _SLOW_PUBLISH = """
 import sys, time
 import polars as pl

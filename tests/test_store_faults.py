@@ -32,7 +32,7 @@ def no_space(*args, **kwargs):
 journal.os = type("os", (), {n: getattr(os, n) for n in dir(os) if not n.startswith("__")})
 journal.os.write = no_space
 if sys.argv[1] == "parquet":
-    parquet._atomic_write = no_space
+    parquet._write_temp = no_space
 sys.argv = ["liq", *sys.argv[2:]]
 from liqcli.cli.app import main
 main()

@@ -199,13 +199,11 @@ class WatchState:
             )
         fresh = self._dedup.fresh(admitted)
         counters.duplicates = self._dedup.duplicates
-        if self.journal is not None or self._history is not None:
-            rows = [event.to_row() for event in fresh]
-            if self.journal is not None:
-                self.journal.extend(rows)
-                counters.stored += len(rows)
-            if self._history is not None:
-                self._history.extend(rows)
+        if self.journal is not None:
+            self.journal.extend(fresh)  # the events themselves: encoded column by column
+            counters.stored += len(fresh)
+        if self._history is not None:
+            self._history.extend([event.to_row() for event in fresh])
         for aggregator, _ in self._views.values():
             for event in fresh:
                 aggregator.add(event)

@@ -9,16 +9,20 @@ Writes are keyed upserts: each touched file is read, merged with the new rows (n
 key) and replaced atomically (temp file in the same directory, fsync, ``os.replace``), the whole
 cycle under the dataset's cross-process lock. A crash at any point leaves every file either in its
 old or its new state, never half-written. Readers take no lock: they only ever see whole files.
+One write's files are made durable together (:class:`_Batch`): every temp file is written, then
+synced, and only then renamed into place, then the renames are synced.
 """
 
 from __future__ import annotations
 
 import calendar
+import ctypes
 import logging
 import os
 import secrets
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -89,46 +93,61 @@ class Store:
         # Within one batch the later row wins, as it does against stored rows.
         rows = rows.unique(subset=list(spec.key), keep="last", maintain_order=True)
         try:
-            rows = rows.with_columns(
+            # One sort and one column selection for every file (each group keeps the order).
+            rows = rows.select(
+                *spec.partition_by,
                 pl.col(time_column(spec))
                 .dt.strftime(_BUCKET_FORMAT[spec.file_by])
-                .alias(_BUCKET_COL)
+                .alias(_BUCKET_COL),
+                *spec.file_columns,
+            ).sort(file_key)
+            groups = rows.partition_by(
+                [*spec.partition_by, _BUCKET_COL],
+                as_dict=True,
+                include_key=False,
+                maintain_order=True,
             )
-            groups = rows.partition_by([*spec.partition_by, _BUCKET_COL], as_dict=True)
         except _READ_ERRORS as exc:  # a panic on an out-of-range value must not escape
             raise DataError(f"{spec.name}: rows cannot be stored: {first_line(exc)}") from None
         self.corrupt_files = []
         result = WriteResult(df.height, 0, [])
+        batch = _Batch()
         try:
             with file_lock(self.dataset_dir(dataset) / _LOCK_NAME, timeout=lock_timeout):
                 for group_key, group in sorted(groups.items()):
                     *partition_values, bucket = group_key
                     directory = self._partition_dir(spec, partition_values)
                     path = directory / f"{bucket}.parquet"
-                    new_rows, rewritten = self._merge_into(
-                        spec, path, group.select(spec.file_columns), file_key
-                    )
+                    new_rows, rewritten = self._merge_into(spec, path, group, file_key, batch)
                     result.new_rows += new_rows
                     if rewritten:
                         result.files.append(path)
+                batch.commit()
         except OSError as exc:  # read-only or full disk: an expected failure, one line
             raise LiqError(f"{spec.name}: cannot write under {self.root}: {exc}") from None
+        finally:
+            batch.discard()  # temp files not published (a failure part-way)
         return result
 
     def _merge_into(
-        self, spec: DatasetSpec, path: Path, rows: pl.DataFrame, file_key: list[str]
+        self,
+        spec: DatasetSpec,
+        path: Path,
+        rows: pl.DataFrame,
+        file_key: list[str],
+        batch: _Batch,
     ) -> tuple[int, bool]:
-        """Merge ``rows`` into one file; returns (new keys, whether the file was rewritten)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path.parent)  # safe: we hold the dataset lock, so no writer is live
+        """Merge ``rows`` (the file's columns, sorted by ``file_key``) into one file (published
+        by ``batch.commit()``); returns (new keys, whether the file is rewritten)."""
+        batch.prepare(path.parent)
         existing = self._read_for_merge(spec, path)
         if existing is None:
-            _atomic_write(rows.sort(file_key), path)
+            batch.add(rows, path)
             return rows.height, True
         tc = time_column(spec)
         if tc in file_key and existing.height and rows[tc].min() > existing[tc].max():
             # Appending (a live journal's usual batch): no stored key can match a later time.
-            _atomic_write(pl.concat([existing, rows.sort(file_key)]), path)
+            batch.add(pl.concat([existing, rows]), path)
             return rows.height, True
         new_rows = rows.join(
             existing.select(file_key), on=file_key, how="anti", nulls_equal=True
@@ -136,7 +155,7 @@ class Store:
         merged = pl.concat([existing, rows]).unique(subset=file_key, keep="last").sort(file_key)
         if new_rows == 0 and merged.equals(existing):
             return 0, False  # re-writing the same batch: leave the file (and its mtime) alone
-        _atomic_write(merged, path)
+        batch.add(merged, path)
         return new_rows, True
 
     def _read_for_merge(self, spec: DatasetSpec, path: Path) -> pl.DataFrame | None:
@@ -582,29 +601,118 @@ def _ms_to_datetime(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-def _atomic_write(df: pl.DataFrame, path: Path) -> None:
+class _Batch:
+    """One write's new files: each written to a temp file beside its target (``add``), then
+    ``commit``: every temp file's bytes on disk first, then each renamed into place, then the
+    renames on disk. A file is never renamed into place before its bytes are durable.
+
+    Two fsyncs per file (the file, its directory) cost a compaction of 200 symbols 400 syscalls
+    and journal commits; from :data:`_SYNCFS_MIN_FILES` files on Linux, one ``syncfs`` per
+    filesystem before the renames and one after do the same (Linux's syncfs waits for the I/O).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []  # (temp file, target)
+        self._prepared: set[Path] = set()
+
+    def prepare(self, directory: Path) -> None:
+        """Create ``directory`` and clear temp files left there by writers killed before their
+        rename (safe: we hold the dataset lock, so no writer is live), once per write: the
+        batch's own temp files must stay."""
+        if directory not in self._prepared:
+            directory.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(directory)
+            self._prepared.add(directory)
+
+    def add(self, df: pl.DataFrame, path: Path) -> None:
+        self.pending.append((_write_temp(df, path), path))
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        directories = list(dict.fromkeys(path.parent for _, path in self.pending))
+        filesystems = _syncfs_targets(directories) if len(self.pending) >= _SYNCFS_MIN_FILES else []
+        if filesystems:
+            for directory in filesystems:
+                _syncfs(directory)
+        else:
+            for tmp, _ in self.pending:
+                _fsync_path(tmp, os.O_RDONLY)
+        while self.pending:
+            tmp, path = self.pending[0]
+            _publish(tmp, path)
+            self.pending.pop(0)
+        if filesystems:
+            for directory in filesystems:
+                _syncfs(directory)
+        else:
+            for directory in directories:
+                _fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+    def discard(self) -> None:
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+        self.pending.clear()
+
+
+def _write_temp(df: pl.DataFrame, path: Path) -> Path:
+    """``df`` as Parquet in a new temp file beside ``path`` (not yet synced); returns its path."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
             df.write_parquet(f, statistics=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def _publish(tmp: Path, path: Path) -> None:
-    """The commit point of a write: readers switch from the old file to the new one at once."""
+    """The commit point of one file: readers switch from the old file to the new one at once."""
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SYNCFS_MIN_FILES = 8
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def _syncfs_targets(directories: list[Path]) -> list[Path]:
+    """One directory per filesystem holding ``directories``, or ``[]`` without syncfs."""
+    if _SYNCFS is None:
+        return []
+    by_device: dict[int, Path] = {}
+    for directory in directories:
+        by_device.setdefault(os.stat(directory).st_dev, directory)
+    return list(by_device.values())
+
+
+def _syncfs(directory: Path) -> None:
+    """Every dirty page and inode of ``directory``'s filesystem on disk (waits for the I/O)."""
+    assert _SYNCFS is not None
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {directory}: {os.strerror(err)}")
     finally:
         os.close(fd)
 

@@ -302,6 +302,12 @@ def parse_message(
         refuse(refused, structure(VENUE, "frame", message))
         return []
     event = message.get("data", message)
+    if type(event) is dict and event.get("e") == "forceOrder":  # the usual frame: one event
+        try:
+            return [_force_order(event, received_ts)]
+        except Exception as exc:
+            refuse(refused, exc, VENUE)
+            return []
     events: Iterable[Any] = event if type(event) is list else (event,)
     out: list[Liquidation | AggTrade] = []
     for item in events:
@@ -322,6 +328,14 @@ def parse_liquidations(
     message: Any, received_ts: int = 0, *, refused: Refusals | None = None
 ) -> list[Liquidation]:
     """``parse_message`` keeping only the liquidations (the all-market liquidation stream)."""
+    if type(message) is dict:
+        event = message.get("data", message)
+        if type(event) is dict and event.get("e") == "forceOrder":  # one event: no filtering
+            try:
+                return [_force_order(event, received_ts)]
+            except Exception as exc:
+                refuse(refused, exc, VENUE)
+                return []
     return [
         e for e in parse_message(message, received_ts, refused=refused) if type(e) is Liquidation
     ]
