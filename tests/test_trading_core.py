@@ -320,3 +320,13 @@ def test_engine_book_view_merges_book_ticker_over_depth_snapshots_and_marks_liqu
     assert not pos.is_flat
     engine.step(MarkPrice("binance", "BTCUSDT", 2_500, lp - 0.01, lp, 0.0001, 3_000))
     assert broker.position("BTCUSDT").is_flat and broker.liquidations == 1
+
+
+def test_liquidation_price_matches_freqtrades_worked_binance_example():
+    # TRADING-VENUES.md §5.3: 0.1 BTC @ 60,000, 10x, stake 600, first bracket (0.4 %, cum 0)
+    assert liquidation_price(qty=0.1, entry_price=60_000, margin=600, mmr=0.004) == pytest.approx(
+        54_216.87, abs=0.01
+    )
+    assert liquidation_price(qty=-0.1, entry_price=60_000, margin=600, mmr=0.004) == pytest.approx(
+        65_737.05, abs=0.01
+    )
