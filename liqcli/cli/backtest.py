@@ -291,7 +291,9 @@ def _order_flow(
     store = state(ctx).store()
     if data.startswith("session:"):
         # The session's own range; --start/--end given explicitly narrow it.
-        start_ms, end_ms = svc.session_range(store, data.split(":", 1)[1])
+        from liqcli.services.paper import session_range
+
+        start_ms, end_ms = session_range(store, data.split(":", 1)[1])
         if explicit["start"]:
             start_ms = max(start_ms, parse_time(start, now=now))
         if explicit["end"] and end:

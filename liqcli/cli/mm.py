@@ -123,6 +123,7 @@ def mm(
         str | None,
         typer.Option(
             "--session",
+            metavar="NAME",
             help="Session name in mm_fills / mm_state [default: new].",
             show_default=False,
         ),

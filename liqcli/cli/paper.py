@@ -71,6 +71,7 @@ def paper(
         str | None,
         typer.Option(
             "--session",
+            metavar="NAME",
             help="Session name: resume it if stored [default: new].",
             show_default=False,
         ),
@@ -83,6 +84,7 @@ def paper(
         str | None,
         typer.Option(
             "--replay",
+            metavar="NAME",
             help="Replay a recorded session NAME (needs --record when it ran).",
             show_default=False,
         ),
@@ -142,14 +144,9 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
 
     store = Store(data_dir)
     if replay is not None:
-        from liqcli.errors import LiqError
         from liqcli.sources.recorder import RecordedSource
 
-        states = store.scan("paper_state", session=replay).collect()
-        if states.height == 0:
-            raise LiqError(f"no session {replay!r} stored under {data_dir} (see paper_state)")
-        start = int(states["started_ts"].min().timestamp() * 1000)
-        end = int(states["ts"].max().timestamp() * 1000) + 1
+        start, end = svc.session_range(store, replay)
         source = RecordedSource(store, symbols=[symbol], start=start, end=end)
     else:
         from liqcli.sources.binance_market import BinanceMarketSource, MarketOptions

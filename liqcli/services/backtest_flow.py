@@ -101,19 +101,6 @@ def parse_dynamic(text: str) -> str:
 # ------------------------------------------------------------------------------ data
 
 
-def session_range(store: Any, name: str) -> tuple[int, int]:
-    """The time range of a stored paper session, as ``liq paper --replay`` replays it."""
-    states = store.scan("paper_state", session=name).collect()
-    if states.height == 0:
-        raise LiqError(
-            f"no paper session {name!r} stored (paper_state): record one with "
-            f"`liq paper SYMBOL --session {name} --record`"
-        )
-    start = int(states["started_ts"].min().timestamp() * 1000)
-    end = int(states["ts"].max().timestamp() * 1000) + 1
-    return start, end
-
-
 def session_events(store: Any, settings: FlowSettings) -> Iterator[Any]:
     name = settings.data.split(":", 1)[1]
     events = recorded_events(

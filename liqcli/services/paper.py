@@ -423,6 +423,22 @@ def load_session(store: Any, session: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     return states, trades
 
 
+def session_range(store: Any, name: str) -> tuple[int, int]:
+    """[start, end) in ms of a stored session (its paper_state rows): what ``--replay NAME`` and
+    ``liq backtest --data session:NAME`` run again."""
+    from liqcli.errors import LiqError
+
+    states = store.scan("paper_state", session=name).collect()
+    if states.height == 0:
+        raise LiqError(
+            f"no paper session {name!r} stored (paper_state): record one with "
+            f"`liq paper SYMBOL --session {name} --record`"
+        )
+    start = int(states["started_ts"].min().timestamp() * 1000)
+    end = int(states["ts"].max().timestamp() * 1000) + 1
+    return start, end
+
+
 def new_session_name(now: int | None = None) -> str:
     return "paper-" + iso_ms(now or now_ms())[:19].replace(":", "").replace("-", "").replace(
         "T", "-"
