@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 from liqcli.core.endpoints import url
 from liqcli.core.events import AggTrade, BookDelta, BookSnapshot, BookTop, Event, MarkPrice
 from liqcli.core.timeutil import now_ms
-from liqcli.errors import DataError, LiqError, UnknownSymbolError, UsageError
+from liqcli.errors import LiqError, UsageError
 from liqcli.exchanges.backpack import stream as bp
 from liqcli.exchanges.backpack.rest import BackpackRest, backpack_rest
 from liqcli.exchanges.ws import (
@@ -47,8 +46,8 @@ from liqcli.exchanges.ws import (
     VenueStatus,
     WsProtocol,
     WsTimings,
-    backoff_delay,
 )
+from liqcli.sources.booksync import BookSync, SyncOptions
 from liqcli.trading.book import L2Book
 
 log = logging.getLogger("liq.backpack")
@@ -90,15 +89,6 @@ class BackpackOptions:
     http_timeout: float = 10.0
 
 
-@dataclass
-class _Depth:
-    book: L2Book
-    buffer: deque[BookDelta]
-    task: asyncio.Task[None] | None = None
-    next_due: int | None = None
-    failed: bool = False
-
-
 class BackpackMarketSource:
     venue = VENUE
 
@@ -130,12 +120,10 @@ class BackpackMarketSource:
         self.status = VenueStatus(VENUE)
         self.clock = wall_clock
         self.books = {s: L2Book(s, VENUE, rule="contiguous") for s in self.symbols}
-        self._depth = {
-            s: _Depth(self.books[s], deque(maxlen=opts.max_buffer)) for s in self.symbols
-        }
         self._rest = rest
         self._own_rest = rest is None
         self._rng = rng or random.Random()
+        self._depth = {s: self._book_sync(s) for s in self.symbols}
         self._last_top: dict[str, int] = {}
         self._last_trade: dict[str, int] = {}
         self._ready: list[Event] = []
@@ -231,7 +219,7 @@ class BackpackMarketSource:
             return
         kind = type(event)
         if kind is BookDelta:
-            self._on_delta(event)
+            self._depth[symbol].on_delta(event)
         elif kind is BookTop:
             # bookTicker ``u`` repeats while the book does not change: only older ones are dups
             if event.update_id >= self._last_top.get(symbol, -1):
@@ -246,78 +234,34 @@ class BackpackMarketSource:
 
     # ------------------------------------------------------------------ book sync
 
-    def _on_delta(self, delta: BookDelta) -> None:
-        state = self._depth[delta.symbol]
-        if state.failed:
-            return
-        if state.task is not None or not state.book.synced:
-            state.buffer.append(delta)
-            if state.task is None:
-                state.task = asyncio.create_task(self._sync(state))
-            return
-        self._apply(state, delta)
-        if not state.book.synced:
-            log.info(
-                "backpack: %s book gap at U=%d; resyncing", delta.symbol, delta.first_update_id
-            )
-            state.next_due = None
-            state.buffer.append(delta)
-            state.task = asyncio.create_task(self._sync(state))
+    def _book_sync(self, symbol: str) -> BookSync:
+        opts = self.options
 
-    def _apply(self, state: _Depth, delta: BookDelta) -> str:
-        book = state.book
-        every = self.options.snapshot_every_ms
-        if every and state.next_due is not None and delta.ts >= state.next_due and book.synced:
-            snap = book.snapshot(self.options.depth_levels, ts=state.next_due)
-            self._ready.append(_received(snap, delta.received_ts))
-            state.next_due = None
-        result = book.apply(delta)
-        if result == "ok" and every and state.next_due is None:
-            state.next_due = (delta.ts // every + 1) * every
-        return result
+        async def fetch() -> BookSnapshot:
+            depth = await self._client().depth(symbol, opts.snapshot_limit)
+            return bp.snapshot_from_rest(symbol, depth)
 
-    async def _sync(self, state: _Depth) -> None:
-        book = state.book
-        attempt = 0
-        try:
-            while not self._closed:
-                try:
-                    depth = await self._client().depth(book.symbol, self.options.snapshot_limit)
-                except UnknownSymbolError as exc:
-                    state.failed = True
-                    state.buffer.clear()
-                    self.status.last_error = str(exc)
-                    log.error("backpack: no order book for %s: %s", book.symbol, exc)
-                    return
-                except (LiqError, DataError) as exc:
-                    self.status.last_error = f"depth snapshot: {exc}"
-                    log.warning("backpack: %s depth snapshot failed: %s", book.symbol, exc)
-                    await asyncio.sleep(backoff_delay(attempt, self.options.timings, self._rng))
-                    attempt += 1
-                    continue
-                snapshot = _received(bp.snapshot_from_rest(book.symbol, depth), self.clock())
-                book.load(snapshot)
-                # The book as loaded, so consumers have depth before the first boundary.
-                self._ready.append(snapshot.__class__(*_top(snapshot, self.options.depth_levels)))
-                buffered = list(state.buffer)
-                state.buffer.clear()
-                for delta in buffered:
-                    if self._apply(state, delta) == "gap":
-                        state.buffer.extend(d for d in buffered if d.update_id >= delta.update_id)
-                        break
-                self._wake_consumer()
-                if book.synced:
-                    return
-                log.info("backpack: %s snapshot older than the stream; asking again", book.symbol)
-                await asyncio.sleep(backoff_delay(attempt, self.options.timings, self._rng))
-                attempt += 1
-        finally:
-            state.task = None
-            if state.buffer and book.synced and not self._closed:
-                pending = list(state.buffer)
-                state.buffer.clear()
-                for delta in pending:
-                    self._on_delta(delta)
+        def on_error(text: str) -> None:
+            self.status.last_error = text
+
+        return BookSync(
+            VENUE,
+            self.books[symbol],
+            fetch=fetch,
+            emit=lambda event: self._ready.append(event),
+            wake=self._wake_consumer,
+            clock=lambda: self.clock(),
+            on_error=on_error,
+            closed=lambda: self._closed,
+            timings=opts.timings,
+            rng=self._rng,
+            options=SyncOptions(
+                snapshot_every_ms=opts.snapshot_every_ms,
+                depth_levels=opts.depth_levels,
+                emit_loaded=True,
+                max_buffer=opts.max_buffer,
+            ),
+        )
 
     def _client(self) -> BackpackRest:
         if self._rest is None:
@@ -337,13 +281,3 @@ def _parse(stream: Any, data: Any, received: int) -> Any | None:
     if stream.startswith("markPrice."):
         return bp.parse_mark_price(data, received)
     return None
-
-
-def _top(snapshot: BookSnapshot, n: int) -> tuple:
-    return (snapshot.exchange, snapshot.symbol, snapshot.ts, snapshot.update_id,
-            snapshot.bids[:n], snapshot.asks[:n], snapshot.received_ts)  # fmt: skip
-
-
-def _received(snapshot: BookSnapshot, received_ts: int) -> BookSnapshot:
-    return BookSnapshot(snapshot.exchange, snapshot.symbol, snapshot.ts, snapshot.update_id,
-                        snapshot.bids, snapshot.asks, received_ts)  # fmt: skip

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,11 +53,12 @@ from liqcli.core.events import (
     MarkPrice,
 )
 from liqcli.core.timeutil import now_ms
-from liqcli.errors import DataError, LiqError, UnknownSymbolError, UsageError
+from liqcli.errors import DataError, LiqError, UsageError
 from liqcli.exchanges.binance import rest as binance_rest
 from liqcli.exchanges.binance import stream as binance
 from liqcli.exchanges.http import VenueHttp
-from liqcli.exchanges.ws import ReconnectingWebSocket, VenueStatus, WsTimings, backoff_delay
+from liqcli.exchanges.ws import ReconnectingWebSocket, VenueStatus, WsTimings
+from liqcli.sources.booksync import BookSync, SyncOptions
 from liqcli.trading.book import L2Book
 
 log = logging.getLogger("liq.sources.binance")
@@ -85,17 +85,6 @@ class MarketOptions:
     http_timeout: float = 10.0
     http_retries: int = 3
     queue_size: int = 10_000  # events buffered for a slow consumer before sockets back up
-
-
-@dataclass
-class _Depth:
-    """One symbol's book sync state."""
-
-    book: L2Book
-    buffer: deque[BookDelta]
-    task: asyncio.Task[None] | None = None
-    next_due: int | None = None  # the next top-N snapshot boundary (event time, ms)
-    failed: bool = False  # the venue refused the symbol: no book
 
 
 class BinanceMarketSource:
@@ -140,11 +129,9 @@ class BinanceMarketSource:
         self.connection_statuses = [VenueStatus(VENUE) for _ in self.protocols]
         self.clock = wall_clock
         self.books: dict[str, L2Book] = {s: L2Book(s, VENUE) for s in self.symbols}
-        self._depth = {
-            s: _Depth(self.books[s], deque(maxlen=opts.max_buffer)) for s in self.symbols
-        }
         self._wanted = frozenset(self.symbols)
         self._rng = rng or random.Random()
+        self._depth = {s: self._book_sync(s) for s in self.symbols}
         self._rest_url = rest_url
         self._http = http
         self._own_http = http is None
@@ -289,7 +276,7 @@ class BinanceMarketSource:
             return
         kind = type(event)
         if kind is BookDelta:
-            self._on_delta(event)
+            self._depth[symbol].on_delta(event)
         elif kind is BookTop:
             if event.update_id > self._last_top.get(symbol, -1):
                 self._last_top[symbol] = event.update_id
@@ -307,90 +294,34 @@ class BinanceMarketSource:
 
     # ------------------------------------------------------------------ book sync
 
-    def _on_delta(self, delta: BookDelta) -> None:
-        state = self._depth[delta.symbol]
-        if state.failed:
-            return
-        book = state.book
-        if state.task is not None or not book.synced:
-            state.buffer.append(delta)
-            if state.task is None:
-                state.task = asyncio.create_task(self._sync(state), name=f"liq-book-{book.symbol}")
-            return
-        self._apply(state, delta)
-        if not book.synced:  # a gap: start over from a fresh snapshot, this diff buffered
-            log.info("binance: %s book gap at u=%d; resyncing", book.symbol, delta.update_id)
-            state.next_due = None
-            state.buffer.append(delta)
-            state.task = asyncio.create_task(self._sync(state), name=f"liq-book-{book.symbol}")
+    def _book_sync(self, symbol: str) -> BookSync:
+        opts = self.options
 
-    def _apply(self, state: _Depth, delta: BookDelta) -> str:
-        book = state.book
-        every = self.options.snapshot_every_ms
-        if every and state.next_due is not None and delta.ts >= state.next_due and book.synced:
-            # The book as it stood at the boundary: every diff before it, none after.
-            top = book.snapshot(self.options.depth_levels, ts=state.next_due)
-            self._ready.append(_received(top, delta.received_ts))
-            state.next_due = None
-        result = book.apply(delta)
-        if result == "ok":
-            if every and state.next_due is None:
-                state.next_due = (delta.ts // every + 1) * every
-            if self.options.deltas:
-                self._ready.append(delta)
-        return result
+        async def fetch() -> BookSnapshot:
+            return await binance_rest.depth(self._client(), symbol, opts.snapshot_limit)
 
-    async def _sync(self, state: _Depth) -> None:
-        """Snapshot + buffered diffs until the book holds, retrying with backoff."""
-        book = state.book
-        attempt = 0
-        try:
-            while not self._closed:
-                try:
-                    snapshot = await binance_rest.depth(
-                        self._client(), book.symbol, self.options.snapshot_limit
-                    )
-                except UnknownSymbolError as exc:
-                    state.failed = True
-                    state.buffer.clear()
-                    for status in self.connection_statuses:
-                        status.last_error = str(exc)
-                    log.error("binance: no order book for %s: %s", book.symbol, exc)
-                    return
-                except (LiqError, DataError) as exc:
-                    for status in self.connection_statuses:
-                        status.last_error = f"depth snapshot: {exc}"
-                    log.warning("binance: %s depth snapshot failed: %s", book.symbol, exc)
-                    await asyncio.sleep(backoff_delay(attempt, self.options.timings, self._rng))
-                    attempt += 1
-                    continue
-                snapshot = _received(snapshot, self.clock())
-                book.load(snapshot)
-                if self.options.deltas:
-                    self._ready.append(snapshot)
-                buffered = list(state.buffer)
-                state.buffer.clear()
-                before = len(self._ready)
-                for delta in buffered:
-                    if self._apply(state, delta) == "gap":
-                        # The snapshot is older than the buffer: keep what is left, ask again.
-                        state.buffer.extend(d for d in buffered if d.update_id >= delta.update_id)
-                        break
-                if len(self._ready) > before or self.options.deltas:
-                    self._wake_consumer()
-                if book.synced:
-                    return
-                log.info("binance: %s snapshot older than the stream; asking again", book.symbol)
-                await asyncio.sleep(backoff_delay(attempt, self.options.timings, self._rng))
-                attempt += 1
-        finally:
-            state.task = None
-            # Diffs that arrived while the last snapshot was being applied were buffered.
-            if state.buffer and book.synced and not self._closed:
-                pending = list(state.buffer)
-                state.buffer.clear()
-                for delta in pending:
-                    self._on_delta(delta)
+        def on_error(text: str) -> None:
+            for status in self.connection_statuses:
+                status.last_error = text
+
+        return BookSync(
+            VENUE,
+            self.books[symbol],
+            fetch=fetch,
+            emit=lambda event: self._ready.append(event),
+            wake=self._wake_consumer,
+            clock=lambda: self.clock(),
+            on_error=on_error,
+            closed=lambda: self._closed,
+            timings=opts.timings,
+            rng=self._rng,
+            options=SyncOptions(
+                snapshot_every_ms=opts.snapshot_every_ms,
+                depth_levels=opts.depth_levels,
+                emit_deltas=opts.deltas,
+                max_buffer=opts.max_buffer,
+            ),
+        )
 
     def _client(self) -> VenueHttp:
         if self._http is None:
@@ -401,15 +332,3 @@ class BinanceMarketSource:
                 rng=self._rng,
             )
         return self._http
-
-
-def _received(snapshot: BookSnapshot, received_ts: int) -> BookSnapshot:
-    return BookSnapshot(
-        snapshot.exchange,
-        snapshot.symbol,
-        snapshot.ts,
-        snapshot.update_id,
-        snapshot.bids,
-        snapshot.asks,
-        received_ts,
-    )
