@@ -12,5 +12,6 @@ cascade, later paper trading and backtests) run the same code on either.
 - live.py: the venues' live streams as a Source (``live_source``)
 - storage.py: ``open_journal`` (one journal opener for every command)
 - binance_market.py: live Binance market data (synced books, book tops, trades, marks)
+- booksync.py: ``BookSync``, one symbol's book kept from a venue's diffs and REST snapshots
 - recorder.py: record what a source delivers into the datasets; replay a recording
 """
