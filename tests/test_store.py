@@ -227,6 +227,26 @@ def test_upsert_later_wins_and_counts_new_keys(tmp_path: Path) -> None:
     assert store.read("funding")["funding_rate"].to_list() == [0.4, 0.2, 0.2]
 
 
+def test_a_later_write_without_an_optional_column_keeps_the_stored_value(tmp_path: Path) -> None:
+    """liq paper --record stores a liquidation with its delivery `seq`; liq watch on the same data
+    dir stores the same event (same key) without one: the recorded order must survive."""
+    store = Store(tmp_path)
+
+    def liquidation(ts: int, seq: int | None) -> pl.DataFrame:
+        row = {"exchange": "binance", "symbol": "BTCUSDT", "ts": ts, "side": "SELL"}
+        row |= {"price": 100.0, "qty": 1.0, "notional_usd": 100.0, "venue_symbol": "BTCUSDT"}
+        row |= {"received_ts": ts + 5}
+        if seq is not None:
+            row["seq"] = seq
+        return pl.DataFrame([row]).with_columns(pl.col("ts", "received_ts").cast(pl.Datetime("ms")))
+
+    store.write("liquidations", pl.concat([liquidation(JAN_1, 7), liquidation(JAN_1 + 1, 8)]))
+    store.write("liquidations", liquidation(JAN_1, None))  # watch's copy of the first, no seq
+    assert store.read("liquidations")["seq"].to_list() == [7, 8]
+    store.write("liquidations", liquidation(JAN_1 + 1, 9))  # a value still replaces a value
+    assert store.read("liquidations")["seq"].to_list() == [7, 9]
+
+
 def test_appending_later_rows_keeps_the_file_sorted_and_counts_them(tmp_path: Path) -> None:
     """The append fast path (every new row later than every stored one: no key can match)."""
     store = Store(tmp_path)

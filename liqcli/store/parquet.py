@@ -152,7 +152,13 @@ class Store:
         new_rows = rows.join(
             existing.select(file_key), on=file_key, how="anti", nulls_equal=True
         ).height
-        merged = pl.concat([existing, rows]).unique(subset=file_key, keep="last").sort(file_key)
+        merged = pl.concat([existing, rows])
+        sticky = [c for c in spec.optional if c in merged.columns and c not in file_key]
+        if sticky and new_rows < rows.height:
+            # A later write that leaves an optional column out must not erase what an earlier
+            # one stored: liq watch's liquidations carry no `seq`, liq paper --record's do.
+            merged = merged.with_columns(pl.col(sticky).forward_fill().over(file_key))
+        merged = merged.unique(subset=file_key, keep="last").sort(file_key)
         if new_rows == 0 and merged.equals(existing):
             return 0, False  # re-writing the same batch: leave the file (and its mtime) alone
         batch.add(merged, path)
