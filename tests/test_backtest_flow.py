@@ -246,7 +246,7 @@ def test_missing_data_names_the_fetch_command(tmp_path):
     ("args", "message"),
     [
         (["7", SYM, "--data", "trades"], "unknown order-flow mode '7'"),
-        (["cascade", SYM, "--data", "trades"], "cascade mode cannot be backtested yet"),
+        (["cascade,7", SYM, "--data", "trades"], "unknown order-flow mode '7'"),
         (["0", SYM], "give --data trades or --data session:NAME"),
         (["0", SYM, "--data", "trades", "--dynamic-leverage", "x"], "invalid --dynamic-leverage"),
         (["0", SYM, "--data", "trades", "--param", "x=1"], "no parameter 'x'"),

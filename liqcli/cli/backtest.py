@@ -29,7 +29,11 @@ orders, --slippage-bps default 2, leverage default 5/3/3/5 per mode), driven by 
 paper session (the same trades as the live run) or by stored agg_trades merged in time order
 with book_tops, book_depth (recorded snapshots, else the archive's bands) and funding (settled at
 its real times; the mark is the last trade, checked for liquidation each second); --param
-vpin_bucket_usd=N (default 50000). Equity is sampled each minute of event time;
+vpin_bucket_usd=N (default 50000).
+Mode cascade (alone or in a list: 0,1,cascade or all,cascade; all is the seed's four): liq
+paper's cascade mode on liq cascade's detector, fed the session's recorded liquidations or, with
+--data trades, the stored liquidations of --exchange (liq watch or liq paper --record store
+them) merged into the same tape; leverage default 3. Equity is sampled each minute of event time;
 sharpe_1m = mean/std of 1-minute returns x sqrt(525600). --compare-leverage runs fixed and each
 dynamic engine (rules, kelly, vol_target) on the same events against the seed's criteria (Sharpe
 +10 %, max drawdown -20 % vs fixed) with each trade's optimal leverage against the one used.
@@ -56,6 +60,9 @@ Examples:
   liq fetch BTCUSDT --dataset agg_trades --dataset book_ticker --archive --start 2024-03-01 --end 2024-03-02
   liq backtest all BTCUSDT --data trades --start 2024-03-01 --end 2024-03-02
   liq backtest 3 BTCUSDT --data trades --start 2024-03-01 --end 2024-03-02 --compare-leverage
+  liq watch BTCUSDT -e binance                                  # stores the liquidations
+  liq backtest 0,1,cascade BTCUSDT --data trades --start 2026-11-20 --end 2026-11-21
+  liq backtest cascade BTCUSDT --data session:night1 -f json
 """
 
 
@@ -64,8 +71,8 @@ def backtest(
     strategy: Annotated[
         str,
         typer.Argument(
-            help="sma_cross, an order-flow mode 0 1 2 3 (or all), or any name with "
-            "--strategy FILE.py:Class.",
+            help="sma_cross, an order-flow mode 0 1 2 3 or cascade (or a list: all, "
+            "0,1,cascade), or any name with --strategy FILE.py:Class.",
             show_default=False,
         ),
     ],
@@ -79,7 +86,8 @@ def backtest(
         typer.Option(
             "--data",
             help="bars:INTERVAL (stored klines, e.g. bars:1m), trades (stored agg_trades + "
-            "book_tops) or session:NAME (a recorded liq paper session).",
+            "book_tops, + liquidations for cascade) or session:NAME (a recorded liq paper "
+            "session).",
         ),
     ] = "bars:1m",
     param: Annotated[
@@ -179,9 +187,9 @@ def backtest(
             raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
         if not chart.parent.is_dir():
             raise UsageError(f"--chart {chart}: directory {chart.parent} does not exist")
-        if grid or walk_forward_k or compare_leverage or strategy == "all":
+        if grid or walk_forward_k or compare_leverage or strategy == "all" or "," in strategy:
             raise UsageError(
-                "--chart draws one run: drop --grid/--walk-forward/--compare-leverage/all"
+                "--chart draws one run: drop --grid/--walk-forward/--compare-leverage/all/mode lists"
             )
     if kind in ("trades", "session"):
         valid_name = all(c.isalnum() or c in "-_." for c in interval)
@@ -205,7 +213,7 @@ def backtest(
     if dynamic != "off" or compare_leverage:
         raise UsageError(
             "--dynamic-leverage and --compare-leverage size the order-flow modes: use "
-            "--data trades or session:NAME with modes 0-3"
+            "--data trades or session:NAME with modes 0-3 or cascade"
         )
     leverage = 1.0 if leverage is None else leverage
     slippage_bps = 0.0 if slippage_bps is None else slippage_bps

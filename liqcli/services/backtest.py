@@ -119,7 +119,7 @@ class BacktestConfig:
 
     def validate(self) -> None:
         validate_common(self.capital, self.leverage, self.slippage_bps)
-        if self.strategy.name in ORDER_FLOW or self.strategy.name == "all":
+        if all(m in ORDER_FLOW or m == "all" for m in self.strategy.name.split(",")):
             raise UsageError(
                 f"strategy {self.strategy.name!r} trades order flow (book, trades): give "
                 "--data trades or --data session:NAME; bar strategies: sma_cross or "

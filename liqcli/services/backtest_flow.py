@@ -12,7 +12,10 @@ Data (``--data``):
   ``--funding on``, the stored ``funding`` rows, settled at their real times
   (``SimBroker.settle_funding``: rate x the row's mark x signed qty). Without mark prices in the
   tape, the broker's mark is the last trade price, checked for liquidation once per second of
-  event time.
+  event time. For the ``cascade`` mode, the stored ``liquidations`` of the venue traded on
+  (``--exchange``, as live: ``liq paper``'s cascade mode hears that venue's forceOrder stream),
+  journaled rows included, join the tape after the trades of their millisecond (the price
+  first, as ``liq cascade --replay`` orders them).
 
 Equity (balance + unrealised PnL at the broker's mark) is sampled once per minute of event
 time; the metrics are computed from that series (``liqcli.analytics.metrics``), plus
@@ -33,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from liqcli.analytics import metrics
-from liqcli.core.events import AggTrade, BookSnapshot, BookTop
+from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Liquidation
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.services.paper import DYNAMIC, MODES, PaperConfig, PaperSession
@@ -83,13 +86,19 @@ def check_params(params: dict[str, Any]) -> None:
 
 
 def parse_modes(strategy: str) -> tuple[str, ...]:
-    if strategy == "all":  # the seed's four; the cascade mode needs the liquidation tape too
-        return tuple(m for m in MODES if m != "cascade")
-    if strategy == "cascade":
-        raise UsageError("the cascade mode cannot be backtested yet: modes 0, 1, 2, 3 or all")
-    if strategy not in MODES:
-        raise UsageError(f"unknown order-flow mode {strategy!r}: 0, 1, 2, 3 or all")
-    return (strategy,)
+    """``0``, ``cascade``, ``all`` (the seed's four: no liquidations needed) or a list such as
+    ``0,1,cascade`` / ``all,cascade``."""
+    modes: list[str] = []
+    for name in (m.strip() for m in strategy.split(",")):
+        if name == "all":
+            modes += [m for m in MODES if m != "cascade"]
+        elif name in MODES:
+            modes.append(name)
+        else:
+            raise UsageError(f"unknown order-flow mode {name!r}: 0, 1, 2, 3, cascade or all")
+    if len(set(modes)) != len(modes):
+        raise UsageError(f"mode list {strategy!r}: give each mode once, e.g. 0,1,cascade")
+    return tuple(modes)
 
 
 def parse_dynamic(text: str) -> str:
@@ -103,6 +112,22 @@ def parse_dynamic(text: str) -> str:
 
 def session_events(store: Any, settings: FlowSettings) -> Iterator[Any]:
     name = settings.data.split(":", 1)[1]
+    if "cascade" in settings.modes:
+        recorded = (
+            store.scan(
+                "liquidations", start=settings.start_ms, end=settings.end_ms, symbol=settings.symbol
+            )
+            .filter(pl.col("seq").is_not_null())
+            .select(pl.len())
+            .collect()
+            .item()
+        )
+        if not recorded:
+            raise LiqError(
+                f"session {name!r} recorded no liquidations for {settings.symbol} (the cascade "
+                f"mode reads them): record one with the cascade mode, `liq paper "
+                f"{settings.symbol} --modes 0,1,2,3,cascade --session NAME --record`"
+            )
     events = recorded_events(
         store, symbols=[settings.symbol], start=settings.start_ms, end=settings.end_ms
     )
@@ -132,7 +157,7 @@ def _scan(store: Any, name: str, settings: FlowSettings, **extra: Any) -> pl.Laz
 
 
 # Kinds of the merged tape, in the order they are applied within one millisecond.
-FUNDING, DEPTH, TOP, TRADE = 0, 1, 2, 3
+FUNDING, DEPTH, TOP, TRADE, LIQUIDATION = 0, 1, 2, 3, 4
 
 
 def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
@@ -177,6 +202,8 @@ def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
                 pl.lit(None, pl.Float64).alias("d"),
             )
         )
+    if "cascade" in settings.modes:
+        parts.append(liquidation_rows(store, settings))
     frames = pl.collect_all([p.sort("ts", "id") for p in parts])
     if frames[0].height == 0:
         raise LiqError(
@@ -197,7 +224,29 @@ def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
             settings.symbol,
             _days(settings),
         )
+    if "cascade" in settings.modes and frames[-1].height == 0:
+        raise LiqError(
+            f"no {settings.exchange} liquidations stored for {settings.symbol} in the range "
+            f"(the cascade mode reads them; liq fetch cannot get them, the venues publish no "
+            f"history): record them live with `liq watch {settings.symbol} -e "
+            f"{settings.exchange}` (or `liq paper {settings.symbol} --record`)"
+        )
     return pl.concat(frames, how="vertical_relaxed").sort("ts", "kind", maintain_order=True)
+
+
+def liquidation_rows(store: Any, settings: FlowSettings) -> pl.LazyFrame:
+    """Stored (and journaled: ``liq watch`` may be running) liquidations of the venue traded on
+    as tape rows: id = received_ts, a = price, b = qty, c = 1.0 for a long liquidated, else
+    0.0, d = notional_usd."""
+    return _scan(store, "liquidations", settings, include_journal=True).select(
+        "ts",
+        pl.lit(LIQUIDATION, pl.Int8).alias("kind"),
+        pl.col("received_ts").fill_null(0).cast(pl.Int64).alias("id"),
+        pl.col("price").alias("a"),
+        pl.col("qty").alias("b"),
+        (pl.col("side") == "long").cast(pl.Float64).alias("c"),
+        pl.col("notional_usd").alias("d"),
+    )
 
 
 def depth_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
@@ -388,6 +437,10 @@ class _Driver:
                         broker.on_mark(symbol, ts, a)
             elif kind == TOP:
                 event = BookTop(exchange, symbol, ts, a, b, c, d, id_)
+            elif kind == LIQUIDATION:
+                event = Liquidation(
+                    exchange, symbol, "long" if c else "short", a, b, d, ts, "", id_
+                )
             else:  # FUNDING: rate a, mark b
                 for broker in brokers:
                     broker.settle_funding(symbol, ts, a, b)
