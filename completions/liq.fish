@@ -80,7 +80,7 @@ complete -c liq -n '__fish_seen_subcommand_from map' -l mode -s m -x -a 'gross_v
 complete -c liq -n '__fish_seen_subcommand_from map' -l threshold -s t -x -d 'gross_value - notional (price x qty) in the quote currency, USD for USDT/USDC (1'
 complete -c liq -n '__fish_seen_subcommand_from map' -l model -x -a 'default compat' -d 'default (weighted tiers, mmr, sweeps) or compat (reference).'
 complete -c liq -n '__fish_seen_subcommand_from map' -l tiers -x -d 'Leverage tiers and weights, e.g. 5 -0.1,10 -0.25,20 -0.25,25 -0.15,50 -0.15,100 '
-complete -c liq -n '__fish_seen_subcommand_from map' -l mmr -x -d 'Maintenance margin rate (0.004).'
+complete -c liq -n '__fish_seen_subcommand_from map' -l mmr -x -d 'Maintenance margin rate in the liquidation price (default model) (0.004).'
 complete -c liq -n '__fish_seen_subcommand_from map' -l bin-size -x -d 'Price bin width (auto - ~100-200 bins).'
 complete -c liq -n '__fish_seen_subcommand_from map' -l chart -s c -x -a 'map depth heatmap all' -d 'PNG chart(s) to write - map, depth, heatmap or all (repeatable).'
 complete -c liq -n '__fish_seen_subcommand_from map' -l out -s o -r -F -d 'Directory for the PNG charts.'
