@@ -108,10 +108,12 @@ def paper(
     (symbol,) = upper_symbols([symbol])
     if fmt not in ("dashboard", "jsonl", "json"):
         raise UsageError(f"invalid --format {fmt!r}: dashboard, jsonl or json")
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be positive")
+    if duration is not None and not 0 < duration < float("inf"):
+        raise UsageError("--duration must be a positive number of seconds")
     if replay and record:
         raise UsageError("--record records live data: drop it with --replay")
+    if replay is not None and not all(c.isalnum() or c in "-_." for c in replay):
+        raise UsageError(f"invalid --replay {replay!r}: a session name")
     name = session or (f"{replay}-replay" if replay else svc.new_session_name())
     config = svc.PaperConfig(
         symbol=symbol,
@@ -124,8 +126,6 @@ def paper(
         session=name,
     )
     config.validate()
-    if replay is not None and not all(c.isalnum() or c in "-_." for c in replay):
-        raise UsageError(f"invalid --replay {replay!r}: a session name")
     data_dir = state(ctx).data_dir
     run_async(_main(config, data_dir, symbol, replay, record, duration, fmt))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,7 +126,7 @@ class PaperConfig:
             raise UsageError(f"unknown mode {unknown[0]!r}: choose from {', '.join(MODES)}")
         if not self.modes or len(set(self.modes)) != len(self.modes):
             raise UsageError("--modes: give each mode once, e.g. 0,1,2,3,cascade")
-        if not self.capital > 0:
+        if not (self.capital > 0 and math.isfinite(self.capital)):
             raise UsageError(f"--capital must be positive, got {self.capital:g}")
         for mode, lev in self.leverage.items():
             if mode not in self.modes:
@@ -160,7 +161,7 @@ def parse_leverage(text: str | None) -> dict[str, float]:
             out[mode.strip()] = float(value)
         except ValueError:
             sep = ""
-        if not sep:
+        if not sep or not mode.strip():
             raise UsageError(f"invalid --leverage {text!r}: expected MODE=N,..., e.g. 0=5,1=3")
     return out
 
