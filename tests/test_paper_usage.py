@@ -104,3 +104,44 @@ def test_valid_flags_do_connect_to_the_venue(listener, tmp_path):
     result = run(tmp_path, "--modes", "0", "--duration", "0.5", "--format", "json")
     assert result.exit_code == 0, result.output
     assert listener.accepted >= 1
+
+
+# --- the CLI's output formats on a recorded session (no network) ------------------------------
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """The scripted tape of test_paper, recorded as session ``rec`` (market data + paper_state)."""
+    import asyncio
+
+    from liqcli.services import paper as svc
+    from liqcli.sources.recorder import Recorder
+    from liqcli.store.parquet import Store
+    from tests.test_paper import TAPE, ListSource, config
+
+    async def record() -> None:
+        source = Recorder(ListSource(TAPE), Store(tmp_path), flush_interval=0.01)
+        run = svc.open_paper(config("rec"), tmp_path)
+        try:
+            await svc.drive(run, source)
+        finally:
+            await source.aclose()
+
+    asyncio.run(record())
+    return tmp_path
+
+
+def test_replaying_twice_gives_the_same_summary_not_a_resumed_one(recorded):
+    import json
+
+    first = run(recorded, "--replay", "rec", "--format", "json")
+    second = run(recorded, "--replay", "rec", "--format", "json")
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    a, b = json.loads(first.output), json.loads(second.output)
+    assert (a["session"], b["session"]) == ("rec-replay", "rec-replay-2")
+    assert a["modes"][0]["trades"] >= 1
+    assert [m | {"rank": 0} for m in a["modes"]] == [m | {"rank": 0} for m in b["modes"]]
+    # a replay into a session that is stored already would add the recording on top of it
+    again = run(recorded, "--replay", "rec", "--session", "rec-replay", "--format", "json")
+    assert again.exit_code == 2
+    assert again.output.startswith("liq: error: --session 'rec-replay' is stored already")

@@ -85,7 +85,7 @@ def paper(
         typer.Option(
             "--replay",
             metavar="NAME",
-            help="Replay a recorded session NAME (needs --record when it ran).",
+            help="Replay a recorded session NAME (needs --record when it ran), into a new session.",
             show_default=False,
         ),
     ] = None,
@@ -114,7 +114,13 @@ def paper(
         raise UsageError("--record records live data: drop it with --replay")
     if replay is not None and not all(c.isalnum() or c in "-_." for c in replay):
         raise UsageError(f"invalid --replay {replay!r}: a session name")
-    name = session or (f"{replay}-replay" if replay else svc.new_session_name())
+    data_dir = state(ctx).data_dir
+    if replay is not None:
+        from liqcli.store.parquet import Store
+
+        name = svc.replay_session_name(Store(data_dir), replay, session)
+    else:
+        name = session or svc.new_session_name()
     config = svc.PaperConfig(
         symbol=symbol,
         modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
@@ -126,7 +132,6 @@ def paper(
         session=name,
     )
     config.validate()
-    data_dir = state(ctx).data_dir
     run_async(_main(config, data_dir, symbol, replay, record, duration, fmt))
 
 

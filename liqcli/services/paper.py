@@ -440,6 +440,25 @@ def session_range(store: Any, name: str) -> tuple[int, int]:
     return start, end
 
 
+def replay_session_name(store: Any, replay: str, session: str | None) -> str:
+    """The session a ``--replay NAME`` run stores into: a new one each time (NAME-replay,
+    NAME-replay-2, ...). Resuming a stored session would run the recording again on top of the
+    balances and trades it left (UsageError for an explicit ``--session`` that is stored)."""
+    stored = {p.get("session") for p in store.partitions("paper_state")}
+    if session is not None:
+        if session in stored:
+            raise UsageError(
+                f"--session {session!r} is stored already: a replay starts a new session "
+                "(name another, or drop --session)"
+            )
+        return session
+    name, n = f"{replay}-replay", 1
+    while name in stored:
+        n += 1
+        name = f"{replay}-replay-{n}"
+    return name
+
+
 def new_session_name(now: int | None = None) -> str:
     return "paper-" + iso_ms(now or now_ms())[:19].replace(":", "").replace("-", "").replace(
         "T", "-"
