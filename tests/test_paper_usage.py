@@ -111,16 +111,28 @@ def test_valid_flags_do_connect_to_the_venue(listener, tmp_path):
 
 @pytest.fixture
 def recorded(tmp_path):
-    """The scripted tape of test_paper, recorded as session ``rec`` (market data + paper_state)."""
+    """A thin-book tape recorded as session ``rec`` (market data + paper_state): top-of-book
+    depth 2.2 < 3 blocks the liquidity modes 2 and 3, modes 0 and 1 buy on OBI 0.82 (VPIN not
+    known yet on $50k buckets), mode 0 takes profit at 2 s."""
     import asyncio
 
+    from liqcli.core.events import MarkPrice
     from liqcli.services import paper as svc
     from liqcli.sources.recorder import Recorder
     from liqcli.store.parquet import Store
-    from tests.test_paper import TAPE, ListSource, config
+    from tests.test_paper import ListSource, buy, config, top
+
+    tape = [
+        top(1_000, 100.0, 2.0, 100.1, 2.0),
+        buy(1_100, 200.0, 1),
+        top(1_200, 100.0, 2.0, 100.1, 0.2),
+        MarkPrice("binance", SYM, 1_300, 100.1, 100.0, 0.0001, 1_500),
+        MarkPrice("binance", SYM, 1_600, 100.2, 100.0, 0.0001, 9_000),
+        top(2_000, 103.5, 2.0, 103.6, 2.0),
+    ]
 
     async def record() -> None:
-        source = Recorder(ListSource(TAPE), Store(tmp_path), flush_interval=0.01)
+        source = Recorder(ListSource(tape), Store(tmp_path), flush_interval=0.01)
         run = svc.open_paper(config("rec"), tmp_path)
         try:
             await svc.drive(run, source)
@@ -145,3 +157,68 @@ def test_replaying_twice_gives_the_same_summary_not_a_resumed_one(recorded):
     again = run(recorded, "--replay", "rec", "--session", "rec-replay", "--format", "json")
     assert again.exit_code == 2
     assert again.output.startswith("liq: error: --session 'rec-replay' is stored already")
+
+
+INPUTS = (
+    "signal",
+    "confidence",
+    "risk_level",
+    "vpin",
+    "spread_bps",
+    "depth",
+    "leverage",
+    "suggested_leverage",
+    "leverage_reason",
+    "fees",
+    "funding",
+    "pnl",
+    "roi",
+    "exit_reason",
+)
+
+
+def test_jsonl_has_one_line_per_order_fill_close_and_block(recorded):
+    import json
+
+    from liqcli.store.parquet import Store
+
+    result = run(recorded, "--replay", "rec", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert {r["type"] for r in records} == {"order", "fill", "close", "block"}
+    by_mode = {m: [r["type"] for r in records if r["mode"] == m] for m in ("0", "1", "2", "3")}
+    assert by_mode["0"] == ["order", "fill", "fill", "close"]  # entry, take-profit exit
+    assert by_mode["1"] == ["order", "fill"]  # still open at the end
+    assert set(by_mode["2"]) == set(by_mode["3"]) == {"block"}
+    assert all(r["reasons"] == ["depth 2.20 < 3"] for r in records if r["type"] == "block")
+    assert all(r["ts"].startswith("1970-01-01T00:00:0") for r in records)
+    (close,) = [r for r in records if r["type"] == "close"]
+    assert (close["exit_reason"], close["side"], close["entry_price"]) == (
+        "take_profit",
+        "long",
+        pytest.approx(100.1 * 1.0002),  # the ask plus 2 bps slippage
+    )
+    # the stored trade is the close line, with every input it was opened on
+    (row,) = Store(recorded).read("paper_trades", session="rec-replay").iter_rows(named=True)
+    for key in INPUTS:
+        assert row[key] == (pytest.approx(close[key]) if close[key] is not None else None), key
+    assert (row["signal"], row["risk_level"], row["leverage"]) == ("LONG", close["risk_level"], 5.0)
+    assert row["depth"] == pytest.approx(2.2) and row["spread_bps"] == pytest.approx(
+        0.1 / 100.05 * 1e4
+    )
+    assert row["confidence"] > 0.6 and row["suggested_leverage"] > 0 and row["fees"] > 0
+    assert row["funding"] > 0  # the 1.5 s settlement while long at a positive rate
+
+
+def test_json_is_the_final_summary(recorded):
+    import json
+
+    result = run(recorded, "--replay", "rec", "--modes", "0,2", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert (summary["session"], summary["events"]) == ("rec-replay", 6)
+    board = {m["mode"]: m for m in summary["modes"]}
+    assert set(board) == {"0", "2"} and board["0"]["rank"] == 1
+    assert board["0"]["trades"] == 1 and board["0"]["position"] is None
+    assert board["0"]["balance"] == pytest.approx(10_000 + board["0"]["realized_pnl"])
+    assert board["2"]["last_block"] == "depth 2.20 < 3" and board["2"]["blocks"] == 3
