@@ -121,7 +121,7 @@ complete -c liq -n '__fish_seen_subcommand_from paper' -l fees -x -d 'MAKER,TAKE
 complete -c liq -n '__fish_seen_subcommand_from paper' -l slippage-bps -x -d 'Extra slippage per market fill.'
 complete -c liq -n '__fish_seen_subcommand_from paper' -l session -x -d 'Session name - resume it if stored (default - new).'
 complete -c liq -n '__fish_seen_subcommand_from paper' -l duration -x -d 'Stop after this many seconds.'
-complete -c liq -n '__fish_seen_subcommand_from paper' -l replay -r -F -d 'Replay a recorded session NAME (needs --record when it ran), into a new session.'
+complete -c liq -n '__fish_seen_subcommand_from paper' -l replay -r -F -d 'Replay a recorded session NAME (needs --record when it ran), or store - all mark'
 complete -c liq -n '__fish_seen_subcommand_from paper' -l record -d 'Store the market data consumed, for replays and backtests.'
 complete -c liq -n '__fish_seen_subcommand_from paper' -l format -s f -x -d 'dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).'
 complete -c liq -n '__fish_seen_subcommand_from paper' -l help -s h -d 'Show help'

@@ -148,7 +148,7 @@ _liq() {
                     ''--slippage-bps'[Extra slippage per market fill.]:value: ' \
                     ''--session'[Session name - resume it if stored (default - new).]:value: ' \
                     ''--duration'[Stop after this many seconds.]:value: ' \
-                    ''--replay'[Replay a recorded session NAME (needs --record when it ran), into a new session.]:path:_files' \
+                    ''--replay'[Replay a recorded session NAME (needs --record when it ran), or store - all mark]:path:_files' \
                     ''--record'[Store the market data consumed, for replays and backtests.]' \
                     '(--format -f)'{--format,-f}'[dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).]:value: ' \
                     '(--help -h)'{--help,-h}'[Show help]' \

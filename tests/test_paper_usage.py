@@ -222,3 +222,20 @@ def test_json_is_the_final_summary(recorded):
     assert board["0"]["trades"] == 1 and board["0"]["position"] is None
     assert board["0"]["balance"] == pytest.approx(10_000 + board["0"]["realized_pnl"])
     assert board["2"]["last_block"] == "depth 2.20 < 3" and board["2"]["blocks"] == 3
+
+
+def test_replay_store_runs_everything_recorded_for_the_symbol(recorded, caplog):
+    import json
+
+    session = json.loads(run(recorded, "--replay", "rec", "--format", "json").output)
+    whole = run(recorded, "--replay", "store", "--format", "json")
+    assert whole.exit_code == 0, whole.output
+    store = json.loads(whole.output)
+    assert (store["session"], store["events"]) == ("store-replay", session["events"])
+    assert store["modes"] == session["modes"]  # the store holds just that recording
+    other = CliRunner().invoke(
+        app, ["--data-dir", str(recorded), "paper", "ETHUSDT", "--replay", "store", "-f", "json"]
+    )
+    assert other.exit_code == 0 and json.loads(other.output.splitlines()[0])["events"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "--replay store: nothing recorded for ETHUSDT" in warnings

@@ -3,6 +3,7 @@ the cascade mode."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -24,7 +25,8 @@ microprice; sizing by confidence, SL/TP by risk level, exits on SL, TP, VPIN > 0
 a 2-hour time stop or a strong reverse signal. Every closed trade goes to paper_trades, each
 mode's balance and position to paper_state every second: --session NAME resumes after a restart
 or kill -9. --record stores the market data consumed (book_tops, book_depth, agg_trades,
-mark_prices, liquidations) so --replay NAME runs the same session again through the same code.
+mark_prices, liquidations) so --replay NAME runs the same session again through the same code
+(--replay store: everything recorded for SYMBOL); a replay is stored as a new session.
 """
 
 EPILOG = """\b
@@ -35,6 +37,7 @@ Examples:
   liq paper BTCUSDT --modes cascade --leverage cascade=5
   liq paper BTCUSDT --dynamic-leverage rules --format jsonl | jq 'select(.type=="close")'
   liq paper BTCUSDT --replay night1 --format json    # the recorded session again
+  liq paper BTCUSDT --replay store --modes 0,3       # everything recorded for BTCUSDT
 """
 
 
@@ -85,7 +88,8 @@ def paper(
         typer.Option(
             "--replay",
             metavar="NAME",
-            help="Replay a recorded session NAME (needs --record when it ran), into a new session.",
+            help="Replay a recorded session NAME (needs --record when it ran), or 'store': "
+            "all market data recorded for SYMBOL; into a new session.",
             show_default=False,
         ),
     ] = None,
@@ -151,7 +155,8 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
     if replay is not None:
         from liqcli.sources.recorder import RecordedSource
 
-        start, end = svc.session_range(store, replay)
+        # "store": all the market data recorded for the symbol; else that session's range
+        start, end = (None, None) if replay == "store" else svc.session_range(store, replay)
         source = RecordedSource(store, symbols=[symbol], start=start, end=end)
     else:
         from liqcli.sources.binance_market import BinanceMarketSource, MarketOptions
@@ -212,6 +217,8 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
                 render_paper(run.session, status="ended")
             )
         out.flush()
+    if replay is not None and not run.session.engine.events:
+        logging.getLogger("liq").warning("--replay %s: nothing recorded for %s", replay, symbol)
 
 
 def register(app: typer.Typer) -> None:
