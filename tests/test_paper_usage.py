@@ -208,6 +208,8 @@ def test_jsonl_has_one_line_per_order_fill_close_and_block(recorded):
     )
     assert row["confidence"] > 0.6 and row["suggested_leverage"] > 0 and row["fees"] > 0
     assert row["funding"] > 0  # the 1.5 s settlement while long at a positive rate
+    assert row["exit_ts"] == row["ts"] and row["exit_ts"].timestamp() == 2.0  # CONTRACT.md name
+    assert row["entry_ts"].timestamp() == 1.2
 
 
 def test_json_is_the_final_summary(recorded):

@@ -55,6 +55,7 @@ PAPER_TRADES = register(
             "side": pl.String(),
             "ts": TS,  # exit time
             "entry_ts": TS,
+            "exit_ts": TS,  # = ts, by its CONTRACT.md name (as in backtest_trades)
             "entry_price": pl.Float64(),
             "exit_price": pl.Float64(),
             "qty": pl.Float64(),
@@ -404,7 +405,7 @@ def write_trades(store: Any, rows: Sequence[dict]) -> None:
             for c, t in PAPER_TRADES.schema.items()
         },
     )
-    store.write("paper_trades", _times(frame, "ts", "entry_ts"))
+    store.write("paper_trades", _times(frame, "ts", "entry_ts", "exit_ts"))
 
 
 def write_state(store: Any, rows: Sequence[dict]) -> None:
