@@ -183,7 +183,11 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
         console = Console(file=out)
         if console.is_terminal:
             view = Live(
-                console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False
+                console=console,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                transient=True,  # cleared at the end: the final dashboard is printed once
             )
             view.start()
 
