@@ -93,3 +93,22 @@ def test_five_modes_with_positions_and_blocks_still_fit_80_by_24():
         "🥇", "cascade", "98,765.43", "99,999.99", "-12.35k", "-10.23k", "2.35k", "-123.45",
         "1234", "50%", "13.37x",
     ]  # fmt: skip
+
+
+def test_a_quiet_detector_shows_no_stale_call():
+    session = svc.PaperSession(svc.PaperConfig(symbol=SYM, session="night1"))
+    cascade = session.modes["cascade"]
+    state = {
+        "level": "MINOR",
+        "direction": "long_liquidation",
+        "phase": "late",
+        "total_usd_60s": 1_200_000.0,
+        "recommended_action": "prepare_long_reversal",
+    }
+    cascade.last_state = state
+    text = "\n".join(screen(session, 80, 24))
+    assert "cascade MINOR long liquidation late $1.20M/60s -> prepare_long_reversal" in text
+    cascade.last_state = state | {"level": "QUIET", "total_usd_60s": 0.0}
+    text = "\n".join(screen(session, 80, 24))
+    assert "cascade QUIET $0.00/60s: no cascade now" in text
+    assert "prepare_long_reversal" not in text

@@ -169,6 +169,9 @@ class _Dashboard:
                 f"cascade {state['level']} {state['direction'].replace('_', ' ')}"
                 f" {state['phase']} ${compact(state['total_usd_60s'])}/60s"
                 f" -> {state['recommended_action']}"
+                if state and state["level"] != "QUIET"
+                # the detector keeps the ended cascade's phase and call: not news any more
+                else f"cascade QUIET ${compact(state['total_usd_60s'])}/60s: no cascade now"
                 if state
                 else "cascade: no liquidation cascade seen yet"
             )
