@@ -103,7 +103,7 @@ _liq() {
                     '(--threshold -t)'{--threshold,-t}'[gross_value - notional (price x qty) in the quote currency, USD for USDT/USDC (1]:value: ' \
                     ''--model'[default (weighted tiers, mmr, sweeps) or compat (reference).]:value:(default compat)' \
                     ''--tiers'[Leverage tiers and weights, e.g. 5 -0.1,10 -0.25,20 -0.25,25 -0.15,50 -0.15,100 ]:value: ' \
-                    ''--mmr'[Maintenance margin rate (0.004).]:value: ' \
+                    ''--mmr'[Maintenance margin rate in the liquidation price (default model) (0.004).]:value: ' \
                     ''--bin-size'[Price bin width (auto - ~100-200 bins).]:value: ' \
                     '(--chart -c)'{--chart,-c}'[PNG chart(s) to write - map, depth, heatmap or all (repeatable).]:value:(map depth heatmap all)' \
                     '(--out -o)'{--out,-o}'[Directory for the PNG charts.]:path:_files' \
@@ -148,7 +148,7 @@ _liq() {
                     ''--slippage-bps'[Extra slippage per market fill.]:value: ' \
                     ''--session'[Session name - resume it if stored (default - new).]:value: ' \
                     ''--duration'[Stop after this many seconds.]:value: ' \
-                    ''--replay'[Replay a recorded session NAME (needs --record when it ran).]:path:_files' \
+                    ''--replay'[Replay a recorded session NAME (needs --record when it ran), or store - all mark]:path:_files' \
                     ''--record'[Store the market data consumed, for replays and backtests.]' \
                     '(--format -f)'{--format,-f}'[dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).]:value: ' \
                     '(--help -h)'{--help,-h}'[Show help]' \

@@ -204,6 +204,54 @@ def test_default_model_bins_cover_every_active_level():
     assert per_trade["amount_usd"].sum() == pytest.approx(float(m.selected["amount"].sum()))
 
 
+def test_default_model_levels_are_binances_isolated_formula_in_the_first_bracket():
+    # A $30k taker buy and a $30k taker sell at 60,000 (0.5 BTC each): below Binance BTCUSDT's
+    # first bracket ceiling (50,000 USDT: mmr 0.4 %, maintenance amount cum 0). Binance's
+    # isolated formula LP = (WB + cum - side*Q*EP) / (Q*mmr - side*Q), margin WB = Q*EP/L:
+    #   long 10x:   WB 3,000: (3,000 - 30,000) / (0.002 - 0.5) = 27,000 / 0.498 = 54,216.867...
+    #   long 100x:  WB   300: (  300 - 30,000) / (0.002 - 0.5) = 29,700 / 0.498 = 59,638.554...
+    #   short 10x:  (3,000 + 30,000) / (0.002 + 0.5) = 33,000 / 0.502 = 65,737.051...
+    #   short 100x: (  300 + 30,000) / (0.002 + 0.5) = 30,300 / 0.502 = 60,358.565...
+    # (the former approximation p*(1 - 1/L + mmr) put the long 10x at 54,240 and the short 10x
+    # at 65,760).
+    rows = [
+        (0, 60_000.0, 0.5, False),
+        (1_000, 60_000.0, 0.5, True),
+        (2_000, 60_000.0, 0.001, False),  # small; the price never reaches a level: none swept
+    ]
+    m = build(rows, mode="gross_value", threshold=20_000, tiers=parse_tiers("10:0.5,100:0.5"))
+    assert m.spec.mmr == DEFAULT_MMR == 0.004
+    got = {(r["side"], r["tier"]): r["level"] for r in m.levels.to_dicts()}
+    assert got == {
+        ("long", "10x"): pytest.approx(27_000 / 0.498, rel=1e-12),
+        ("long", "100x"): pytest.approx(29_700 / 0.498, rel=1e-12),
+        ("short", "10x"): pytest.approx(33_000 / 0.502, rel=1e-12),
+        ("short", "100x"): pytest.approx(30_300 / 0.502, rel=1e-12),
+    }
+    assert got[("long", "10x")] == pytest.approx(54_216.867, abs=1e-3)
+    assert got[("short", "10x")] == pytest.approx(65_737.051, abs=1e-3)
+    assert m.levels["active"].all()
+    assert m.levels["amount_usd"].to_list() == pytest.approx([15_000.0] * 4)
+
+
+def test_default_model_levels_are_the_brokers_liquidation_prices():
+    # One function: a level is where the simulated broker would liquidate that position.
+    from liqcli.trading.costs import bracket_for, liquidation_price
+
+    rows = [(0, 43_210.5, 0.9, False), (1_000, 43_210.5, 0.9, True), (2_000, 43_210.5, 0.001, True)]
+    m = build(rows, mode="gross_value", threshold=10_000)
+    assert m.levels.height == 2 * len(DEFAULT_TIERS)
+    for r in m.levels.to_dicts():
+        qty = (1 if r["side"] == "long" else -1) * 0.9
+        notional = 0.9 * r["entry_price"]
+        b = bracket_for(notional)
+        assert b.cum == 0 and b.mmr == m.spec.mmr
+        want = liquidation_price(
+            qty=qty, entry_price=r["entry_price"], margin=notional / r["leverage"], mmr=b.mmr
+        )
+        assert r["level"] == pytest.approx(want, rel=1e-12)
+
+
 # --- sweeps ------------------------------------------------------------------------------------
 
 

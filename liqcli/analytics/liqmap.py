@@ -8,8 +8,11 @@ side by ``mode``:
 - ``top_n``: the ``threshold`` largest per side (all of them if there are fewer);
 - ``portion``: the largest ``floor(count * threshold)`` per side.
 
-Each selected trade puts notional at the liquidation price of every leverage tier ``L``:
-long ``p * (1 - 1/L + mmr)``, short ``p * (1 + 1/L - mmr)``.
+Each selected trade puts notional at the liquidation price of every leverage tier ``L``, from
+the simulated broker's function (``trading.costs.liquidation_price_for_leverage``: Binance's
+isolated formula with margin = notional / L and maintenance amount 0, the first bracket):
+long ``p * (1 - 1/L) / (1 - mmr)``, short ``p * (1 + 1/L) / (1 + mmr)``; with mmr 0 (compat)
+this is the reference's ``p * (1 -/+ 1/L)``.
 
 Models:
 
@@ -42,6 +45,7 @@ import polars as pl
 
 from liqcli.core.money import currency_of, quote_of
 from liqcli.errors import LiqError, UsageError
+from liqcli.trading.costs import BTCUSDT_BRACKETS, liquidation_price_for_leverage
 
 Mode = Literal["gross_value", "top_n", "portion"]
 Model = Literal["default", "compat"]
@@ -52,8 +56,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"gross_value": 100_000.0, "top_n": 100, 
 # Per-second buckets: fine enough that the exact own-second pass stays small, coarse enough that a
 # month of trades is ~2.6M bucket rows.
 BUCKET_MS = 1_000
-# Binance USDⓈ-M BTCUSDT first-bracket maintenance margin rate (0.4%).
-DEFAULT_MMR = 0.004
+# Binance USDⓈ-M BTCUSDT first-bracket maintenance margin rate (0.4%), the broker's.
+DEFAULT_MMR = BTCUSDT_BRACKETS[0].mmr
 HEATMAP_COLUMNS = 240
 PATH_POINTS = 1_500
 _NICE_DURATIONS_MS = [
@@ -547,7 +551,7 @@ def _levels(selected: pl.DataFrame, spec: MapSpec) -> pl.DataFrame:
         }
     )
     mmr = spec.mmr or 0.0
-    inverse = 1 / pl.col("leverage")
+    price, leverage = pl.col("price"), pl.col("leverage")
     return (
         selected.with_row_index("trade")
         .join(tier_df, how="cross")
@@ -563,9 +567,10 @@ def _levels(selected: pl.DataFrame, spec: MapSpec) -> pl.DataFrame:
             .alias("side"),
             "tier",
             "leverage",
+            # The broker's formula (trading/costs.py), as Polars expressions.
             pl.when(pl.col("is_long"))
-            .then(pl.col("price") * (1 - inverse + mmr))
-            .otherwise(pl.col("price") * (1 + inverse - mmr))
+            .then(liquidation_price_for_leverage(price, leverage, long=True, mmr=mmr))
+            .otherwise(liquidation_price_for_leverage(price, leverage, long=False, mmr=mmr))
             .alias("level"),
             (pl.col("amount") * pl.col("weight")).alias("amount_usd"),
         )

@@ -42,9 +42,11 @@ from files (--input: zip, csv, csv.gz or parquet; with or without header; ms or 
 live from the Binance aggTrade stream (--live).
 
 \b
---model default: leverage tiers with weights (--tiers), a maintenance margin rate (--mmr), and
-levels the later price already crossed are removed. --model compat: py-liquidation-map's
-levels (10x/25x/50x/100x, full notional each), binned without loss.
+--model default: leverage tiers with weights (--tiers), each level at the liquidation price
+of Binance's isolated formula (the one liq paper's broker uses; margin = notional/L, first
+bracket): long p*(1-1/L)/(1-mmr), short p*(1+1/L)/(1+mmr), mmr from --mmr; levels the later
+price already crossed are removed. --model compat: py-liquidation-map's levels (10x/25x/50x/100x,
+long p*(1-1/L), short p*(1+1/L), full notional each), binned without loss.
 """
 
 EPILOG = """\b
@@ -143,7 +145,11 @@ def liquidation_map(
     ] = None,
     mmr: Annotated[
         float | None,
-        typer.Option("--mmr", help="Maintenance margin rate [0.004].", show_default=False),
+        typer.Option(
+            "--mmr",
+            help="Maintenance margin rate in the liquidation price (default model) [0.004].",
+            show_default=False,
+        ),
     ] = None,
     bin_size: Annotated[
         float | None,

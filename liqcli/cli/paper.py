@@ -3,6 +3,7 @@ the cascade mode."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -24,7 +25,8 @@ microprice; sizing by confidence, SL/TP by risk level, exits on SL, TP, VPIN > 0
 a 2-hour time stop or a strong reverse signal. Every closed trade goes to paper_trades, each
 mode's balance and position to paper_state every second: --session NAME resumes after a restart
 or kill -9. --record stores the market data consumed (book_tops, book_depth, agg_trades,
-mark_prices, liquidations) so --replay NAME runs the same session again through the same code.
+mark_prices, liquidations) so --replay NAME runs the same session again through the same code
+(--replay store: everything recorded for SYMBOL); a replay is stored as a new session.
 """
 
 EPILOG = """\b
@@ -35,6 +37,7 @@ Examples:
   liq paper BTCUSDT --modes cascade --leverage cascade=5
   liq paper BTCUSDT --dynamic-leverage rules --format jsonl | jq 'select(.type=="close")'
   liq paper BTCUSDT --replay night1 --format json    # the recorded session again
+  liq paper BTCUSDT --replay store --modes 0,3       # everything recorded for BTCUSDT
 """
 
 
@@ -85,7 +88,8 @@ def paper(
         typer.Option(
             "--replay",
             metavar="NAME",
-            help="Replay a recorded session NAME (needs --record when it ran).",
+            help="Replay a recorded session NAME (needs --record when it ran), or 'store': "
+            "all market data recorded for SYMBOL; into a new session.",
             show_default=False,
         ),
     ] = None,
@@ -108,11 +112,19 @@ def paper(
     (symbol,) = upper_symbols([symbol])
     if fmt not in ("dashboard", "jsonl", "json"):
         raise UsageError(f"invalid --format {fmt!r}: dashboard, jsonl or json")
-    if duration is not None and duration <= 0:
-        raise UsageError("--duration must be positive")
+    if duration is not None and not 0 < duration < float("inf"):
+        raise UsageError("--duration must be a positive number of seconds")
     if replay and record:
         raise UsageError("--record records live data: drop it with --replay")
-    name = session or (f"{replay}-replay" if replay else svc.new_session_name())
+    if replay is not None and not all(c.isalnum() or c in "-_." for c in replay):
+        raise UsageError(f"invalid --replay {replay!r}: a session name")
+    data_dir = state(ctx).data_dir
+    if replay is not None:
+        from liqcli.store.parquet import Store
+
+        name = svc.replay_session_name(Store(data_dir), replay, session)
+    else:
+        name = session or svc.new_session_name()
     config = svc.PaperConfig(
         symbol=symbol,
         modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
@@ -124,9 +136,6 @@ def paper(
         session=name,
     )
     config.validate()
-    if replay is not None and not all(c.isalnum() or c in "-_." for c in replay):
-        raise UsageError(f"invalid --replay {replay!r}: a session name")
-    data_dir = state(ctx).data_dir
     run_async(_main(config, data_dir, symbol, replay, record, duration, fmt))
 
 
@@ -146,7 +155,8 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
     if replay is not None:
         from liqcli.sources.recorder import RecordedSource
 
-        start, end = svc.session_range(store, replay)
+        # "store": all the market data recorded for the symbol; else that session's range
+        start, end = (None, None) if replay == "store" else svc.session_range(store, replay)
         source = RecordedSource(store, symbols=[symbol], start=start, end=end)
     else:
         from liqcli.sources.binance_market import BinanceMarketSource, MarketOptions
@@ -173,7 +183,11 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
         console = Console(file=out)
         if console.is_terminal:
             view = Live(
-                console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False
+                console=console,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                transient=True,  # cleared at the end: the final dashboard is printed once
             )
             view.start()
 
@@ -207,6 +221,8 @@ async def _main(config, data_dir, symbol, replay, record, duration, fmt) -> None
                 render_paper(run.session, status="ended")
             )
         out.flush()
+    if replay is not None and not run.session.engine.events:
+        logging.getLogger("liq").warning("--replay %s: nothing recorded for %s", replay, symbol)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from liqcli.core.money import quote_of
+from liqcli.core.timeutil import iso_ms
+
 MEDALS = {1: "🥇", 2: "🥈", 3: "🥉"}
 
 
@@ -27,6 +30,14 @@ def money(value: float | None) -> str:
     return f"{value:,.2f}" if abs(value) < 100_000 else compact(value)
 
 
+def short_money(value: float | None) -> str:
+    """PnL, fees and funding in 80 columns: to the cent below 1,000, compact from there
+    (-12.35k), so a long session's four- and five-digit sums are not cut."""
+    if value is None:
+        return "-"
+    return f"{value:,.2f}" if abs(value) < 1_000 else compact(value)
+
+
 def _position(pos: dict | None) -> str:
     if not pos:
         return "flat"
@@ -34,6 +45,26 @@ def _position(pos: dict | None) -> str:
     liq = pos["liquidation_price"]
     liq_text = f"{liq:.6g}" if liq is not None else "-"
     return f"{side} {pos['qty']:.4g} entry {pos['entry_price']:.6g} liq {liq_text}"
+
+
+def _levels(session: Any, width: int, depth: int = 10) -> list:
+    """The book's top levels, a line per side (price x size, best first), as many as fit."""
+    from rich.text import Text
+
+    book = session.engine.market.book(session.config.symbol)
+    if book is None:
+        return []
+    lines = []
+    for side, style in (("ask", "red"), ("bid", "green")):
+        line = f"{side}s"
+        for price, qty in book.levels(side, depth):
+            cell = f"  {price:g} x {compact(qty)}"
+            if len(line) + len(cell) > width:
+                break
+            line += cell
+        if line != f"{side}s":
+            lines.append(Text(line, style=style, no_wrap=True))
+    return lines
 
 
 def render_paper(session: Any, *, status: str = "") -> Any:
@@ -76,6 +107,7 @@ class _Dashboard:
         rows = session.leaderboard()
         capital = session.config.capital
         positions = []
+        sums = money if wide else short_money
         for row in rows:
             win = f"{row['win_rate'] * 100:.0f}%" if row["win_rate"] is not None else "-"
             lev = f"{row['leverage']:g}x" if row["leverage"] else "-"
@@ -86,10 +118,10 @@ class _Dashboard:
                 Text(row["mode"]),
                 Text(money(equity), style=style),
                 money(row["balance"]),
-                money(row["realized_pnl"]),
-                money(row["unrealized_pnl"]),
-                money(row["fees"]),
-                money(row["funding"]),
+                sums(row["realized_pnl"]),
+                sums(row["unrealized_pnl"]),
+                sums(row["fees"]),
+                sums(row["funding"]),
                 str(row["trades"]),
                 win,
                 lev,
@@ -104,26 +136,32 @@ class _Dashboard:
         book = Text(no_wrap=True, overflow="ellipsis")
         book.append(f"{session.config.symbol} ", style="bold")
         if f.bid is not None and f.ask is not None:
+            spread = f.spread_bps or 0.0
+            base = session.config.symbol.removesuffix(quote_of(session.config.symbol))
             book.append(
-                f"bid {f.bid:g} ask {f.ask:g} spread {f.spread_bps or 0:.1f} bps"
-                f" depth {compact(f.top_depth)}"
+                f"bid {f.bid:g} ask {f.ask:g} spread {spread:.{1 if spread >= 1 else 2}f} bps"
+                f" depth {compact(f.top_depth)} {base}"
             )
         else:
             book.append("waiting for the book")
         features = Text(
             f"OBI {f.obi if f.obi is not None else 0:+.2f} vel {f.obi_velocity:+.2f}"
             f" SV {f.signed_volume:+.1f} VPIN "
-            + (f"{f.vpin:.2f} {f.toxicity}" if f.vpin is not None else "-"),
+            + (f"{f.vpin:.2f} {f.toxicity}" if f.vpin is not None else "-")
+            + (f" micro {f.microprice:.6g}" if f.microprice is not None else "")
+            + (f" ATR {f.atr_ratio * 100:.2f}%" if f.atr_ratio is not None else ""),
             no_wrap=True,
             overflow="ellipsis",
         )
         header = Text(
-            f"liq paper  {session.session}  events {session.engine.events:,}  {self.status}",
+            f"liq paper  {session.session}  events {session.engine.events:,}"
+            + (f"  {iso_ms(session.engine.now)[11:19]} UTC" if session.engine.now else "")
+            + f"  {self.status}",
             style="bold",
             no_wrap=True,
             overflow="ellipsis",
         )
-        parts: list = [header, book, features]
+        parts: list = [header, book, *_levels(session, width), features]
         cascade = session.modes.get("cascade")
         state = getattr(cascade, "last_state", None)
         if cascade is not None:
@@ -131,6 +169,9 @@ class _Dashboard:
                 f"cascade {state['level']} {state['direction'].replace('_', ' ')}"
                 f" {state['phase']} ${compact(state['total_usd_60s'])}/60s"
                 f" -> {state['recommended_action']}"
+                if state and state["level"] != "QUIET"
+                # the detector keeps the ended cascade's phase and call: not news any more
+                else f"cascade QUIET ${compact(state['total_usd_60s'])}/60s: no cascade now"
                 if state
                 else "cascade: no liquidation cascade seen yet"
             )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ PAPER_TRADES = register(
             "side": pl.String(),
             "ts": TS,  # exit time
             "entry_ts": TS,
+            "exit_ts": TS,  # = ts, by its CONTRACT.md name (as in backtest_trades)
             "entry_price": pl.Float64(),
             "exit_price": pl.Float64(),
             "qty": pl.Float64(),
@@ -125,7 +127,7 @@ class PaperConfig:
             raise UsageError(f"unknown mode {unknown[0]!r}: choose from {', '.join(MODES)}")
         if not self.modes or len(set(self.modes)) != len(self.modes):
             raise UsageError("--modes: give each mode once, e.g. 0,1,2,3,cascade")
-        if not self.capital > 0:
+        if not (self.capital > 0 and math.isfinite(self.capital)):
             raise UsageError(f"--capital must be positive, got {self.capital:g}")
         for mode, lev in self.leverage.items():
             if mode not in self.modes:
@@ -160,7 +162,7 @@ def parse_leverage(text: str | None) -> dict[str, float]:
             out[mode.strip()] = float(value)
         except ValueError:
             sep = ""
-        if not sep:
+        if not sep or not mode.strip():
             raise UsageError(f"invalid --leverage {text!r}: expected MODE=N,..., e.g. 0=5,1=3")
     return out
 
@@ -403,7 +405,7 @@ def write_trades(store: Any, rows: Sequence[dict]) -> None:
             for c, t in PAPER_TRADES.schema.items()
         },
     )
-    store.write("paper_trades", _times(frame, "ts", "entry_ts"))
+    store.write("paper_trades", _times(frame, "ts", "entry_ts", "exit_ts"))
 
 
 def write_state(store: Any, rows: Sequence[dict]) -> None:
@@ -437,6 +439,25 @@ def session_range(store: Any, name: str) -> tuple[int, int]:
     start = int(states["started_ts"].min().timestamp() * 1000)
     end = int(states["ts"].max().timestamp() * 1000) + 1
     return start, end
+
+
+def replay_session_name(store: Any, replay: str, session: str | None) -> str:
+    """The session a ``--replay NAME`` run stores into: a new one each time (NAME-replay,
+    NAME-replay-2, ...). Resuming a stored session would run the recording again on top of the
+    balances and trades it left (UsageError for an explicit ``--session`` that is stored)."""
+    stored = {p.get("session") for p in store.partitions("paper_state")}
+    if session is not None:
+        if session in stored:
+            raise UsageError(
+                f"--session {session!r} is stored already: a replay starts a new session "
+                "(name another, or drop --session)"
+            )
+        return session
+    name, n = f"{replay}-replay", 1
+    while name in stored:
+        n += 1
+        name = f"{replay}-replay-{n}"
+    return name
 
 
 def new_session_name(now: int | None = None) -> str:
