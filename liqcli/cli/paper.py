@@ -25,6 +25,10 @@ a 2-hour time stop or a strong reverse signal. Every closed trade goes to paper_
 mode's balance and position to paper_state every second: --session NAME resumes after a restart
 or kill -9. --record stores the market data consumed (book_tops, book_depth, agg_trades,
 mark_prices, liquidations) so --replay NAME runs the same session again through the same code.
+--entry post-only: the seed modes enter with post-only limit orders at their own side's touch
+(improved toward the mid by --entry-offset-bps) that pay the maker fee; one that would cross is
+rejected and shown as a block; one unfilled after 10 s of event time is cancelled. Exits, and
+the cascade mode's entries, stay market orders.
 """
 
 EPILOG = """\b
@@ -35,6 +39,7 @@ Examples:
   liq paper BTCUSDT --modes cascade --leverage cascade=5
   liq paper BTCUSDT --dynamic-leverage rules --format jsonl | jq 'select(.type=="close")'
   liq paper BTCUSDT --replay night1 --format json    # the recorded session again
+  liq paper BTCUSDT --modes 0,3 --entry post-only --entry-offset-bps 0.5   # maker entries
 """
 
 
@@ -67,6 +72,22 @@ def paper(
     slippage_bps: Annotated[
         float, typer.Option("--slippage-bps", help="Extra slippage per market fill.")
     ] = 2.0,
+    entry: Annotated[
+        str,
+        typer.Option(
+            "--entry",
+            help="Seed modes' entry orders: market, or post-only at the touch (maker fee; "
+            "cancelled after 10 s unfilled).",
+        ),
+    ] = "market",
+    entry_offset_bps: Annotated[
+        float,
+        typer.Option(
+            "--entry-offset-bps",
+            help="post-only: improve the touch toward the mid by this many bps (0 = join it; "
+            "wider than the spread: rejected as crossing).",
+        ),
+    ] = 0.0,
     session: Annotated[
         str | None,
         typer.Option(
@@ -98,7 +119,7 @@ def paper(
         typer.Option(
             "--format",
             "-f",
-            help="dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).",
+            help="dashboard, jsonl (orders, fills, cancels, closes, blocks) or json (summary).",
         ),
     ] = "dashboard",
 ) -> None:
@@ -122,6 +143,8 @@ def paper(
         fees=parse_fees(fees),
         slippage_bps=slippage_bps,
         session=name,
+        entry=entry,
+        entry_offset_bps=entry_offset_bps,
     )
     config.validate()
     if replay is not None and not all(c.isalnum() or c in "-_." for c in replay):
