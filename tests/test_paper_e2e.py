@@ -1,0 +1,321 @@
+"""``liq paper`` end to end: the real command, as a subprocess, against the fake Binance venue
+(REST depth snapshot, depth@100ms diffs with U/u/pu, bookTicker, aggTrade, markPrice with the
+funding rate r and the next funding time T) playing a scripted book and trade tape. Every
+order, fill, fee, funding payment and exit is worked out by hand below from the tape's numbers.
+
+How the tape reaches the modes (so the hand arithmetic knows what they see):
+- the engine sees the book through bookTicker (the top) and the top-20 ``BookSnapshot`` the
+  source emits when a diff crosses a whole second of event time (the book as it stood then).
+  ``Tape.show`` changes the venue's book with one diff, moves the venue clock to the next whole
+  second and sends a diff that changes nothing: that one emits the snapshot of the new book,
+  which is the modes' decision point (one OBI reading; its velocity is the change since the
+  previous book); a bookTicker of the same book follows (the next reading: velocity 0);
+- depth and bookTicker travel on the ``/public`` connection, aggTrade and markPrice on
+  ``/market``: before the tape switches connection it waits for a barrier, an event at least
+  1 s of event time after everything sent, whose ``paper_state`` row (written once per second
+  of event time) proves the session has processed all of it;
+- the run ends by ``--duration``: an event past the first event time + duration ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import liqcli.services.paper  # noqa: F401  (registers paper_trades and paper_state)
+from liqcli.core.timeutil import iso_ms
+from liqcli.store.parquet import Store
+from tests.fakes.binance_depth import T0, FakeBinanceDepth
+
+pytestmark = pytest.mark.timeout(60)
+SYM = "BTCUSDT"
+SESSION = "e2e"
+DURATION_S = 600  # event time; the tape ends it with an event past T0 + 600 s
+TAKER, MAKER = 0.0005, 0.0002  # the default --fees 0.02%,0.05%
+SLIP = 0.0002  # the default --slippage-bps 2 on market fills
+RATE = 0.0001  # the funding rate r of every markPrice event
+FUNDING_T = T0 + 30_000  # the next funding time T they announce
+
+
+class Paper:
+    """One ``liq paper ... --format jsonl`` process; its lines are collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict] = []
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def of(self, kind: str, mode: str | None = None) -> list[dict]:
+        return [r for r in self.lines if r["type"] == kind and (mode is None or r["mode"] == mode)]
+
+    async def finish(self) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), 20)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.reader, 5)
+        return code
+
+
+class Tape:
+    """The scripted venue: books, marks and trades in order, with barriers between connections."""
+
+    def __init__(self, fake: FakeBinanceDepth, data_dir: Path) -> None:
+        self.fake = fake
+        self.data_dir = data_dir
+        self.trade_id = 0
+        self.mark: tuple[float, float, int] = (0.0, RATE, FUNDING_T)
+
+    async def start(self, bids: dict[float, float], asks: dict[float, float]) -> None:
+        """The venue's book before the session connects; the first diff starts the book sync."""
+        fake = self.fake
+        fake.set_book(SYM, bids, asks)
+        self._tick()  # E = T0: buffered, REST snapshot loaded, replayed
+        await fake.delivered()
+        await fake.wait_until(lambda: fake.snapshots_served >= 1, timeout=15)
+        await self.show(bids, asks)  # the first reading: the starting book
+
+    def _tick(self) -> None:
+        """A diff that changes nothing (the best bid set to its own quantity)."""
+        bids, _ = self.fake.book(SYM)
+        best = max(bids)
+        self.fake.update(SYM, bids=[(best, bids[best])])
+        self.fake.flush(SYM)
+
+    async def show(self, bids: dict[float, float], asks: dict[float, float]) -> int:
+        """Make the venue's book ``bids``/``asks``; returns the event time the modes decide at."""
+        fake = self.fake
+        old_bids, old_asks = fake.book(SYM)
+        changes_b = [(p, 0.0) for p in old_bids if p not in bids] + list(bids.items())
+        changes_a = [(p, 0.0) for p in old_asks if p not in asks] + list(asks.items())
+        if (old_bids, old_asks) != (bids, asks):
+            fake.update(SYM, bids=changes_b, asks=changes_a)
+            fake.flush(SYM)
+        boundary = (fake.now // 1000 + 1) * 1000
+        fake.clock_to(boundary)
+        self._tick()  # crosses the second: the BookSnapshot of the new book, ts = boundary
+        fake.book_ticker(SYM)
+        await fake.delivered()
+        return boundary
+
+    async def mark_price(self, mark: float, rate: float = RATE, next_funding: int = FUNDING_T):
+        self.mark = (mark, rate, next_funding)
+        self.fake.mark_price(SYM, mark, mark, rate, next_funding)
+        await self.fake.delivered()
+        return self.fake.now  # markPrice: ts = E
+
+    async def trade(self, price: float, qty: float, *, taker_buys: bool) -> int:
+        self.trade_id += 1
+        self.fake.agg_trade(SYM, self.trade_id, price, qty, maker=not taker_buys)
+        await self.fake.delivered()
+        return self.fake.now - 1  # aggTrade: ts = T = E - 1
+
+    async def barrier(self, route: str) -> None:
+        """An event on ``route`` ("public": bookTicker, "market": the last markPrice again) 1.1 s
+        after everything sent; wait until paper_state shows the session processed it. The book
+        and the mark stay as they were: the modes see one more reading of the same market."""
+        fake = self.fake
+        fake.clock_to(fake.now + 1_100)
+        if route == "public":
+            self._tick()  # a bookTicker is new only with a newer update id
+            fake.book_ticker(SYM)
+            ts = fake.now - 5  # bookTicker: ts = T = E - 5
+        else:
+            ts = await self.mark_price(*self.mark)
+        await fake.delivered()
+        await self.until(lambda rows: max(r["ts"] for r in rows) >= ts)
+
+    async def until(self, done, timeout: float = 15.0) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        rows: list[dict] = []
+        while True:
+            with contextlib.suppress(Exception):  # not written yet
+                rows = stored(self.data_dir, "paper_state")
+                for r in rows:
+                    r["ts"] = int(r["ts"].timestamp() * 1000)
+                if rows and done(rows):
+                    return rows
+            assert loop.time() < end, f"timed out waiting for the paper session's state: {rows}"
+            await asyncio.sleep(0.02)
+
+    async def end(self) -> None:
+        """An event past the --duration deadline: the session saves and exits."""
+        self.fake.clock_to(T0 + DURATION_S * 1000 + 60_000)
+        await self.mark_price(*self.mark)
+
+
+def stored(data_dir: Path, dataset: str) -> list[dict]:
+    return Store(data_dir).read(dataset, session=SESSION).to_dicts()
+
+
+async def start_paper(data_dir: Path, fake: FakeBinanceDepth, *args: str) -> Paper:
+    env = {**os.environ, "LIQ_BINANCE_WS_URL": fake.ws_url, "LIQ_BINANCE_REST_URL": fake.rest_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "liqcli",
+        "--data-dir",
+        str(data_dir),
+        "paper",
+        SYM,
+        "--session",
+        SESSION,
+        "--duration",
+        str(DURATION_S),
+        "--format",
+        "jsonl",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    return Paper(proc)
+
+
+@contextlib.asynccontextmanager
+async def session(tmp_path: Path, *args: str):
+    async with FakeBinanceDepth() as fake:
+        paper = await start_paper(tmp_path, fake, *args)
+        try:
+            yield Tape(fake, tmp_path), paper
+        finally:
+            if paper.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, TimeoutError):
+                    await asyncio.wait_for(paper.proc.wait(), 0.5)
+            if paper.proc.returncode is None:
+                paper.proc.kill()
+                await paper.proc.wait()
+
+
+def one(records: list[dict]) -> dict:
+    assert len(records) == 1, records
+    return records[0]
+
+
+def approx(x: float) -> object:
+    return pytest.approx(x, rel=1e-9, abs=1e-9)
+
+
+def check_trade(row: dict, close: dict) -> None:
+    """The paper_trades row says what the jsonl close said."""
+    for key in ("side", "entry_price", "exit_price", "qty", "fees", "funding", "pnl", "roi"):
+        assert row[key] == approx(close[key]) if isinstance(close[key], float) else close[key]
+    assert row["exit_reason"] == close["exit_reason"]
+
+
+# -------------------------------------------------------------------------- the four seed modes
+
+B0 = ({50_000.0: 1.0, 49_990.0: 1.0}, {50_010.0: 1.0, 50_020.0: 1.0})  # balanced: OBI 0
+# A lean with a thin top: bids 2 + 12, asks 0.2 + 0.5; top-of-book depth 2.2 < 3.
+B1 = ({50_000.0: 2.0, 49_990.0: 12.0}, {50_010.0: 0.2, 50_020.0: 0.5})
+# A lean with a thick top: bids 6 + 12, asks 0.3 + 0.7; depth 6.3.
+B2 = ({50_000.0: 6.0, 49_990.0: 12.0}, {50_010.0: 0.3, 50_020.0: 0.7})
+# The rally, balanced again: bids 0.4 + 11.6, asks 6 + 6 (OBI 0).
+B3 = ({51_300.0: 0.4, 51_290.0: 11.6}, {51_310.0: 6.0, 51_320.0: 6.0})
+
+
+async def test_the_four_seed_modes_trade_the_tape_as_worked_out_by_hand(tmp_path):
+    async with session(tmp_path, "--modes", "0,1,2,3") as (tape, paper):
+        await tape.start(*B0)
+        t_entry1 = await tape.show(*B1)
+        await tape.show(*B0)
+        t_entry2 = await tape.show(*B2)
+        await tape.barrier("public")
+        await tape.mark_price(50_005.0)  # r = 0.0001, next funding at T = T0 + 30 s
+        tape.fake.clock_to(FUNDING_T)  # the next mark is at T: the funding settles
+        await tape.mark_price(50_005.0, next_funding=FUNDING_T + 8 * 3_600_000)
+        await tape.until(lambda rows: all(r["funding"] for r in rows))
+        t_rally = await tape.show(*B3)
+        await tape.barrier("public")
+        t_vpin = await tape.trade(51_310.0, 1.0, taker_buys=True)
+        await tape.until(lambda rows: all(r["trades"] == 1 for r in rows))
+        await tape.end()
+        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+
+    # -- entry 1 (B1): OBI = (14 - 0.7) / 14.7; velocity = OBI - 0 (B0) > 0.1: the full 0.2;
+    # microprice pressure = (2 - 0.2) / 2.2 (bid qty - ask qty over their sum); no trades: SV 0
+    obi1 = (14.0 - 0.7) / 14.7
+    long1 = 0.4 * obi1 + 0.2 + 0.1 * (1.8 / 2.2)
+    assert 0.6 < long1 <= 0.8  # LONG, confidence long1: margin = 50 % of the balance
+    # risk: VPIN unknown (no trade yet) 0, spread 10/50,005 = 2 bps 0, depth 2.2 < 3: 2 points
+    # -> WARNING: stop-loss 8 %, take-profit 12 % of the leveraged ROI.
+    # Modes 2 and 3 (liquidity filter) block: depth 2.2 < 3. Modes 0 (5x) and 1 (3x) buy.
+    for mode in ("2", "3"):
+        block = one([b for b in paper.of("block", mode) if b["ts"] == iso_ms(t_entry1)])
+        assert block["reasons"] == ["depth 2.20 < 3"] and block["direction"] == "LONG"
+    # qty = balance x 0.5 x leverage / best ask, sized down by 2 taker fees of the leverage
+    q0 = 10_000 * 0.5 * 5 / 50_010 / (1 + 5 * TAKER * 2)
+    q1 = 10_000 * 0.5 * 3 / 50_010 / (1 + 3 * TAKER * 2)
+    # the buys walk the asks: 0.2 at 50,010, the rest at 50,020; then + 2 bps of slippage
+    e0 = (0.2 * 50_010 + (q0 - 0.2) * 50_020) / q0 * (1 + SLIP)
+    e1 = (0.2 * 50_010 + (q1 - 0.2) * 50_020) / q1 * (1 + SLIP)
+
+    # -- entry 2 (B2, after B0 again): OBI = (18 - 1) / 19, velocity = OBI - 0, pressure 5.7/6.3
+    long2 = 0.4 * (17.0 / 19.0) + 0.2 + 0.1 * (5.7 / 6.3)
+    assert 0.6 < long2 <= 0.8  # LONG, margin 50 %
+    # risk: depth 6.3 < 10: 1 point -> SAFE: stop-loss 5 %, take-profit 8 %.
+    # Modes 0 and 1 hold their longs (no exit: ROI about -0.5 %); modes 2 (3x) and 3 (5x) buy.
+    q2 = 10_000 * 0.5 * 3 / 50_010 / (1 + 3 * TAKER * 2)
+    q3 = 10_000 * 0.5 * 5 / 50_010 / (1 + 5 * TAKER * 2)
+    e2 = 50_010 * (1 + SLIP)  # q2 < 0.3: all at the best ask
+    e3 = (0.3 * 50_010 + (q3 - 0.3) * 50_020) / q3 * (1 + SLIP)  # 0.3 at 50,010, rest at 50,020
+
+    # -- funding at T: each long pays qty x the mark known then (50,005) x r
+    # -- the rally (B3, mid 51,305): leveraged ROI = (qty (mid - entry) - fees - funding) / margin
+    #    mode 0 (5x): about 12.5 % >= its 12 % -> take profit; mode 3 (5x): 12.5 % >= 8 % -> take
+    #    profit; modes 1 and 2 (3x): about 7.5 % < 12 % and < 8 %: hold.
+    #    The sells walk the bids: 0.4 at 51,300, the rest at 51,290; then - 2 bps.
+    x0 = (0.4 * 51_300 + (q0 - 0.4) * 51_290) / q0 * (1 - SLIP)
+    x3 = (0.4 * 51_300 + (q3 - 0.4) * 51_290) / q3 * (1 - SLIP)
+    # -- a taker buy of 1 BTC at 51,310 ($51,310 >= the $50k bucket): one full bucket, all buys:
+    #    VPIN 1.0 > 0.8 while modes 1 and 2 are in profit -> vpin_exit; q1, q2 < 0.4: at 51,300
+    x1 = x2 = 51_300 * (1 - SLIP)
+
+    expected = {
+        # mode: (leverage, qty, entry, exit, exit reason, entered at, exited at)
+        "0": (5, q0, e0, x0, "take_profit", t_entry1, t_rally),
+        "1": (3, q1, e1, x1, "vpin_exit", t_entry1, t_vpin),
+        "2": (3, q2, e2, x2, "vpin_exit", t_entry2, t_vpin),
+        "3": (5, q3, e3, x3, "take_profit", t_entry2, t_rally),
+    }
+    trades = {r["mode"]: r for r in stored(tmp_path, "paper_trades")}
+    assert set(trades) == set(expected)
+    for mode, (lev, qty, entry, exit_, reason, t_in, t_out) in expected.items():
+        order = one(paper.of("order", mode))
+        assert (order["side"], order["status"], order["leverage"]) == ("buy", "filled", lev)
+        assert order["qty"] == approx(qty) and order["ts"] == iso_ms(t_in)
+        buy, sell = paper.of("fill", mode)
+        fee_in = qty * entry * TAKER  # taker fee on the notional filled
+        fee_out = qty * exit_ * TAKER
+        assert (buy["side"], buy["liquidity"], buy["reason"]) == ("buy", "taker", "entry")
+        assert buy["qty"] == approx(qty) and buy["price"] == approx(entry)
+        assert buy["fee"] == approx(fee_in)
+        assert (sell["side"], sell["reason"], sell["ts"]) == ("sell", reason, iso_ms(t_out))
+        assert sell["qty"] == approx(qty) and sell["price"] == approx(exit_)
+        assert sell["fee"] == approx(fee_out)
+        funding = qty * 50_005 * RATE  # paid by a long at a positive rate
+        pnl = qty * (exit_ - entry) - fee_in - fee_out - funding
+        close = one(paper.of("close", mode))
+        assert close["exit_reason"] == reason and close["leverage"] == lev
+        assert close["entry_price"] == approx(entry) and close["exit_price"] == approx(exit_)
+        assert close["fees"] == approx(fee_in + fee_out)
+        assert close["funding"] == approx(funding)
+        assert close["pnl"] == approx(pnl)
+        assert close["roi"] == approx(pnl / (qty * entry / lev))  # on the margin committed
+        check_trade(trades[mode], close)
+        assert trades[mode]["balance_after"] == approx(10_000 + pnl)
+    assert trades["0"]["risk_level"] == "WARNING" and trades["2"]["risk_level"] == "SAFE"
+    assert trades["0"]["confidence"] == approx(long1) and trades["3"]["confidence"] == approx(long2)
+    # modes 0 and 1 never blocked; 2 and 3 once each (entry 1)
+    assert {b["mode"] for b in paper.of("block")} == {"2", "3"}
+    assert len(paper.of("block")) == 2
