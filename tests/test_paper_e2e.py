@@ -31,6 +31,7 @@ import pytest
 import liqcli.services.paper  # noqa: F401  (registers paper_trades and paper_state)
 from liqcli.core.timeutil import iso_ms
 from liqcli.store.parquet import Store
+from liqcli.trading.costs import bracket_for
 from tests.fakes.binance_depth import T0, FakeBinanceDepth
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,6 +59,15 @@ class Paper:
 
     def of(self, kind: str, mode: str | None = None) -> list[dict]:
         return [r for r in self.lines if r["type"] == kind and (mode is None or r["mode"] == mode)]
+
+    async def wait_for(self, kind: str, n: int = 1, timeout: float = 15.0) -> list[dict]:
+        """Until the session has written ``n`` lines of ``kind``."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(self.of(kind)) < n:
+            assert loop.time() < end, f"no {kind} line: {self.lines}"
+            await asyncio.sleep(0.01)
+        return self.of(kind)
 
     async def finish(self) -> int:
         code = await asyncio.wait_for(self.proc.wait(), 20)
@@ -119,19 +129,27 @@ class Tape:
         await self.fake.delivered()
         return self.fake.now - 1  # aggTrade: ts = T = E - 1
 
+    async def barrier_ts(self, route: str) -> int:
+        """A bookTicker (or the last markPrice) at the venue's clock, without waiting."""
+        fake = self.fake
+        if route == "public":
+            # A bookTicker is new only with a newer update id: a change that changes nothing,
+            # published by the next diff (bookTicker runs ahead of depth@100ms, as on Binance).
+            # No diff now: no top-N snapshot in a batch of its own before the ticker.
+            bids, _ = fake.book(SYM)
+            fake.update(SYM, bids=[(max(bids), bids[max(bids)])])
+            fake.book_ticker(SYM)
+            await fake.delivered()
+            return fake.now - 5  # bookTicker: ts = T = E - 5
+        assert self.mark[0] > 0, "a market barrier repeats the last markPrice: send one first"
+        return await self.mark_price(*self.mark)
+
     async def barrier(self, route: str) -> None:
         """An event on ``route`` ("public": bookTicker, "market": the last markPrice again) 1.1 s
         after everything sent; wait until paper_state shows the session processed it. The book
         and the mark stay as they were: the modes see one more reading of the same market."""
-        fake = self.fake
-        fake.clock_to(fake.now + 1_100)
-        if route == "public":
-            self._tick()  # a bookTicker is new only with a newer update id
-            fake.book_ticker(SYM)
-            ts = fake.now - 5  # bookTicker: ts = T = E - 5
-        else:
-            ts = await self.mark_price(*self.mark)
-        await fake.delivered()
+        self.fake.clock_to(self.fake.now + 1_100)
+        ts = await self.barrier_ts(route)
         await self.until(lambda rows: max(r["ts"] for r in rows) >= ts)
 
     async def until(self, done, timeout: float = 15.0) -> list[dict]:
@@ -151,7 +169,7 @@ class Tape:
     async def end(self) -> None:
         """An event past the --duration deadline: the session saves and exits."""
         self.fake.clock_to(T0 + DURATION_S * 1000 + 60_000)
-        await self.mark_price(*self.mark)
+        await self.barrier_ts("public")
 
 
 def stored(data_dir: Path, dataset: str) -> list[dict]:
@@ -319,3 +337,140 @@ async def test_the_four_seed_modes_trade_the_tape_as_worked_out_by_hand(tmp_path
     # modes 0 and 1 never blocked; 2 and 3 once each (entry 1)
     assert {b["mode"] for b in paper.of("block")} == {"2", "3"}
     assert len(paper.of("block")) == 2
+
+
+# -------------------------------------------------------------------------- liquidation
+
+# A lean with depth for a 20x buy: asks 0.3 + 0.7 + 1.5, bids 6 + 40 (depth 6.3).
+B2_DEEP = ({50_000.0: 6.0, 49_990.0: 40.0}, {50_010.0: 0.3, 50_020.0: 0.7, 50_030.0: 1.5})
+
+
+async def test_the_mark_crossing_the_liquidation_price_liquidates_before_the_stop_loss(tmp_path):
+    async with session(tmp_path, "--modes", "0", "--leverage", "0=20") as (tape, paper):
+        await tape.start(*B0)
+        t_entry = await tape.show(*B2_DEEP)
+        await tape.barrier("public")
+        await tape.mark_price(50_005.0)  # the mark at the mid: nothing happens
+        t_crash = await tape.mark_price(47_000.0)  # the mark falls; the book does not move
+        await paper.wait_for("close")
+        await tape.end()
+        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+
+    # LONG: OBI = (46 - 2.5) / 48.5, velocity = OBI - 0 (B0): 0.2, pressure (6 - 0.3) / 6.3
+    confidence = 0.4 * (43.5 / 48.5) + 0.2 + 0.1 * (5.7 / 6.3)
+    assert 0.6 < confidence <= 0.8  # margin 50 % of the balance; risk SAFE (depth 6.3 < 10):
+    # stop-loss at -5 % ROI, i.e. a 0.25 % fall of the mid at 20x: the book never moves.
+    qty = 10_000 * 0.5 * 20 / 50_010 / (1 + 20 * TAKER * 2)
+    # the buy walks 0.3 at 50,010, 0.7 at 50,020, the rest at 50,030; + 2 bps
+    entry = (0.3 * 50_010 + 0.7 * 50_020 + (qty - 1.0) * 50_030) / qty * (1 + SLIP)
+    fee_in = qty * entry * TAKER
+    margin = qty * entry / 20  # isolated margin
+    # Binance's isolated formula, one-way mode, for a long of size Q at EP holding WB:
+    #   LP = (WB + cum - Q EP) / (Q mmr - Q)
+    # The notional Q EP (about 98k USDT) is in BTCUSDT's second bracket (50k to 500k): maintenance
+    # rate 0.5 %, maintenance amount cum = 50,000 x (0.5 % - 0.4 %) = 50.
+    mmr, cum = 0.005, 50_000 * (0.005 - 0.004)
+    assert 50_000 <= qty * entry < 500_000
+    assert (bracket_for(qty * entry).mmr, bracket_for(qty * entry).cum) == approx((mmr, cum))
+    lp = (margin + cum - qty * entry) / (qty * mmr - qty)
+    assert 47_000 < lp < 50_005 * (1 - 0.05 / 20)  # crossed by the mark; the stop is not
+    # closed at LP; what is left of the margin after the loss goes to the venue (its fee)
+    realized = qty * (lp - entry)
+    clearance = margin + realized
+    pnl = -(margin + fee_in)  # = realized - fee_in - clearance: the margin and the fee, lost
+
+    order = one(paper.of("order"))
+    assert (order["side"], order["status"], order["leverage"]) == ("buy", "filled", 20)
+    assert order["qty"] == approx(qty) and order["ts"] == iso_ms(t_entry)
+    buy, liquidation = paper.of("fill")
+    assert buy["price"] == approx(entry) and buy["fee"] == approx(fee_in)
+    assert (liquidation["side"], liquidation["reason"]) == ("sell", "liquidation")
+    assert liquidation["qty"] == approx(qty) and liquidation["price"] == approx(lp)
+    assert liquidation["fee"] == approx(clearance) and liquidation["ts"] == iso_ms(t_crash)
+    close = one(paper.of("close"))
+    assert close["exit_reason"] == "liquidation" and close["exit_ts"] == t_crash
+    assert close["exit_price"] == approx(lp) and close["fees"] == approx(fee_in + clearance)
+    assert close["pnl"] == approx(pnl) and close["funding"] == 0
+    assert close["roi"] == approx(pnl / margin)  # a little worse than -100 %
+    (trade,) = stored(tmp_path, "paper_trades")
+    check_trade(trade, close)
+    assert trade["balance_after"] == approx(10_000 - margin - fee_in)
+    (state,) = stored(tmp_path, "paper_state")
+    assert state["position"] is None and state["balance"] == approx(10_000 - margin - fee_in)
+
+
+# -------------------------------------------------------------------------- post-only entries
+
+# The same lean with a 30-wide spread (6 bps): a 3-bps improvement of the bid rests below it.
+B0_WIDE = ({50_000.0: 1.0, 49_990.0: 1.0}, {50_030.0: 1.0, 50_040.0: 1.0})
+B2_WIDE = ({50_000.0: 6.0, 49_990.0: 12.0}, {50_030.0: 0.3, 50_040.0: 0.7})
+
+
+async def test_post_only_entries_rejected_when_crossing_cancelled_unfilled_filled_as_maker(
+    tmp_path,
+):
+    args = ("--modes", "0", "--entry", "post-only", "--entry-offset-bps", "3")
+    async with session(tmp_path, *args) as (tape, paper):
+        await tape.start(*B0)
+        t_reject = await tape.show(*B2)  # spread 10 (2 bps) < the 3-bps improvement
+        await tape.show(*B0_WIDE)
+        t_rest = await tape.show(*B2_WIDE)  # rests; nothing trades through it
+        tape.fake.clock_to(t_rest + 11_000)
+        t_cancel = await tape.barrier_ts("public")  # 11 s later: past the 10-s timeout
+        await paper.wait_for("cancel")
+        await tape.show(*B0_WIDE)
+        t_order = await tape.show(*B2_WIDE)
+        await paper.wait_for("order", 3)
+        t_fill = await tape.trade(50_000.0, 0.5, taker_buys=False)  # sold through 50,015
+        await paper.wait_for("fill")
+        t_exit = await tape.show(*B3)  # the rally: take profit with a market sell
+        await paper.wait_for("close")
+        await tape.end()
+        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+
+    # Each LONG (as in the first test: confidence 0.4 x 17/19 + 0.2 + 0.1 x 5.7/6.3, margin 50 %)
+    # is a post-only buy at the best bid improved by 3 bps: 50,000 x (1 + 3/10,000) = 50,015.
+    price = 50_000 * (1 + 3 / 10_000)
+    # sized as a market entry: balance x 0.5 x 5 / best ask, less two taker fees of the leverage
+    q_narrow = 10_000 * 0.5 * 5 / 50_010 / (1 + 5 * TAKER * 2)
+    q_wide = 10_000 * 0.5 * 5 / 50_030 / (1 + 5 * TAKER * 2)
+    rejected, rested, placed = paper.of("order")
+    # 1. on B2 the best ask is 50,010 <= 50,015: the order would cross: rejected, a block
+    assert (rejected["status"], rejected["ts"]) == ("rejected", iso_ms(t_reject))
+    assert rejected["price"] == approx(price) and rejected["qty"] == approx(q_narrow)
+    block = one(paper.of("block"))
+    assert block["reasons"] == ["post-only would cross"] and block["ts"] == iso_ms(t_reject)
+    # 2. on B2_WIDE the best ask is 50,030 > 50,015: it rests, and 10 s later is cancelled
+    assert (rested["status"], rested["ts"], rested["post_only"]) == ("new", iso_ms(t_rest), True)
+    assert rested["price"] == approx(price) and rested["qty"] == approx(q_wide)
+    cancel = one(paper.of("cancel"))
+    assert cancel["ts"] == iso_ms(t_cancel) and cancel["qty"] == approx(q_wide)
+    assert cancel["filled_qty"] == 0 and t_cancel - t_rest >= 10_000
+    # 3. the next one fills in full when a taker sells at 50,000, through its price: as maker
+    assert (placed["status"], placed["ts"]) == ("new", iso_ms(t_order))
+    buy, sell = paper.of("fill")
+    maker_fee = q_wide * price * MAKER  # 0.02 % of the notional
+    assert (buy["liquidity"], buy["ts"]) == ("maker", iso_ms(t_fill))
+    assert buy["qty"] == approx(q_wide) and buy["price"] == approx(price)
+    assert buy["fee"] == approx(maker_fee)
+    # 4. the exit is a market order: ROI at mid 51,305 is about 12.8 % >= 12 % (risk WARNING:
+    #    spread 6 bps 1 point, depth 6.3 1 point) -> take profit, walking 0.4 at 51,300, the rest
+    #    at 51,290, - 2 bps, taker fee
+    exit_price = (0.4 * 51_300 + (q_wide - 0.4) * 51_290) / q_wide * (1 - SLIP)
+    taker_fee = q_wide * exit_price * TAKER
+    assert (sell["liquidity"], sell["reason"], sell["ts"]) == (
+        "taker",
+        "take_profit",
+        iso_ms(t_exit),
+    )
+    assert sell["price"] == approx(exit_price) and sell["fee"] == approx(taker_fee)
+    close = one(paper.of("close"))
+    pnl = q_wide * (exit_price - price) - maker_fee - taker_fee
+    assert close["entry_price"] == approx(price) and close["fees"] == approx(maker_fee + taker_fee)
+    assert close["pnl"] == approx(pnl) and close["roi"] == approx(pnl / (q_wide * price / 5))
+    assert close["risk_level"] == "WARNING" and close["signal"] == "LONG"
+    (trade,) = stored(tmp_path, "paper_trades")
+    check_trade(trade, close)
+    # the dashboard's latest block reason (paper_state keeps the count)
+    (state,) = stored(tmp_path, "paper_state")
+    assert state["blocks"] == 1
