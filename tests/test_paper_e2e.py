@@ -474,3 +474,72 @@ async def test_post_only_entries_rejected_when_crossing_cancelled_unfilled_fille
     # the dashboard's latest block reason (paper_state keeps the count)
     (state,) = stored(tmp_path, "paper_state")
     assert state["blocks"] == 1
+
+
+# -------------------------------------------------------------------------- the cascade mode
+
+
+async def test_the_cascade_mode_follows_the_forceorder_stream_then_takes_the_reversal(tmp_path):
+    book = ({100.0: 200.0}, {100.1: 200.0})  # spread 10 bps (1 risk point), depth 400
+    book_down = ({98.9: 200.0}, {99.0: 200.0})  # spread 10.1 bps > 10 (2 points)
+    async with session(tmp_path, "--modes", "cascade") as (tape, paper):
+        fake = tape.fake
+        await tape.start(*book)
+        await tape.barrier("public")
+        await tape.trade(100.05, 0.01, taker_buys=True)  # the detector's price
+        # $600k of longs liquidated (forceOrder SELL): BUILDING, the cascade starts
+        fake.clock_to(T0 + 3_000)
+        fake.force_order(SYM, "SELL", 100.0, 6_000.0)
+        await fake.delivered()
+        fake.clock_to(T0 + 4_000)
+        fake.force_order(SYM, "SELL", 100.0, 6_000.0)  # $1.2M in 60 s: MINOR, early: follow
+        await fake.delivered()
+        t_follow = fake.now - 2  # forceOrder: ts = the order's T = E - 2
+        await paper.wait_for("fill")
+        fake.clock_to(T0 + 10_500)
+        await tape.show(*book_down)  # ROI about +3 % at 3x: below the 8 % take-profit
+        await tape.barrier("public")
+        await tape.trade(98.9, 0.01, taker_buys=False)  # -1.15 % since the start: late
+        fake.clock_to(fake.now + 1_000)
+        t_reverse = await tape.barrier_ts("public")  # a new second: the detector is asked
+        await paper.wait_for("fill", 3)
+        await tape.end()
+        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+
+    # the follow: confidence = 0.35 (MINOR) + (share 1.0 - 0.5) x 0.2 + 0.05 x 0 signature parts
+    # (no price move yet) = 0.45 -> 30 % of the balance as margin, 3x, at the best bid 100.0
+    short_qty = 10_000 * 0.3 * 3 / 100.0 / (1 + 3 * TAKER * 2)
+    short_entry = 100.0 * (1 - SLIP)  # 200 at 100.0 covers it; - 2 bps
+    # the reversal (late: the price fell more than 1 % since the start): close the short at the
+    # best ask 99.0 + 2 bps, then buy: confidence 0.35 + 0.1 + 0.05 (fell > 0.5 % in 30 s) = 0.5
+    cover = 99.0 * (1 + SLIP)
+    fees = short_qty * short_entry * TAKER + short_qty * cover * TAKER
+    pnl = short_qty * (short_entry - cover) - fees
+    long_qty = (10_000 + pnl) * 0.3 * 3 / 99.0 / (1 + 3 * TAKER * 2)
+    sell, buy = paper.of("order")
+    assert (sell["side"], sell["signal"], sell["ts"]) == ("sell", "follow_short", iso_ms(t_follow))
+    assert sell["qty"] == approx(short_qty) and sell["confidence"] == 0.45
+    assert (buy["side"], buy["signal"], buy["ts"]) == (
+        "buy",
+        "prepare_long_reversal",
+        iso_ms(t_reverse),
+    )
+    assert buy["qty"] == approx(long_qty) and buy["confidence"] == 0.5
+    assert buy["risk"] == "WARNING"  # spread 10.1 bps > 10: 2 points
+    entry_fill, cover_fill, long_fill = paper.of("fill")
+    assert entry_fill["price"] == approx(short_entry)
+    assert entry_fill["fee"] == approx(short_qty * short_entry * TAKER)
+    assert cover_fill["price"] == approx(cover) and cover_fill["reason"] == "reversal"
+    assert long_fill["price"] == approx(99.0 * (1 + SLIP)) and long_fill["qty"] == approx(long_qty)
+    close = one(paper.of("close"))
+    assert (close["exit_reason"], close["signal"], close["side"]) == (
+        "reversal",
+        "follow_short",
+        "short",
+    )
+    assert close["pnl"] == approx(pnl) and close["fees"] == approx(fees)
+    assert close["roi"] == approx(pnl / (short_qty * short_entry / 3))
+    (trade,) = stored(tmp_path, "paper_trades")
+    check_trade(trade, close)
+    (state,) = stored(tmp_path, "paper_state")
+    assert json.loads(state["position"])["qty"] == approx(long_qty)  # the reversal is open
