@@ -543,3 +543,92 @@ async def test_the_cascade_mode_follows_the_forceorder_stream_then_takes_the_rev
     check_trade(trade, close)
     (state,) = stored(tmp_path, "paper_state")
     assert json.loads(state["position"])["qty"] == approx(long_qty)  # the reversal is open
+
+
+# -------------------------------------------------------------------------- post-only, in process
+
+
+def test_a_partly_filled_post_only_short_keeps_its_fill_and_its_inputs_after_the_timeout():
+    from liqcli.analytics.orderflow import OrderFlow
+    from liqcli.core.events import AggTrade, BookTop
+    from liqcli.trading.engine import Engine
+    from liqcli.trading.sim import SimBroker
+    from liqcli.trading.strategies.seed import SeedMode, order_flow_observer
+
+    def top(ts, bid, bq, ask, aq):
+        return BookTop("binance", SYM, ts, bid, bq, ask, aq)
+
+    records: list[dict] = []
+    flow = OrderFlow(vpin_bucket_usd=1e12)  # VPIN unknown: no VPIN exit
+    engine = Engine(emit=records.append)
+    engine.observers.append(order_flow_observer(SYM, flow))
+    mode = SeedMode(0, SYM, flow, entry="post-only")  # offset 0: join the touch
+    broker = SimBroker(10_000.0)
+    engine.add(mode, broker, name="0")
+    engine.run(
+        [
+            top(1_000, 50_000.0, 5.0, 50_030.0, 5.0),
+            # OBI -0.9, velocity -0.9, pressure -0.9: SHORT 0.36 + 0.2 + 0.09 = 0.65
+            top(2_000, 50_000.0, 0.5, 50_030.0, 9.5),
+        ]
+    )
+    (order,) = [r for r in records if r["type"] == "order"]
+    qty = 10_000 * 0.5 * 5 / 50_000 / (1 + 5 * TAKER * 2)  # sized on the best bid, as a market
+    assert (order["side"], order["status"], order["price"]) == ("sell", "new", 50_030.0)
+    assert order["qty"] == approx(qty)
+    # a taker buy of 9.6 at 50,030: the 9.5 displayed ahead of the order fill first, then 0.1
+    engine.step(AggTrade("binance", SYM, 1, 3_000, 50_030.0, 9.6, False))
+    assert broker.position(SYM).qty == approx(-0.1)
+    engine.step(top(11_999, 50_000.0, 0.5, 50_030.0, 9.5))  # 9.999 s: still working
+    assert not [r for r in records if r["type"] == "cancel"]
+    engine.step(top(12_000, 50_000.0, 0.5, 50_030.0, 9.5))  # 10 s: the rest is cancelled
+    (cancel,) = [r for r in records if r["type"] == "cancel"]
+    assert cancel["qty"] == approx(qty - 0.1) and cancel["filled_qty"] == approx(0.1)
+    assert broker.open_orders(SYM) == [] and broker.position(SYM).qty == approx(-0.1)
+    # the short takes profit on a 3 % fall (risk SAFE: take profit at 8 %) with a market buy
+    engine.step(top(13_000, 48_500.0, 5.0, 48_530.0, 5.0))
+    (close,) = [r for r in records if r["type"] == "close"]
+    cover = 48_530 * (1 + SLIP)
+    fees = 0.1 * 50_030 * MAKER + 0.1 * cover * TAKER
+    assert (close["exit_reason"], close["signal"]) == ("take_profit", "SHORT")
+    assert close["qty"] == approx(0.1) and close["entry_price"] == approx(50_030.0)
+    assert close["pnl"] == approx(0.1 * (50_030 - cover) - fees)
+
+
+async def test_a_crossing_post_only_entry_is_the_dashboards_latest_block_reason():
+    from rich.console import Console
+
+    from liqcli.core.events import BookTop
+    from liqcli.render.paper_view import render_paper
+    from liqcli.services import paper as svc
+
+    config = svc.PaperConfig(symbol=SYM, modes=("0",), entry="post-only", entry_offset_bps=5.0)
+    session = svc.PaperSession(config)
+    for event in (
+        BookTop("binance", SYM, 1_000, 50_000.0, 5.0, 50_010.0, 5.0),
+        BookTop("binance", SYM, 2_000, 50_000.0, 9.5, 50_010.0, 0.5),  # LONG; 5 bps > 2 bps
+    ):
+        session.step(event)
+    assert session.brokers["0"].rejections == 1 and session.brokers["0"].position(SYM).is_flat
+    console = Console(width=100, record=True, color_system=None, file=None)
+    console.begin_capture()
+    console.print(render_paper(session))
+    assert "0 blocked: post-only would cross (1)" in console.end_capture()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--entry", "limit"], "invalid --entry 'limit'"),
+        (["--entry-offset-bps", "2"], "--entry-offset-bps applies to --entry post-only"),
+        (["--entry", "post-only", "--entry-offset-bps", "-1"], "between 0 and 1000"),
+    ],
+)
+def test_bad_entry_options_exit_2_before_any_connection(args, message):
+    from typer.testing import CliRunner
+
+    from liqcli.cli.app import app
+
+    result = CliRunner().invoke(app, ["paper", SYM, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
