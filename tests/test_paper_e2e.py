@@ -79,9 +79,10 @@ class Paper:
 class Tape:
     """The scripted venue: books, marks and trades in order, with barriers between connections."""
 
-    def __init__(self, fake: FakeBinanceDepth, data_dir: Path) -> None:
+    def __init__(self, fake: FakeBinanceDepth, data_dir: Path, duration_s: int) -> None:
         self.fake = fake
         self.data_dir = data_dir
+        self.duration_s = duration_s
         self.trade_id = 0
         self.mark: tuple[float, float, int] = (0.0, RATE, FUNDING_T)
 
@@ -167,8 +168,8 @@ class Tape:
             await asyncio.sleep(0.02)
 
     async def end(self) -> None:
-        """An event past the --duration deadline: the session saves and exits."""
-        self.fake.clock_to(T0 + DURATION_S * 1000 + 60_000)
+        """An event past the --duration deadline (first event + duration): it saves and exits."""
+        self.fake.clock_to(T0 + self.duration_s * 1000 + 60_000)
         await self.barrier_ts("public")
 
 
@@ -176,7 +177,7 @@ def stored(data_dir: Path, dataset: str) -> list[dict]:
     return Store(data_dir).read(dataset, session=SESSION).to_dicts()
 
 
-async def start_paper(data_dir: Path, fake: FakeBinanceDepth, *args: str) -> Paper:
+async def start_paper(data_dir: Path, fake: FakeBinanceDepth, duration_s: int, *args: str):
     env = {**os.environ, "LIQ_BINANCE_WS_URL": fake.ws_url, "LIQ_BINANCE_REST_URL": fake.rest_url}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -189,7 +190,7 @@ async def start_paper(data_dir: Path, fake: FakeBinanceDepth, *args: str) -> Pap
         "--session",
         SESSION,
         "--duration",
-        str(DURATION_S),
+        str(duration_s),
         "--format",
         "jsonl",
         *args,
@@ -201,11 +202,11 @@ async def start_paper(data_dir: Path, fake: FakeBinanceDepth, *args: str) -> Pap
 
 
 @contextlib.asynccontextmanager
-async def session(tmp_path: Path, *args: str):
+async def session(tmp_path: Path, *args: str, duration_s: int = DURATION_S):
     async with FakeBinanceDepth() as fake:
-        paper = await start_paper(tmp_path, fake, *args)
+        paper = await start_paper(tmp_path, fake, duration_s, *args)
         try:
-            yield Tape(fake, tmp_path), paper
+            yield Tape(fake, tmp_path, duration_s), paper
         finally:
             if paper.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, TimeoutError):
@@ -632,3 +633,58 @@ def test_bad_entry_options_exit_2_before_any_connection(args, message):
     result = CliRunner().invoke(app, ["paper", SYM, *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# -------------------------------------------------------------------------- stop-loss, time stop
+
+# The fall, balanced (OBI 0): bids 5 + 5, asks 5 + 5 around 49,405.
+B_DROP = ({49_400.0: 5.0, 49_390.0: 5.0}, {49_410.0: 5.0, 49_420.0: 5.0})
+
+
+async def test_stop_loss_time_stop_and_funding_received_at_a_negative_rate(tmp_path):
+    async with session(tmp_path, "--modes", "0,1", duration_s=3 * 3_600) as (tape, paper):
+        await tape.start(*B0)
+        t_entry = await tape.show(*B2)
+        await tape.barrier("public")
+        await tape.mark_price(50_005.0, rate=-0.0002)  # shorts pay longs at T
+        tape.fake.clock_to(FUNDING_T)
+        await tape.mark_price(50_005.0, rate=-0.0002, next_funding=FUNDING_T + 8 * 3_600_000)
+        await tape.until(lambda rows: all(r["funding"] for r in rows))
+        t_drop = await tape.show(*B_DROP)
+        await paper.wait_for("close")
+        tape.fake.clock_to(t_entry + 2 * 3_600_000 + 4)
+        await tape.barrier_ts("public")  # 1 ms short of two hours in the position: holds
+        tape.fake.clock_to(t_entry + 2 * 3_600_000 + 5)
+        t_stop = await tape.barrier_ts("public")  # two hours: the time stop
+        await paper.wait_for("close", 2)
+        await tape.end()
+        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+
+    # Both buy on B2 as modes 2 and 3 did in the first test: risk SAFE, stop-loss 5 % ROI.
+    q0 = 10_000 * 0.5 * 5 / 50_010 / (1 + 5 * TAKER * 2)
+    q1 = 10_000 * 0.5 * 3 / 50_010 / (1 + 3 * TAKER * 2)
+    e0 = (0.3 * 50_010 + (q0 - 0.3) * 50_020) / q0 * (1 + SLIP)
+    e1 = 50_010 * (1 + SLIP)  # q1 < 0.3
+    # funding at T: qty x 50,005 x (-0.0002) < 0: received
+    f0, f1 = q0 * 50_005 * -0.0002, q1 * 50_005 * -0.0002
+    # the fall to mid 49,405: ROI = (qty (49,405 - entry) - fees - funding) / margin
+    #   mode 0 (5x): about -6.4 % <= -5 %: stop-loss; mode 1 (3x): about -3.9 %: holds
+    roi0 = (q0 * (49_405 - e0) - q0 * e0 * TAKER - f0) / (q0 * e0 / 5 - f0)
+    roi1 = (q1 * (49_405 - e1) - q1 * e1 * TAKER - f1) / (q1 * e1 / 3 - f1)
+    assert roi0 <= -0.05 < roi1
+    x = 49_400 * (1 - SLIP)  # both sells fit in the best bid's 5
+    expected = {
+        "0": (5, q0, e0, f0, "stop_loss", t_drop),
+        "1": (3, q1, e1, f1, "time_stop", t_stop),
+    }
+    trades = {r["mode"]: r for r in stored(tmp_path, "paper_trades")}
+    for mode, (lev, qty, entry, funding, reason, t_out) in expected.items():
+        close = one(paper.of("close", mode))
+        fees = qty * entry * TAKER + qty * x * TAKER
+        pnl = qty * (x - entry) - fees - funding  # the funding received adds to it
+        assert (close["exit_reason"], close["exit_ts"]) == (reason, t_out)
+        assert close["entry_ts"] == t_entry and close["exit_price"] == approx(x)
+        assert close["funding"] == approx(funding) and close["fees"] == approx(fees)
+        assert close["pnl"] == approx(pnl) and close["roi"] == approx(pnl / (qty * entry / lev))
+        check_trade(trades[mode], close)
+    assert t_stop - t_entry == 2 * 3_600_000
