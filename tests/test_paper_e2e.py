@@ -10,10 +10,12 @@ How the tape reaches the modes (so the hand arithmetic knows what they see):
   second and sends a diff that changes nothing: that one emits the snapshot of the new book,
   which is the modes' decision point (one OBI reading; its velocity is the change since the
   previous book); a bookTicker of the same book follows (the next reading: velocity 0);
-- depth and bookTicker travel on the ``/public`` connection, aggTrade and markPrice on
-  ``/market``: before the tape switches connection it waits for a barrier, an event at least
-  1 s of event time after everything sent, whose ``paper_state`` row (written once per second
-  of event time) proves the session has processed all of it;
+- depth and bookTicker travel on the ``/public`` connection, aggTrade, markPrice and forceOrder
+  on ``/market``: before the tape switches connection it waits until the session has processed
+  everything sent, from a jsonl line it expects (an order, a fill, a close) or from a barrier:
+  an event at least 1 s of event time after everything sent, whose ``paper_state`` row (written
+  once per second of event time) proves it; frames of different streams on one connection go
+  out one at a time (``FakeBinanceDepth.delivered``), so they arrive in the tape's order;
 - the run ends by ``--duration``: an event past the first event time + duration ends it.
 """
 
@@ -50,12 +52,19 @@ class Paper:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lines: list[dict] = []
+        self.stderr = bytearray()
         self.reader = asyncio.create_task(self._read())
+        self.errors = asyncio.create_task(self._read_stderr())  # a full pipe would block it
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
         async for line in self.proc.stdout:
             self.lines.append(json.loads(line))
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr += line
 
     def of(self, kind: str, mode: str | None = None) -> list[dict]:
         return [r for r in self.lines if r["type"] == kind and (mode is None or r["mode"] == mode)]
@@ -70,9 +79,10 @@ class Paper:
         return self.of(kind)
 
     async def finish(self) -> int:
+        """The exit code once the session ended (its stderr in ``self.stderr``)."""
         code = await asyncio.wait_for(self.proc.wait(), 20)
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.reader, 5)
+            await asyncio.wait_for(asyncio.gather(self.reader, self.errors), 5)
         return code
 
 
@@ -259,7 +269,7 @@ async def test_the_four_seed_modes_trade_the_tape_as_worked_out_by_hand(tmp_path
         t_vpin = await tape.trade(51_310.0, 1.0, taker_buys=True)
         await tape.until(lambda rows: all(r["trades"] == 1 for r in rows))
         await tape.end()
-        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+        assert await paper.finish() == 0, paper.stderr.decode()
 
     # -- entry 1 (B1): OBI = (14 - 0.7) / 14.7; velocity = OBI - 0 (B0) > 0.1: the full 0.2;
     # microprice pressure = (2 - 0.2) / 2.2 (bid qty - ask qty over their sum); no trades: SV 0
@@ -355,7 +365,7 @@ async def test_the_mark_crossing_the_liquidation_price_liquidates_before_the_sto
         t_crash = await tape.mark_price(47_000.0)  # the mark falls; the book does not move
         await paper.wait_for("close")
         await tape.end()
-        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+        assert await paper.finish() == 0, paper.stderr.decode()
 
     # LONG: OBI = (46 - 2.5) / 48.5, velocity = OBI - 0 (B0): 0.2, pressure (6 - 0.3) / 6.3
     confidence = 0.4 * (43.5 / 48.5) + 0.2 + 0.1 * (5.7 / 6.3)
@@ -427,7 +437,7 @@ async def test_post_only_entries_rejected_when_crossing_cancelled_unfilled_fille
         t_exit = await tape.show(*B3)  # the rally: take profit with a market sell
         await paper.wait_for("close")
         await tape.end()
-        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+        assert await paper.finish() == 0, paper.stderr.decode()
 
     # Each LONG (as in the first test: confidence 0.4 x 17/19 + 0.2 + 0.1 x 5.7/6.3, margin 50 %)
     # is a post-only buy at the best bid improved by 3 bps: 50,000 x (1 + 3/10,000) = 50,015.
@@ -505,7 +515,7 @@ async def test_the_cascade_mode_follows_the_forceorder_stream_then_takes_the_rev
         t_reverse = await tape.barrier_ts("public")  # a new second: the detector is asked
         await paper.wait_for("fill", 3)
         await tape.end()
-        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+        assert await paper.finish() == 0, paper.stderr.decode()
 
     # the follow: confidence = 0.35 (MINOR) + (share 1.0 - 0.5) x 0.2 + 0.05 x 0 signature parts
     # (no price move yet) = 0.45 -> 30 % of the balance as margin, 3x, at the best bid 100.0
@@ -658,7 +668,7 @@ async def test_stop_loss_time_stop_and_funding_received_at_a_negative_rate(tmp_p
         t_stop = await tape.barrier_ts("public")  # two hours: the time stop
         await paper.wait_for("close", 2)
         await tape.end()
-        assert await paper.finish() == 0, (await paper.proc.stderr.read()).decode()
+        assert await paper.finish() == 0, paper.stderr.decode()
 
     # Both buy on B2 as modes 2 and 3 did in the first test: risk SAFE, stop-loss 5 % ROI.
     q0 = 10_000 * 0.5 * 5 / 50_010 / (1 + 5 * TAKER * 2)
