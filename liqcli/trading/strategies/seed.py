@@ -154,6 +154,7 @@ class SeedMode(BaseStrategy):
         self.entry_type = entry
         self.entry_offset_bps = entry_offset_bps
         self.entry_timeout_ms = entry_timeout_ms
+        self.working = None  # on the instance: on_event reads it on every event
         self.mode = mode
         self.name = str(mode)
         self.symbol = symbol
