@@ -237,9 +237,10 @@ def approx(x: float) -> object:
 
 def check_trade(row: dict, close: dict) -> None:
     """The paper_trades row says what the jsonl close said."""
-    for key in ("side", "entry_price", "exit_price", "qty", "fees", "funding", "pnl", "roi"):
-        assert row[key] == approx(close[key]) if isinstance(close[key], float) else close[key]
-    assert row["exit_reason"] == close["exit_reason"]
+    for key in ("entry_price", "exit_price", "qty", "fees", "funding", "pnl", "roi"):
+        assert row[key] == approx(close[key]), key
+    assert (row["side"], row["exit_reason"]) == (close["side"], close["exit_reason"])
+    assert int(row["ts"].timestamp() * 1000) == close["exit_ts"]
 
 
 # -------------------------------------------------------------------------- the four seed modes
