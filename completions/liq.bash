@@ -103,13 +103,15 @@ _liq() {
             case "$prev" in --session) COMPREPLY=(); return;; esac
             case "$prev" in --format|-f) COMPREPLY=(); return;; esac
             ;;
-        paper) opts="--modes --capital --leverage --dynamic-leverage --fees --slippage-bps --session --duration --replay --record --format -f --help -h"
+        paper) opts="--modes --capital --leverage --dynamic-leverage --fees --slippage-bps --entry --entry-offset-bps --session --duration --replay --record --format -f --help -h"
             case "$prev" in --modes) COMPREPLY=(); return;; esac
             case "$prev" in --capital) COMPREPLY=(); return;; esac
             case "$prev" in --leverage) COMPREPLY=(); return;; esac
             case "$prev" in --dynamic-leverage) COMPREPLY=(); return;; esac
             case "$prev" in --fees) COMPREPLY=(); return;; esac
             case "$prev" in --slippage-bps) COMPREPLY=(); return;; esac
+            case "$prev" in --entry) COMPREPLY=(); return;; esac
+            case "$prev" in --entry-offset-bps) COMPREPLY=(); return;; esac
             case "$prev" in --session) COMPREPLY=(); return;; esac
             case "$prev" in --duration) COMPREPLY=(); return;; esac
             case "$prev" in --replay) COMPREPLY=($(compgen -f -- "$cur")); return;; esac

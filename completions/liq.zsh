@@ -146,11 +146,13 @@ _liq() {
                     ''--dynamic-leverage'[off, rules (the seeds), kelly or vol_target.]:value: ' \
                     ''--fees'[MAKER,TAKER, e.g. 0.02%,0.05%.]:value: ' \
                     ''--slippage-bps'[Extra slippage per market fill.]:value: ' \
+                    ''--entry'[Seed modes entry orders - market, or post-only at the touch (maker fee; cancelle]:value: ' \
+                    ''--entry-offset-bps'[post-only - improve the touch toward the mid by this many bps (0 = join it; wide]:value: ' \
                     ''--session'[Session name - resume it if stored (default - new).]:value: ' \
                     ''--duration'[Stop after this many seconds.]:value: ' \
                     ''--replay'[Replay a recorded session NAME (needs --record when it ran), or store - all mark]:path:_files' \
                     ''--record'[Store the market data consumed, for replays and backtests.]' \
-                    '(--format -f)'{--format,-f}'[dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).]:value: ' \
+                    '(--format -f)'{--format,-f}'[dashboard, jsonl (orders, fills, cancels, closes, blocks) or json (summary).]:value: ' \
                     '(--help -h)'{--help,-h}'[Show help]' \
                     '*: :_files' ;;
                 pressure) _arguments \

@@ -27,6 +27,10 @@ mode's balance and position to paper_state every second: --session NAME resumes 
 or kill -9. --record stores the market data consumed (book_tops, book_depth, agg_trades,
 mark_prices, liquidations) so --replay NAME runs the same session again through the same code
 (--replay store: everything recorded for SYMBOL); a replay is stored as a new session.
+--entry post-only: the seed modes enter with post-only limit orders at their own side's touch
+(improved toward the mid by --entry-offset-bps) that pay the maker fee; one that would cross is
+rejected and shown as a block; one unfilled after 10 s of event time is cancelled. Exits, and
+the cascade mode's entries, stay market orders.
 """
 
 EPILOG = """\b
@@ -38,6 +42,7 @@ Examples:
   liq paper BTCUSDT --dynamic-leverage rules --format jsonl | jq 'select(.type=="close")'
   liq paper BTCUSDT --replay night1 --format json    # the recorded session again
   liq paper BTCUSDT --replay store --modes 0,3       # everything recorded for BTCUSDT
+  liq paper BTCUSDT --modes 0,3 --entry post-only --entry-offset-bps 0.5   # maker entries
 """
 
 
@@ -70,6 +75,22 @@ def paper(
     slippage_bps: Annotated[
         float, typer.Option("--slippage-bps", help="Extra slippage per market fill.")
     ] = 2.0,
+    entry: Annotated[
+        str,
+        typer.Option(
+            "--entry",
+            help="Seed modes' entry orders: market, or post-only at the touch (maker fee; "
+            "cancelled after 10 s unfilled).",
+        ),
+    ] = "market",
+    entry_offset_bps: Annotated[
+        float,
+        typer.Option(
+            "--entry-offset-bps",
+            help="post-only: improve the touch toward the mid by this many bps (0 = join it; "
+            "wider than the spread: rejected as crossing).",
+        ),
+    ] = 0.0,
     session: Annotated[
         str | None,
         typer.Option(
@@ -102,7 +123,7 @@ def paper(
         typer.Option(
             "--format",
             "-f",
-            help="dashboard, jsonl (orders, fills, closes, blocks) or json (final summary).",
+            help="dashboard, jsonl (orders, fills, cancels, closes, blocks) or json (summary).",
         ),
     ] = "dashboard",
 ) -> None:
@@ -134,6 +155,8 @@ def paper(
         fees=parse_fees(fees),
         slippage_bps=slippage_bps,
         session=name,
+        entry=entry,
+        entry_offset_bps=entry_offset_bps,
     )
     config.validate()
     run_async(_main(config, data_dir, symbol, replay, record, duration, fmt))

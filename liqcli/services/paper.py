@@ -36,7 +36,13 @@ from liqcli.trading.model import Position
 from liqcli.trading.signal import KellyAdviser, VolTargetAdviser
 from liqcli.trading.sim import SimBroker
 from liqcli.trading.strategies.cascade_mode import DEFAULT_CASCADE_LEVERAGE, CascadeMode
-from liqcli.trading.strategies.seed import DEFAULT_LEVERAGE, SeedMode, _Entry, order_flow_observer
+from liqcli.trading.strategies.seed import (
+    DEFAULT_LEVERAGE,
+    ENTRY_TYPES,
+    SeedMode,
+    _Entry,
+    order_flow_observer,
+)
 
 log = logging.getLogger("liq.paper")
 
@@ -120,6 +126,8 @@ class PaperConfig:
     slippage_bps: float = 2.0
     session: str = ""
     vpin_bucket_usd: float = 50_000.0
+    entry: str = "market"  # the seed modes' entry orders: market or post-only
+    entry_offset_bps: float = 0.0  # post-only: improve the touch toward the mid by this much
 
     def validate(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
@@ -138,6 +146,12 @@ class PaperConfig:
             raise UsageError(f"invalid --dynamic-leverage {self.dynamic!r}: {', '.join(DYNAMIC)}")
         if not 0 <= self.slippage_bps < 1000:
             raise UsageError("--slippage-bps must be between 0 and 1000")
+        if self.entry not in ENTRY_TYPES:
+            raise UsageError(f"invalid --entry {self.entry!r}: {' or '.join(ENTRY_TYPES)}")
+        if not 0 <= self.entry_offset_bps < 1000:
+            raise UsageError("--entry-offset-bps must be between 0 and 1000")
+        if self.entry_offset_bps and self.entry != "post-only":
+            raise UsageError("--entry-offset-bps applies to --entry post-only")
         if self.session and not all(c.isalnum() or c in "-_." for c in self.session):
             raise UsageError(f"invalid --session {self.session!r}: letters, digits, - _ . only")
 
@@ -208,6 +222,8 @@ class PaperSession:
                     leverage=config.leverage_of(mode),
                     dynamic=config.dynamic,
                     adviser=adviser,
+                    entry=config.entry,
+                    entry_offset_bps=config.entry_offset_bps,
                 )
             )
             broker = SimBroker(config.capital, fees=config.fees, slippage_bps=config.slippage_bps)

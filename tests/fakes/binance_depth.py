@@ -20,7 +20,11 @@ TRADING-VENUES.md §6 and §8:
   snapshot older than the client's buffer); ``canned_snapshot(sym, body)`` serves a recorded
   body instead (replaying a capture); ``rest.fail_next(n, 503)`` for upstream errors;
 - ``book_ticker(sym)``, ``mark_price(..)``, ``agg_trade(..)``, ``force_order(..)`` push the other
-  events in their real shapes; ``book(sym)`` is the true book for assertions.
+  events in their real shapes; ``book(sym)`` is the true book for assertions;
+- the venue's clock (each event's ``E``) starts at ``t0`` and steps 100 ms per published event;
+  ``clock_to(ts)`` moves it (a scripted tape's event times: a funding time, a 2-hour jump);
+  ``await delivered()`` waits until every pushed frame has been written to its socket (frames of
+  different streams on one connection then arrive in the order pushed).
 """
 
 from __future__ import annotations
@@ -134,6 +138,16 @@ class FakeBinanceDepth(FakeBinance):
         if not lose:
             self.push_to(f"{symbol.lower()}@depth{self.depth_suffix}", event)
         return event
+
+    def clock_to(self, ts: int) -> None:
+        """The next published event carries ``E = ts`` (then +100 ms each, as before)."""
+        self._clock = itertools.count(ts, 100)
+
+    async def delivered(self, timeout: float = 5.0) -> None:
+        """Until every frame pushed so far is written (scripts are played by one task each)."""
+        await self.wait_until(
+            lambda: all(s.done for s in self.by_subscription.values()), timeout=timeout
+        )
 
     def stale_snapshots(self, n: int = 1) -> None:
         self._stale_snapshots += n

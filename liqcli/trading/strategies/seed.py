@@ -10,6 +10,15 @@ strong reverse signal (the opposite side scoring > 0.7). Positions are opened wi
 sized as balance × fraction(confidence) × leverage; a "block" is recorded only for a signal that
 a filter actually stopped (the seed marked every order blocked).
 
+Post-only entries (``entry="post-only"``, beyond the seed): the same size as a limit order at the
+touch on the mode's own side (the best bid for a long), improved toward the mid by
+``entry_offset_bps`` (0 = join the touch). A price that would cross (an offset wider than the
+spread) is rejected by the broker, as venues do, and recorded as a block ("post-only would
+cross"). A working entry fills as maker when trades print through it; while it works the mode
+neither exits nor opens anything; still unfilled (or partly filled) ``entry_timeout_ms`` of event
+time after it was placed (default 10 s), its rest is cancelled at the next event. Exits stay
+market orders.
+
 The adaptive VPIN filter (the seed names it, liq defines it): block when VPIN exceeds
 clamp(EWMA of VPIN at decision points (α = 0.05) + 0.15, 0.5, 0.7).
 """
@@ -21,7 +30,7 @@ from typing import Any
 
 from liqcli.analytics.orderflow import FeatureSnapshot, OrderFlow
 from liqcli.core.events import AggTrade, Liquidation
-from liqcli.trading.model import Fill, OrderSide
+from liqcli.trading.model import Fill, Order, OrderSide, OrderStatus
 from liqcli.trading.signal import (
     STOPS,
     STRONG_REVERSE_SCORE,
@@ -42,6 +51,8 @@ VPIN_BLOCK = 0.7
 VPIN_EXIT = 0.8
 MAX_SPREAD_BPS = 10.0
 MIN_DEPTH = 3.0
+ENTRY_TYPES = ("market", "post-only")
+ENTRY_TIMEOUT_MS = 10_000  # a post-only entry still unfilled after this much event time: cancelled
 
 
 _memo: list = [None, None]  # (inputs, Signal) of the last call: the modes share one snapshot
@@ -76,6 +87,22 @@ class _Entry:
 
 
 @dataclass(slots=True)
+class _Working:
+    """A post-only entry resting on the book, with the inputs it was sized on."""
+
+    order: Order
+    entry: _Entry | None
+    ts: int
+
+
+def post_only_price(side: OrderSide, bid: float, ask: float, offset_bps: float) -> float:
+    """The touch on ``side``'s own side, improved toward the mid by ``offset_bps`` of it."""
+    if side is OrderSide.BUY:
+        return bid * (1 + offset_bps / 10_000)
+    return ask * (1 - offset_bps / 10_000)
+
+
+@dataclass(slots=True)
 class ModeStats:
     blocks: int = 0
     last_block: str = ""
@@ -101,6 +128,12 @@ def order_flow_observer(symbol: str, flow: OrderFlow, depth: int = 20):
 class SeedMode(BaseStrategy):
     """One competitor. ``flow`` is the shared feature state, updated before strategies run."""
 
+    # Entry order type (class defaults: subclasses that skip __init__ keep market entries).
+    entry_type = "market"
+    entry_offset_bps = 0.0
+    entry_timeout_ms = ENTRY_TIMEOUT_MS
+    working: _Working | None = None  # the post-only entry resting on the book
+
     def __init__(
         self,
         mode: int,
@@ -110,9 +143,18 @@ class SeedMode(BaseStrategy):
         leverage: float | None = None,
         dynamic: str = "off",
         adviser: Any = None,
+        entry: str = "market",
+        entry_offset_bps: float = 0.0,
+        entry_timeout_ms: int = ENTRY_TIMEOUT_MS,
     ) -> None:
         if mode not in FILTERS:
             raise ValueError(f"unknown mode {mode!r}")
+        if entry not in ENTRY_TYPES:
+            raise ValueError(f"unknown entry type {entry!r}")
+        self.entry_type = entry
+        self.entry_offset_bps = entry_offset_bps
+        self.entry_timeout_ms = entry_timeout_ms
+        self.working = None  # on the instance: on_event reads it on every event
         self.mode = mode
         self.name = str(mode)
         self.symbol = symbol
@@ -130,6 +172,8 @@ class SeedMode(BaseStrategy):
     # -- decisions ---------------------------------------------------------------------------
 
     def on_event(self, event: Any, ctx: Context) -> None:
+        if self.working is not None and self._tend_working(ctx):
+            return  # a post-only entry is working
         f = self.flow.snapshot
         if f.mid is None or f.obi is None or self.pending:
             return
@@ -185,7 +229,7 @@ class SeedMode(BaseStrategy):
         # Margin plus the taker fee must fit: size down by the fee so the order is not refused.
         taker = getattr(getattr(broker, "fees", None), "taker", 0.0)
         qty /= 1 + lev * taker * 2
-        order = ctx.market_order(self.symbol, side, qty, leverage=lev, tag="entry")
+        order = self._place_entry(ctx, side, qty, lev, f)
         ctx.emit(
             {
                 "type": "order",
@@ -198,9 +242,53 @@ class SeedMode(BaseStrategy):
                 "risk": risk,
                 "status": order.status.value,
             }
+            | ({"price": order.price, "post_only": True} if order.post_only else {})
         )
         if not order.filled_qty:
             self.entry = None
+
+    def _place_entry(
+        self, ctx: Context, side: OrderSide, qty: float, lev: float, f: FeatureSnapshot
+    ) -> Order:
+        """The entry: a market order (the seed's) or a post-only limit (``entry_type``)."""
+        if self.entry_type != "post-only" or f.bid is None or f.ask is None:
+            return ctx.market_order(self.symbol, side, qty, leverage=lev, tag="entry")
+        price = post_only_price(side, f.bid, f.ask, self.entry_offset_bps)
+        order = ctx.limit_order(
+            self.symbol, side, qty, price, post_only=True, leverage=lev, tag="entry"
+        )
+        entry = self.entry
+        if order.status is OrderStatus.REJECTED and order.reject_reason == "post_only_would_cross":
+            direction = "LONG" if side is OrderSide.BUY else "SHORT"
+            self._block(ctx, ["post-only would cross"], direction, entry.confidence if entry else 0)
+        elif order.is_open:
+            self.working = _Working(order, entry, ctx.now)
+        return order
+
+    def _tend_working(self, ctx: Context) -> bool:
+        """Cancel a post-only entry past its timeout; True while it still works."""
+        working = self.working
+        assert working is not None
+        order = working.order
+        if order.is_open and ctx.now - working.ts >= self.entry_timeout_ms:
+            ctx.cancel(order.id)
+            ctx.emit(
+                {
+                    "type": "cancel",
+                    "mode": self.name,
+                    "side": order.side.value,
+                    "qty": order.remaining,
+                    "price": order.price,
+                    "filled_qty": order.filled_qty,
+                    "reason": f"post-only entry not filled in {self.entry_timeout_ms / 1000:g} s",
+                }
+            )
+        if order.is_open:
+            return True
+        self.working = None
+        if not order.filled_qty:
+            self.entry = None
+        return False
 
     def _exit_reason(self, f: FeatureSnapshot, pos: Any, ctx: Context) -> str:
         mark = f.mid
@@ -266,6 +354,9 @@ class SeedMode(BaseStrategy):
     # -- records -----------------------------------------------------------------------------
 
     def on_fill(self, fill: Fill, ctx: Context) -> None:
+        working = self.working
+        if working is not None and fill.order_id == working.order.id:
+            self.entry = working.entry  # the post-only entry filled: its inputs go with the trade
         ctx.emit(
             {
                 "type": "fill",
