@@ -226,8 +226,7 @@ def backtest(
     )
     config.validate()
     sweep = svc.parse_grid(grid or [])
-    if walk_forward_k is not None and not sweep:
-        raise UsageError("--walk-forward chooses among --grid values: give at least one --grid")
+    svc.check_sweep(config, sweep, walk_forward_k, executor)  # usage errors before any data
     store = state(ctx).store()
     bars = svc.load_bars(store, config)
     funding_rows = svc.load_funding(store, config)

