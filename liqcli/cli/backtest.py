@@ -247,6 +247,7 @@ def backtest(
             (getattr(closer, "close", None) or closer.shutdown)()
     ids = svc.store_runs(store, docs, config, kind_stored)
     if chart is not None:
+        from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
 
         ts, equity = docs[0]["_equity"]
@@ -257,6 +258,7 @@ def backtest(
             bars["close"].to_numpy(),
             title=f"{docs[0]['strategy']} {symbol} {interval} {_params_text(docs[0]['params'])}",
             capital=capital,
+            unit=quote_of(symbol),
         )
     for doc, rid in zip(docs, ids, strict=True):
         doc.pop("_equity", None)
@@ -328,6 +330,7 @@ def _order_flow(
     kind = "compare_leverage" if compare_leverage else "run"
     ids = bt.write_runs(store, docs, stored, exchange, data, kind)
     if chart is not None:
+        from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
 
         ts, equity, prices = docs[0]["_equity"]
@@ -338,6 +341,7 @@ def _order_flow(
             prices,
             title=f"mode {docs[0]['strategy']} {symbol} {data} {dynamic}",
             capital=capital,
+            unit=quote_of(symbol),
         )
     for doc, rid in zip(docs, ids, strict=True):
         doc.pop("_equity", None)
