@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,65 @@ def test_the_run_document_agrees_with_its_trades_and_buy_and_hold(data_dir):
     # flat over bars 0-49: SMA 50 first exists at bar 49's close, the fill is at bar 50's open
     assert m["exposure"] == pytest.approx(1 - 50 / len(k))
     assert m["total_return"] == pytest.approx(m["final_equity"] / 10_000 - 1)
+
+
+# ------------------------------------------------------------------------------ long sweeps
+
+
+def test_a_sweep_reports_progress_on_stderr_unless_quiet(data_dir):
+    args = ["sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10", "--grid", "slow=30,60"]
+    shown = liq(data_dir, *args, "-f", "json")
+    assert shown.exit_code == 0, shown.output
+    assert "liq: backtest: 4/4 runs done" in shown.stderr
+    assert len(json.loads(shown.stdout)["runs"]) == 4  # stdout stays the document
+    wf = liq(data_dir, *args[:-2], "--walk-forward", "3", "-f", "json")
+    assert "liq: backtest: 9/9 runs done" in wf.stderr  # 2 x 3 training runs + 3 tests
+    quiet = liq(data_dir, *args, "-f", "json", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_during_a_sweep_stops_the_workers_and_stores_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    Store(tmp_path).write("klines", klines(n=150_000))
+    fast = ",".join(str(f) for f in range(2, 22))
+    cmd = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "backtest", "sma_cross",
+           "BTCUSDT", "--start", "2026-01-01", "--end", "2026-07-01", "--grid", f"fast={fast}",
+           "--grid", "slow=60,100"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # the first run is done: the workers are busy
+        assert "liq: backtest: 1/40 runs done" in first, first + proc.stderr.read()
+        workers = _children(proc.pid)
+        assert workers
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "received SIGTERM: stopped, no run stored" in err and "Traceback" not in err
+    assert out == ""
+    assert not (tmp_path / "backtest_runs").exists()
+    assert not (tmp_path / "backtest_trades").exists()
+    # the workers are gone (multiprocessing's resource tracker follows once its pipe closes)
+    deadline = time.monotonic() + 10
+    while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)]

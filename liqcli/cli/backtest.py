@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -232,20 +234,28 @@ def backtest(
     funding_rows = svc.load_funding(store, config)
     jobs = len(svc.grid_specs(spec, sweep)) * (walk_forward_k or 1)
     pool, closer = svc.open_executor(executor, jobs)
+    progress = _SweepProgress() if sweep and not quiet else None
+    aborted = True
     try:
-        if walk_forward_k is not None:
-            docs = svc.walk_forward(config, bars, funding_rows, sweep, walk_forward_k, pool)
-            kind_stored = "walk_forward"
-        elif sweep:
-            docs = svc.run_grid(config, bars, funding_rows, sweep, pool)
-            kind_stored = "grid"
-        else:
-            docs = [svc.run_frame(config, bars, funding_rows)]
-            kind_stored = "run"
+        with _stopped_by_signals():
+            if walk_forward_k is not None:
+                docs = svc.walk_forward(
+                    config, bars, funding_rows, sweep, walk_forward_k, pool, progress=progress
+                )
+                kind_stored = "walk_forward"
+            elif sweep:
+                docs = svc.run_grid(config, bars, funding_rows, sweep, pool, progress=progress)
+                kind_stored = "grid"
+            else:
+                docs = [svc.run_frame(config, bars, funding_rows)]
+                kind_stored = "run"
+        aborted = False
     finally:
-        if closer is not None:
-            (getattr(closer, "close", None) or closer.shutdown)()
-    ids = svc.store_runs(store, docs, config, kind_stored)
+        if progress is not None:
+            progress.close()
+        svc.close_executor(closer, abort=aborted)  # a signal: workers end now, nothing stored
+    with _deferred_signals():  # all runs and their trades, or none of them
+        ids = svc.store_runs(store, docs, config, kind_stored)
     if chart is not None:
         from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
@@ -369,6 +379,108 @@ def _order_flow(
         render([{k: _fmt(r[k]) for k in short} for r in rows], "table")
         return
     _print(docs, fmt, single=len(docs) == 1, quiet=quiet)
+
+
+class _SweepProgress:
+    """Sweep progress on stderr: a transient bar on a terminal, else a line per tenth done."""
+
+    def __init__(self) -> None:
+        import time
+
+        from liqcli.cli.common import stderr_is_tty
+
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self.total = self.done = 0
+        self._shown = -1
+        self._bar = None
+        if stderr_is_tty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._bar = Progress(
+                "backtest runs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=True,
+            )  # fmt: skip
+            self._task = self._bar.add_task("runs", total=0)
+            self._bar.start()
+
+    def planned(self, runs: int) -> None:
+        self.total += runs
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
+    def run_done(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+            return
+        tenth = self.done * 10 // max(self.total, 1)
+        if tenth > self._shown:
+            self._shown = tenth
+            typer.echo(
+                f"liq: backtest: {self.done}/{self.total} runs done "
+                f"({self._clock() - self._t0:.1f} s)",
+                err=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM / SIGHUP during the runs end the command like Ctrl-C: workers stopped, nothing
+    stored, exit 143 / 129 (README "Exit codes")."""
+    import logging
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, stop)
+    except ValueError:  # not the main thread: the default action
+        pass
+    try:
+        yield
+    except _Stopped as exc:
+        name = signal.Signals(exc.signum).name
+        logging.getLogger("liq.backtest").warning("received %s: stopped, no run stored", name)
+        raise typer.Exit(128 + exc.signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """SIGTERM / SIGHUP while the results are written wait until both datasets are."""
+    import signal
+
+    got: list[int] = []
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, lambda n, _f: got.append(n))
+    except ValueError:
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if got:
+        raise typer.Exit(128 + got[0])
 
 
 def _leverage_table(docs: list[dict]) -> list[dict]:

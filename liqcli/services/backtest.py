@@ -16,10 +16,10 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -460,12 +460,14 @@ def run_grid(
     funding: pl.DataFrame | None,
     grid: dict[str, list[Any]],
     executor: Executor | None,
+    *,
+    progress: SweepProgress | None = None,
 ) -> list[dict]:
     specs = grid_specs(config.strategy, grid)
     for spec in specs:
         load_strategy(spec)  # bad combinations are usage errors before anything runs
     jobs = [make_job(replace(config, strategy=s), bars, funding) for s in specs]
-    return _map(executor, jobs)
+    return _map(executor, jobs, progress)
 
 
 def walk_forward(
@@ -477,6 +479,7 @@ def walk_forward(
     executor: Executor | None,
     *,
     objective: str = "sharpe",
+    progress: SweepProgress | None = None,
 ) -> list[dict]:
     """Split the bars into ``folds + 1`` equal time windows; for each fold pick the grid's best
     parameters (by ``objective`` on window k) and evaluate them on window k + 1. Only the
@@ -496,7 +499,9 @@ def walk_forward(
                     replace(config, strategy=spec), bars, funding, slice=(edges[k], edges[k + 1])
                 )
             )
-    trained = _map(executor, train_jobs)
+    if progress is not None:
+        progress.planned(len(train_jobs) + folds)  # the test runs follow the training runs
+    trained = _map(executor, train_jobs, progress, planned=True)
     best: list[StrategySpec] = []
     for k in range(folds):
         runs = trained[k * len(specs) : (k + 1) * len(specs)]
@@ -508,7 +513,7 @@ def walk_forward(
         )
         for k in range(folds)
     ]
-    tested = _map(executor, test_jobs)
+    tested = _map(executor, test_jobs, progress, planned=True)
     for k, run in enumerate(tested):
         run["fold"] = k + 1
         run["trained_on"] = {"start": iso_ms(edges[k]), "end": iso_ms(edges[k + 1] - 1)}
@@ -521,10 +526,55 @@ def _score(m: dict, objective: str) -> float:
     return float(value) if isinstance(value, int | float) else float("-inf")
 
 
-def _map(executor: Executor | None, jobs: list[dict]) -> list[dict]:
+class SweepProgress(Protocol):
+    """What a sweep reports as it goes (the CLI draws it on stderr)."""
+
+    def planned(self, runs: int) -> None: ...
+    def run_done(self) -> None: ...
+
+
+def _map(
+    executor: Executor | None,
+    jobs: list[dict],
+    progress: SweepProgress | None = None,
+    *,
+    planned: bool = False,
+) -> list[dict]:
+    """Every job's result in the jobs' order; ``progress`` hears of each as it completes."""
+    if progress is not None and not planned:
+        progress.planned(len(jobs))
     if executor is None or len(jobs) == 1:
-        return [run_job(j) for j in jobs]
-    return list(executor.map(run_job, jobs))
+        out = []
+        for job in jobs:
+            out.append(run_job(job))
+            if progress is not None:
+                progress.run_done()
+        return out
+    futures = [executor.submit(run_job, j) for j in jobs]
+    for future in as_completed(futures):
+        future.result()  # the first failure ends the sweep
+        if progress is not None:
+            progress.run_done()
+    return [f.result() for f in futures]
+
+
+def close_executor(closer: Any, *, abort: bool = False) -> None:
+    """Shut down what ``open_executor`` opened. ``abort`` (a signal, an error): pending runs are
+    cancelled and local worker processes terminated at once, not waited for."""
+    if closer is None:
+        return
+    if not isinstance(closer, ProcessPoolExecutor):
+        closer.close()  # a Dask client: the scheduler drops the runs it no longer has a client for
+        return
+    if not abort:
+        closer.shutdown()
+        return
+    workers = list((getattr(closer, "_processes", None) or {}).values())
+    closer.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(5)
 
 
 def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
