@@ -253,3 +253,76 @@ def test_sigterm_during_a_sweep_stops_the_workers_and_stores_nothing(tmp_path):
     while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [w for w in workers if _alive(w)]
+
+
+# ------------------------------------------------------------------------------ missing data
+
+
+def _command(text: str) -> list[str]:
+    """The ``liq fetch ...`` command quoted in an error or a warning, as arguments."""
+    quoted = text.split("`")[1]
+    assert quoted.startswith("liq fetch "), text
+    return quoted.split()[2:]
+
+
+def test_missing_klines_and_funding_name_fetch_commands_that_get_them(tmp_path, caplog):
+    from typer.testing import CliRunner
+
+    from liqcli.cli.app import app
+    from liqcli.core.timeutil import iso_ms, now_ms
+    from tests.fakes.binance_rest import FakeBinanceRest
+
+    day = 86_400_000
+    today = now_ms() // day * day
+    span = ["--start", iso_ms(today - 3 * day + 6 * 3_600_000), "--end", iso_ms(today - day)]
+    run = CliRunner()
+
+    def backtest(*extra):
+        args = ["--data-dir", str(tmp_path), "backtest", "sma_cross", "BTCUSDT", *span, *extra]
+        return run.invoke(app, [*args, "-f", "json"])
+
+    def fetch(args, url):
+        result = run.invoke(
+            app, ["--data-dir", str(tmp_path), "fetch", *args], env={"LIQ_BINANCE_REST_URL": url}
+        )
+        assert result.exit_code == 0, result.output
+
+    missing = backtest()
+    assert missing.exit_code == 1 and len(missing.output.strip().splitlines()) == 1
+    with FakeBinanceRest() as server:
+        fetch(_command(missing.output), server.url)  # the command the error names
+        no_funding = backtest()
+        assert no_funding.exit_code == 0, no_funding.output
+        assert json.loads(no_funding.stdout)["metrics"]["funding"] == 0
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "liq.backtest"]
+        assert "no funding stored for BTCUSDT in the range: none is charged" in warning
+        caplog.clear()
+        assert backtest("--quiet").exit_code == 0 and not caplog.records
+        fetch(_command(warning), server.url)  # the command the warning names
+    caplog.clear()
+    charged = backtest()
+    assert charged.exit_code == 0, charged.output
+    assert not [r for r in caplog.records if r.name == "liq.backtest"]
+    assert json.loads(charged.stdout)["metrics"]["funding"] != 0
+
+
+def test_funding_stored_for_part_of_the_range_is_a_warning(data_dir, caplog):
+    import polars as pl
+
+    start = 1_767_225_600_000
+    rows = pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "ts": [start + 8 * 3_600_000 * k for k in range(3)],  # the first day only
+            "funding_rate": 0.0001,
+            "mark_price": 100.0,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
+    Store(data_dir).write("funding", rows)
+    result = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["funding"] != 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "liq.backtest"]
+    assert "funding stored for BTCUSDT only from 2026-01-01T00:00:00.000Z" in warning
+    assert "liq fetch BTCUSDT --dataset funding --start 2026-01-01 --end 2026-01-04" in warning

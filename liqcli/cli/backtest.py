@@ -231,7 +231,7 @@ def backtest(
     svc.check_sweep(config, sweep, walk_forward_k, executor)  # usage errors before any data
     store = state(ctx).store()
     bars = svc.load_bars(store, config)
-    funding_rows = svc.load_funding(store, config)
+    funding_rows = svc.load_funding(store, config, bars=bars, warn=not quiet)
     jobs = len(svc.grid_specs(spec, sweep)) * (walk_forward_k or 1)
     pool, closer = svc.open_executor(executor, jobs)
     progress = _SweepProgress() if sweep and not quiet else None

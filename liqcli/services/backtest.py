@@ -14,6 +14,7 @@ import importlib.util
 import io
 import itertools
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -30,6 +31,8 @@ from liqcli.core.timeutil import KLINE_PERIODS, iso_ms, now_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.trading.bars import BarSettings, run_loop, run_vectorised
 from liqcli.trading.costs import Fees
+
+log = logging.getLogger("liq.backtest")
 
 BACKTEST_RUNS = register(
     DatasetSpec(
@@ -316,12 +319,29 @@ def load_bars(store: Any, config: BacktestConfig) -> pl.DataFrame:
             f"no {config.interval} klines stored for {config.symbol} between "
             f"{iso_ms(config.start_ms)} and {iso_ms(config.end_ms)}: get them with "
             f"`liq fetch {config.symbol} --dataset klines --period {config.interval} "
-            f"--start {iso_ms(config.start_ms)[:10]} --end {iso_ms(config.end_ms)[:10]}`"
+            f"{fetch_range(config.start_ms, config.end_ms)}`"
         )
     return frame
 
 
-def load_funding(store: Any, config: BacktestConfig) -> pl.DataFrame | None:
+DAY_MS = 86_400_000
+FUNDING_GAP_MS = 9 * 3_600_000  # Binance settles every 8 h (some symbols 4 h or 1 h)
+
+
+def fetch_range(start_ms: int, end_ms: int) -> str:
+    """``--start DAY --end DAY`` for ``liq fetch`` covering [start, end): whole UTC days, the
+    end exclusive (rounded up); no ``--end`` when the range reaches now (fetch's default)."""
+    text = f"--start {iso_ms(start_ms // DAY_MS * DAY_MS)[:10]}"
+    if end_ms < now_ms() - 60_000:
+        text += f" --end {iso_ms(-(-end_ms // DAY_MS) * DAY_MS)[:10]}"
+    return text
+
+
+def load_funding(
+    store: Any, config: BacktestConfig, *, bars: pl.DataFrame | None = None, warn: bool = True
+) -> pl.DataFrame | None:
+    """The stored funding rows of the range; with ``warn``, a warning naming the ``liq fetch``
+    command when none (or not all of the bars' span) is stored: that part is charged nothing."""
     if not config.funding:
         return None
     frame = (
@@ -336,6 +356,26 @@ def load_funding(store: Any, config: BacktestConfig) -> pl.DataFrame | None:
         .sort("ts")
         .collect()
     )
+    if warn and bars is not None and bars.height:
+        first, last = int(bars["ts"][0]), int(bars["ts"][-1])
+        fetch = f"`liq fetch {config.symbol} --dataset funding {fetch_range(first, last + 1)}`"
+        if frame.height == 0:
+            log.warning(
+                "no funding stored for %s in the range: none is charged (%s, or --funding off)",
+                config.symbol,
+                fetch,
+            )
+        elif (
+            int(frame["ts"][0]) - first > FUNDING_GAP_MS
+            or last - int(frame["ts"][-1]) > FUNDING_GAP_MS
+        ):
+            log.warning(
+                "funding stored for %s only from %s to %s: none is charged outside (%s)",
+                config.symbol,
+                iso_ms(int(frame["ts"][0])),
+                iso_ms(int(frame["ts"][-1])),
+                fetch,
+            )
     return frame
 
 
