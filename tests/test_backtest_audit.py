@@ -22,6 +22,7 @@ EXAMPLE = REPO / "examples" / "breakout.py"
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--capital", "inf"], "--capital must be a positive number, got inf"),
         (["--data", "bars:7x"], "invalid --data bars:7x: stored kline intervals are 1m 3m"),
         (["--grid", "fast=60,70"], "fast < slow"),
         (["--grid", "fast=a,b"], "fast < slow"),

@@ -151,8 +151,8 @@ class BacktestConfig:
 
 
 def validate_common(capital: float, leverage: float | None, slippage_bps: float) -> None:
-    if not (capital > 0):
-        raise UsageError(f"--capital must be positive, got {capital:g}")
+    if not (0 < capital < float("inf")):
+        raise UsageError(f"--capital must be a positive number, got {capital:g}")
     if leverage is not None and not (1 <= leverage <= 125):
         raise UsageError(f"--leverage must be between 1 and 125, got {leverage:g}")
     if not (0 <= slippage_bps < 1000):
