@@ -327,3 +327,34 @@ def test_funding_stored_for_part_of_the_range_is_a_warning(data_dir, caplog):
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "liq.backtest"]
     assert "funding stored for BTCUSDT only from 2026-01-01T00:00:00.000Z" in warning
     assert "liq fetch BTCUSDT --dataset funding --start 2026-01-01 --end 2026-01-04" in warning
+
+
+# ------------------------------------------------------------------------------ stored results
+
+
+def test_runs_are_stored_with_strategy_params_range_metrics_and_version(data_dir):
+    from liqcli import __version__
+
+    single = json.loads(liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "json").stdout)
+    wf = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10", "--walk-forward",
+             "2", "-f", "json")  # fmt: skip
+    folds = json.loads(wf.stdout)["runs"]
+    runs = Store(data_dir).read("backtest_runs").sort("start")
+    # the single run and the out-of-sample folds only: no training run is stored
+    assert sorted(runs["kind"].to_list()) == ["run", "walk_forward", "walk_forward"]
+    by_id = {r["run_id"]: r for r in runs.iter_rows(named=True)}
+    for doc in [single, *folds]:
+        row = by_id[doc["run_id"]]
+        assert row["strategy"] == "sma_cross" and row["symbol"] == "BTCUSDT"
+        assert json.loads(row["params"]) == doc["params"]
+        assert (
+            row["start"].isoformat(timespec="milliseconds").replace("+00:00", "Z") == doc["start"]
+        )
+        assert row["end"].isoformat(timespec="milliseconds").replace("+00:00", "Z") == doc["end"]
+        assert row["bars"] == doc["bars"] and row["version"] == __version__
+        assert json.loads(row["metrics"]) == pytest.approx(doc["metrics"])
+        assert json.loads(row["settings"])["fees"] == [0.0002, 0.0005]
+    trades = Store(data_dir).read("backtest_trades")
+    mine = trades.filter(trades["run_id"] == single["run_id"]).sort("trade_id")
+    assert mine["pnl"].to_list() == pytest.approx([t["pnl"] for t in single["trades"]])
+    assert set(trades["run_id"]) == {d["run_id"] for d in [single, *folds] if d["trades"]}
