@@ -358,3 +358,28 @@ def test_runs_are_stored_with_strategy_params_range_metrics_and_version(data_dir
     mine = trades.filter(trades["run_id"] == single["run_id"]).sort("trade_id")
     assert mine["pnl"].to_list() == pytest.approx([t["pnl"] for t in single["trades"]])
     assert set(trades["run_id"]) == {d["run_id"] for d in [single, *folds] if d["trades"]}
+
+
+def test_the_chart_says_what_a_trader_reads_at_a_glance(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from liqcli.render.backtest_chart import draw_equity
+
+    drawn = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))  # fmt: skip
+    ts = np.array([1_767_225_600_000 + h * H for h, _ in CURVE])
+    equity = np.array([e for _, e in CURVE]) * 100
+    closes = np.linspace(100.0, 150.0, len(CURVE))
+    path = draw_equity(
+        tmp_path / "eq.png", ts, equity, closes, title="t", capital=10_000, unit="USDT"
+    )
+    assert path.stat().st_size > 10_000
+    top, bottom = drawn[0].axes
+    assert top.get_ylabel() == "equity (USDT)" and bottom.get_xlabel() == "time (UTC)"
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    assert legend == ["strategy  +18.5 %", "buy and hold  +50.0 %"]
+    assert "final 11,850.30 USDT" in top.get_title(loc="left")
+    assert bottom.get_title(loc="left") == "max drawdown -19.6 % (2026-01-03 12:00 UTC)"
+    assert bottom.collections  # the shaded drawdown
+    assert top.yaxis.get_major_formatter()(12_000, 0) == "12,000"

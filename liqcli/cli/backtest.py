@@ -349,7 +349,8 @@ def _order_flow(
             ts,
             equity,
             prices,
-            title=f"mode {docs[0]['strategy']} {symbol} {data} {dynamic}",
+            title=f"mode {docs[0]['strategy']} {symbol} {data} leverage "
+            + (f"{docs[0]['params']['leverage']:g}x fixed" if dynamic == "off" else dynamic),
             capital=capital,
             unit=quote_of(symbol),
         )

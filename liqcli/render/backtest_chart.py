@@ -59,11 +59,10 @@ def draw_equity(
         worst = int(np.argmin(dd))
         bottom.plot([when[worst]], [dd[worst]], "o", color="#d62728", ms=4)
         day = np.datetime_as_string(when[worst], unit="m").replace("T", " ")
-        # inside the axes, bottom left, so it is never clipped at the edge
-        bottom.text(
-            0.01, 0.06, f"max drawdown {dd[worst]:.1f} % ({day} UTC)", transform=bottom.transAxes,
-            fontsize=8, color="#d62728",
-        )  # fmt: skip
+        # as the panel's title: text inside the axes would cover the shading somewhere
+        bottom.set_title(
+            f"max drawdown {dd[worst]:.1f} % ({day} UTC)", loc="left", fontsize=9, color="#d62728"
+        )
     locator = AutoDateLocator()
     bottom.xaxis.set_major_locator(locator)
     bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))
