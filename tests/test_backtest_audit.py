@@ -68,6 +68,13 @@ class OnlyOnEvent:  # the protocol: implement the callbacks you need
         if self.seen == 100:
             ctx.market_order(event.symbol, OrderSide.BUY, 1.0)
 
+class CrashesAtTwo:
+    def __init__(self, n=1):
+        self.n = n
+    def on_event(self, event, ctx):
+        if self.n == 2:
+            raise ValueError("boom at n=2")
+
 class TargetOnly:  # indicators() is optional
     def target(self):
         return pl.when(pl.col("close") > pl.col("open")).then(1).otherwise(-1)
@@ -100,6 +107,14 @@ def test_a_user_strategy_that_fails_says_so_in_one_line(data_dir, cls, message, 
     assert result.exit_code == code, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_user_strategy_failing_in_a_worker_process_ends_the_sweep_in_one_line(data_dir):
+    path = f"{data_dir / 'mine.py'}:CrashesAtTwo"
+    result = liq(data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "--grid", "n=1,2,3", "-q")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"liq: error: --strategy {path} failed: ValueError: boom at n=2"
+    assert not (data_dir / "backtest_runs").exists()
 
 
 @pytest.mark.parametrize("cls", ["OnlyOnEvent", "TargetOnly"])
@@ -223,7 +238,9 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_sigterm_during_a_sweep_stops_the_workers_and_stores_nothing(tmp_path):
+@pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_during_a_sweep_stops_the_workers_and_stores_nothing(tmp_path, signame, code):
+    import os
     import signal
     import subprocess
     import sys
@@ -232,20 +249,27 @@ def test_sigterm_during_a_sweep_stops_the_workers_and_stores_nothing(tmp_path):
     fast = ",".join(str(f) for f in range(2, 22))
     cmd = [sys.executable, "-m", "liqcli", "--data-dir", str(tmp_path), "backtest", "sma_cross",
            "BTCUSDT", "--start", "2026-01-01", "--end", "2026-07-01", "--grid", f"fast={fast}",
-           "--grid", "slow=60,100"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--grid", "slow=60,100", "--funding", "off"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         first = proc.stderr.readline()  # the first run is done: the workers are busy
         assert "liq: backtest: 1/40 runs done" in first, first + proc.stderr.read()
         workers = _children(proc.pid)
         assert workers
-        proc.send_signal(signal.SIGTERM)
+        if signame == "SIGTERM":  # from a supervisor, to the command
+            proc.send_signal(signal.SIGTERM)
+        else:  # Ctrl-C in a terminal: to the whole process group, workers included
+            os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
-    assert "received SIGTERM: stopped, no run stored" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert all(line.startswith("liq: ") for line in err.splitlines()), err  # no traceback
+    if signame == "SIGTERM":
+        assert "received SIGTERM: stopped, no run stored" in err
     assert out == ""
     assert not (tmp_path / "backtest_runs").exists()
     assert not (tmp_path / "backtest_trades").exists()

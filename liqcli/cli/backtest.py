@@ -235,7 +235,6 @@ def backtest(
     jobs = len(svc.grid_specs(spec, sweep)) * (walk_forward_k or 1)
     pool, closer = svc.open_executor(executor, jobs)
     progress = _SweepProgress() if sweep and not quiet else None
-    aborted = True
     try:
         with _stopped_by_signals():
             if walk_forward_k is not None:
@@ -249,11 +248,21 @@ def backtest(
             else:
                 docs = [svc.run_frame(config, bars, funding_rows)]
                 kind_stored = "run"
-        aborted = False
-    finally:
+    except (typer.Exit, KeyboardInterrupt) as exc:  # a signal: workers end now, nothing stored
         if progress is not None:
             progress.close()
-        svc.close_executor(closer, abort=aborted)  # a signal: workers end now, nothing stored
+        code = exc.exit_code if isinstance(exc, typer.Exit) else 130
+        if svc.close_executor(closer, abort=True):
+            _exit_now(code)
+        raise
+    except BaseException:
+        if progress is not None:
+            progress.close()
+        svc.close_executor(closer, error=True)
+        raise
+    if progress is not None:
+        progress.close()
+    svc.close_executor(closer)
     with _deferred_signals():  # all runs and their trades, or none of them
         ids = svc.store_runs(store, docs, config, kind_stored)
     if chart is not None:
@@ -461,6 +470,22 @@ def _stopped_by_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _exit_now(code: int) -> None:
+    """End the process after a signal stopped a local sweep, skipping the interpreter's exit
+    hooks (see services.backtest.close_executor)."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 @contextmanager

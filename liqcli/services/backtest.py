@@ -598,23 +598,44 @@ def _map(
     return [f.result() for f in futures]
 
 
-def close_executor(closer: Any, *, abort: bool = False) -> None:
-    """Shut down what ``open_executor`` opened. ``abort`` (a signal, an error): pending runs are
-    cancelled and local worker processes terminated at once, not waited for."""
+def _worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group: the command, not each worker, handles it (it
+    stops them), so no worker dies printing a KeyboardInterrupt traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def close_executor(closer: Any, *, abort: bool = False, error: bool = False) -> bool:
+    """Shut down what ``open_executor`` opened. ``error``: the runs not started are cancelled,
+    the running ones finish. ``abort`` (a signal): local workers are terminated at once.
+    Returns True when the process must then end with ``os._exit``: the pool did not wind down
+    in time, and the interpreter's own exit hook for process pools would wait for it."""
     if closer is None:
-        return
+        return False
     if not isinstance(closer, ProcessPoolExecutor):
         closer.close()  # a Dask client: the scheduler drops the runs it no longer has a client for
-        return
+        return False
     if not abort:
-        closer.shutdown()
-        return
+        closer.shutdown(wait=True, cancel_futures=error)
+        return False
     workers = list((getattr(closer, "_processes", None) or {}).values())
-    closer.shutdown(wait=False, cancel_futures=True)
     for proc in workers:
         proc.terminate()
     for proc in workers:
-        proc.join(5)
+        proc.join(3)
+        if proc.is_alive():
+            proc.kill()
+    # The pool notices its dead workers and winds down; its queues are then released (no
+    # "leaked semaphore" warnings). Bounded: should it hang, the caller ends the process.
+    import threading
+
+    done = threading.Thread(
+        target=closer.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
+    )
+    done.start()
+    done.join(5)
+    return done.is_alive()
 
 
 def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
@@ -626,7 +647,9 @@ def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
         import os
 
         workers = min(jobs, os.cpu_count() or 1)
-        executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        executor = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_worker_ignores_sigint
+        )
         return executor, executor
     if spec.startswith("dask://") or spec.startswith("tcp://"):
         try:
