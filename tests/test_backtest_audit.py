@@ -407,3 +407,44 @@ def test_the_chart_says_what_a_trader_reads_at_a_glance(tmp_path, monkeypatch):
     assert bottom.get_title(loc="left") == "max drawdown -19.6 % (2026-01-03 12:00 UTC)"
     assert bottom.collections  # the shaded drawdown
     assert top.yaxis.get_major_formatter()(12_000, 0) == "12,000"
+
+
+def test_every_metric_is_defined_in_the_help_and_the_readme():
+    from typer.testing import CliRunner
+
+    from liqcli.analytics import metrics
+    from liqcli.cli.app import app
+
+    names = metrics.compute(
+        ts=np.array([0, 1]), equity=np.array([1.0, 1.0]), capital=1.0, trades=[], fees=0,
+        funding=0, liquidations=0, exposure=0, first_open=1.0, last_close=1.0,
+    )  # fmt: skip
+    help_text = CliRunner().invoke(app, ["backtest", "--help"], env={"COLUMNS": "200"}).output
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### `liq backtest`") :].split("\n### ")[0]
+    help_text, section = " ".join(help_text.split()), " ".join(section.split())
+    for name in names:
+        if name == "final_equity":
+            continue
+        assert f"{name} = " in help_text or f"{name} the " in help_text, name
+        assert f"{name} = " in section or f"{name} the " in section, name
+    for text in (help_text, section):
+        assert "365 days" in text and "daily returns" in text and "buy_and_hold_return" in text
+
+
+def test_stored_metrics_are_standard_json(tmp_path):
+    from liqcli.services import backtest as svc
+
+    doc = {
+        "strategy": "s", "symbol": "BTCUSDT", "params": {}, "start": "2026-01-01T00:00:00.000Z",
+        "end": "2026-01-02T00:00:00.000Z", "bars": 2, "trades": [],
+        "metrics": {"final_equity": 2.0, "total_return": 1.0, "sharpe": None, "max_drawdown": 0.0,
+                    "trades": 3, "profit_factor": math.inf},
+    }  # fmt: skip
+    svc.write_runs(Store(tmp_path), [doc], {}, "binance", "1m", "run")
+    stored = Store(tmp_path).read("backtest_runs")["metrics"][0]
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(stored, parse_constant=refuse)["profit_factor"] is None

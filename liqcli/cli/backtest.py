@@ -37,11 +37,17 @@ dynamic engine (rules, kelly, vol_target) on the same events against the seed's 
 +10 %, max drawdown -20 % vs fixed) with each trade's optimal leverage against the one used.
 
 \b
-Metrics: total_return, cagr; volatility, sharpe and sortino from daily returns over 365 days
-(sharpe = mean/std x sqrt(365), sortino = mean/sqrt(mean(min(r,0)^2)) x sqrt(365), rf = 0);
-max_drawdown (1 - equity/peak) and its duration in days; calmar = cagr/max_drawdown; win_rate,
-profit_factor (gross profit / gross loss), avg_trade (net PnL), exposure (share of bars in a
-position), trades, fees, funding (paid), liquidations; buy_and_hold_return alongside.
+Metrics (r: daily returns, the equity at each UTC day's last bar over the previous day's, the
+first against --capital; 365 days a year, rf = 0): total_return = final equity / capital - 1;
+cagr = (final / capital)^(365 / days) - 1 (days: the bars' span); volatility = std(r) x
+sqrt(365); sharpe = mean(r) / std(r) x sqrt(365); sortino = mean(r) / sqrt(mean(min(r,0)^2)) x
+sqrt(365); max_drawdown = max of 1 - equity / running peak, max_drawdown_duration_days the
+longest time from a peak until back at it (or the end); calmar = cagr / max_drawdown; win_rate
+= winning trades / trades; profit_factor = gross profit / gross loss of the trades' net PnL
+(null without a losing trade); avg_trade = mean net PnL (after fees and funding); exposure =
+share of bars ending in a position; trades = closed round trips; fees = paid on every fill;
+funding = net paid (> 0 a cost); liquidations = positions liquidated; buy_and_hold_return = last
+close / first open - 1, alongside.
 """
 
 EPILOG = """\b

@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -719,7 +720,7 @@ def write_runs(
                 "end": _parse_iso(doc["end"]),
                 "bars": doc["bars"],
                 "kind": kind,
-                "metrics": json.dumps(m, default=str),
+                "metrics": json.dumps(_finite(m), default=str),
                 "final_equity": m["final_equity"],
                 "total_return": m["total_return"],
                 "sharpe": m["sharpe"],
@@ -749,6 +750,12 @@ def write_runs(
         frame = pl.DataFrame(trades, infer_schema_length=None)
         store.write("backtest_trades", frame.with_columns(_times("ts", "exit_ts")))
     return ids
+
+
+def _finite(m: dict) -> dict:
+    """Metrics as standard JSON, like the printed document: inf / nan (a profit factor without a
+    losing trade) become null, not the non-standard ``Infinity``."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in m.items()}
 
 
 def _parse_iso(text: str | None) -> int | None:
