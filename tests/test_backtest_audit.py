@@ -448,3 +448,28 @@ def test_stored_metrics_are_standard_json(tmp_path):
         raise ValueError(constant)
 
     assert json.loads(stored, parse_constant=refuse)["profit_factor"] is None
+
+
+def test_funding_is_settled_for_a_strategy_of_the_protocol_too(data_dir):
+    import polars as pl
+
+    start = 1_767_225_600_000
+    rows = pl.DataFrame(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "ts": [start + 8 * 3_600_000 * k + 7 for k in range(9)],  # 0 h ... 64 h
+            "funding_rate": 0.0001,
+            "mark_price": 100.0,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
+    Store(data_dir).write("funding", rows)
+    path = f"{data_dir / 'mine.py'}:OnlyOnEvent"  # buys 1.0 at bar 100's close, then holds
+    result = liq(data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "-f", "json")
+    assert result.exit_code == 0, result.output
+    # held from bar 101's open: the 8 settlements at 8 h ... 64 h, qty x mark x rate each
+    assert json.loads(result.stdout)["metrics"]["funding"] == pytest.approx(8 * 1.0 * 100 * 1e-4)
+    off = liq(
+        data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "--funding", "off", "-f", "json"
+    )
+    assert json.loads(off.stdout)["metrics"]["funding"] == 0

@@ -293,6 +293,8 @@ class NextOpen:
     def __init__(self, broker: SimBroker) -> None:
         self.broker = broker
         self.queued: list[Order] = []
+        # stored funding by bar open time, settled at that bar (any strategy, not only targets)
+        self.funding_at: dict[int, list] = {}
 
     def submit(self, order: Order) -> Order:
         self.queued.append(order)
@@ -336,7 +338,7 @@ def _on_bar(bar: Bar, market: Any, slots: Sequence[Any]) -> None:
                 rebalance(broker, order.symbol, int(order.qty), bar.open, order.leverage or 1.0)
             else:
                 broker.submit(order)
-        funding = getattr(slot.strategy, "funding_at", None)
+        funding = wrapper.funding_at
         if funding:
             for fts, rate, mark in funding.pop(bar.ts, ()):
                 broker.settle_funding(
@@ -357,7 +359,6 @@ class TargetLoop(BaseStrategy):
         self.wanted = list(wanted)
         self.leverage = leverage
         self.i = 0
-        self.funding_at: dict[int, list] = {}
 
     def on_event(self, event: Any, ctx: Context) -> None:
         if not isinstance(event, Bar):
@@ -390,10 +391,10 @@ def run_loop(
     ts = df["ts"].cast(pl.Int64).to_numpy() if df["ts"].dtype != pl.Int64 else df["ts"].to_numpy()
     broker = _broker(settings)
     wrapper = NextOpen(broker)
-    if funding is not None and isinstance(runner, TargetLoop):
+    if funding is not None:
         bars, rows = _funding_bars(ts, funding)
         for bar, row in zip(bars, rows, strict=True):
-            runner.funding_at.setdefault(int(ts[bar]), []).append(row)
+            wrapper.funding_at.setdefault(int(ts[bar]), []).append(row)
     engine = Engine()
     engine.add(runner, wrapper)
     sym, exch = settings.symbol, settings.exchange
