@@ -75,6 +75,15 @@ class CrashesAtTwo:
         if self.n == 2:
             raise ValueError("boom at n=2")
 
+class LimitBelow:  # at bar 100's close: a buy limit 0.3 % under the close
+    def __init__(self):
+        self.seen = 0
+    def on_event(self, event, ctx):
+        from liqcli.trading.model import OrderSide
+        self.seen += 1
+        if self.seen == 100:
+            ctx.limit_order(event.symbol, OrderSide.BUY, 1.0, round(event.close * 0.997, 6))
+
 class TargetOnly:  # indicators() is optional
     def target(self):
         return pl.when(pl.col("close") > pl.col("open")).then(1).otherwise(-1)
@@ -473,3 +482,19 @@ def test_funding_is_settled_for_a_strategy_of_the_protocol_too(data_dir):
         data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "--funding", "off", "-f", "json"
     )
     assert json.loads(off.stdout)["metrics"]["funding"] == 0
+
+
+def test_a_resting_limit_order_fills_when_a_bar_trades_through_it(data_dir):
+    k = klines()
+    limit = round(k["close"][99] * 0.997, 6)
+    assert k["open"][100] > limit  # it rests at the next open
+    lows = k["low"].to_list()
+    hit = next(i for i in range(100, len(k)) if lows[i] < limit)
+    path = f"{data_dir / 'mine.py'}:LimitBelow"
+    result = liq(data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "--funding", "off",
+                 "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)["metrics"]
+    assert m["fees"] == pytest.approx(limit * 1.0 * 0.0002)  # maker, at its own price
+    assert m["exposure"] == pytest.approx((len(k) - hit) / len(k))  # held from that bar's close
+    assert m["final_equity"] == pytest.approx(10_000 + (k["close"][-1] - limit) - limit * 0.0002)

@@ -18,6 +18,9 @@ Rules (README "liq backtest"):
   position whose liquidation price (Binance isolated formula, ``costs``) lies within the bar's
   range is liquidated at that price in that bar; the strategy, still wanting a position at that
   bar's close, re-enters at the next open.
+- Limit orders (``run_loop``, Strategy protocol) are sent at the next open like market orders: if
+  they cross the open they fill there (taker), else they rest and fill at their own price (maker)
+  in the first bar whose range trades through them (low below a buy, high above a sell).
 - Funding (stored ``funding`` rows): settled at their real times, rate × mark (the row's mark
   price, else the bar's close) × signed qty, before the bar's range is checked.
 """
@@ -338,6 +341,12 @@ def _on_bar(bar: Bar, market: Any, slots: Sequence[Any]) -> None:
                 rebalance(broker, order.symbol, int(order.qty), bar.open, order.leverage or 1.0)
             else:
                 broker.submit(order)
+        if broker.open_orders(bar.symbol):
+            # resting limits fill at their price when the bar's range trades through them, on
+            # the path open -> low -> high -> close (up bar) or open -> high -> low -> close
+            path = (bar.low, bar.high) if bar.close >= bar.open else (bar.high, bar.low)
+            for price in path:
+                broker.on_trade(bar.symbol, bar.ts, price, 0.0, price == bar.low)
         funding = wrapper.funding_at
         if funding:
             for fts, rate, mark in funding.pop(bar.ts, ()):
