@@ -498,3 +498,16 @@ def test_a_resting_limit_order_fills_when_a_bar_trades_through_it(data_dir):
     assert m["fees"] == pytest.approx(limit * 1.0 * 0.0002)  # maker, at its own price
     assert m["exposure"] == pytest.approx((len(k) - hit) / len(k))  # held from that bar's close
     assert m["final_equity"] == pytest.approx(10_000 + (k["close"][-1] - limit) - limit * 0.0002)
+
+
+def test_the_fetch_command_named_covers_a_range_that_ends_inside_a_day(tmp_path):
+    args = ["--start", "2026-01-01T12:00", "--end", "2026-01-02T06:00"]
+    flow = liq(tmp_path, "0", "BTCUSDT", "--data", "trades", *args)
+    assert flow.exit_code == 1
+    assert (
+        "`liq fetch BTCUSDT --dataset agg_trades --archive --start 2026-01-01 --end 2026-01-03`"
+        in flow.output
+    )
+    bars = liq(tmp_path, "sma_cross", "BTCUSDT", *args)
+    assert bars.exit_code == 1
+    assert "--period 1m --start 2026-01-01 --end 2026-01-03`" in bars.output
