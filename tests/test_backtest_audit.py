@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -511,3 +512,31 @@ def test_the_fetch_command_named_covers_a_range_that_ends_inside_a_day(tmp_path)
     bars = liq(tmp_path, "sma_cross", "BTCUSDT", *args)
     assert bars.exit_code == 1
     assert "--period 1m --start 2026-01-01 --end 2026-01-03`" in bars.output
+
+
+def test_walk_forward_ranks_by_return_when_the_windows_are_too_short_for_daily_sharpe():
+    import polars as pl
+
+    from liqcli.services import backtest as svc
+
+    frame = klines().select(pl.col("ts").dt.epoch("ms"), "open", "high", "low", "close", "volume")
+    spec = svc.StrategySpec("sma_cross")
+    config = svc.BacktestConfig(spec, "BTCUSDT", int(frame["ts"][0]), int(frame["ts"][-1]) + 1)
+    grid = {"fast": [15, 10, 5], "slow": [30]}
+    folds = svc.walk_forward(config, frame, None, grid, 3, None)  # windows of 0.7 days
+    ts = frame["ts"]
+    edges = [int(ts[0]) + (int(ts[-1]) + 1 - int(ts[0])) * i // 4 for i in range(5)]
+    fallback = []
+    for k, fold in enumerate(folds):
+        window = frame.filter((pl.col("ts") >= edges[k]) & (pl.col("ts") < edges[k + 1]))
+        trained = {
+            f: svc.run_frame(replace(config, strategy=s), window, None)["metrics"]
+            for f, s in zip(grid["fast"], svc.grid_specs(spec, grid), strict=True)
+        }
+        key = "sharpe" if any(m["sharpe"] is not None for m in trained.values()) else "total_return"
+        best = max(trained, key=lambda f: trained[f][key])
+        assert fold["params"]["fast"] == best and fold["objective"] == key
+        fallback.append((key, best))
+    # the first window (within 2026-01-01) has no daily Sharpe: ranked by return, and the best
+    # there is not simply the first combination
+    assert fallback[0][0] == "total_return" and fallback[0][1] != grid["fast"][0]

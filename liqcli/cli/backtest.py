@@ -156,8 +156,9 @@ def backtest(
         int | None,
         typer.Option(
             "--walk-forward",
-            help="K folds: pick the --grid's best (by sharpe) on each window, test on the next; "
-            "out-of-sample results only.",
+            help="K folds: pick the --grid's best (by sharpe; by total_return in a window too "
+            "short for daily returns) on each window, test on the next; out-of-sample results "
+            "only.",
             show_default=False,
         ),
     ] = None,
@@ -257,18 +258,17 @@ def backtest(
     except (typer.Exit, KeyboardInterrupt) as exc:  # a signal: workers end now, nothing stored
         if progress is not None:
             progress.close()
-        code = exc.exit_code if isinstance(exc, typer.Exit) else 130
         if svc.close_executor(closer, abort=True):
-            _exit_now(code)
+            _exit_now(exc.exit_code if isinstance(exc, typer.Exit) else 130)
         raise
     except BaseException:
-        if progress is not None:
-            progress.close()
         svc.close_executor(closer, error=True)
         raise
-    if progress is not None:
-        progress.close()
-    svc.close_executor(closer)
+    else:
+        svc.close_executor(closer)
+    finally:
+        if progress is not None:
+            progress.close()
     with _deferred_signals():  # all runs and their trades, or none of them
         ids = svc.store_runs(store, docs, config, kind_stored)
     if chart is not None:
@@ -443,6 +443,7 @@ class _SweepProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
 
 
 class _Stopped(Exception):

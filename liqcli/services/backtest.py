@@ -544,9 +544,17 @@ def walk_forward(
         progress.planned(len(train_jobs) + folds)  # the test runs follow the training runs
     trained = _map(executor, train_jobs, progress, planned=True)
     best: list[StrategySpec] = []
+    used: list[str] = []
     for k in range(folds):
         runs = trained[k * len(specs) : (k + 1) * len(specs)]
-        scores = [_score(r["metrics"], objective) for r in runs]
+        key = objective
+        scores = [_score(r["metrics"], key) for r in runs]
+        if all(x == float("-inf") for x in scores):
+            # a window too short for the objective (daily Sharpe needs 2+ days): rank by return
+            # rather than take the first combination
+            key = "total_return"
+            scores = [_score(r["metrics"], key) for r in runs]
+        used.append(key)
         best.append(specs[max(range(len(runs)), key=lambda i: scores[i])])
     test_jobs = [
         make_job(
@@ -558,7 +566,7 @@ def walk_forward(
     for k, run in enumerate(tested):
         run["fold"] = k + 1
         run["trained_on"] = {"start": iso_ms(edges[k]), "end": iso_ms(edges[k + 1] - 1)}
-        run["objective"] = objective
+        run["objective"] = used[k]
     return tested
 
 
