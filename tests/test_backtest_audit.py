@@ -540,3 +540,21 @@ def test_walk_forward_ranks_by_return_when_the_windows_are_too_short_for_daily_s
     # the first window (within 2026-01-01) has no daily Sharpe: ranked by return, and the best
     # there is not simply the first combination
     assert fallback[0][0] == "total_return" and fallback[0][1] != grid["fast"][0]
+
+
+def test_a_grid_runs_on_the_dask_cluster_and_equals_the_local_processes(data_dir):
+    distributed = pytest.importorskip("distributed")
+    args = ["sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10,15", "-f", "json", "-q"]
+    local = liq(data_dir, *args)
+    assert local.exit_code == 0, local.output
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
+        address = cluster.scheduler_address.replace("tcp://", "dask://")
+        remote = liq(data_dir, *args, "--executor", address)
+        prefixes = dict(cluster.scheduler.task_prefixes)
+    assert remote.exit_code == 0, remote.output
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+    # the three runs really ran as tasks on the cluster
+    (prefix,) = [p for name, p in prefixes.items() if name.startswith("run_job")]
+    assert prefix.state_counts["memory"] == 3
