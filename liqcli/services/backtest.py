@@ -255,9 +255,10 @@ _HOOKS = ("on_start", "on_fill", "on_timer", "on_stop")
 
 
 def _fill_hooks(spec: StrategySpec, strategy: Any) -> None:
-    missing = ["indicators"] if not hasattr(strategy, "indicators") else []
-    if not hasattr(strategy, "target"):
-        missing += [h for h in _HOOKS if not hasattr(strategy, h)]
+    if hasattr(strategy, "target"):
+        missing = [] if hasattr(strategy, "indicators") else ["indicators"]
+    else:
+        missing = [h for h in _HOOKS if not hasattr(strategy, h)]
     try:
         for name in missing:
             setattr(strategy, name, dict if name == "indicators" else _noop)
