@@ -85,6 +85,19 @@ class LimitBelow:  # at bar 100's close: a buy limit 0.3 % under the close
         if self.seen == 100:
             ctx.limit_order(event.symbol, OrderSide.BUY, 1.0, round(event.close * 0.997, 6))
 
+class StopBelow:  # buys 1.0 at bar 100's open, then a sell stop 0.3 % under the entry
+    def __init__(self):
+        self.seen = 0
+    def on_event(self, event, ctx):
+        from liqcli.trading.model import OrderSide
+        self.seen += 1
+        if self.seen == 100:
+            ctx.market_order(event.symbol, OrderSide.BUY, 1.0)
+        if self.seen == 101:
+            entry = ctx.position(event.symbol).entry_price
+            ctx.stop_order(event.symbol, OrderSide.SELL, 1.0, round(entry * 0.997, 6),
+                           reduce_only=True)
+
 class TargetOnly:  # indicators() is optional
     def target(self):
         return pl.when(pl.col("close") > pl.col("open")).then(1).otherwise(-1)
@@ -558,3 +571,35 @@ def test_a_grid_runs_on_the_dask_cluster_and_equals_the_local_processes(data_dir
     # the three runs really ran as tasks on the cluster
     (prefix,) = [p for name, p in prefixes.items() if name.startswith("run_job")]
     assert prefix.state_counts["memory"] == 3
+
+
+def test_a_stop_order_fills_inside_the_bar_that_reaches_it(data_dir):
+    k = klines()
+    entry = k["open"][100]
+    stop = round(entry * 0.997, 6)
+    opens, lows = k["open"].to_list(), k["low"].to_list()
+    hit = next(i for i in range(101, len(k)) if lows[i] <= stop)  # active from bar 101's open
+    fill = opens[hit] if opens[hit] <= stop else stop  # a gap through it fills at the open
+    path = f"{data_dir / 'mine.py'}:StopBelow"
+    result = liq(data_dir, "x", "BTCUSDT", *RANGE, "--strategy", path, "--funding", "off",
+                 "--fees", "0,0", "-f", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (trade,) = json.loads(result.stdout)["trades"]
+    assert trade["entry_price"] == pytest.approx(entry)
+    assert trade["exit_price"] == pytest.approx(fill)
+    assert trade["exit_ts"] == _iso(k["ts"][hit])
+    assert trade["pnl"] == pytest.approx(fill - entry)
+
+
+def _iso(ts) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def test_the_sim_broker_refuses_a_stop_order_it_cannot_trigger():
+    from liqcli.trading.costs import Fees
+    from liqcli.trading.model import Order, OrderSide, OrderStatus, OrderType
+    from liqcli.trading.sim import SimBroker
+
+    broker = SimBroker(1_000, fees=Fees(0, 0))
+    order = broker.submit(Order("BTCUSDT", OrderSide.SELL, 1.0, OrderType.STOP, price=90.0))
+    assert order.status is OrderStatus.REJECTED and order.reject_reason == "stop_orders_unsupported"

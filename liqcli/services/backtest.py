@@ -618,7 +618,8 @@ def _worker_ignores_sigint() -> None:
 
 def close_executor(closer: Any, *, abort: bool = False, error: bool = False) -> bool:
     """Shut down what ``open_executor`` opened. ``error``: the runs not started are cancelled,
-    the running ones finish. ``abort`` (a signal): local workers are terminated at once.
+    the running ones finish. ``abort`` (a signal): the same, within ``ABORT_WAIT_S``, then
+    the local workers are terminated.
     Returns True when the process must then end with ``os._exit``: the pool did not wind down
     in time, and the interpreter's own exit hook for process pools would wait for it."""
     if closer is None:
@@ -629,23 +630,30 @@ def close_executor(closer: Any, *, abort: bool = False, error: bool = False) -> 
     if not abort:
         closer.shutdown(wait=True, cancel_futures=error)
         return False
-    workers = list((getattr(closer, "_processes", None) or {}).values())
-    for proc in workers:
-        proc.terminate()
-    for proc in workers:
-        proc.join(3)
-        if proc.is_alive():
-            proc.kill()
-    # The pool notices its dead workers and winds down; its queues are then released (no
-    # "leaked semaphore" warnings). Bounded: should it hang, the caller ends the process.
+    # Cancel what has not started and let each worker finish its run (one run: bounded, and the
+    # pool then winds down cleanly, its queues released); only past ABORT_WAIT_S are the workers
+    # terminated, and should the pool then hang, the caller ends the process.
     import threading
 
+    workers = list((getattr(closer, "_processes", None) or {}).values())
     done = threading.Thread(
         target=closer.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
     )
     done.start()
-    done.join(5)
+    done.join(ABORT_WAIT_S)
+    if not done.is_alive():
+        return False
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(2)
+        if proc.is_alive():
+            proc.kill()
+    done.join(2)
     return done.is_alive()
+
+
+ABORT_WAIT_S = 5.0
 
 
 def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
