@@ -22,7 +22,10 @@ filled at the next bar's open (market order, --slippage-bps against it, taker fe
 notional); each position uses the whole equity at --leverage (qty = balance x L / (price x (1 +
 L x taker))). A bar's low (longs) or high (shorts) is taken as the mark: a position whose
 Binance isolated liquidation price lies inside the bar's range is liquidated there, losing its
-margin. Stored funding rows are settled at their real times (rate x mark x signed qty).
+margin. Stored funding rows are settled at their real times (rate x mark x signed qty). Orders
+of a --strategy FILE.py:Class on_event strategy: market at the next open; a limit not crossing
+it fills at its price in the first bar trading through it; a stop at its trigger inside the
+first bar reaching it (at the open after a gap).
 
 \b
 Order flow (modes 0 1 2 3, or all side by side; --data session:NAME or trades): the same
