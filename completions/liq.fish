@@ -27,7 +27,7 @@ complete -c liq -n '__fish_seen_subcommand_from backtest' -l fees -x -d 'MAKER,T
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l slippage-bps -x -d 'Extra slippage per fill, basis points (default - 0; order-flow modes 2).'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l funding -x -d 'on - settle stored funding rates; off - ignore them.'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l grid -x -d 'Sweep NAME=V1,V2,... (repeatable - every combination).'
-complete -c liq -n '__fish_seen_subcommand_from backtest' -l walk-forward -x -d 'K folds - pick the --grids best (by sharpe) on each window, test on the next; ou'
+complete -c liq -n '__fish_seen_subcommand_from backtest' -l walk-forward -x -d 'K folds - pick the --grids best (by sharpe; by total_return in a window too shor'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l executor -x -d 'local (processes) or dask -//HOST -PORT (liq(dist)).'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l exchange -s e -x -a 'binance okx bybit' -d 'Whose stored klines.'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l chart -r -F -d 'Equity and drawdown PNG (single runs).'

@@ -40,7 +40,7 @@ _liq() {
                     ''--slippage-bps'[Extra slippage per fill, basis points (default - 0; order-flow modes 2).]:value: ' \
                     ''--funding'[on - settle stored funding rates; off - ignore them.]:value: ' \
                     ''--grid'[Sweep NAME=V1,V2,... (repeatable - every combination).]:value: ' \
-                    ''--walk-forward'[K folds - pick the --grids best (by sharpe) on each window, test on the next; ou]:value: ' \
+                    ''--walk-forward'[K folds - pick the --grids best (by sharpe; by total_return in a window too shor]:value: ' \
                     ''--executor'[local (processes) or dask -//HOST -PORT (liq(dist)).]:value: ' \
                     '(--exchange -e)'{--exchange,-e}'[Whose stored klines.]:value:(binance okx bybit)' \
                     ''--chart'[Equity and drawdown PNG (single runs).]:path:_files' \

@@ -17,6 +17,10 @@ class Breakout:
     name = "breakout"
 
     def __init__(self, lookback: int = 60) -> None:
+        # --param values arrive parsed (ints, floats, true/false, text): check them here, an
+        # exception becomes liq's one-line usage error
+        if not (isinstance(lookback, int) and lookback >= 1):
+            raise ValueError(f"lookback must be a positive integer, got {lookback!r}")
         self.lookback = lookback
         self.defaults = {"lookback": lookback}
 

@@ -10,7 +10,8 @@
   max_drawdown_duration_days: the longest time from a peak until the equity is back at it
   (a drawdown still open at the end counts until the last bar).
 - calmar: CAGR / max_drawdown.  exposure: share of bars ending with a position.
-- win_rate: winning trades / trades.  profit_factor: gross profit / gross loss of trades (net PnL).
+- win_rate: winning trades / trades.  profit_factor: gross profit / gross loss of trades
+  (net PnL; infinite without a losing trade, null in JSON).
 - avg_trade: mean net PnL per trade.  fees, funding (paid, > 0 is a cost), liquidations: counts
   and sums over the run.  buy_and_hold_return: last close / first open − 1.
 """

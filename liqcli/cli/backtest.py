@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +22,10 @@ filled at the next bar's open (market order, --slippage-bps against it, taker fe
 notional); each position uses the whole equity at --leverage (qty = balance x L / (price x (1 +
 L x taker))). A bar's low (longs) or high (shorts) is taken as the mark: a position whose
 Binance isolated liquidation price lies inside the bar's range is liquidated there, losing its
-margin. Stored funding rows are settled at their real times (rate x mark x signed qty).
+margin. Stored funding rows are settled at their real times (rate x mark x signed qty). Orders
+of a --strategy FILE.py:Class on_event strategy: market at the next open; a limit not crossing
+it fills at its price in the first bar trading through it; a stop at its trigger inside the
+first bar reaching it (at the open after a gap).
 
 \b
 Order flow (modes 0 1 2 3, or all side by side; --data session:NAME or trades): the same
@@ -39,11 +44,17 @@ dynamic engine (rules, kelly, vol_target) on the same events against the seed's 
 +10 %, max drawdown -20 % vs fixed) with each trade's optimal leverage against the one used.
 
 \b
-Metrics: total_return, cagr; volatility, sharpe and sortino from daily returns over 365 days
-(sharpe = mean/std x sqrt(365), sortino = mean/sqrt(mean(min(r,0)^2)) x sqrt(365), rf = 0);
-max_drawdown (1 - equity/peak) and its duration in days; calmar = cagr/max_drawdown; win_rate,
-profit_factor (gross profit / gross loss), avg_trade (net PnL), exposure (share of bars in a
-position), trades, fees, funding (paid), liquidations; buy_and_hold_return alongside.
+Metrics (r: daily returns, the equity at each UTC day's last bar over the previous day's, the
+first against --capital; 365 days a year, rf = 0): total_return = final equity / capital - 1;
+cagr = (final / capital)^(365 / days) - 1 (days: the bars' span); volatility = std(r) x
+sqrt(365); sharpe = mean(r) / std(r) x sqrt(365); sortino = mean(r) / sqrt(mean(min(r,0)^2)) x
+sqrt(365); max_drawdown = max of 1 - equity / running peak, max_drawdown_duration_days the
+longest time from a peak until back at it (or the end); calmar = cagr / max_drawdown; win_rate
+= winning trades / trades; profit_factor = gross profit / gross loss of the trades' net PnL
+(null without a losing trade); avg_trade = mean net PnL (after fees and funding); exposure =
+share of bars ending in a position; trades = closed round trips; fees = paid on every fill;
+funding = net paid (> 0 a cost); liquidations = positions liquidated; buy_and_hold_return = last
+close / first open - 1, alongside.
 """
 
 EPILOG = """\b
@@ -156,8 +167,9 @@ def backtest(
         int | None,
         typer.Option(
             "--walk-forward",
-            help="K folds: pick the --grid's best (by sharpe) on each window, test on the next; "
-            "out-of-sample results only.",
+            help="K folds: pick the --grid's best (by sharpe; by total_return in a window too "
+            "short for daily returns) on each window, test on the next; out-of-sample results "
+            "only.",
             show_default=False,
         ),
     ] = None,
@@ -234,28 +246,44 @@ def backtest(
     )
     config.validate()
     sweep = svc.parse_grid(grid or [])
-    if walk_forward_k is not None and not sweep:
-        raise UsageError("--walk-forward chooses among --grid values: give at least one --grid")
+    svc.check_sweep(config, sweep, walk_forward_k, executor)  # usage errors before any data
     store = state(ctx).store()
     bars = svc.load_bars(store, config)
-    funding_rows = svc.load_funding(store, config)
+    funding_rows = svc.load_funding(store, config, bars=bars, warn=not quiet)
     jobs = len(svc.grid_specs(spec, sweep)) * (walk_forward_k or 1)
     pool, closer = svc.open_executor(executor, jobs)
+    progress = _SweepProgress() if sweep and not quiet else None
     try:
-        if walk_forward_k is not None:
-            docs = svc.walk_forward(config, bars, funding_rows, sweep, walk_forward_k, pool)
-            kind_stored = "walk_forward"
-        elif sweep:
-            docs = svc.run_grid(config, bars, funding_rows, sweep, pool)
-            kind_stored = "grid"
-        else:
-            docs = [svc.run_frame(config, bars, funding_rows)]
-            kind_stored = "run"
+        with _stopped_by_signals():
+            if walk_forward_k is not None:
+                docs = svc.walk_forward(
+                    config, bars, funding_rows, sweep, walk_forward_k, pool, progress=progress
+                )
+                kind_stored = "walk_forward"
+            elif sweep:
+                docs = svc.run_grid(config, bars, funding_rows, sweep, pool, progress=progress)
+                kind_stored = "grid"
+            else:
+                docs = [svc.run_frame(config, bars, funding_rows)]
+                kind_stored = "run"
+    except (typer.Exit, KeyboardInterrupt) as exc:  # a signal: workers end now, nothing stored
+        if progress is not None:
+            progress.close()
+        if svc.close_executor(closer, abort=True):
+            _exit_now(exc.exit_code if isinstance(exc, typer.Exit) else 130)
+        raise
+    except BaseException:
+        svc.close_executor(closer, error=True)
+        raise
+    else:
+        svc.close_executor(closer)
     finally:
-        if closer is not None:
-            (getattr(closer, "close", None) or closer.shutdown)()
-    ids = svc.store_runs(store, docs, config, kind_stored)
+        if progress is not None:
+            progress.close()
+    with _deferred_signals():  # all runs and their trades, or none of them
+        ids = svc.store_runs(store, docs, config, kind_stored)
     if chart is not None:
+        from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
 
         ts, equity = docs[0]["_equity"]
@@ -266,6 +294,7 @@ def backtest(
             bars["close"].to_numpy(),
             title=f"{docs[0]['strategy']} {symbol} {interval} {_params_text(docs[0]['params'])}",
             capital=capital,
+            unit=quote_of(symbol),
         )
     for doc, rid in zip(docs, ids, strict=True):
         doc.pop("_equity", None)
@@ -337,6 +366,7 @@ def _order_flow(
     kind = "compare_leverage" if compare_leverage else "run"
     ids = bt.write_runs(store, docs, stored, exchange, data, kind)
     if chart is not None:
+        from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
 
         ts, equity, prices = docs[0]["_equity"]
@@ -345,8 +375,10 @@ def _order_flow(
             ts,
             equity,
             prices,
-            title=f"mode {docs[0]['strategy']} {symbol} {data} {dynamic}",
+            title=f"mode {docs[0]['strategy']} {symbol} {data} leverage "
+            + (f"{docs[0]['params']['leverage']:g}x fixed" if dynamic == "off" else dynamic),
             capital=capital,
+            unit=quote_of(symbol),
         )
     for doc, rid in zip(docs, ids, strict=True):
         doc.pop("_equity", None)
@@ -374,6 +406,125 @@ def _order_flow(
         render([{k: _fmt(r[k]) for k in short} for r in rows], "table")
         return
     _print(docs, fmt, single=len(docs) == 1, quiet=quiet)
+
+
+class _SweepProgress:
+    """Sweep progress on stderr: a transient bar on a terminal, else a line per tenth done."""
+
+    def __init__(self) -> None:
+        import time
+
+        from liqcli.cli.common import stderr_is_tty
+
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self.total = self.done = 0
+        self._shown = -1
+        self._bar = None
+        if stderr_is_tty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._bar = Progress(
+                "backtest runs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=True,
+            )  # fmt: skip
+            self._task = self._bar.add_task("runs", total=0)
+            self._bar.start()
+
+    def planned(self, runs: int) -> None:
+        self.total += runs
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
+    def run_done(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+            return
+        tenth = self.done * 10 // max(self.total, 1)
+        if tenth > self._shown:
+            self._shown = tenth
+            typer.echo(
+                f"liq: backtest: {self.done}/{self.total} runs done "
+                f"({self._clock() - self._t0:.1f} s)",
+                err=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM / SIGHUP during the runs end the command like Ctrl-C: workers stopped, nothing
+    stored, exit 143 / 129 (README "Exit codes")."""
+    import logging
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, stop)
+    except ValueError:  # not the main thread: the default action
+        pass
+    try:
+        yield
+    except _Stopped as exc:
+        name = signal.Signals(exc.signum).name
+        logging.getLogger("liq.backtest").warning("received %s: stopped, no run stored", name)
+        raise typer.Exit(128 + exc.signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _exit_now(code: int) -> None:
+    """End the process after a signal stopped a local sweep, skipping the interpreter's exit
+    hooks (see services.backtest.close_executor)."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+@contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """SIGTERM / SIGHUP while the results are written wait until both datasets are."""
+    import signal
+
+    got: list[int] = []
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, lambda n, _f: got.append(n))
+    except ValueError:
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if got:
+        raise typer.Exit(128 + got[0])
 
 
 def _leverage_table(docs: list[dict]) -> list[dict]:

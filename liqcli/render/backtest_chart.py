@@ -17,12 +17,17 @@ def draw_equity(
     *,
     title: str,
     capital: float,
+    unit: str | None = None,
 ) -> Path:
+    """Equity (in ``unit``, e.g. the symbol's quote asset) against buy-and-hold of the same
+    capital, the returns in the legend; the drawdown below, shaded, its worst point marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     when = ts.astype("datetime64[ms]")
     peak = np.maximum.accumulate(equity)
@@ -31,24 +36,36 @@ def draw_equity(
     fig = Figure(figsize=(11, 6.5), dpi=100)
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
-    top.plot(when, equity, color="#1f77b4", lw=1.2, label="strategy")
-    top.plot(when, hold, color="#888888", lw=0.9, ls="--", label="buy and hold")
-    top.axhline(capital, color="#bbbbbb", lw=0.6)
-    top.set_ylabel("equity")
-    top.legend(loc="upper left", frameon=False)
     final = equity[-1] if equity.size else capital
-    top.set_title(
-        f"{title}   final {final:,.2f} ({(final / capital - 1) * 100:+.1f} %)", loc="left"
-    )
+    ret = (final / capital - 1) * 100
+    top.plot(when, equity, color="#1f77b4", lw=1.2, label=f"strategy  {ret:+.1f} %")
+    if hold.size:
+        hold_ret = (hold[-1] / capital - 1) * 100
+        top.plot(
+            when, hold, color="#888888", lw=0.9, ls="--", label=f"buy and hold  {hold_ret:+.1f} %"
+        )
+    top.axhline(capital, color="#bbbbbb", lw=0.6)
+    top.set_ylabel(f"equity ({unit})" if unit else "equity")
+    top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    top.legend(loc="upper left", frameon=False)
+    top.set_title(f"{title}   final {final:,.2f} {unit or ''}".rstrip(), loc="left")
     top.grid(alpha=0.25)
     bottom.fill_between(when, dd, 0, color="#d62728", alpha=0.35, lw=0)
     bottom.plot(when, dd, color="#d62728", lw=0.7)
     bottom.set_ylabel("drawdown %")
+    bottom.set_xlabel("time (UTC)")
     bottom.grid(alpha=0.25)
     if dd.size:
         worst = int(np.argmin(dd))
-        bottom.annotate(f"{dd[worst]:.1f} %", (when[worst], dd[worst]), fontsize=8, color="#d62728")
-    fig.autofmt_xdate()
+        bottom.plot([when[worst]], [dd[worst]], "o", color="#d62728", ms=4)
+        day = np.datetime_as_string(when[worst], unit="m").replace("T", " ")
+        # as the panel's title: text inside the axes would cover the shading somewhere
+        bottom.set_title(
+            f"max drawdown {dd[worst]:.1f} % ({day} UTC)", loc="left", fontsize=9, color="#d62728"
+        )
+    locator = AutoDateLocator()
+    bottom.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     fig.tight_layout()
     try:
         fig.savefig(path)

@@ -14,22 +14,26 @@ import importlib.util
 import io
 import itertools
 import json
+import logging
+import math
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
 from liqcli import __version__
 from liqcli.analytics import metrics
 from liqcli.core.schemas import TS, DatasetSpec, register
-from liqcli.core.timeutil import iso_ms, now_ms
+from liqcli.core.timeutil import KLINE_PERIODS, iso_ms, now_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.trading.bars import BarSettings, run_loop, run_vectorised
 from liqcli.trading.costs import Fees
+
+log = logging.getLogger("liq.backtest")
 
 BACKTEST_RUNS = register(
     DatasetSpec(
@@ -129,6 +133,11 @@ class BacktestConfig:
             raise UsageError(
                 f"--start ({iso_ms(self.start_ms)}) must be before --end ({iso_ms(self.end_ms)})"
             )
+        if self.interval not in KLINE_PERIODS:
+            raise UsageError(
+                f"invalid --data bars:{self.interval}: stored kline intervals are "
+                f"{' '.join(KLINE_PERIODS)}"
+            )
         load_strategy(self.strategy)  # unknown names, bad files and bad parameters fail here
 
     def settings(self) -> BarSettings:
@@ -143,8 +152,8 @@ class BacktestConfig:
 
 
 def validate_common(capital: float, leverage: float | None, slippage_bps: float) -> None:
-    if not (capital > 0):
-        raise UsageError(f"--capital must be positive, got {capital:g}")
+    if not (0 < capital < float("inf")):
+        raise UsageError(f"--capital must be a positive number, got {capital:g}")
     if leverage is not None and not (1 <= leverage <= 125):
         raise UsageError(f"--leverage must be between 1 and 125, got {leverage:g}")
     if not (0 <= slippage_bps < 1000):
@@ -193,6 +202,8 @@ def load_strategy(spec: StrategySpec) -> Any:
         if unknown:
             raise UsageError(f"sma_cross has no parameter {sorted(unknown)[0]!r}: fast, slow")
         return SmaCross(**spec.params)
+    if ":" not in spec.name and spec.name.endswith(".py"):
+        raise UsageError(f"--strategy {spec.name}: name the class too: {spec.name}:ClassName")
     if ":" not in spec.name:
         raise UsageError(
             f"unknown strategy {spec.name!r}: built-in {', '.join(BUILTIN)}, "
@@ -217,16 +228,74 @@ def load_strategy(spec: StrategySpec) -> Any:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise UsageError(f"--strategy {spec.name}: {path} has no class {class_name!r}")
+    if not isinstance(cls, type):
+        raise UsageError(f"--strategy {spec.name}: {class_name} in {path} is not a class")
     try:
         strategy = cls(**spec.params)
-    except TypeError as exc:
-        raise UsageError(f"--strategy {spec.name}: bad parameters: {exc}") from None
-    if not (hasattr(strategy, "target") or hasattr(strategy, "on_event")):
+    except LiqError:
+        raise
+    except Exception as exc:  # TypeError for unknown names, ValueError from its own checks, ...
+        raise UsageError(f"--strategy {spec.name}: bad parameters: {_line(exc)}") from None
+    if not (
+        callable(getattr(strategy, "target", None)) or callable(getattr(strategy, "on_event", None))
+    ):
         raise UsageError(
             f"--strategy {spec.name}: {class_name} implements neither target() (a vectorised "
             "bar strategy) nor on_event() (the Strategy protocol)"
         )
+    _fill_hooks(spec, strategy)
+    if callable(getattr(strategy, "target", None)):
+        _dry_run(spec, strategy)
     return strategy
+
+
+# The Strategy protocol's callbacks a user class may leave out ("implement the ones you need"),
+# and a vectorised strategy's optional indicators().
+_HOOKS = ("on_start", "on_fill", "on_timer", "on_stop")
+
+
+def _fill_hooks(spec: StrategySpec, strategy: Any) -> None:
+    if hasattr(strategy, "target"):
+        missing = [] if hasattr(strategy, "indicators") else ["indicators"]
+    else:
+        missing = [h for h in _HOOKS if not hasattr(strategy, h)]
+    try:
+        for name in missing:
+            setattr(strategy, name, dict if name == "indicators" else _noop)
+    except AttributeError:  # __slots__: say what to add
+        raise UsageError(
+            f"--strategy {spec.name}: add the missing method(s) {', '.join(missing)}"
+        ) from None
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+def _dry_run(spec: StrategySpec, strategy: Any) -> None:
+    """Build a vectorised strategy's expressions on an empty bar frame: a bad column name or a
+    bad parameter type is a usage error before any data is read."""
+    from liqcli.trading.bars import prepare
+
+    empty = pl.DataFrame(
+        schema={
+            "ts": pl.Int64,
+            **dict.fromkeys(("open", "high", "low", "close", "volume"), pl.Float64),
+        }
+    )
+    try:
+        prepare(empty, strategy)
+    except Exception as exc:
+        raise UsageError(
+            f"--strategy {spec.name}: its expressions fail on the bar columns (ts, open, high, "
+            f"low, close, volume): {_line(exc)}"
+        ) from None
+
+
+def _line(exc: BaseException) -> str:
+    """The first line of an exception from the user's code (Polars errors span many)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # ------------------------------------------------------------------------------ data
@@ -252,12 +321,29 @@ def load_bars(store: Any, config: BacktestConfig) -> pl.DataFrame:
             f"no {config.interval} klines stored for {config.symbol} between "
             f"{iso_ms(config.start_ms)} and {iso_ms(config.end_ms)}: get them with "
             f"`liq fetch {config.symbol} --dataset klines --period {config.interval} "
-            f"--start {iso_ms(config.start_ms)[:10]} --end {iso_ms(config.end_ms)[:10]}`"
+            f"{fetch_range(config.start_ms, config.end_ms)}`"
         )
     return frame
 
 
-def load_funding(store: Any, config: BacktestConfig) -> pl.DataFrame | None:
+DAY_MS = 86_400_000
+FUNDING_GAP_MS = 9 * 3_600_000  # Binance settles every 8 h (some symbols 4 h or 1 h)
+
+
+def fetch_range(start_ms: int, end_ms: int) -> str:
+    """``--start DAY --end DAY`` for ``liq fetch`` covering [start, end): whole UTC days, the
+    end exclusive (rounded up); no ``--end`` when the range reaches now (fetch's default)."""
+    text = f"--start {iso_ms(start_ms // DAY_MS * DAY_MS)[:10]}"
+    if end_ms < now_ms() - 60_000:
+        text += f" --end {iso_ms(-(-end_ms // DAY_MS) * DAY_MS)[:10]}"
+    return text
+
+
+def load_funding(
+    store: Any, config: BacktestConfig, *, bars: pl.DataFrame | None = None, warn: bool = True
+) -> pl.DataFrame | None:
+    """The stored funding rows of the range; with ``warn``, a warning naming the ``liq fetch``
+    command when none (or not all of the bars' span) is stored: that part is charged nothing."""
     if not config.funding:
         return None
     frame = (
@@ -272,6 +358,26 @@ def load_funding(store: Any, config: BacktestConfig) -> pl.DataFrame | None:
         .sort("ts")
         .collect()
     )
+    if warn and bars is not None and bars.height:
+        first, last = int(bars["ts"][0]), int(bars["ts"][-1])
+        fetch = f"`liq fetch {config.symbol} --dataset funding {fetch_range(first, last + 1)}`"
+        if frame.height == 0:
+            log.warning(
+                "no funding stored for %s in the range: none is charged (%s, or --funding off)",
+                config.symbol,
+                fetch,
+            )
+        elif (
+            int(frame["ts"][0]) - first > FUNDING_GAP_MS
+            or last - int(frame["ts"][-1]) > FUNDING_GAP_MS
+        ):
+            log.warning(
+                "funding stored for %s only from %s to %s: none is charged outside (%s)",
+                config.symbol,
+                iso_ms(int(frame["ts"][0])),
+                iso_ms(int(frame["ts"][-1])),
+                fetch,
+            )
     return frame
 
 
@@ -312,7 +418,13 @@ def run_frame(config: BacktestConfig, bars: pl.DataFrame, funding: pl.DataFrame 
     strategy = load_strategy(config.strategy)
     settings = config.settings()
     driver = run_vectorised if hasattr(strategy, "target") else run_loop
-    result = driver(bars, strategy, settings, funding=funding)
+    if ":" in config.strategy.name:  # the user's code: a failure is one line, not a traceback
+        try:
+            result = driver(bars, strategy, settings, funding=funding)
+        except Exception as exc:
+            raise LiqError(f"--strategy {config.strategy.name} failed: {_line(exc)}") from None
+    else:
+        result = driver(bars, strategy, settings, funding=funding)
     m = metrics.compute(
         ts=result.ts,
         equity=result.equity,
@@ -355,6 +467,25 @@ def run_frame(config: BacktestConfig, bars: pl.DataFrame, funding: pl.DataFrame 
     }
 
 
+def check_sweep(
+    config: BacktestConfig, grid: dict[str, list[Any]], folds: int | None, executor: str
+) -> None:
+    """Every usage error of a sweep, before any data is read: each grid combination must make a
+    strategy, K >= 1, and the executor must be ``local`` or ``dask://HOST:PORT``."""
+    if folds is not None:
+        if not grid:
+            raise UsageError("--walk-forward chooses among --grid values: give at least one --grid")
+        if folds < 1:
+            raise UsageError(f"--walk-forward needs K >= 1 folds, got {folds}")
+    for spec in grid_specs(config.strategy, grid):
+        load_strategy(spec)
+    if executor != "local":
+        scheme, sep, address = executor.partition("://")
+        host, _, port = address.rpartition(":")
+        if scheme not in ("dask", "tcp") or not sep or not host or not port.isdigit():
+            raise UsageError(f"invalid --executor {executor!r}: local or dask://HOST:PORT")
+
+
 def grid_specs(base: StrategySpec, grid: dict[str, list[Any]]) -> list[StrategySpec]:
     if not grid:
         return [base]
@@ -371,12 +502,14 @@ def run_grid(
     funding: pl.DataFrame | None,
     grid: dict[str, list[Any]],
     executor: Executor | None,
+    *,
+    progress: SweepProgress | None = None,
 ) -> list[dict]:
     specs = grid_specs(config.strategy, grid)
     for spec in specs:
         load_strategy(spec)  # bad combinations are usage errors before anything runs
     jobs = [make_job(replace(config, strategy=s), bars, funding) for s in specs]
-    return _map(executor, jobs)
+    return _map(executor, jobs, progress)
 
 
 def walk_forward(
@@ -388,6 +521,7 @@ def walk_forward(
     executor: Executor | None,
     *,
     objective: str = "sharpe",
+    progress: SweepProgress | None = None,
 ) -> list[dict]:
     """Split the bars into ``folds + 1`` equal time windows; for each fold pick the grid's best
     parameters (by ``objective`` on window k) and evaluate them on window k + 1. Only the
@@ -407,11 +541,21 @@ def walk_forward(
                     replace(config, strategy=spec), bars, funding, slice=(edges[k], edges[k + 1])
                 )
             )
-    trained = _map(executor, train_jobs)
+    if progress is not None:
+        progress.planned(len(train_jobs) + folds)  # the test runs follow the training runs
+    trained = _map(executor, train_jobs, progress, planned=True)
     best: list[StrategySpec] = []
+    used: list[str] = []
     for k in range(folds):
         runs = trained[k * len(specs) : (k + 1) * len(specs)]
-        scores = [_score(r["metrics"], objective) for r in runs]
+        key = objective
+        scores = [_score(r["metrics"], key) for r in runs]
+        if all(x == float("-inf") for x in scores):
+            # a window too short for the objective (daily Sharpe needs 2+ days): rank by return
+            # rather than take the first combination
+            key = "total_return"
+            scores = [_score(r["metrics"], key) for r in runs]
+        used.append(key)
         best.append(specs[max(range(len(runs)), key=lambda i: scores[i])])
     test_jobs = [
         make_job(
@@ -419,11 +563,11 @@ def walk_forward(
         )
         for k in range(folds)
     ]
-    tested = _map(executor, test_jobs)
+    tested = _map(executor, test_jobs, progress, planned=True)
     for k, run in enumerate(tested):
         run["fold"] = k + 1
         run["trained_on"] = {"start": iso_ms(edges[k]), "end": iso_ms(edges[k + 1] - 1)}
-        run["objective"] = objective
+        run["objective"] = used[k]
     return tested
 
 
@@ -432,10 +576,84 @@ def _score(m: dict, objective: str) -> float:
     return float(value) if isinstance(value, int | float) else float("-inf")
 
 
-def _map(executor: Executor | None, jobs: list[dict]) -> list[dict]:
+class SweepProgress(Protocol):
+    """What a sweep reports as it goes (the CLI draws it on stderr)."""
+
+    def planned(self, runs: int) -> None: ...
+    def run_done(self) -> None: ...
+
+
+def _map(
+    executor: Executor | None,
+    jobs: list[dict],
+    progress: SweepProgress | None = None,
+    *,
+    planned: bool = False,
+) -> list[dict]:
+    """Every job's result in the jobs' order; ``progress`` hears of each as it completes."""
+    if progress is not None and not planned:
+        progress.planned(len(jobs))
     if executor is None or len(jobs) == 1:
-        return [run_job(j) for j in jobs]
-    return list(executor.map(run_job, jobs))
+        out = []
+        for job in jobs:
+            out.append(run_job(job))
+            if progress is not None:
+                progress.run_done()
+        return out
+    futures = [executor.submit(run_job, j) for j in jobs]
+    for future in as_completed(futures):
+        future.result()  # the first failure ends the sweep
+        if progress is not None:
+            progress.run_done()
+    return [f.result() for f in futures]
+
+
+def _worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group: the command, not each worker, handles it (it
+    stops them), so no worker dies printing a KeyboardInterrupt traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def close_executor(closer: Any, *, abort: bool = False, error: bool = False) -> bool:
+    """Shut down what ``open_executor`` opened. ``error``: the runs not started are cancelled,
+    the running ones finish. ``abort`` (a signal): the same, within ``ABORT_WAIT_S``, then
+    the local workers are terminated.
+    Returns True when the process must then end with ``os._exit``: the pool did not wind down
+    in time, and the interpreter's own exit hook for process pools would wait for it."""
+    if closer is None:
+        return False
+    if not isinstance(closer, ProcessPoolExecutor):
+        closer.close()  # a Dask client: the scheduler drops the runs it no longer has a client for
+        return False
+    if not abort:
+        closer.shutdown(wait=True, cancel_futures=error)
+        return False
+    # Cancel what has not started and let each worker finish its run (one run: bounded, and the
+    # pool then winds down cleanly, its queues released); only past ABORT_WAIT_S are the workers
+    # terminated, and should the pool then hang, the caller ends the process.
+    import threading
+
+    workers = list((getattr(closer, "_processes", None) or {}).values())
+    done = threading.Thread(
+        target=closer.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
+    )
+    done.start()
+    done.join(ABORT_WAIT_S)
+    if not done.is_alive():
+        return False
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(2)
+        if proc.is_alive():
+            proc.kill()
+    done.join(2)
+    return done.is_alive()
+
+
+ABORT_WAIT_S = 5.0
 
 
 def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
@@ -447,7 +665,9 @@ def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
         import os
 
         workers = min(jobs, os.cpu_count() or 1)
-        executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        executor = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_worker_ignores_sigint
+        )
         return executor, executor
     if spec.startswith("dask://") or spec.startswith("tcp://"):
         try:
@@ -517,7 +737,7 @@ def write_runs(
                 "end": _parse_iso(doc["end"]),
                 "bars": doc["bars"],
                 "kind": kind,
-                "metrics": json.dumps(m, default=str),
+                "metrics": json.dumps(_finite(m), default=str),
                 "final_equity": m["final_equity"],
                 "total_return": m["total_return"],
                 "sharpe": m["sharpe"],
@@ -547,6 +767,12 @@ def write_runs(
         frame = pl.DataFrame(trades, infer_schema_length=None)
         store.write("backtest_trades", frame.with_columns(_times("ts", "exit_ts")))
     return ids
+
+
+def _finite(m: dict) -> dict:
+    """Metrics as standard JSON, like the printed document: inf / nan (a profit factor without a
+    losing trade) become null, not the non-standard ``Infinity``."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in m.items()}
 
 
 def _parse_iso(text: str | None) -> int | None:

@@ -142,7 +142,9 @@ def session_events(store: Any, settings: FlowSettings) -> Iterator[Any]:
 
 
 def _days(settings: FlowSettings) -> str:
-    return f"--start {iso_ms(settings.start_ms)[:10]} --end {iso_ms(settings.end_ms)[:10]}"
+    from liqcli.services.backtest import fetch_range  # whole days covering the range
+
+    return fetch_range(settings.start_ms, settings.end_ms)
 
 
 def _scan(store: Any, name: str, settings: FlowSettings, **extra: Any) -> pl.LazyFrame:

@@ -18,6 +18,13 @@ Rules (README "liq backtest"):
   position whose liquidation price (Binance isolated formula, ``costs``) lies within the bar's
   range is liquidated at that price in that bar; the strategy, still wanting a position at that
   bar's close, re-enters at the next open.
+- Limit orders (``run_loop``, Strategy protocol) are sent at the next open like market orders: if
+  they cross the open they fill there (taker), else they rest and fill at their own price (maker)
+  in the first bar whose range trades through them (low below a buy, high above a sell).
+- Stop orders (``ctx.stop_order``; the SimBroker has none, this driver triggers them) become
+  active at the next open: a sell stop fills as a market order at its trigger in the first bar
+  whose low reaches it (a buy stop: whose high), or at the open when the open is already past it.
+  Within a bar the path is open -> low -> high -> close (up bar) or open -> high -> low -> close.
 - Funding (stored ``funding`` rows): settled at their real times, rate × mark (the row's mark
   price, else the bar's close) × signed qty, before the bar's range is checked.
 """
@@ -35,7 +42,7 @@ import polars as pl
 
 from liqcli.trading.costs import Fees
 from liqcli.trading.engine import Engine, register_event
-from liqcli.trading.model import Order, OrderSide, OrderType
+from liqcli.trading.model import Order, OrderSide, OrderStatus, OrderType
 from liqcli.trading.sim import RoundTrip, SimBroker, TopOfBook
 from liqcli.trading.strategy import BaseStrategy, Context, Strategy
 
@@ -293,23 +300,56 @@ class NextOpen:
     def __init__(self, broker: SimBroker) -> None:
         self.broker = broker
         self.queued: list[Order] = []
+        self.stops: list[Order] = []  # active stop orders (the SimBroker has none)
+        self.stop_seq = 0
+        # stored funding by bar open time, settled at that bar (any strategy, not only targets)
+        self.funding_at: dict[int, list] = {}
 
     def submit(self, order: Order) -> Order:
         self.queued.append(order)
         return order
 
     def cancel(self, order_id: str) -> bool:
-        before = len(self.queued)
+        before = len(self.queued) + len(self.stops)
         self.queued = [o for o in self.queued if o.id != order_id]
-        return len(self.queued) != before or self.broker.cancel(order_id)
+        for stop in [o for o in self.stops if o.id == order_id]:
+            stop.status = OrderStatus.CANCELED
+            self.stops.remove(stop)
+        return len(self.queued) + len(self.stops) != before or self.broker.cancel(order_id)
 
     def cancel_all(self, symbol: str | None = None) -> list[Order]:
-        gone = [o for o in self.queued if symbol is None or o.symbol == symbol]
+        gone = [o for o in self.queued + self.stops if symbol is None or o.symbol == symbol]
         self.queued = [o for o in self.queued if o not in gone]
+        self.stops = [o for o in self.stops if o not in gone]
+        for order in gone:
+            order.status = OrderStatus.CANCELED
         return gone + self.broker.cancel_all(symbol)
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
-        return self.broker.open_orders(symbol)
+        stops = [o for o in self.stops if symbol is None or o.symbol == symbol]
+        return stops + self.broker.open_orders(symbol)
+
+    def trigger_stops(self, bar: Bar, price: float, *, at_open: bool) -> None:
+        """Execute the stops this price reaches: at the open (a gap) at the open, else at their
+        trigger price (the bar traded through it on its way to ``price``)."""
+        for stop in list(self.stops):
+            assert stop.price is not None
+            buy = stop.side is OrderSide.BUY
+            if not (price >= stop.price if buy else price <= stop.price):
+                continue
+            self.stops.remove(stop)
+            fill = price if at_open else stop.price
+            _quote(self.broker, bar.symbol, bar.ts, fill)
+            done = self.broker.submit(
+                Order(stop.symbol, stop.side, stop.qty, OrderType.MARKET,
+                      reduce_only=stop.reduce_only, leverage=stop.leverage, tag=stop.tag)
+            )  # fmt: skip
+            stop.status, stop.filled_qty, stop.avg_price = (
+                done.status,
+                done.filled_qty,
+                done.avg_price,
+            )
+            stop.reject_reason = done.reject_reason
 
     def position(self, symbol: str) -> Any:
         return self.broker.position(symbol)
@@ -334,9 +374,26 @@ def _on_bar(bar: Bar, market: Any, slots: Sequence[Any]) -> None:
         for order in queued:
             if order.tag == "rebalance":
                 rebalance(broker, order.symbol, int(order.qty), bar.open, order.leverage or 1.0)
+            elif order.type is OrderType.STOP:
+                wrapper.stop_seq += 1
+                order.id = order.id or f"stop-{wrapper.stop_seq}"
+                order.created_ts = bar.ts
+                wrapper.stops.append(order)
             else:
                 broker.submit(order)
-        funding = getattr(slot.strategy, "funding_at", None)
+        if wrapper.stops:
+            wrapper.trigger_stops(bar, bar.open, at_open=True)
+        if wrapper.stops or broker.open_orders(bar.symbol):
+            # resting limits fill at their price when the bar's range trades through them, stops
+            # at theirs when it reaches them, on the path open -> low -> high -> close (up bar)
+            # or open -> high -> low -> close
+            path = (bar.low, bar.high) if bar.close >= bar.open else (bar.high, bar.low)
+            for price in path:
+                if wrapper.stops:
+                    wrapper.trigger_stops(bar, price, at_open=False)
+                if broker.open_orders(bar.symbol):
+                    broker.on_trade(bar.symbol, bar.ts, price, 0.0, price == bar.low)
+        funding = wrapper.funding_at
         if funding:
             for fts, rate, mark in funding.pop(bar.ts, ()):
                 broker.settle_funding(
@@ -357,7 +414,6 @@ class TargetLoop(BaseStrategy):
         self.wanted = list(wanted)
         self.leverage = leverage
         self.i = 0
-        self.funding_at: dict[int, list] = {}
 
     def on_event(self, event: Any, ctx: Context) -> None:
         if not isinstance(event, Bar):
@@ -390,10 +446,10 @@ def run_loop(
     ts = df["ts"].cast(pl.Int64).to_numpy() if df["ts"].dtype != pl.Int64 else df["ts"].to_numpy()
     broker = _broker(settings)
     wrapper = NextOpen(broker)
-    if funding is not None and isinstance(runner, TargetLoop):
+    if funding is not None:
         bars, rows = _funding_bars(ts, funding)
         for bar, row in zip(bars, rows, strict=True):
-            runner.funding_at.setdefault(int(ts[bar]), []).append(row)
+            wrapper.funding_at.setdefault(int(ts[bar]), []).append(row)
     engine = Engine()
     engine.add(runner, wrapper)
     sym, exch = settings.symbol, settings.exchange

@@ -26,6 +26,7 @@ class OrderSide(StrEnum):
 class OrderType(StrEnum):
     MARKET = "market"
     LIMIT = "limit"
+    STOP = "stop"  # market once the price reaches ``price``; bar backtests only (trading.bars)
 
 
 class OrderStatus(StrEnum):

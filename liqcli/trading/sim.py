@@ -375,6 +375,8 @@ class SimBroker:
     def _check(self, order: Order) -> str:
         if not (math.isfinite(order.qty) and order.qty > 0):
             return "invalid_qty"
+        if order.type is OrderType.STOP:  # the bar driver triggers stops itself (trading.bars)
+            return "stop_orders_unsupported"
         if order.type is OrderType.LIMIT and not (
             order.price is not None and math.isfinite(order.price) and order.price > 0
         ):

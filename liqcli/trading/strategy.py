@@ -52,6 +52,12 @@ class Context:
     ) -> Order:
         return self.broker.submit(Order(symbol, side, qty, OrderType.LIMIT, price=price, **kw))
 
+    def stop_order(
+        self, symbol: str, side: OrderSide, qty: float, trigger: float, **kw: Any
+    ) -> Order:
+        """A market order once the price reaches ``trigger`` (bar backtests: inside the bar)."""
+        return self.broker.submit(Order(symbol, side, qty, OrderType.STOP, price=trigger, **kw))
+
     def cancel(self, order_id: str) -> bool:
         return self.broker.cancel(order_id)
 
