@@ -67,6 +67,14 @@ class Slot:
     broker: Any
     ctx: Context
     next_timer: int | None = None
+    # Fast path: the broker holds its pending fills in ``fills`` and reports no asynchronous
+    # rejections to this strategy, so an empty ``fills`` means nothing to drain.
+    plain: bool = False
+
+    def __post_init__(self) -> None:
+        rejects = getattr(self.broker, "take_rejections", None) is not None
+        hook = getattr(self.strategy, "on_reject", None) is not None
+        self.plain = hasattr(self.broker, "fills") and not (rejects and hook)
 
 
 # Each market-data event type maps to how it updates the shared state and a SimBroker.
@@ -147,10 +155,16 @@ class Engine:
         self.now = 0
         self.events = 0
         self._started = False
+        self._timed: list[Slot] = []  # the slots whose strategy asks for timers
+
+    def _plan(self) -> None:
+        # ``timer_ms`` is read here, after ``on_start`` (a strategy may set it there).
+        self._timed = [s for s in self.slots if getattr(s.strategy, "timer_ms", None)]
 
     def add(self, strategy: Strategy, broker: Any, *, name: str = "") -> Context:
         ctx = Context(broker, self.market, name=name, emit=self.emit)
         self.slots.append(Slot(strategy, broker, ctx))
+        self._plan()
         return ctx
 
     def start(self, ts: int = 0) -> None:
@@ -161,27 +175,40 @@ class Engine:
             self._drain(slot)
             timer = getattr(slot.strategy, "timer_ms", None)
             slot.next_timer = (ts + timer) if timer and ts else None
+        self._plan()
         self._started = True
 
     def step(self, event: Any) -> None:
         if not self._started:
             self.start(getattr(event, "ts", 0))
         ts = getattr(event, "ts", self.now)
-        for slot in self.slots:
+        for slot in self._timed:
             self._timers(slot, ts)  # timers due by now fire on the market as it was then
         if ts > self.now:
             self.now = ts
+        now = self.now
         self.events += 1
+        market = self.market
         handler = _HANDLERS.get(type(event))
         if handler is not None:
-            handler(event, self.market, self.slots)
+            handler(event, market, self.slots)
         for observe in self.observers:
-            observe(event, self.market)
+            observe(event, market)
+        drain = self._drain
         for slot in self.slots:
-            slot.ctx.now = self.now
-            self._drain(slot)  # fills caused by this market data
-            slot.strategy.on_event(event, slot.ctx)
-            self._drain(slot)  # fills of orders the strategy just sent
+            ctx = slot.ctx
+            ctx.now = now
+            if slot.plain:  # the hot path: drain only when there is something to drain
+                broker = slot.broker
+                if broker.fills:
+                    drain(slot)  # fills caused by this market data
+                slot.strategy.on_event(event, ctx)
+                if broker.fills:
+                    drain(slot)  # fills of orders the strategy just sent
+            else:
+                drain(slot)
+                slot.strategy.on_event(event, ctx)
+                drain(slot)
 
     def run(self, events: Iterable[Any]) -> int:
         for event in events:

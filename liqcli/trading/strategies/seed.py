@@ -24,13 +24,13 @@ from liqcli.core.events import AggTrade, Liquidation
 from liqcli.trading.model import Fill, OrderSide
 from liqcli.trading.signal import (
     STOPS,
-    STRONG_REVERSE_SCORE,
     KellyAdviser,
     LeverageAdvice,
+    SignalCache,
     optimal_leverage,
+    reverses,
     risk_level,
     rules_leverage,
-    signal,
     size_fraction,
 )
 from liqcli.trading.strategy import BaseStrategy, Context
@@ -44,15 +44,12 @@ MAX_SPREAD_BPS = 10.0
 MIN_DEPTH = 3.0
 
 
-_memo: list = [None, None]  # (inputs, Signal) of the last call: the modes share one snapshot
+_SIGNALS = SignalCache()  # the modes share one snapshot: its signal is computed once
 
 
 def shared_signal(f: FeatureSnapshot) -> Any:
     """``signal(f)``, computed once per feature state however many modes ask for it."""
-    key = (f.obi, f.obi_velocity, f.signed_volume, f.micro_pressure)
-    if key != _memo[0]:
-        _memo[0], _memo[1] = key, signal(f)
-    return _memo[1]
+    return _SIGNALS.signal(f)
 
 
 @dataclass(slots=True)
@@ -85,15 +82,18 @@ class ModeStats:
 def order_flow_observer(symbol: str, flow: OrderFlow, depth: int = 20):
     """An Engine observer that feeds one symbol's book readings and trades into ``flow``."""
 
+    on_trade, on_book = flow.on_trade, flow.on_book
+
     def observe(event: Any, market: Any) -> None:
-        if getattr(event, "symbol", None) != symbol:
+        if type(event) is AggTrade or isinstance(event, AggTrade):
+            if event.symbol == symbol:
+                on_trade(event.ts, event.price, event.qty, event.is_buyer_maker)
             return
-        if isinstance(event, AggTrade):
-            flow.on_trade(event.ts, event.price, event.qty, event.is_buyer_maker)
+        if getattr(event, "symbol", None) != symbol:
             return
         book = market.book(symbol)
         if book is not None and not isinstance(event, Liquidation):
-            flow.on_book(event.ts, book.levels("bid", depth), book.levels("ask", depth))
+            on_book(event.ts, book.levels("bid", depth), book.levels("ask", depth))
 
     return observe
 
@@ -131,13 +131,18 @@ class SeedMode(BaseStrategy):
 
     def on_event(self, event: Any, ctx: Context) -> None:
         f = self.flow.snapshot
-        if f.mid is None or f.obi is None or self.pending:
+        if self.pending or f.obi is None:
             return
-        pos = ctx.position(self.symbol)
-        if not pos.is_flat:
-            if self.entry is not None and pos.entry_price:
-                move = (f.mid - pos.entry_price) / pos.entry_price * (1 if pos.qty > 0 else -1)
-                self.entry.mae = max(self.entry.mae, -move)
+        mid = f.mid
+        if mid is None:
+            return
+        pos = ctx.broker.position(self.symbol)
+        if pos.qty != 0.0:  # open: the exits
+            entry = self.entry
+            if entry is not None and pos.entry_price:
+                move = (mid - pos.entry_price) / pos.entry_price * (1 if pos.qty > 0 else -1)
+                if -move > entry.mae:
+                    entry.mae = -move
             reason = self._exit_reason(f, pos, ctx)
             if reason:
                 self.pending = True
@@ -205,7 +210,7 @@ class SeedMode(BaseStrategy):
     def _exit_reason(self, f: FeatureSnapshot, pos: Any, ctx: Context) -> str:
         mark = f.mid
         margin = pos.margin or 1e-12
-        roi = (pos.unrealized(mark) - pos.fees - pos.funding) / margin
+        roi = (pos.qty * (mark - pos.entry_price) - pos.fees - pos.funding) / margin
         entry = self.entry
         sl, tp = (entry.stop_loss, entry.take_profit) if entry else STOPS["WARNING"]
         if roi <= -sl:
@@ -216,9 +221,8 @@ class SeedMode(BaseStrategy):
             return "vpin_exit"
         if ctx.now - pos.opened_ts >= TIME_STOP_MS:
             return "time_stop"
-        sig = shared_signal(f)
-        against = sig.short_score if pos.qty > 0 else sig.long_score
-        if against > STRONG_REVERSE_SCORE and sig.direction != ("LONG" if pos.qty > 0 else "SHORT"):
+        long, short = _SIGNALS.scores(f)
+        if reverses(long, short, pos.qty > 0):
             return "reverse_signal"
         return ""
 
