@@ -94,16 +94,16 @@ class SignalCache:
     changed them, the volume part when the signed volume did. Keyed on the values themselves, so
     it cannot go stale, whoever mutates the snapshot."""
 
-    __slots__ = ("_book", "_micro", "_signal", "_sv")
+    __slots__ = ("_book", "_cap", "_micro", "_signal", "_sv")
 
     def __init__(self) -> None:
         self._book: tuple = (None, None, None, 0.0, 0.0)  # obi, velocity, pressure, long, short
         self._micro = (0.0, 0.0)
+        self._cap = (1.0, 1.0)  # the highest long / short score the volume part could make
         self._sv: tuple = (None, 0.0, 0.0)  # signed volume, long part, short part
         self._signal: tuple = (None, None, None)  # long, short, Signal
 
-    def scores(self, f: FeatureSnapshot) -> tuple[float, float]:
-        """(long score, short score) of ``f``."""
+    def _book_parts(self, f: FeatureSnapshot) -> tuple:
         obi, velocity, pressure = f.obi or 0.0, f.obi_velocity, f.micro_pressure
         book = self._book
         if obi != book[0] or velocity != book[1] or pressure != book[2]:
@@ -114,13 +114,30 @@ class SignalCache:
                 _book_part(obi, velocity),
                 _book_part(-obi, -velocity),
             )
-            self._micro = (_micro_part(pressure), _micro_part(-pressure))
+            micro = self._micro = (_micro_part(pressure), _micro_part(-pressure))
+            # The volume part is at most 0.3 and float addition is monotonic: no score of this
+            # book reading can exceed these, whatever the signed volume.
+            self._cap = ((book[3] + 0.3) + micro[0], (book[4] + 0.3) + micro[1])
+        return book
+
+    def scores(self, f: FeatureSnapshot) -> tuple[float, float]:
+        """(long score, short score) of ``f``."""
+        book = self._book_parts(f)
         sv = f.signed_volume
         vol = self._sv
         if sv != vol[0]:
             vol = self._sv = (sv, _volume_part(sv), _volume_part(-sv))
         micro = self._micro
         return (book[3] + vol[1]) + micro[0], (book[4] + vol[2]) + micro[1]
+
+    def reverses(self, f: FeatureSnapshot, is_long: bool) -> bool:
+        """``reverses(*scores(f), is_long)``; the volume part is skipped when this book reading
+        cannot make the opposite side strong enough, whatever the signed volume."""
+        self._book_parts(f)
+        if not self._cap[1 if is_long else 0] > STRONG_REVERSE_SCORE:  # the opposite side
+            return False
+        long, short = self.scores(f)
+        return reverses(long, short, is_long)
 
     def signal(self, f: FeatureSnapshot) -> Signal:
         long, short = self.scores(f)

@@ -28,7 +28,6 @@ from liqcli.trading.signal import (
     LeverageAdvice,
     SignalCache,
     optimal_leverage,
-    reverses,
     risk_level,
     rules_leverage,
     size_fraction,
@@ -221,8 +220,7 @@ class SeedMode(BaseStrategy):
             return "vpin_exit"
         if ctx.now - pos.opened_ts >= TIME_STOP_MS:
             return "time_stop"
-        long, short = _SIGNALS.scores(f)
-        if reverses(long, short, pos.qty > 0):
+        if _SIGNALS.reverses(f, pos.qty > 0):
             return "reverse_signal"
         return ""
 
