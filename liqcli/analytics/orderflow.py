@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 Level = tuple[float, float]
+_qty = itemgetter(1)
 
 
 def obi(bids: Sequence[Level], asks: Sequence[Level], depth: int = 20) -> float:
-    bid = sum(q for _, q in bids[:depth])
-    ask = sum(q for _, q in asks[:depth])
+    bid = sum(map(_qty, bids[:depth]))
+    ask = sum(map(_qty, asks[:depth]))
     total = bid + ask
     return (bid - ask) / total if total > 0 else 0.0
 
@@ -38,10 +40,14 @@ def microprice(bid: float, bid_qty: float, ask: float, ask_qty: float) -> float:
 
 
 def microprice_pressure(bid: float, bid_qty: float, ask: float, ask_qty: float) -> float:
+    return _pressure(microprice(bid, bid_qty, ask, ask_qty), bid, ask)
+
+
+def _pressure(micro: float, bid: float, ask: float) -> float:
     half = (ask - bid) / 2
     if half <= 0:
         return 0.0
-    value = (microprice(bid, bid_qty, ask, ask_qty) - (bid + ask) / 2) / half
+    value = (micro - (bid + ask) / 2) / half
     return max(-1.0, min(1.0, value))
 
 
@@ -292,8 +298,8 @@ class OrderFlow:
         if bids and asks:
             (b, bq), (a, aq) = bids[0], asks[0]
             s.bid, s.ask = b, a
-            s.microprice = microprice(b, bq, a, aq)
-            s.micro_pressure = microprice_pressure(b, bq, a, aq)
+            s.microprice = micro = microprice(b, bq, a, aq)
+            s.micro_pressure = _pressure(micro, b, a)
             s.spread_bps = spread_bps(b, a)
             s.top_depth = bq + aq
         return s

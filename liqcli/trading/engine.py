@@ -31,10 +31,14 @@ class MergedBook:
         if side == "bid":
             best = (top.bid_price, top.bid_qty) if top is not None and top.bid_qty > 0 else None
             deeper = snap.bids if snap is not None else ()
+            if not deeper:  # tops only (the common case of a trades backtest)
+                return [best][:depth] if best is not None else []
             keep = [lv for lv in deeper if best is None or lv[0] < best[0]]
         else:
             best = (top.ask_price, top.ask_qty) if top is not None and top.ask_qty > 0 else None
             deeper = snap.asks if snap is not None else ()
+            if not deeper:
+                return [best][:depth] if best is not None else []
             keep = [lv for lv in deeper if best is None or lv[0] > best[0]]
         out = ([best] if best is not None else []) + keep
         return out[:depth]

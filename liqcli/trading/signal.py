@@ -133,7 +133,9 @@ class SignalCache:
     def reverses(self, f: FeatureSnapshot, is_long: bool) -> bool:
         """``reverses(*scores(f), is_long)``; the volume part is skipped when this book reading
         cannot make the opposite side strong enough, whatever the signed volume."""
-        self._book_parts(f)
+        book = self._book
+        if f.obi_velocity != book[1] or f.micro_pressure != book[2] or (f.obi or 0.0) != book[0]:
+            self._book_parts(f)
         if not self._cap[1 if is_long else 0] > STRONG_REVERSE_SCORE:  # the opposite side
             return False
         long, short = self.scores(f)

@@ -136,12 +136,13 @@ class SeedMode(BaseStrategy):
         if mid is None:
             return
         pos = ctx.broker.position(self.symbol)
-        if pos.qty != 0.0:  # open: the exits
-            entry = self.entry
-            if entry is not None and pos.entry_price:
-                move = (mid - pos.entry_price) / pos.entry_price * (1 if pos.qty > 0 else -1)
-                if -move > entry.mae:
-                    entry.mae = -move
+        qty = pos.qty
+        if qty != 0.0:  # open: the exits
+            entry, price = self.entry, pos.entry_price
+            if entry is not None and price:
+                adverse = -((mid - price) / price * (1 if qty > 0 else -1))
+                if adverse > entry.mae:  # max(mae, adverse)
+                    entry.mae = adverse
             reason = self._exit_reason(f, pos, ctx)
             if reason:
                 self.pending = True
