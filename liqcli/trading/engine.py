@@ -92,12 +92,12 @@ def register_event(kind: type, handler: MarketHandler) -> None:
 
 
 def _on_trade(event: AggTrade, market: MarketState, slots: list[Slot]) -> None:
-    market.last_price[event.symbol] = event.price
+    symbol, price = event.symbol, event.price
+    market.last_price[symbol] = price
     for slot in slots:
-        if isinstance(slot.broker, SimBroker):
-            slot.broker.on_trade(
-                event.symbol, event.ts, event.price, event.qty, event.is_buyer_maker
-            )
+        broker = slot.broker
+        if isinstance(broker, SimBroker):
+            broker.on_trade(symbol, event.ts, price, event.qty, event.is_buyer_maker)
 
 
 def _merged(market: MarketState, symbol: str) -> MergedBook:

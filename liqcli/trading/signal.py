@@ -94,12 +94,12 @@ class SignalCache:
     changed them, the volume part when the signed volume did. Keyed on the values themselves, so
     it cannot go stale, whoever mutates the snapshot."""
 
-    __slots__ = ("_book", "_cap", "_micro", "_signal", "_sv")
+    __slots__ = ("_book", "_signal", "_sv")
 
     def __init__(self) -> None:
-        self._book: tuple = (None, None, None, 0.0, 0.0)  # obi, velocity, pressure, long, short
-        self._micro = (0.0, 0.0)
-        self._cap = (1.0, 1.0)  # the highest long / short score the volume part could make
+        # obi, velocity, pressure, then per side (long, short): book part, micro part, and the
+        # highest score the volume part could make
+        self._book: tuple = (None, None, None, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
         self._sv: tuple = (None, 0.0, 0.0)  # signed volume, long part, short part
         self._signal: tuple = (None, None, None)  # long, short, Signal
 
@@ -107,38 +107,42 @@ class SignalCache:
         obi, velocity, pressure = f.obi or 0.0, f.obi_velocity, f.micro_pressure
         book = self._book
         if obi != book[0] or velocity != book[1] or pressure != book[2]:
+            long, short = _book_part(obi, velocity), _book_part(-obi, -velocity)
+            micro_long, micro_short = _micro_part(pressure), _micro_part(-pressure)
+            # The volume part is at most 0.3 and float addition is monotonic: no score of this
+            # book reading can exceed these caps, whatever the signed volume.
             book = self._book = (
                 obi,
                 velocity,
                 pressure,
-                _book_part(obi, velocity),
-                _book_part(-obi, -velocity),
+                long,
+                short,
+                micro_long,
+                micro_short,
+                (long + 0.3) + micro_long,
+                (short + 0.3) + micro_short,
             )
-            micro = self._micro = (_micro_part(pressure), _micro_part(-pressure))
-            # The volume part is at most 0.3 and float addition is monotonic: no score of this
-            # book reading can exceed these, whatever the signed volume.
-            self._cap = ((book[3] + 0.3) + micro[0], (book[4] + 0.3) + micro[1])
         return book
 
-    def scores(self, f: FeatureSnapshot) -> tuple[float, float]:
-        """(long score, short score) of ``f``."""
-        book = self._book_parts(f)
-        sv = f.signed_volume
+    def _with_volume(self, book: tuple, sv: float) -> tuple[float, float]:
         vol = self._sv
         if sv != vol[0]:
             vol = self._sv = (sv, _volume_part(sv), _volume_part(-sv))
-        micro = self._micro
-        return (book[3] + vol[1]) + micro[0], (book[4] + vol[2]) + micro[1]
+        return (book[3] + vol[1]) + book[5], (book[4] + vol[2]) + book[6]
+
+    def scores(self, f: FeatureSnapshot) -> tuple[float, float]:
+        """(long score, short score) of ``f``."""
+        return self._with_volume(self._book_parts(f), f.signed_volume)
 
     def reverses(self, f: FeatureSnapshot, is_long: bool) -> bool:
         """``reverses(*scores(f), is_long)``; the volume part is skipped when this book reading
         cannot make the opposite side strong enough, whatever the signed volume."""
         book = self._book
         if f.obi_velocity != book[1] or f.micro_pressure != book[2] or (f.obi or 0.0) != book[0]:
-            self._book_parts(f)
-        if not self._cap[1 if is_long else 0] > STRONG_REVERSE_SCORE:  # the opposite side
+            book = self._book_parts(f)
+        if not book[8 if is_long else 7] > STRONG_REVERSE_SCORE:  # the opposite side's cap
             return False
-        long, short = self.scores(f)
+        long, short = self._with_volume(book, f.signed_volume)
         return reverses(long, short, is_long)
 
     def signal(self, f: FeatureSnapshot) -> Signal:

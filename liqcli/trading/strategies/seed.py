@@ -143,7 +143,7 @@ class SeedMode(BaseStrategy):
                 adverse = -((mid - price) / price * (1 if qty > 0 else -1))
                 if adverse > entry.mae:  # max(mae, adverse)
                     entry.mae = adverse
-            reason = self._exit_reason(f, pos, ctx)
+            reason = self._exit_reason(f, pos, ctx, mid)
             if reason:
                 self.pending = True
                 side = OrderSide.SELL if pos.qty > 0 else OrderSide.BUY
@@ -207,8 +207,11 @@ class SeedMode(BaseStrategy):
         if not order.filled_qty:
             self.entry = None
 
-    def _exit_reason(self, f: FeatureSnapshot, pos: Any, ctx: Context) -> str:
-        mark = f.mid
+    def _exit_reason(
+        self, f: FeatureSnapshot, pos: Any, ctx: Context, mark: float | None = None
+    ) -> str:
+        if mark is None:
+            mark = f.mid
         margin = pos.margin or 1e-12
         roi = (pos.qty * (mark - pos.entry_price) - pos.fees - pos.funding) / margin
         entry = self.entry
