@@ -26,8 +26,8 @@ _qty = itemgetter(1)
 
 
 def obi(bids: Sequence[Level], asks: Sequence[Level], depth: int = 20) -> float:
-    bid = sum(map(_qty, bids[:depth]))
-    ask = sum(map(_qty, asks[:depth]))
+    bid = sum(map(_qty, bids if len(bids) <= depth else bids[:depth]))
+    ask = sum(map(_qty, asks if len(asks) <= depth else asks[:depth]))
     total = bid + ask
     return (bid - ask) / total if total > 0 else 0.0
 
