@@ -17,6 +17,7 @@ from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Liquidation, Mar
 from liqcli.services import backtest_flow
 from liqcli.services.paper import PaperConfig, PaperSession
 from liqcli.trading import signal as sig
+from liqcli.trading.sim import SimBroker
 from liqcli.trading.strategies import seed
 
 SYM = "BTCUSDT"
@@ -196,3 +197,72 @@ def test_a_competition_trades_exactly_as_the_straightforward_path(monkeypatch, s
     reasons = {r["exit_reason"] for r in closes}
     assert len(closes) >= 10 and len(reasons) >= 2, (len(closes), reasons)  # not vacuous
     assert fast == slow
+
+
+class _TimerFromStart:
+    """Asks for timers only once started (``timer_ms`` set in on_start)."""
+
+    timer_ms = None
+
+    def __init__(self):
+        self.timers = []
+
+    def on_start(self, ctx):
+        self.timer_ms = 1_000
+
+    def on_event(self, event, ctx):
+        pass
+
+    def on_fill(self, fill, ctx):
+        pass
+
+    def on_timer(self, ts, ctx):
+        self.timers.append(ts)
+
+    def on_stop(self, ctx):
+        pass
+
+
+class _LateRejections:
+    """A live-like broker: no pending fills, rejections learnt of asynchronously."""
+
+    def __init__(self):
+        self.later: list = []
+        self.fills: list = []  # never any: the fast path must still ask for rejections
+
+    def take_rejections(self):
+        out, self.later = self.later, []
+        return out
+
+    def take_fills(self):
+        return []
+
+    def position(self, symbol):
+        return None
+
+
+class _Rejected(_TimerFromStart):
+    def __init__(self):
+        super().__init__()
+        self.rejected = []
+
+    def on_reject(self, order, ctx):
+        self.rejected.append((order, ctx.now))
+
+
+def test_engine_fast_path_keeps_timers_set_at_start_and_async_rejections():
+    from liqcli.trading.engine import Engine
+
+    engine = Engine()
+    timed, rejecting, broker = _TimerFromStart(), _Rejected(), _LateRejections()
+    engine.add(timed, SimBroker(1_000.0))
+    engine.add(rejecting, broker)
+    top = BookTop("binance", SYM, 1_000, 99.0, 5.0, 100.0, 5.0)
+    engine.step(top)
+    broker.later.append("order-1")  # the venue answered between two events
+    engine.step(AggTrade("binance", SYM, 1, 2_500, 100.0, 0.1, False))
+    assert timed.timers == [2_000] and rejecting.timers == [2_000]
+    assert rejecting.rejected == [("order-1", 2_000)]  # drained by the timer, at its time
+    broker.later.append("order-2")
+    engine.step(AggTrade("binance", SYM, 2, 2_600, 100.0, 0.1, False))
+    assert rejecting.rejected[-1] == ("order-2", 2_600)
