@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 Level = tuple[float, float]
+_qty = itemgetter(1)
 
 
 def obi(bids: Sequence[Level], asks: Sequence[Level], depth: int = 20) -> float:
-    bid = sum(q for _, q in bids[:depth])
-    ask = sum(q for _, q in asks[:depth])
+    bid = sum(map(_qty, bids if len(bids) <= depth else bids[:depth]))
+    ask = sum(map(_qty, asks if len(asks) <= depth else asks[:depth]))
     total = bid + ask
     return (bid - ask) / total if total > 0 else 0.0
 
@@ -38,10 +40,14 @@ def microprice(bid: float, bid_qty: float, ask: float, ask_qty: float) -> float:
 
 
 def microprice_pressure(bid: float, bid_qty: float, ask: float, ask_qty: float) -> float:
+    return _pressure(microprice(bid, bid_qty, ask, ask_qty), bid, ask)
+
+
+def _pressure(micro: float, bid: float, ask: float) -> float:
     half = (ask - bid) / 2
     if half <= 0:
         return 0.0
-    value = (microprice(bid, bid_qty, ask, ask_qty) - (bid + ask) / 2) / half
+    value = (micro - (bid + ask) / 2) / half
     return max(-1.0, min(1.0, value))
 
 
@@ -93,13 +99,15 @@ class SignedVolume:
 
     def add(self, qty: float, taker_bought: bool) -> float:
         signed = qty if taker_bought else -qty
-        self._q.append(signed)
-        self.total += signed
-        if len(self._q) > self.window:
-            self.total -= self._q.popleft()
-        if not self._q:
-            self.total = 0.0
-        return self.total
+        q = self._q
+        q.append(signed)
+        total = self.total + signed
+        if len(q) > self.window:
+            total -= q.popleft()
+        if not q:
+            total = 0.0
+        self.total = total
+        return total
 
     def exact(self) -> float:
         """The sum recomputed (the running one drifts by float rounding only)."""
@@ -109,13 +117,23 @@ class SignedVolume:
 class Vpin:
     """Volume-synchronised probability of informed trading over dollar buckets."""
 
-    __slots__ = ("_buy", "_imbalances", "_sell", "_sum", "bucket_usd", "buckets", "window")
+    __slots__ = (
+        "_buy",
+        "_imbalances",
+        "_sell",
+        "_sum",
+        "_value",
+        "bucket_usd",
+        "buckets",
+        "window",
+    )
 
     def __init__(self, bucket_usd: float = 50_000.0, window: int = 50) -> None:
         if bucket_usd <= 0:
             raise ValueError("bucket size must be positive")
         self.bucket_usd = bucket_usd
         self.window = window
+        self._value: float | None = None  # mean of the window, updated as each bucket closes
         self._buy = 0.0
         self._sell = 0.0
         self._imbalances: deque[float] = deque()
@@ -124,17 +142,22 @@ class Vpin:
 
     def add(self, price: float, qty: float, taker_bought: bool) -> float | None:
         dollars = price * qty
+        buy, sell, bucket = self._buy, self._sell, self.bucket_usd
+        full = bucket * (1 - 1e-12)  # a bucket this full is closed (float slack)
         while dollars > 0:
-            room = self.bucket_usd - self._buy - self._sell
-            take = min(room, dollars)
+            room = bucket - buy - sell
+            take = dollars if dollars < room else room  # min(room, dollars)
             if taker_bought:
-                self._buy += take
+                buy += take
             else:
-                self._sell += take
+                sell += take
             dollars -= take
-            if self._buy + self._sell >= self.bucket_usd * (1 - 1e-12):
+            if buy + sell >= full:
+                self._buy, self._sell = buy, sell
                 self._close_bucket()
-        return self.value
+                buy = sell = 0.0
+        self._buy, self._sell = buy, sell
+        return self._value
 
     def _close_bucket(self) -> None:
         total = self._buy + self._sell
@@ -145,11 +168,12 @@ class Vpin:
             self._sum -= self._imbalances.popleft()
         self._buy = self._sell = 0.0
         self.buckets += 1
+        n = len(self._imbalances)
+        self._value = self._sum / n if n else None
 
     @property
     def value(self) -> float | None:
-        n = len(self._imbalances)
-        return self._sum / n if n else None
+        return self._value
 
     @property
     def level(self) -> str:
@@ -164,6 +188,7 @@ class AtrRatio:
         "_c",
         "_h",
         "_l",
+        "_mean",
         "_o",
         "_prev_close",
         "_ranges",
@@ -181,23 +206,25 @@ class AtrRatio:
         self._prev_close: float | None = None
         self._ranges: deque[float] = deque()
         self._sum = 0.0
+        self._mean: float | None = None  # mean true range of the window, updated per bar
         self.last: float | None = None
 
     def add(self, ts: int, price: float) -> float | None:
         start = ts - ts % self.bar_ms
-        if self._bar_start is None:
-            self._bar_start = start
-            self._o = self._h = self._l = self._c = price
-        elif start != self._bar_start:
-            self._close_bar()
+        if start != self._bar_start:  # the first trade, or a new bar
+            if self._bar_start is not None:
+                self._close_bar()
             self._bar_start = start
             self._o = self._h = self._l = self._c = price
         else:
-            self._h = max(self._h, price)
-            self._l = min(self._l, price)
+            if price > self._h:  # max(high, price)
+                self._h = price
+            if price < self._l:
+                self._l = price
             self._c = price
         self.last = price
-        return self.value
+        mean = self._mean
+        return None if mean is None or not price else mean / price
 
     def _close_bar(self) -> None:
         tr = self._h - self._l
@@ -208,12 +235,14 @@ class AtrRatio:
         self._sum += tr
         if len(self._ranges) > self.window:
             self._sum -= self._ranges.popleft()
+        n = len(self._ranges)
+        self._mean = self._sum / n if n else None
 
     @property
     def value(self) -> float | None:
-        if not self._ranges or not self.last:
+        if self._mean is None or not self.last:
             return None
-        return self._sum / len(self._ranges) / self.last
+        return self._mean / self.last
 
 
 @dataclass(slots=True)
@@ -269,8 +298,8 @@ class OrderFlow:
         if bids and asks:
             (b, bq), (a, aq) = bids[0], asks[0]
             s.bid, s.ask = b, a
-            s.microprice = microprice(b, bq, a, aq)
-            s.micro_pressure = microprice_pressure(b, bq, a, aq)
+            s.microprice = micro = microprice(b, bq, a, aq)
+            s.micro_pressure = _pressure(micro, b, a)
             s.spread_bps = spread_bps(b, a)
             s.top_depth = bq + aq
         return s
@@ -280,8 +309,10 @@ class OrderFlow:
         s.ts = ts
         bought = not is_buyer_maker
         s.signed_volume = self.volume.add(qty, bought)
-        s.vpin = self.vpin.add(price, qty, bought)
-        s.toxicity = toxicity(s.vpin)
+        vpin = self.vpin.add(price, qty, bought)
+        if vpin != s.vpin:  # VPIN moves only when a bucket closes
+            s.vpin = vpin
+            s.toxicity = toxicity(vpin)
         s.atr_ratio = self.atr.add(ts, price)
         s.last_price = price
         return s

@@ -346,6 +346,15 @@ class _Run:
             self.closed[record["mode"]].append(record)
 
 
+def _rows(frame: pl.DataFrame, chunk: int = 65_536) -> Iterator[tuple]:
+    """The frame's rows as tuples, built from its columns a chunk at a time (Python lists
+    zipped: much cheaper per row than ``iter_rows``, and memory bounded by the chunk)."""
+    names = frame.columns
+    for offset in range(0, frame.height, chunk):
+        part = frame.slice(offset, chunk)
+        yield from zip(*(part.get_column(name).to_list() for name in names), strict=True)
+
+
 class _Driver:
     """Feeds one event stream to every run, samples equity each minute of event time."""
 
@@ -414,7 +423,7 @@ class _Driver:
         last_ts = self.last_ts
         events = 0
         last_price = self.last_price
-        for ts, kind, id_, a, b, c, d in frame.iter_rows():
+        for ts, kind, id_, a, b, c, d in _rows(frame):
             while snap_ts <= ts:
                 self.last_ts, self.last_price = last_ts, last_price
                 self._tick(snap_ts)

@@ -31,10 +31,14 @@ class MergedBook:
         if side == "bid":
             best = (top.bid_price, top.bid_qty) if top is not None and top.bid_qty > 0 else None
             deeper = snap.bids if snap is not None else ()
+            if not deeper:  # tops only (the common case of a trades backtest)
+                return [best][:depth] if best is not None else []
             keep = [lv for lv in deeper if best is None or lv[0] < best[0]]
         else:
             best = (top.ask_price, top.ask_qty) if top is not None and top.ask_qty > 0 else None
             deeper = snap.asks if snap is not None else ()
+            if not deeper:
+                return [best][:depth] if best is not None else []
             keep = [lv for lv in deeper if best is None or lv[0] > best[0]]
         out = ([best] if best is not None else []) + keep
         return out[:depth]
@@ -67,6 +71,14 @@ class Slot:
     broker: Any
     ctx: Context
     next_timer: int | None = None
+    # Fast path: the broker holds its pending fills in ``fills`` and reports no asynchronous
+    # rejections to this strategy, so an empty ``fills`` means nothing to drain.
+    plain: bool = False
+
+    def __post_init__(self) -> None:
+        rejects = getattr(self.broker, "take_rejections", None) is not None
+        hook = getattr(self.strategy, "on_reject", None) is not None
+        self.plain = hasattr(self.broker, "fills") and not (rejects and hook)
 
 
 # Each market-data event type maps to how it updates the shared state and a SimBroker.
@@ -80,12 +92,12 @@ def register_event(kind: type, handler: MarketHandler) -> None:
 
 
 def _on_trade(event: AggTrade, market: MarketState, slots: list[Slot]) -> None:
-    market.last_price[event.symbol] = event.price
+    symbol, price = event.symbol, event.price
+    market.last_price[symbol] = price
     for slot in slots:
-        if isinstance(slot.broker, SimBroker):
-            slot.broker.on_trade(
-                event.symbol, event.ts, event.price, event.qty, event.is_buyer_maker
-            )
+        broker = slot.broker
+        if isinstance(broker, SimBroker):
+            broker.on_trade(symbol, event.ts, price, event.qty, event.is_buyer_maker)
 
 
 def _merged(market: MarketState, symbol: str) -> MergedBook:
@@ -147,10 +159,16 @@ class Engine:
         self.now = 0
         self.events = 0
         self._started = False
+        self._timed: list[Slot] = []  # the slots whose strategy asks for timers
+
+    def _plan(self) -> None:
+        # ``timer_ms`` is read here, after ``on_start`` (a strategy may set it there).
+        self._timed = [s for s in self.slots if getattr(s.strategy, "timer_ms", None)]
 
     def add(self, strategy: Strategy, broker: Any, *, name: str = "") -> Context:
         ctx = Context(broker, self.market, name=name, emit=self.emit)
         self.slots.append(Slot(strategy, broker, ctx))
+        self._plan()
         return ctx
 
     def start(self, ts: int = 0) -> None:
@@ -161,27 +179,40 @@ class Engine:
             self._drain(slot)
             timer = getattr(slot.strategy, "timer_ms", None)
             slot.next_timer = (ts + timer) if timer and ts else None
+        self._plan()
         self._started = True
 
     def step(self, event: Any) -> None:
         if not self._started:
             self.start(getattr(event, "ts", 0))
         ts = getattr(event, "ts", self.now)
-        for slot in self.slots:
+        for slot in self._timed:
             self._timers(slot, ts)  # timers due by now fire on the market as it was then
         if ts > self.now:
             self.now = ts
+        now = self.now
         self.events += 1
+        market = self.market
         handler = _HANDLERS.get(type(event))
         if handler is not None:
-            handler(event, self.market, self.slots)
+            handler(event, market, self.slots)
         for observe in self.observers:
-            observe(event, self.market)
+            observe(event, market)
+        drain = self._drain
         for slot in self.slots:
-            slot.ctx.now = self.now
-            self._drain(slot)  # fills caused by this market data
-            slot.strategy.on_event(event, slot.ctx)
-            self._drain(slot)  # fills of orders the strategy just sent
+            ctx = slot.ctx
+            ctx.now = now
+            if slot.plain:  # the hot path: drain only when there is something to drain
+                broker = slot.broker
+                if broker.fills:
+                    drain(slot)  # fills caused by this market data
+                slot.strategy.on_event(event, ctx)
+                if broker.fills:
+                    drain(slot)  # fills of orders the strategy just sent
+            else:
+                drain(slot)
+                slot.strategy.on_event(event, ctx)
+                drain(slot)
 
     def run(self, events: Iterable[Any]) -> int:
         for event in events:

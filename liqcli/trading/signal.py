@@ -40,6 +40,12 @@ class Signal:
 
 def side_score(obi: float, velocity: float, signed_volume: float, pressure: float) -> float:
     """One side's score from features already signed for that side (positive = favourable)."""
+    return (_book_part(obi, velocity) + _volume_part(signed_volume)) + _micro_part(pressure)
+
+
+# The score's parts, added in this order (a part that does not apply adds 0.0, which changes
+# nothing): the book-driven ones only change with a book reading, the volume one with a trade.
+def _book_part(obi: float, velocity: float) -> float:
     score = 0.0
     if obi > 0.3:
         score += 0.4 * min(obi, 1.0)
@@ -47,22 +53,104 @@ def side_score(obi: float, velocity: float, signed_volume: float, pressure: floa
         score += 0.4 * 0.5 * (obi / 0.3)
     if velocity > 0.05:
         score += 0.2 * min(velocity / 0.1, 1.0)
-    if signed_volume > 0:
-        score += 0.3 * math.tanh(signed_volume / 100)
-    if pressure > 0:
-        score += 0.1 * min(pressure, 1.0)
     return score
+
+
+def _volume_part(signed_volume: float) -> float:
+    return 0.3 * math.tanh(signed_volume / 100) if signed_volume > 0 else 0.0
+
+
+def _micro_part(pressure: float) -> float:
+    return 0.1 * min(pressure, 1.0) if pressure > 0 else 0.0
+
+
+def decide(long: float, short: float) -> Signal:
+    if long > ENTRY_SCORE and long > short:
+        return Signal("LONG", long, long, short)
+    if short > ENTRY_SCORE and short > long:
+        return Signal("SHORT", short, long, short)
+    return Signal("NEUTRAL", max(long, short), long, short)
 
 
 def signal(f: FeatureSnapshot) -> Signal:
     obi = f.obi or 0.0
     long = side_score(obi, f.obi_velocity, f.signed_volume, f.micro_pressure)
     short = side_score(-obi, -f.obi_velocity, -f.signed_volume, -f.micro_pressure)
-    if long > ENTRY_SCORE and long > short:
-        return Signal("LONG", long, long, short)
-    if short > ENTRY_SCORE and short > long:
-        return Signal("SHORT", short, long, short)
-    return Signal("NEUTRAL", max(long, short), long, short)
+    return decide(long, short)
+
+
+def reverses(long: float, short: float, is_long: bool) -> bool:
+    """A strong reverse signal against a position: the opposite side scores above
+    ``STRONG_REVERSE_SCORE`` and the signal is not the position's own direction."""
+    against = short if is_long else long
+    if not against > STRONG_REVERSE_SCORE:
+        return False
+    return decide(long, short).direction != ("LONG" if is_long else "SHORT")
+
+
+class SignalCache:
+    """``signal(f)`` for a stream of feature states, bit for bit, recomputing only the parts
+    whose inputs changed: the book parts (OBI, velocity, microprice pressure) when a book reading
+    changed them, the volume part when the signed volume did. Keyed on the values themselves, so
+    it cannot go stale, whoever mutates the snapshot."""
+
+    __slots__ = ("_book", "_signal", "_sv")
+
+    def __init__(self) -> None:
+        # obi, velocity, pressure, then per side (long, short): book part, micro part, and the
+        # highest score the volume part could make
+        self._book: tuple = (None, None, None, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0)
+        self._sv: tuple = (None, 0.0, 0.0)  # signed volume, long part, short part
+        self._signal: tuple = (None, None, None)  # long, short, Signal
+
+    def _book_parts(self, f: FeatureSnapshot) -> tuple:
+        obi, velocity, pressure = f.obi or 0.0, f.obi_velocity, f.micro_pressure
+        book = self._book
+        if obi != book[0] or velocity != book[1] or pressure != book[2]:
+            long, short = _book_part(obi, velocity), _book_part(-obi, -velocity)
+            micro_long, micro_short = _micro_part(pressure), _micro_part(-pressure)
+            # The volume part is at most 0.3 and float addition is monotonic: no score of this
+            # book reading can exceed these caps, whatever the signed volume.
+            book = self._book = (
+                obi,
+                velocity,
+                pressure,
+                long,
+                short,
+                micro_long,
+                micro_short,
+                (long + 0.3) + micro_long,
+                (short + 0.3) + micro_short,
+            )
+        return book
+
+    def _with_volume(self, book: tuple, sv: float) -> tuple[float, float]:
+        vol = self._sv
+        if sv != vol[0]:
+            vol = self._sv = (sv, _volume_part(sv), _volume_part(-sv))
+        return (book[3] + vol[1]) + book[5], (book[4] + vol[2]) + book[6]
+
+    def scores(self, f: FeatureSnapshot) -> tuple[float, float]:
+        """(long score, short score) of ``f``."""
+        return self._with_volume(self._book_parts(f), f.signed_volume)
+
+    def reverses(self, f: FeatureSnapshot, is_long: bool) -> bool:
+        """``reverses(*scores(f), is_long)``; the volume part is skipped when this book reading
+        cannot make the opposite side strong enough, whatever the signed volume."""
+        book = self._book
+        if f.obi_velocity != book[1] or f.micro_pressure != book[2] or (f.obi or 0.0) != book[0]:
+            book = self._book_parts(f)
+        if not book[8 if is_long else 7] > STRONG_REVERSE_SCORE:  # the opposite side's cap
+            return False
+        long, short = self._with_volume(book, f.signed_volume)
+        return reverses(long, short, is_long)
+
+    def signal(self, f: FeatureSnapshot) -> Signal:
+        long, short = self.scores(f)
+        last = self._signal
+        if long != last[0] or short != last[1]:
+            last = self._signal = (long, short, decide(long, short))
+        return last[2]
 
 
 RISK_LEVELS = ("SAFE", "WARNING", "DANGER", "CRITICAL")

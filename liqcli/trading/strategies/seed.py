@@ -33,13 +33,12 @@ from liqcli.core.events import AggTrade, Liquidation
 from liqcli.trading.model import Fill, Order, OrderSide, OrderStatus
 from liqcli.trading.signal import (
     STOPS,
-    STRONG_REVERSE_SCORE,
     KellyAdviser,
     LeverageAdvice,
+    SignalCache,
     optimal_leverage,
     risk_level,
     rules_leverage,
-    signal,
     size_fraction,
 )
 from liqcli.trading.strategy import BaseStrategy, Context
@@ -55,15 +54,12 @@ ENTRY_TYPES = ("market", "post-only")
 ENTRY_TIMEOUT_MS = 10_000  # a post-only entry still unfilled after this much event time: cancelled
 
 
-_memo: list = [None, None]  # (inputs, Signal) of the last call: the modes share one snapshot
+_SIGNALS = SignalCache()  # the modes share one snapshot: its signal is computed once
 
 
 def shared_signal(f: FeatureSnapshot) -> Any:
     """``signal(f)``, computed once per feature state however many modes ask for it."""
-    key = (f.obi, f.obi_velocity, f.signed_volume, f.micro_pressure)
-    if key != _memo[0]:
-        _memo[0], _memo[1] = key, signal(f)
-    return _memo[1]
+    return _SIGNALS.signal(f)
 
 
 @dataclass(slots=True)
@@ -112,15 +108,18 @@ class ModeStats:
 def order_flow_observer(symbol: str, flow: OrderFlow, depth: int = 20):
     """An Engine observer that feeds one symbol's book readings and trades into ``flow``."""
 
+    on_trade, on_book = flow.on_trade, flow.on_book
+
     def observe(event: Any, market: Any) -> None:
-        if getattr(event, "symbol", None) != symbol:
+        if type(event) is AggTrade or isinstance(event, AggTrade):
+            if event.symbol == symbol:
+                on_trade(event.ts, event.price, event.qty, event.is_buyer_maker)
             return
-        if isinstance(event, AggTrade):
-            flow.on_trade(event.ts, event.price, event.qty, event.is_buyer_maker)
+        if getattr(event, "symbol", None) != symbol:
             return
         book = market.book(symbol)
         if book is not None and not isinstance(event, Liquidation):
-            flow.on_book(event.ts, book.levels("bid", depth), book.levels("ask", depth))
+            on_book(event.ts, book.levels("bid", depth), book.levels("ask", depth))
 
     return observe
 
@@ -175,14 +174,20 @@ class SeedMode(BaseStrategy):
         if self.working is not None and self._tend_working(ctx):
             return  # a post-only entry is working
         f = self.flow.snapshot
-        if f.mid is None or f.obi is None or self.pending:
+        if self.pending or f.obi is None:
             return
-        pos = ctx.position(self.symbol)
-        if not pos.is_flat:
-            if self.entry is not None and pos.entry_price:
-                move = (f.mid - pos.entry_price) / pos.entry_price * (1 if pos.qty > 0 else -1)
-                self.entry.mae = max(self.entry.mae, -move)
-            reason = self._exit_reason(f, pos, ctx)
+        mid = f.mid
+        if mid is None:
+            return
+        pos = ctx.broker.position(self.symbol)
+        qty = pos.qty
+        if qty != 0.0:  # open: the exits
+            entry, price = self.entry, pos.entry_price
+            if entry is not None and price:
+                adverse = -((mid - price) / price * (1 if qty > 0 else -1))
+                if adverse > entry.mae:  # max(mae, adverse)
+                    entry.mae = adverse
+            reason = self._exit_reason(f, pos, ctx, mid)
             if reason:
                 self.pending = True
                 side = OrderSide.SELL if pos.qty > 0 else OrderSide.BUY
@@ -290,10 +295,13 @@ class SeedMode(BaseStrategy):
             self.entry = None
         return False
 
-    def _exit_reason(self, f: FeatureSnapshot, pos: Any, ctx: Context) -> str:
-        mark = f.mid
+    def _exit_reason(
+        self, f: FeatureSnapshot, pos: Any, ctx: Context, mark: float | None = None
+    ) -> str:
+        if mark is None:
+            mark = f.mid
         margin = pos.margin or 1e-12
-        roi = (pos.unrealized(mark) - pos.fees - pos.funding) / margin
+        roi = (pos.qty * (mark - pos.entry_price) - pos.fees - pos.funding) / margin
         entry = self.entry
         sl, tp = (entry.stop_loss, entry.take_profit) if entry else STOPS["WARNING"]
         if roi <= -sl:
@@ -304,9 +312,7 @@ class SeedMode(BaseStrategy):
             return "vpin_exit"
         if ctx.now - pos.opened_ts >= TIME_STOP_MS:
             return "time_stop"
-        sig = shared_signal(f)
-        against = sig.short_score if pos.qty > 0 else sig.long_score
-        if against > STRONG_REVERSE_SCORE and sig.direction != ("LONG" if pos.qty > 0 else "SHORT"):
+        if _SIGNALS.reverses(f, pos.qty > 0):
             return "reverse_signal"
         return ""
 
