@@ -127,19 +127,24 @@ def _target_qty(broker: SimBroker, price: float, leverage: float, side: OrderSid
     return broker.account.balance * leverage / (fill * (1 + leverage * taker)) * (1 - 1e-12)
 
 
+_BUY, _SELL, _MARKET = OrderSide.BUY, OrderSide.SELL, OrderType.MARKET
+
+
 def rebalance(broker: SimBroker, symbol: str, target: int, price: float, leverage: float) -> None:
     """Bring the position to ``target`` (−1/0/1 × the whole equity) with market orders."""
-    pos = broker.position(symbol)
-    sign = 0 if pos.qty == 0 else (1 if pos.qty > 0 else -1)
+    qty = broker.position(symbol).qty
+    sign = 0 if qty == 0 else (1 if qty > 0 else -1)
     if sign == target:
         return
+    # Order(symbol, side, qty, type, price, post_only, reduce_only, leverage, client_id, tag):
+    # positional, this is the backtest's innermost call.
     if sign != 0:
-        side = OrderSide.SELL if sign > 0 else OrderSide.BUY
-        broker.submit(Order(symbol, side, abs(pos.qty), reduce_only=True, tag="signal"))
+        side = _SELL if sign > 0 else _BUY
+        broker.submit(Order(symbol, side, abs(qty), _MARKET, None, False, True, None, "", "signal"))
     if target != 0:
-        side = OrderSide.BUY if target > 0 else OrderSide.SELL
+        side = _BUY if target > 0 else _SELL
         qty = _target_qty(broker, price, leverage, side)
-        broker.submit(Order(symbol, side, qty, OrderType.MARKET, leverage=leverage, tag="signal"))
+        broker.submit(Order(symbol, side, qty, _MARKET, None, False, False, leverage, "", "signal"))
 
 
 def run_vectorised(
@@ -162,6 +167,9 @@ def run_vectorised(
     sym = settings.symbol
     changes = (np.flatnonzero(np.diff(exec_target)) + 1).tolist() if n else []
     fund_bars, fund_rows = _funding_bars(ts, funding)
+    # The extremes of the whole frame: a liquidation price beyond them cannot be hit in any
+    # segment, so most segments skip the numpy scan.
+    bounds = _extremes(lows, highs)
     snapshots: list[tuple[int, float, float, float]] = []  # (bar, balance, qty, entry) from then
 
     def snap(bar: int) -> None:
@@ -181,7 +189,7 @@ def run_vectorised(
         k = bisect.bisect_right(changes, cursor)
         end = changes[k] if k < len(changes) else n
         cursor = _hold(
-            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap
+            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap, bounds
         )
     return _result(broker, ts, closes, snapshots, n)
 
@@ -198,8 +206,10 @@ def _hold(
     fund_bars: list[int],
     fund_rows: list[tuple[int, float, float | None]],
     snap: Callable[[int], None],
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> int:
-    """Hold the position over bars [start, end); returns where the next decision happens."""
+    """Hold the position over bars [start, end); returns where the next decision happens.
+    ``bounds``: (lowest low, highest high) of all bars, or any wider range."""
     a = start
     f = bisect.bisect_left(fund_bars, start)
     while a < end:
@@ -214,7 +224,7 @@ def _hold(
             f += 1
             b = fund_bars[f] if f < len(fund_bars) and fund_bars[f] < end else end
         lp = broker.liquidation_price(sym)
-        if lp is not None and lp > 0:
+        if lp is not None and lp > 0 and (lp >= bounds[0] if pos.qty > 0 else lp <= bounds[1]):
             seg = lows[a:b] <= lp if pos.qty > 0 else highs[a:b] >= lp
             hit = np.flatnonzero(seg)
             if hit.size:
@@ -225,6 +235,13 @@ def _hold(
                 return k + 1  # the strategy re-enters at the next open if it still wants to
         a = b
     return end
+
+
+def _extremes(lows: np.ndarray, highs: np.ndarray) -> tuple[float, float]:
+    """(lowest low, highest high), widened to ±inf where unknown (no bars, NaN)."""
+    lo = float(lows.min()) if lows.size else -math.inf
+    hi = float(highs.max()) if highs.size else math.inf
+    return (lo if lo == lo else -math.inf, hi if hi == hi else math.inf)
 
 
 def _funding_bars(
