@@ -16,7 +16,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -445,6 +445,7 @@ def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
             return None, None
         import multiprocessing as mp
         import os
+        from concurrent.futures import ProcessPoolExecutor  # here: a single run never needs it
 
         workers = min(jobs, os.cpu_count() or 1)
         executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
