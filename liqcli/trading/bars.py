@@ -299,11 +299,12 @@ def _result(
 ) -> BarResult:
     if n == 0:
         return BarResult(ts, np.array([]), [], 0, 0.0, 0.0, 0, 0.0, 0)
-    idx = np.array([s[0] for s in snapshots])
-    which = np.searchsorted(idx, np.arange(n), side="right") - 1
-    balance = np.array([s[1] for s in snapshots])[which]
-    qty = np.array([s[2] for s in snapshots])[which]
-    entry = np.array([s[3] for s in snapshots])[which]
+    # Each snapshot holds from its bar until the next one's (the last of several at one bar
+    # wins); the first is at bar 0.
+    table = np.array(snapshots, dtype=np.float64)  # bar, balance, qty, entry
+    idx = table[:, 0].astype(np.int64)
+    span = np.diff(idx, append=n)
+    balance, qty, entry = (np.repeat(table[:, c], span) for c in (1, 2, 3))
     equity = balance + qty * (closes - entry)
     trades = broker.take_trades()
     fills = len(broker.take_fills())
