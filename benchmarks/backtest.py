@@ -103,13 +103,14 @@ class Cross(Strategy):
             self.position.close()
             self.sell()
 
-runs, trades = [], 0
+runs, cpus, trades = [], [], 0
 for _ in range(int(sys.argv[2])):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     bt = Backtest(df, Cross, cash=1e12, commission=0.0005, finalize_trades=True)
     trades = int(bt.run()["# Trades"])
     runs.append(time.perf_counter() - t)
-print(json.dumps({"import": imported - started, "runs": runs, "trades": trades}))
+    cpus.append(time.process_time() - c)
+print(json.dumps({"import": imported - started, "runs": runs, "cpus": cpus, "trades": trades}))
 """
 
 # Long while SMA20 > SMA50, short while below, always in the market once both exist; the
@@ -137,12 +138,13 @@ def run():
     )
     return int(pf.trades.count()), float(pf.final_value())
 
-runs, out = [], None
+runs, cpus, out = [], [], None
 for _ in range(1 + int(sys.argv[2])):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = run()
     runs.append(time.perf_counter() - t)
-print(json.dumps({"import": imported - started, "runs": runs, "trades": out[0]}))
+    cpus.append(time.process_time() - c)
+print(json.dumps({"import": imported - started, "runs": runs, "cpus": cpus, "trades": out[0]}))
 """
 
 
@@ -194,19 +196,20 @@ def peers(frame: pl.DataFrame, pythons: list[str], repeat: int, liq: dict[str, f
                 tail = (exc.stderr or "").strip().splitlines()[-1:] or ["?"]
                 print(f"{name} ({python}): failed: {tail[0]}")
                 continue
-            runs = doc["runs"]
-            first, warm = runs[0], min(runs[1:] or runs)
+            runs, cpus = doc["runs"], doc["cpus"]
+            warm, warm_cpu = min(runs[1:] or runs), min(cpus[1:] or cpus)
             print(
                 f"{name} ({python}): fresh process {doc['process_wall']:.2f} s wall, "
-                f"CPU {doc['process_cpu']:.2f} s (imports {doc['import']:.2f} s, first run "
-                f"{first:.2f} s); run {warm:.2f} s = {warm / n * 1e6:.1f} µs/bar; "
-                f"{doc['trades']:,} trades"
+                f"CPU {doc['process_cpu']:.2f} s (imports {doc['import']:.2f} s wall, first run "
+                f"{runs[0]:.2f} s wall / {cpus[0]:.2f} s CPU); run {warm:.2f} s wall, "
+                f"{warm_cpu:.2f} s CPU = {warm_cpu / n * 1e6:.1f} µs/bar; {doc['trades']:,} trades"
             )
             print(
-                f"  liq whole command vs {name}: {doc['process_wall'] / liq['wall']:.1f}x "
-                f"(fresh process, wall), {doc['process_cpu'] / liq['cpu']:.1f}x (CPU); vs its "
-                f"run alone {warm / liq['wall']:.1f}x; liq engine vs its run "
-                f"{warm / liq['engine']:.1f}x"
+                f"  liq's whole command is {doc['process_cpu'] / liq['cpu']:.1f}x faster than its "
+                f"fresh process in CPU ({doc['process_wall'] / liq['wall']:.1f}x wall), "
+                f"{warm_cpu / liq['cpu']:.1f}x than its run alone in CPU "
+                f"({warm / liq['wall']:.1f}x wall); liq's engine vs its run "
+                f"{warm_cpu / liq['engine_cpu']:.1f}x (CPU)"
             )
 
 
@@ -340,7 +343,7 @@ def main() -> None:
         store_klines(Path(tmp), frame)
         liq = whole_command(tmp, "table", args.repeat)
         whole_command(tmp, "json", args.repeat)  # the same plus every trade on stdout
-    liq["engine"] = best_wall
+    liq["engine_cpu"] = best_cpu
     if not args.no_peer:
         peers(frame, args.peer_python, args.repeat, liq)
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
