@@ -3,18 +3,24 @@ bar's open, 0.05 % fee per side, on 525,600 one-minute bars (one year); and one 
 BTCUSDT-like trades (``--trades``, default 1M synthetic agg_trades plus a book top every 4th
 trade, 250k) through order-flow mode 0 (``--data trades``).
 
-Prints: the whole command (a fresh process: start-up, Parquet scan, engine, metrics, output, the
-run stored), the engine alone (µs per bar, CPU and wall), and the same strategy in
-backtesting.py when it is installed (``pip install backtesting``; not a dependency of liq);
-for the trades: the whole ``liq backtest 0 BTCUSDT --data trades`` command and µs per event.
+Prints: the engine alone (µs per bar, CPU and wall), the whole command (a fresh process:
+start-up, Parquet scan, engine, metrics, output, the run stored; ``-f table`` and ``-f json``),
+and, in the same run on the same bars, each peer in its own fresh process: backtesting.py (its
+run, and the whole process) and vectorbt (the whole process: imports + numba compilation + first
+run; and its warm run), with liq's ratio against each. Peers are found in this interpreter,
+each ``--peer-python`` and python3 on PATH; neither is a dependency of liq, and the benchmark
+runs without them. Wall times are noisy on a shared machine: CPU times are printed too, best of
+``--repeat``, with the load average.
 
     python benchmarks/backtest.py [--bars 525600] [--repeat 3] [--trades 1000000] [--only-trades]
+        [--peer-python /path/to/venv/bin/python] [--no-peer]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -66,37 +72,145 @@ def store_klines(root: Path, frame: pl.DataFrame) -> None:
     Store(root).write("klines", rows)
 
 
-def backtesting_py(frame: pl.DataFrame) -> tuple[float, int] | None:
-    try:
-        import pandas as pd
-        from backtesting import Backtest, Strategy
-        from backtesting.lib import crossover
-    except ImportError:
-        return None
+# The peers run in their own fresh processes (the Python that has them: this one, one given
+# with --peer-python, or python3 on PATH), on the same bars saved as .npz. Each prints one JSON
+# line: the import time, the first run (numba compiles vectorbt's kernels there), warm runs and
+# the trade count. Neither is a dependency of liq.
+BACKTESTING_PY = """
+import json, sys, time
+started = time.perf_counter()
+import numpy as np, pandas as pd
+from backtesting import Backtest, Strategy
+from backtesting.lib import crossover
+imported = time.perf_counter()
+d = np.load(sys.argv[1])
+df = pd.DataFrame({c.title(): d[c] for c in ("open", "high", "low", "close", "volume")},
+                  index=pd.to_datetime(d["ts"], unit="ms"))
 
-    def sma(values, n):
-        return pd.Series(values).rolling(n).mean()
+def sma(values, n):
+    return pd.Series(values).rolling(n).mean()
 
-    class Cross(Strategy):
-        def init(self):
-            self.fast = self.I(sma, self.data.Close, 20)
-            self.slow = self.I(sma, self.data.Close, 50)
+class Cross(Strategy):
+    def init(self):
+        self.fast = self.I(sma, self.data.Close, 20)
+        self.slow = self.I(sma, self.data.Close, 50)
 
-        def next(self):
-            if crossover(self.fast, self.slow):
-                self.position.close()
-                self.buy()
-            elif crossover(self.slow, self.fast):
-                self.position.close()
-                self.sell()
+    def next(self):
+        if crossover(self.fast, self.slow):
+            self.position.close()
+            self.buy()
+        elif crossover(self.slow, self.fast):
+            self.position.close()
+            self.sell()
 
-    df = pd.DataFrame({c: frame[c].to_numpy() for c in frame.columns})
-    df.index = pd.to_datetime(df.pop("ts"), unit="ms")
-    df = df.rename(columns=str.title)
+runs, cpus, trades = [], [], 0
+for _ in range(int(sys.argv[2])):
+    t, c = time.perf_counter(), time.process_time()
     bt = Backtest(df, Cross, cash=1e12, commission=0.0005, finalize_trades=True)
+    trades = int(bt.run()["# Trades"])
+    runs.append(time.perf_counter() - t)
+    cpus.append(time.process_time() - c)
+print(json.dumps({"import": imported - started, "runs": runs, "cpus": cpus, "trades": trades}))
+"""
+
+# Long while SMA20 > SMA50, short while below, always in the market once both exist; the
+# target known at a bar's close is executed at the next bar's open; 0.05 % per side.
+VECTORBT = """
+import json, sys, time
+started = time.perf_counter()
+import numpy as np, pandas as pd
+import vectorbt as vbt
+imported = time.perf_counter()
+d = np.load(sys.argv[1])
+index = pd.to_datetime(d["ts"], unit="ms")
+close, open_ = pd.Series(d["close"], index=index), pd.Series(d["open"], index=index)
+
+def run():
+    fast = vbt.MA.run(close, 20).ma
+    slow = vbt.MA.run(close, 50).ma
+    want = pd.Series(np.where(fast > slow, 1.0, np.where(fast < slow, -1.0, np.nan)), index=index)
+    execute = want.ffill().shift(1)  # decided at the close, filled at the next open
+    long_in = (execute == 1) & (execute.shift(1) != 1)
+    short_in = (execute == -1) & (execute.shift(1) != -1)
+    pf = vbt.Portfolio.from_signals(
+        close, entries=long_in, short_entries=short_in, price=open_, fees=0.0005,
+        init_cash=10_000, freq="1min", upon_opposite_entry="reverse",
+    )
+    return int(pf.trades.count()), float(pf.final_value())
+
+runs, cpus, out = [], [], None
+for _ in range(1 + int(sys.argv[2])):
+    t, c = time.perf_counter(), time.process_time()
+    out = run()
+    runs.append(time.perf_counter() - t)
+    cpus.append(time.process_time() - c)
+print(json.dumps({"import": imported - started, "runs": runs, "cpus": cpus, "trades": out[0]}))
+"""
+
+
+def peer_python(module: str, candidates: list[str]) -> str | None:
+    """The first interpreter that can import ``module`` (found without importing it)."""
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    for python in candidates:
+        try:
+            if subprocess.run([python, "-c", probe], capture_output=True).returncode == 0:
+                return python
+        except OSError:
+            continue
+    return None
+
+
+def run_peer(python: str, script: str, data: Path, repeat: int) -> dict:
+    """One fresh process: wall and CPU of the whole process, and what the script measured."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    stats = bt.run()
-    return time.perf_counter() - started, int(stats["# Trades"])
+    out = subprocess.run(
+        [python, "-c", script, str(data), str(repeat)], check=True, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    doc["process_wall"] = wall
+    doc["process_cpu"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return doc
+
+
+def peers(frame: pl.DataFrame, pythons: list[str], repeat: int, liq: dict[str, float]) -> None:
+    n = frame.height
+    candidates = [sys.executable, *pythons, "python3"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "bars.npz"
+        np.savez(data, **{c: frame[c].to_numpy() for c in frame.columns})
+        for name, module, script in (
+            ("backtesting.py", "backtesting", BACKTESTING_PY),
+            ("vectorbt", "vectorbt", VECTORBT),
+        ):
+            python = peer_python(module, candidates)
+            if python is None:
+                print(f"{name}: not installed (no interpreter among {candidates} has it; give "
+                      "--peer-python PATH) - no comparison")  # fmt: skip
+                continue
+            try:
+                doc = run_peer(python, script, data, repeat if module == "vectorbt" else 1)
+            except subprocess.CalledProcessError as exc:
+                tail = (exc.stderr or "").strip().splitlines()[-1:] or ["?"]
+                print(f"{name} ({python}): failed: {tail[0]}")
+                continue
+            runs, cpus = doc["runs"], doc["cpus"]
+            warm, warm_cpu = min(runs[1:] or runs), min(cpus[1:] or cpus)
+            print(
+                f"{name} ({python}): fresh process {doc['process_wall']:.2f} s wall, "
+                f"CPU {doc['process_cpu']:.2f} s (imports {doc['import']:.2f} s wall, first run "
+                f"{runs[0]:.2f} s wall / {cpus[0]:.2f} s CPU); run {warm:.2f} s wall, "
+                f"{warm_cpu:.2f} s CPU = {warm_cpu / n * 1e6:.1f} µs/bar; {doc['trades']:,} trades"
+            )
+            print(
+                f"  liq's whole command is {doc['process_cpu'] / liq['cpu']:.1f}x faster than its "
+                f"fresh process in CPU ({doc['process_wall'] / liq['wall']:.1f}x wall), "
+                f"{warm_cpu / liq['cpu']:.1f}x than its run alone in CPU "
+                f"({warm / liq['wall']:.1f}x wall); liq's engine vs its run "
+                f"{warm_cpu / liq['engine_cpu']:.1f}x (CPU)"
+            )
 
 
 def trade_day(n: int, root: Path) -> int:
@@ -163,14 +277,47 @@ def order_flow(n: int, repeat: int) -> None:
         )
 
 
+def whole_command(data_dir: str, fmt: str, repeat: int) -> dict[str, float]:
+    command = [
+        sys.executable, "-m", "liqcli", "--data-dir", data_dir, "backtest", "sma_cross",
+        "BTCUSDT", "--start", "2025-01-01", "--end", "2026-01-01", "--fees", "0.05%,0.05%",
+        "-f", fmt,
+    ]  # fmt: skip
+    walls, cpus = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        walls.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    print(
+        f"whole command, -f {fmt} (fresh process: start-up, Parquet scan, engine, metrics, "
+        f"output, run stored): best {min(walls):.2f} s wall, CPU {min(cpus):.2f} s; runs "
+        + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(walls, cpus, strict=True))
+        + " (wall/CPU)"
+    )
+    return {"wall": min(walls), "cpu": min(cpus)}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bars", type=int, default=525_600)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--no-peer", action="store_true", help="skip backtesting.py and vectorbt")
+    parser.add_argument(
+        "--peer-python",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an interpreter that has vectorbt and/or backtesting.py (repeatable); this one "
+        "and python3 on PATH are tried too",
+    )
     parser.add_argument("--trades", type=int, default=1_000_000)
     parser.add_argument("--only-trades", action="store_true")
     args = parser.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"{os.cpu_count()} CPUs; figures are best of {args.repeat}")  # fmt: skip
     if args.trades:
         order_flow(args.trades, args.repeat)
     if args.only_trades:
@@ -189,34 +336,17 @@ def main() -> None:
     print(
         f"engine (run_vectorised): best wall {best_wall:.3f} s = {best_wall / n * 1e6:.2f} µs/bar; "
         f"CPU {best_cpu:.3f} s = {best_cpu / n * 1e6:.2f} µs/bar; runs "
-        + ", ".join(f"{w:.3f}" for w, _ in engine)
+        + ", ".join(f"{w:.3f}/{c:.3f}" for w, c in engine)
+        + " (wall/CPU)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         store_klines(Path(tmp), frame)
-        command = [
-            sys.executable, "-m", "liqcli", "--data-dir", tmp, "backtest", "sma_cross", "BTCUSDT",
-            "--start", "2025-01-01", "--end", "2026-01-01", "--fees", "0.05%,0.05%", "-f", "json",
-        ]  # fmt: skip
-        walls = []
-        for _ in range(args.repeat):
-            started = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
-            walls.append(time.perf_counter() - started)
-        print(
-            f"whole command (start-up to printed JSON, run stored): best {min(walls):.2f} s; runs "
-            + ", ".join(f"{w:.2f}" for w in walls)
-        )
-    if args.no_peer:
-        return
-    peer = backtesting_py(frame)
-    if peer is None:
-        print("backtesting.py: not installed (pip install backtesting) - no comparison")
-        return
-    seconds, trades = peer
-    print(
-        f"backtesting.py run(): {seconds:.2f} s = {seconds / n * 1e6:.1f} µs/bar, {trades:,} trades; "
-        f"liq's whole command is {seconds / min(walls):.1f}x faster, its engine {seconds / best_wall:.0f}x"
-    )
+        liq = whole_command(tmp, "table", args.repeat)
+        whole_command(tmp, "json", args.repeat)  # the same plus every trade on stdout
+    liq["engine_cpu"] = best_cpu
+    if not args.no_peer:
+        peers(frame, args.peer_python, args.repeat, liq)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,53 @@ def run(events: list) -> tuple[float, list[int], PaperSession]:
     return time.process_time() - cpu, latencies, session
 
 
+def split(events: list) -> None:
+    """Where the event-to-decision latency goes, per mode (one more run, instrumented, so its
+    times are a little higher): every mode's order record counts from the start of the step,
+    so a mode's latency includes the decisions of the modes before it in the slot loop; its own
+    decision runs from its on_event to its order record, of which the order path is the
+    broker's submit (book walk, fill, position, fees, records)."""
+    session = PaperSession(PaperConfig(symbol=SYM))
+    perf = time.perf_counter_ns
+    started = [0, 0, 0]  # step, this mode's on_event, this order's submit
+    rows: dict[str, list[tuple[int, int, int]]] = {}
+    submit_ns = [0]
+
+    def emit(record: dict) -> None:
+        if record.get("type") == "order":
+            now = perf()
+            rows.setdefault(record["mode"], []).append(
+                (now - started[0], now - started[1], submit_ns[0])
+            )
+
+    for slot in session.engine.slots:
+        strategy, broker = slot.strategy, slot.broker
+
+        def on_event(event, ctx, _inner=strategy.on_event):
+            started[1] = perf()
+            _inner(event, ctx)
+
+        def submit(order, _inner=broker.submit):
+            t = perf()
+            out = _inner(order)
+            submit_ns[0] = perf() - t
+            return out
+
+        strategy.on_event = on_event
+        broker.submit = submit
+    session._emit = emit
+    for event in events:
+        started[0] = perf()
+        session.step(event)
+    print("latency split (p50, µs; slot order = the order modes decide in on each event):")
+    for mode, vals in rows.items():
+        total, own, sub = ([v[i] for v in vals] for i in range(3))
+        print(
+            f"  mode {mode:>7}: {len(vals):>4} orders, from step start {pct(total, 0.5):6.1f}, "
+            f"own decision {pct(own, 0.5):5.1f}, of which submit (order path) {pct(sub, 0.5):5.1f}"
+        )
+
+
 def pct(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000 if ordered else float("nan")
@@ -119,6 +166,7 @@ def main() -> None:
     assert best is not None
     rate, latencies, session = best
     print(f"best: {rate:,.0f} events/s through book, features and five modes (target 50,000)")
+    split(events)
     for row in session.leaderboard():
         print(
             f"  mode {row['mode']:>7}: trades {row['trades']:>4}  equity {row['equity']:>10,.2f}"

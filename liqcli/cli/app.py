@@ -9,6 +9,8 @@ import re
 import sys
 import typing
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from enum import Enum
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import typer.main
 from typer.core import TyperGroup
+
+try:  # typer's coercion internals (already imported by typer.core): see QuickCoercion
+    from typer._coercion import RuntimeParam, build_runtime_param
+    from typer._param_types import coerce_cli_choice, coerce_cli_path
+    from typer.core import _TyperParameter
+except ImportError:  # another typer: its own coercion, nothing skipped
+    RuntimeParam = None  # type: ignore[assignment,misc]
 
 from liqcli import __version__
 from liqcli.cli.common import AppState, teardown_skippable
@@ -151,6 +160,7 @@ def _build_command(name: str) -> Command:
         rich_markup_mode=app.rich_markup_mode,
     )
     tidy_placeholders(command)
+    quick_coercion(command)
     return command
 
 
@@ -215,6 +225,95 @@ def tidy_placeholders(command: Any) -> None:
     command.collect_usage_pieces = collect_usage_pieces
 
 
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_SLOW = object()
+
+
+def _quick_value(annotation: Any, info: Any, value: Any, param: Any, ctx: Any) -> Any:
+    """What typer's pydantic adapter returns for the plain cases (a str, a decimal int or
+    float, a list of str, an enum choice, a Path), else ``_SLOW``."""
+    if info.parser is not None:
+        return _SLOW
+    kind = type(value)
+    if annotation is str:
+        return value if kind is str else _SLOW
+    if annotation is int or annotation is float:
+        if info.min is not None or info.max is not None or info.clamp:
+            return _SLOW
+        if kind is str:
+            if _INT.fullmatch(value):
+                return annotation(value)
+            return float(value) if annotation is float and _FLOAT.fullmatch(value) else _SLOW
+        if kind is int:
+            return annotation(value)
+        return value if kind is float and annotation is float else _SLOW
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,):
+        plain = isinstance(value, list | tuple) and all(type(v) is str for v in value)
+        return list(value) if plain else _SLOW
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        case = info.case_sensitive
+        return coerce_cli_choice(value, choices=list(annotation), case_sensitive=case, ctx=ctx)
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        path_type = info.path_type or annotation
+        if path_type is Path and type(value) is str and value:
+            value = Path(value)  # what its pydantic TypeAdapter(Path) makes of a string
+        return coerce_cli_path(value, info, path_type=path_type, param=param, ctx=ctx)
+    return _SLOW
+
+
+if RuntimeParam is not None:
+
+    @dataclass(frozen=True)
+    class QuickCoercion(RuntimeParam):
+        """typer converts every option value through a pydantic TypeAdapter, and importing
+        pydantic costs ~90 ms of CPU at each start of liq. The plain cases are converted here
+        with the same result (the helpers typer's adapters wrap, or int()/float() on strings
+        whose parse pydantic agrees with); anything else, and any failure, goes to typer's own
+        adapter, built then, so its errors read exactly as before."""
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            try:
+                out = _quick_value(self.annotation, self.parameter_info, value, param, ctx)
+            except Exception:
+                out = _SLOW
+            if out is not _SLOW:
+                return out
+            real = build_runtime_param(param.type_descriptor)
+            param._runtime_param = real
+            return real._coerce_value(value, param=param, ctx=ctx)
+
+
+def quick_coercion(command: Any) -> None:
+    """Let ``command``'s options (and its --help, made on demand) convert their values without
+    importing pydantic."""
+    if RuntimeParam is None:
+        return
+    for param in command.params:
+        _quick_param(param)
+    help_option = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = help_option(ctx)
+        _quick_param(option)
+        return option
+
+    command.get_help_option = get_help_option
+
+
+def _quick_param(param: Any) -> None:
+    desc = getattr(param, "type_descriptor", None)
+    if (
+        isinstance(param, _TyperParameter)
+        and param._runtime_param is None
+        and desc is not None
+        and desc.file_annotation is None
+    ):
+        param._runtime_param = QuickCoercion(
+            parameter_info=desc.parameter_info, annotation=desc.annotation
+        )
+
+
 class LazyCommands(MutableMapping[str, "Command"]):
     """The root group's subcommands, each imported and built on first lookup: ``liq map`` loads
     only liqcli.cli.map, not the websocket, HTTP and terminal-UI code of the others. Iterating
@@ -256,6 +355,7 @@ class LiqRootGroup(LiqGroup):
     def __init__(self, *, commands: dict[str, Command] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         tidy_placeholders(self)
+        quick_coercion(self)
         self.commands = LazyCommands(COMMANDS)
         for name, command in (commands or {}).items():
             self.commands[name] = command

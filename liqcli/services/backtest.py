@@ -18,7 +18,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -624,6 +624,8 @@ def close_executor(closer: Any, *, abort: bool = False, error: bool = False) -> 
     in time, and the interpreter's own exit hook for process pools would wait for it."""
     if closer is None:
         return False
+    from concurrent.futures import ProcessPoolExecutor  # imported only when a sweep ran
+
     if not isinstance(closer, ProcessPoolExecutor):
         closer.close()  # a Dask client: the scheduler drops the runs it no longer has a client for
         return False
@@ -663,6 +665,7 @@ def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
             return None, None
         import multiprocessing as mp
         import os
+        from concurrent.futures import ProcessPoolExecutor  # here: a single run never needs it
 
         workers = min(jobs, os.cpu_count() or 1)
         executor = ProcessPoolExecutor(

@@ -32,8 +32,10 @@ Rules (README "liq backtest"):
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,19 +136,39 @@ def _target_qty(broker: SimBroker, price: float, leverage: float, side: OrderSid
     return broker.account.balance * leverage / (fill * (1 + leverage * taker)) * (1 - 1e-12)
 
 
+_BUY, _SELL, _MARKET = OrderSide.BUY, OrderSide.SELL, OrderType.MARKET
+
+
 def rebalance(broker: SimBroker, symbol: str, target: int, price: float, leverage: float) -> None:
     """Bring the position to ``target`` (−1/0/1 × the whole equity) with market orders."""
-    pos = broker.position(symbol)
-    sign = 0 if pos.qty == 0 else (1 if pos.qty > 0 else -1)
+    qty = broker.position(symbol).qty
+    sign = 0 if qty == 0 else (1 if qty > 0 else -1)
     if sign == target:
         return
+    # Order(symbol, side, qty, type, price, post_only, reduce_only, leverage, client_id, tag):
+    # positional, this is the backtest's innermost call.
     if sign != 0:
-        side = OrderSide.SELL if sign > 0 else OrderSide.BUY
-        broker.submit(Order(symbol, side, abs(pos.qty), reduce_only=True, tag="signal"))
+        side = _SELL if sign > 0 else _BUY
+        broker.submit(Order(symbol, side, abs(qty), _MARKET, None, False, True, None, "", "signal"))
     if target != 0:
-        side = OrderSide.BUY if target > 0 else OrderSide.SELL
+        side = _BUY if target > 0 else _SELL
         qty = _target_qty(broker, price, leverage, side)
-        broker.submit(Order(symbol, side, qty, OrderType.MARKET, leverage=leverage, tag="signal"))
+        broker.submit(Order(symbol, side, qty, _MARKET, None, False, False, leverage, "", "signal"))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a run allocates tens of thousands of orders, fills and
+    round trips, all acyclic and all kept until the end, so each collector pass (a quarter of
+    the engine's time, walking them and every imported module's objects) frees nothing.
+    Reference counting still frees everything else; the previous state comes back after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def run_vectorised(
@@ -155,6 +177,16 @@ def run_vectorised(
     settings: BarSettings | None = None,
     *,
     funding: pl.DataFrame | None = None,
+) -> BarResult:
+    with _collector_paused():
+        return _run_vectorised(frame, strategy, settings, funding)
+
+
+def _run_vectorised(
+    frame: pl.DataFrame | pl.LazyFrame,
+    strategy: VectorStrategy,
+    settings: BarSettings | None,
+    funding: pl.DataFrame | None,
 ) -> BarResult:
     settings = settings or BarSettings()
     df = prepare(frame, strategy)
@@ -169,6 +201,9 @@ def run_vectorised(
     sym = settings.symbol
     changes = (np.flatnonzero(np.diff(exec_target)) + 1).tolist() if n else []
     fund_bars, fund_rows = _funding_bars(ts, funding)
+    # The extremes of the whole frame: a liquidation price beyond them cannot be hit in any
+    # segment, so most segments skip the numpy scan.
+    bounds = _extremes(lows, highs)
     snapshots: list[tuple[int, float, float, float]] = []  # (bar, balance, qty, entry) from then
 
     def snap(bar: int) -> None:
@@ -188,7 +223,7 @@ def run_vectorised(
         k = bisect.bisect_right(changes, cursor)
         end = changes[k] if k < len(changes) else n
         cursor = _hold(
-            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap
+            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap, bounds
         )
     return _result(broker, ts, closes, snapshots, n)
 
@@ -205,8 +240,10 @@ def _hold(
     fund_bars: list[int],
     fund_rows: list[tuple[int, float, float | None]],
     snap: Callable[[int], None],
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> int:
-    """Hold the position over bars [start, end); returns where the next decision happens."""
+    """Hold the position over bars [start, end); returns where the next decision happens.
+    ``bounds``: (lowest low, highest high) of all bars, or any wider range."""
     a = start
     f = bisect.bisect_left(fund_bars, start)
     while a < end:
@@ -221,7 +258,7 @@ def _hold(
             f += 1
             b = fund_bars[f] if f < len(fund_bars) and fund_bars[f] < end else end
         lp = broker.liquidation_price(sym)
-        if lp is not None and lp > 0:
+        if lp is not None and lp > 0 and (lp >= bounds[0] if pos.qty > 0 else lp <= bounds[1]):
             seg = lows[a:b] <= lp if pos.qty > 0 else highs[a:b] >= lp
             hit = np.flatnonzero(seg)
             if hit.size:
@@ -232,6 +269,13 @@ def _hold(
                 return k + 1  # the strategy re-enters at the next open if it still wants to
         a = b
     return end
+
+
+def _extremes(lows: np.ndarray, highs: np.ndarray) -> tuple[float, float]:
+    """(lowest low, highest high), widened to ±inf where unknown (no bars, NaN)."""
+    lo = float(lows.min()) if lows.size else -math.inf
+    hi = float(highs.max()) if highs.size else math.inf
+    return (lo if lo == lo else -math.inf, hi if hi == hi else math.inf)
 
 
 def _funding_bars(
@@ -262,11 +306,12 @@ def _result(
 ) -> BarResult:
     if n == 0:
         return BarResult(ts, np.array([]), [], 0, 0.0, 0.0, 0, 0.0, 0)
-    idx = np.array([s[0] for s in snapshots])
-    which = np.searchsorted(idx, np.arange(n), side="right") - 1
-    balance = np.array([s[1] for s in snapshots])[which]
-    qty = np.array([s[2] for s in snapshots])[which]
-    entry = np.array([s[3] for s in snapshots])[which]
+    # Each snapshot holds from its bar until the next one's (the last of several at one bar
+    # wins); the first is at bar 0.
+    table = np.array(snapshots, dtype=np.float64)  # bar, balance, qty, entry
+    idx = table[:, 0].astype(np.int64)
+    span = np.diff(idx, append=n)
+    balance, qty, entry = (np.repeat(table[:, c], span) for c in (1, 2, 3))
     equity = balance + qty * (closes - entry)
     trades = broker.take_trades()
     fills = len(broker.take_fills())

@@ -46,6 +46,22 @@ from liqcli.trading.model import (
 
 Level = tuple[float, float]  # (price, qty)
 
+# Enum members as module globals: on the order path a class attribute lookup on an Enum costs
+# ~5x a global's, and every market order used to make a few dozen of them.
+_BUY = OrderSide.BUY
+_SELL = OrderSide.SELL
+_MARKET = OrderType.MARKET
+_LIMIT = OrderType.LIMIT
+_NEW = OrderStatus.NEW
+_PARTIAL = OrderStatus.PARTIALLY_FILLED
+_FILLED = OrderStatus.FILLED
+_CANCELED = OrderStatus.CANCELED
+_REJECTED = OrderStatus.REJECTED
+_MAKER = Liquidity.MAKER
+_TAKER = Liquidity.TAKER
+_isfinite = math.isfinite
+_inf = math.inf
+
 
 class BookView(Protocol):
     """What the broker needs of a book: levels best first. ``L2Book`` and ``TopOfBook`` have it."""
@@ -162,29 +178,32 @@ class SimBroker:
         self._orders: dict[str, Order] = {}
         self._open: dict[str, _Open] = {}
         self._seq = 0
+        self._cap_of: tuple[Bracket, ...] | None = None
+        self._cap = 0.0
 
     # -- the Broker protocol -------------------------------------------------------------------
 
     def submit(self, order: Order) -> Order:
         self._seq += 1
-        order.id = order.id or f"sim-{self._seq}"
+        if not order.id:
+            order.id = f"sim-{self._seq}"
         order.created_ts = self.now
         self._orders[order.id] = order
         problem = self._check(order)
         if problem:
             return self._reject(order, problem)
         market = self._market(order.symbol)
-        if order.type is OrderType.MARKET:
-            self._take(order, limit=None)
-            if order.remaining > 0 and order.status is not OrderStatus.REJECTED:
-                order.status = OrderStatus.CANCELED  # IOC: whatever could not fill is gone
+        if order.type is _MARKET:
+            self._take(order, None, market)
+            if order.qty - order.filled_qty > 0 and order.status is not _REJECTED:
+                order.status = _CANCELED  # IOC: whatever could not fill is gone
             return order
         assert order.price is not None
         crosses = self._crosses(order)
         if order.post_only and crosses:
             return self._reject(order, "post_only_would_cross")
         if crosses:
-            self._take(order, limit=order.price)
+            self._take(order, order.price, market)
         if order.remaining > 0 and order.status.is_open:
             market.resting[order.id] = _Resting(order, self._displayed_at(order))
         return order
@@ -373,26 +392,43 @@ class SimBroker:
         return order
 
     def _check(self, order: Order) -> str:
-        if not (math.isfinite(order.qty) and order.qty > 0):
+        qty = order.qty
+        if not (_isfinite(qty) and qty > 0):
             return "invalid_qty"
         if order.type is OrderType.STOP:  # the bar driver triggers stops itself (trading.bars)
             return "stop_orders_unsupported"
-        if order.type is OrderType.LIMIT and not (
-            order.price is not None and math.isfinite(order.price) and order.price > 0
+        market_order = order.type is _MARKET
+        if not market_order and not (
+            order.price is not None and _isfinite(order.price) and order.price > 0
         ):
             return "invalid_price"
         lev = order.leverage
-        if lev is not None and not (1 <= lev <= bracket_for(0, self.brackets).max_leverage):
+        if lev is not None and not (1 <= lev <= self._max_leverage()):
             return "invalid_leverage"
-        pos = self.account.positions.get(order.symbol)
+        symbol = order.symbol
         if order.reduce_only:
-            if pos is None or pos.qty == 0 or (pos.qty > 0) == (order.side is OrderSide.BUY):
+            pos = self.account.positions.get(symbol)
+            if pos is None or pos.qty == 0 or (pos.qty > 0) == (order.side is _BUY):
                 return "reduce_only_would_increase"
-            order.qty = min(order.qty, abs(pos.qty))
-        no_price = self.mark_price(order.symbol) is None and self._best(order.symbol, "ask") is None
-        if no_price and order.type is OrderType.MARKET:
+            order.qty = min(qty, abs(pos.qty))
+        market = self._market(symbol)
+        if (
+            market_order
+            and market.mark is None
+            and market.last_trade is None
+            and self._best(symbol, "ask") is None
+        ):
             return "no_price"
         return ""
+
+    def _max_leverage(self) -> float:
+        """The first bracket's max leverage, cached for the brackets in use (an immutable tuple
+        that may be replaced)."""
+        brackets = self.brackets
+        if brackets is not self._cap_of:
+            self._cap_of = brackets
+            self._cap = bracket_for(0, brackets).max_leverage
+        return self._cap
 
     def _best(self, symbol: str, side: str) -> Level | None:
         book = self._market(symbol).book
@@ -418,24 +454,26 @@ class SimBroker:
                 return qty
         return 0.0
 
-    def _take(self, order: Order, limit: float | None) -> None:
+    def _take(self, order: Order, limit: float | None, market: _Market | None = None) -> None:
         """Fill as taker against the opposite side, up to ``limit`` when given."""
-        market = self._market(order.symbol)
-        side = "ask" if order.side is OrderSide.BUY else "bid"
-        levels = market.book.levels(side, self.depth_levels) if market.book is not None else []
+        if market is None:
+            market = self._market(order.symbol)
+        buy = order.side is _BUY
+        book = market.book
+        levels = book.levels("ask" if buy else "bid", self.depth_levels) if book is not None else []
         if not levels:
             price = market.last_trade if market.last_trade is not None else market.mark
             if price is None:
                 self._reject(order, "no_price")
                 return
-            levels = [(price, math.inf)]
-        want = order.remaining
+            levels = [(price, _inf)]
+        want = order.qty - order.filled_qty  # order.remaining
+        if want < 0.0:
+            want = 0.0
         got = notional = 0.0
         worst = levels[0][0]
         for price, qty in levels:
-            if limit is not None and (
-                price > limit if order.side is OrderSide.BUY else price < limit
-            ):
+            if limit is not None and (price > limit if buy else price < limit):
                 break
             take = min(qty, want - got)
             got += take
@@ -451,35 +489,38 @@ class SimBroker:
             return
         vwap = notional / got
         slip = self.slippage_bps / 10_000
-        price = vwap * (1 + slip) if order.side is OrderSide.BUY else vwap * (1 - slip)
-        self._fill(order, got, price, Liquidity.TAKER)
+        price = vwap * (1 + slip) if buy else vwap * (1 - slip)
+        self._fill(order, got, price, _TAKER)
 
     def _fill(self, order: Order, qty: float, price: float, liquidity: Liquidity) -> None:
         if qty <= 0:
             return
         symbol = order.symbol
-        pos = self.account.position(symbol)
-        lev = order.leverage or (pos.leverage if pos.qty else None) or self.default_leverage
-        signed = qty * order.side.sign
+        acct = self.account
+        pos = acct.positions.get(symbol) or acct.position(symbol)
+        before = pos.qty
+        lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
+        signed = qty if order.side is _BUY else qty * -1
         opening = (
-            qty if pos.qty == 0 or (pos.qty > 0) == (signed > 0) else max(qty - abs(pos.qty), 0.0)
+            qty if before == 0 or (before > 0) == (signed > 0) else max(qty - abs(before), 0.0)
         )
-        fee = self.fees.fee(qty * price, maker=liquidity is Liquidity.MAKER)
+        maker = liquidity is _MAKER
+        fee = self.fees.fee(qty * price, maker=maker)
         if opening > 0 and not order.reduce_only:
             need = opening * price / lev + fee
-            if need > self.account.available + 1e-9:
-                if liquidity is Liquidity.MAKER:
+            if need > acct.available + 1e-9:
+                if maker:
                     self.cancel(order.id)
                 self._reject(order, "insufficient_margin")
                 return
-        before = pos.qty
         realized = self._apply(pos, signed, price, lev, fee)
-        total = order.filled_qty + qty
-        order.avg_price = (order.avg_price * order.filled_qty + price * qty) / total
+        filled = order.filled_qty
+        total = filled + qty
+        order.avg_price = (order.avg_price * filled + price * qty) / total
         order.filled_qty = total
-        order.status = (
-            OrderStatus.FILLED if order.remaining <= 1e-12 else OrderStatus.PARTIALLY_FILLED
-        )
+        # order.remaining <= 1e-12, without the property
+        order.status = _FILLED if order.qty - total <= 1e-12 else _PARTIAL
+        tag = order.tag
         self.fills.append(
             Fill(
                 order.id,
@@ -491,11 +532,12 @@ class SimBroker:
                 liquidity,
                 self.now,
                 realized,
-                client_id=order.client_id,
-                tag=order.tag,
+                False,
+                order.client_id,
+                tag,
             )
         )
-        self._track(symbol, before, pos, qty, price, fee, realized, order.tag)
+        self._track(symbol, before, pos, qty, price, fee, realized, tag)
 
     def _apply(self, pos: Position, signed: float, price: float, lev: float, fee: float) -> float:
         """Change the position by ``signed`` at ``price``; returns the price PnL realised."""
@@ -555,13 +597,9 @@ class SimBroker:
         trip = self._open.get(symbol)
         if trip is None or before == 0:
             if after != 0:
+                side = "long" if after > 0 else "short"
                 self._open[symbol] = _Open(
-                    "long" if after > 0 else "short",
-                    self.now,
-                    pos.entry_price,
-                    pos.leverage,
-                    abs(after),
-                    fees=fee,
+                    side, self.now, pos.entry_price, pos.leverage, abs(after), fee
                 )
             return
         if after != 0 and (after > 0) == (before > 0) and abs(after) > abs(before):
@@ -579,33 +617,29 @@ class SimBroker:
         if after == 0 or flipped:
             self._close_trip(symbol, trip, tag, liquidated)
         if flipped:
+            side = "long" if after > 0 else "short"
             self._open[symbol] = _Open(
-                "long" if after > 0 else "short",
-                self.now,
-                pos.entry_price,
-                pos.leverage,
-                abs(after),
-                fees=fee - close_fee,
+                side, self.now, pos.entry_price, pos.leverage, abs(after), fee - close_fee
             )
 
     def _close_trip(self, symbol: str, trip: _Open, tag: str, liquidated: bool) -> None:
         del self._open[symbol]
         exit_price = trip.close_notional / trip.close_qty if trip.close_qty else trip.entry_price
         self.trades.append(
-            RoundTrip(
-                symbol=symbol,
-                side=trip.side,
-                entry_ts=trip.entry_ts,
-                exit_ts=self.now,
-                entry_price=trip.entry_price,
-                exit_price=exit_price,
-                qty=trip.max_qty,
-                leverage=trip.leverage,
-                pnl=trip.realized - trip.fees - trip.funding,
-                fees=trip.fees,
-                funding=trip.funding,
-                liquidated=liquidated,
-                exit_tag=tag,
+            RoundTrip(  # positional: symbol, side, entry/exit ts, entry/exit price, qty, ...
+                symbol,
+                trip.side,
+                trip.entry_ts,
+                self.now,
+                trip.entry_price,
+                exit_price,
+                trip.max_qty,
+                trip.leverage,
+                trip.realized - trip.fees - trip.funding,  # pnl
+                trip.fees,
+                trip.funding,
+                liquidated,
+                tag,
             )
         )
 
