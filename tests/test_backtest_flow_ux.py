@@ -200,3 +200,26 @@ def test_a_signal_during_an_order_flow_run_exits_in_one_line_and_stores_nothing(
     assert out == ""
     assert not (tmp_path / "backtest_runs").exists()
     assert not (tmp_path / "backtest_trades").exists()
+
+
+# ------------------------------------------------------------------------------ shared features
+
+
+def test_compare_leverage_on_one_shared_engine_equals_each_engine_run_alone(tmp_path):
+    from liqcli.services import backtest_flow as fsvc
+
+    synthetic_day(tmp_path, 100_000)
+    args = ["all", SYM, "--data", "trades", *RANGE, "--funding", "off", "-f", "json", "-q"]
+    compared = liq(tmp_path, *args, "--compare-leverage")
+    assert compared.exit_code == 0, compared.output
+    runs = json.loads(compared.stdout)["runs"]
+    assert len(runs) == 16 and sum(r["metrics"]["trades"] for r in runs) > 50
+    for dynamic in fsvc.DYNAMIC:  # each leverage engine alone: its own Engine and OrderFlow
+        alone = liq(tmp_path, *args, "--dynamic-leverage", dynamic)
+        assert alone.exit_code == 0, alone.output
+        mine = [r for r in runs if r["params"]["dynamic_leverage"] == dynamic]
+        assert json.loads(alone.stdout)["runs"] == mine  # every number, bit for bit
+    settings = fsvc.FlowSettings(SYM, ("0", "1"), 0, 1, "trades")
+    driver = fsvc._Driver(settings, fsvc.DYNAMIC)
+    assert len({id(r.session.flow) for r in driver.runs}) == 1  # features computed once
+    assert len(driver.engine.observers) == 1 and len(driver.engine.slots) == 8

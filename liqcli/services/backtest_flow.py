@@ -36,12 +36,14 @@ import numpy as np
 import polars as pl
 
 from liqcli.analytics import metrics
+from liqcli.analytics.orderflow import OrderFlow
 from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Liquidation
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.services.paper import DYNAMIC, MODES, PaperConfig, PaperSession
 from liqcli.sources.recorder import _EVENTS_OF, LIVE, recorded_events
 from liqcli.trading.costs import Fees
+from liqcli.trading.engine import Engine
 
 log = logging.getLogger("liq.backtest")
 
@@ -330,7 +332,9 @@ def live_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
 class _Run:
     """One PaperSession (one dynamic-leverage engine) and its per-minute equity samples."""
 
-    def __init__(self, settings: FlowSettings, dynamic: str) -> None:
+    def __init__(
+        self, settings: FlowSettings, dynamic: str, engine: Engine, flow: OrderFlow | None
+    ) -> None:
         leverage = {m: settings.leverage for m in settings.modes} if settings.leverage else {}
         config = PaperConfig(
             symbol=settings.symbol,
@@ -345,7 +349,7 @@ class _Run:
         )
         config.validate()
         self.dynamic = dynamic
-        self.session = PaperSession(config)
+        self.session = PaperSession(config, engine=engine, flow=flow)
         self.brokers = list(self.session.brokers.items())
         self.closed: dict[str, list[dict]] = {m: [] for m in settings.modes}
         self.ts: list[int] = []
@@ -384,12 +388,21 @@ class FeedProgress(Protocol):
 
 
 class _Driver:
-    """Feeds one event stream to every run, samples equity each minute of event time."""
+    """Feeds one event stream to every run, samples equity each minute of event time.
+
+    Every run (dynamic-leverage engine) is a PaperSession on one shared Engine and OrderFlow:
+    the book view and the features depend on the market events alone, so they are computed
+    once per event, not once per run; each run keeps its own strategies and brokers, stepped
+    in the same order on the same state as alone (the results are bit-identical)."""
 
     def __init__(self, settings: FlowSettings, dynamics: Sequence[str]) -> None:
         self.settings = settings
-        self.runs = [_Run(settings, d) for d in dynamics]
-        self.steps = [r.session.step for r in self.runs]
+        self.engine = Engine()
+        self.runs: list[_Run] = []
+        for d in dynamics:
+            flow = self.runs[0].session.flow if self.runs else None
+            self.runs.append(_Run(settings, d, self.engine, flow))
+        self.steps = [self.engine.step]
         self.events = 0
         self.first_ts: int | None = None
         self.last_ts = 0
@@ -418,6 +431,9 @@ class _Driver:
         """Recorded events, exactly as delivered (session replays)."""
         steps = self.steps
         for event in events:
+            if self.first_ts is None:
+                for run in self.runs:
+                    run.session.started_ts = event.ts  # what PaperSession.step would set
             self._tick(event.ts)
             price = getattr(event, "price", None)
             if type(event) is AggTrade:
@@ -446,7 +462,7 @@ class _Driver:
         for run in self.runs:
             run.session.started_ts = first  # what PaperSession.step would set
         self._tick(first)
-        steps = [run.session.engine.step for run in self.runs]
+        steps = self.steps
         one = steps[0] if len(steps) == 1 else None
         brokers = [b for run in self.runs for _, b in run.brokers]
         snaps = iter(snapshots)
