@@ -34,7 +34,8 @@ orders, --slippage-bps default 2, leverage default 5/3/3/5 per mode), driven by 
 paper session (the same trades as the live run) or by stored agg_trades merged in time order
 with book_tops, book_depth (recorded snapshots, else the archive's bands) and funding (settled at
 its real times; the mark is the last trade, checked for liquidation each second); --param
-vpin_bucket_usd=N (default 50000).
+vpin_bucket_usd=N (default 50000). Unless --quiet, the events fed against the tape's length
+show on stderr; SIGTERM / SIGHUP / Ctrl-C end the run (exit 143 / 129 / 130), nothing stored.
 Mode cascade (alone or in a list: 0,1,cascade or all,cascade; all is the seed's four): liq
 paper's cascade mode on liq cascade's detector, fed the session's recorded liquidations or, with
 --data trades, the stored liquidations of --exchange (liq watch or liq paper --record store
@@ -169,7 +170,7 @@ def backtest(
             "--walk-forward",
             help="K folds: pick the --grid's best (by sharpe; by total_return in a window too "
             "short for daily returns) on each window, test on the next; out-of-sample results "
-            "only.",
+            "only. Each of the K+1 windows must hold bars.",
             show_default=False,
         ),
     ] = None,
@@ -178,7 +179,13 @@ def backtest(
         typer.Option("--executor", help="local (processes) or dask://HOST:PORT (liq[dist])."),
     ] = "local",
     exchange: Annotated[
-        str, typer.Option("--exchange", "-e", help="Whose stored klines.")
+        str,
+        typer.Option(
+            "--exchange",
+            "-e",
+            help="Whose stored data: klines, funding, agg_trades, book_tops, liquidations (liq "
+            "fetch and liq paper --record store Binance's).",
+        ),
     ] = "binance",
     chart: Annotated[
         Path | None,
