@@ -34,8 +34,8 @@ orders, --slippage-bps default 2, leverage default 5/3/3/5 per mode), driven by 
 paper session (the same trades as the live run) or by stored agg_trades merged in time order
 with book_tops, book_depth (recorded snapshots, else the archive's bands) and funding (settled at
 its real times; the mark is the last trade, checked for liquidation each second); --param
-vpin_bucket_usd=N (default 50000). Unless --quiet, the events fed against the tape's length
-show on stderr; SIGTERM / SIGHUP / Ctrl-C end the run (exit 143 / 129 / 130), nothing stored.
+vpin_bucket_usd=N (default 50000). Unless --quiet, --data trades shows the events fed against
+the tape's length on stderr; SIGTERM / SIGHUP / Ctrl-C end a run (exit 143/129/130), none stored.
 Mode cascade (alone or in a list: 0,1,cascade or all,cascade; all is the seed's four): liq
 paper's cascade mode on liq cascade's detector, fed the session's recorded liquidations or, with
 --data trades, the stored liquidations of --exchange (liq watch or liq paper --record store
@@ -365,7 +365,8 @@ def _order_flow(
     )
     dynamics = svc.DYNAMIC if compare_leverage else (dynamic,)
     # a day of trades takes seconds: events fed on stderr; a signal stores nothing
-    progress = _SweepProgress("backtest events", "events fed") if not quiet else None
+    tape = data == "trades"  # a session replay's length is not known before it is read
+    progress = _SweepProgress("backtest events", "events fed") if tape and not quiet else None
     try:
         with _stopped_by_signals():
             try:
