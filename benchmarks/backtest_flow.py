@@ -7,6 +7,10 @@ the tape load (``tape`` + ``depth_snapshots``: Parquet scan, Polars merge), the 
 (``_Driver.feed_tape``: engine, features, mode, broker), and the result documents.
 
     python benchmarks/backtest_flow.py [--trades 1000000] [--repeat 3] [--modes 0] [--profile N]
+        [--compare-leverage]
+
+``--compare-leverage``: every dynamic-leverage engine (off, rules, kelly, vol_target) on the same
+events, as ``liq backtest --compare-leverage``.
 
 ``--profile N``: cProfile one feed and print the top N functions by own time.
 """
@@ -44,7 +48,9 @@ def main() -> None:
     parser.add_argument("--modes", default="0", help="0, 1, 2, 3 or all")
     parser.add_argument("--dynamic", default="off")
     parser.add_argument("--profile", type=int, default=0)
+    parser.add_argument("--compare-leverage", action="store_true", help="all four engines")
     args = parser.parse_args()
+    dynamics = svc.DYNAMIC if args.compare_leverage else (args.dynamic,)
     with tempfile.TemporaryDirectory() as tmp:
         events = trade_day(args.trades, Path(tmp))
         store = Store(Path(tmp))
@@ -57,14 +63,14 @@ def main() -> None:
         )
         print(
             f"{args.trades:,} agg_trades + {events - args.trades:,} book tops = {events:,} "
-            f"events, modes {','.join(settings.modes)}, dynamic {args.dynamic}; "
+            f"events, modes {','.join(settings.modes)}, dynamic {','.join(dynamics)}; "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
         )
         for n in range(args.repeat):
             (frame, snaps), load_cpu, load_wall = timed(
                 lambda: (svc.tape(store, settings), svc.depth_snapshots(store, settings))
             )
-            driver = svc._Driver(settings, (args.dynamic,))
+            driver = svc._Driver(settings, dynamics)
             _, feed_cpu, feed_wall = timed(driver.feed_tape, frame, snaps)
 
             def documents(driver=driver):
@@ -83,7 +89,7 @@ def main() -> None:
             )
         if args.profile:
             frame, snaps = svc.tape(store, settings), svc.depth_snapshots(store, settings)
-            driver = svc._Driver(settings, (args.dynamic,))
+            driver = svc._Driver(settings, dynamics)
             prof = cProfile.Profile()
             prof.runcall(driver.feed_tape, frame, snaps)
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)

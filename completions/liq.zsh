@@ -42,7 +42,7 @@ _liq() {
                     ''--grid'[Sweep NAME=V1,V2,... (repeatable - every combination).]:value: ' \
                     ''--walk-forward'[K folds - pick the --grids best (by sharpe; by total_return in a window too shor]:value: ' \
                     ''--executor'[local (processes) or dask -//HOST -PORT (liq(dist)).]:value: ' \
-                    '(--exchange -e)'{--exchange,-e}'[Whose stored klines.]:value:(binance okx bybit)' \
+                    '(--exchange -e)'{--exchange,-e}'[Whose stored data - klines, funding, agg_trades, book_tops, liquidations (liq fe]:value:(binance okx bybit)' \
                     ''--chart'[Equity and drawdown PNG (single runs).]:path:_files' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \

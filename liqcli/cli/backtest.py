@@ -34,7 +34,8 @@ orders, --slippage-bps default 2, leverage default 5/3/3/5 per mode), driven by 
 paper session (the same trades as the live run) or by stored agg_trades merged in time order
 with book_tops, book_depth (recorded snapshots, else the archive's bands) and funding (settled at
 its real times; the mark is the last trade, checked for liquidation each second); --param
-vpin_bucket_usd=N (default 50000).
+vpin_bucket_usd=N (default 50000). Unless --quiet, --data trades shows the events fed against
+the tape's length on stderr; SIGTERM / SIGHUP / Ctrl-C end a run (exit 143/129/130), none stored.
 Mode cascade (alone or in a list: 0,1,cascade or all,cascade; all is the seed's four): liq
 paper's cascade mode on liq cascade's detector, fed the session's recorded liquidations or, with
 --data trades, the stored liquidations of --exchange (liq watch or liq paper --record store
@@ -169,7 +170,7 @@ def backtest(
             "--walk-forward",
             help="K folds: pick the --grid's best (by sharpe; by total_return in a window too "
             "short for daily returns) on each window, test on the next; out-of-sample results "
-            "only.",
+            "only. Each of the K+1 windows must hold bars.",
             show_default=False,
         ),
     ] = None,
@@ -178,7 +179,13 @@ def backtest(
         typer.Option("--executor", help="local (processes) or dask://HOST:PORT (liq[dist])."),
     ] = "local",
     exchange: Annotated[
-        str, typer.Option("--exchange", "-e", help="Whose stored klines.")
+        str,
+        typer.Option(
+            "--exchange",
+            "-e",
+            help="Whose stored data: klines, funding, agg_trades, book_tops, liquidations (liq "
+            "fetch and liq paper --record store Binance's).",
+        ),
     ] = "binance",
     chart: Annotated[
         Path | None,
@@ -249,6 +256,8 @@ def backtest(
     svc.check_sweep(config, sweep, walk_forward_k, executor)  # usage errors before any data
     store = state(ctx).store()
     bars = svc.load_bars(store, config)
+    if walk_forward_k is not None:
+        svc.window_edges(bars, walk_forward_k)  # no empty window: a usage error before any run
     funding_rows = svc.load_funding(store, config, bars=bars, warn=not quiet)
     jobs = len(svc.grid_specs(spec, sweep)) * (walk_forward_k or 1)
     pool, closer = svc.open_executor(executor, jobs)
@@ -355,7 +364,20 @@ def _order_flow(
         params=tuple(sorted(params.items())),
     )
     dynamics = svc.DYNAMIC if compare_leverage else (dynamic,)
-    docs = svc.run_flow(store, settings, dynamics)
+    # a day of trades takes seconds: events fed on stderr; a signal stores nothing
+    tape = data == "trades"  # a session replay's length is not known before it is read
+    progress = _SweepProgress("backtest events", "events fed") if tape and not quiet else None
+    try:
+        with _stopped_by_signals():
+            try:
+                docs = svc.run_flow(store, settings, dynamics, progress=progress, warn=not quiet)
+            except KeyboardInterrupt:
+                import signal
+
+                raise _Stopped(signal.SIGINT) from None
+    finally:
+        if progress is not None:
+            progress.close()
     stored = {
         "capital": capital,
         "fees": [fee_rates.maker, fee_rates.taker],
@@ -364,7 +386,8 @@ def _order_flow(
         "data": data,
     }
     kind = "compare_leverage" if compare_leverage else "run"
-    ids = bt.write_runs(store, docs, stored, exchange, data, kind)
+    with _deferred_signals():  # all runs and their trades, or none of them
+        ids = bt.write_runs(store, docs, stored, exchange, data, kind)
     if chart is not None:
         from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
@@ -409,9 +432,11 @@ def _order_flow(
 
 
 class _SweepProgress:
-    """Sweep progress on stderr: a transient bar on a terminal, else a line per tenth done."""
+    """Sweep progress on stderr: a transient bar on a terminal, else a line per tenth done.
+    Counts runs (a sweep) or, ``_SweepProgress("backtest events", "events fed")``, the events
+    an order-flow backtest has fed (``advance``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "backtest runs", unit: str = "runs done") -> None:
         import time
 
         from liqcli.cli.common import stderr_is_tty
@@ -420,13 +445,14 @@ class _SweepProgress:
         self._t0 = self._clock()
         self.total = self.done = 0
         self._shown = -1
+        self._unit = unit
         self._bar = None
         if stderr_is_tty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
             self._bar = Progress(
-                "backtest runs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=Console(stderr=True), transient=True,
             )  # fmt: skip
             self._task = self._bar.add_task("runs", total=0)
@@ -438,7 +464,10 @@ class _SweepProgress:
             self._bar.update(self._task, total=self.total)
 
     def run_done(self) -> None:
-        self.done += 1
+        self.advance(1)
+
+    def advance(self, n: int) -> None:
+        self.done += n
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done)
             return
@@ -446,7 +475,7 @@ class _SweepProgress:
         if tenth > self._shown:
             self._shown = tenth
             typer.echo(
-                f"liq: backtest: {self.done}/{self.total} runs done "
+                f"liq: backtest: {self.done:,}/{self.total:,} {self._unit} "
                 f"({self._clock() - self._t0:.1f} s)",
                 err=True,
             )

@@ -319,9 +319,14 @@ def load_bars(store: Any, config: BacktestConfig) -> pl.DataFrame:
     if frame.height == 0:
         raise LiqError(
             f"no {config.interval} klines stored for {config.symbol} between "
-            f"{iso_ms(config.start_ms)} and {iso_ms(config.end_ms)}: get them with "
-            f"`liq fetch {config.symbol} --dataset klines --period {config.interval} "
-            f"{fetch_range(config.start_ms, config.end_ms)}`"
+            f"{iso_ms(config.start_ms)} and {iso_ms(config.end_ms)}: "
+            + how_to_get(
+                config.exchange,
+                config.symbol,
+                "klines",
+                f"liq fetch {config.symbol} --dataset klines --period {config.interval} "
+                f"{fetch_range(config.start_ms, config.end_ms)}",
+            )
         )
     return frame
 
@@ -337,6 +342,29 @@ def fetch_range(start_ms: int, end_ms: int) -> str:
     if end_ms < now_ms() - 60_000:
         text += f" --end {iso_ms(-(-end_ms // DAY_MS) * DAY_MS)[:10]}"
     return text
+
+
+def how_to_get(exchange: str, symbol: str, dataset: str, command: str) -> str:
+    """The end of a missing-data message: ``command`` (a ``liq fetch``) for Binance, the only
+    venue liq fetch and liq paper --record read; for another venue, what liq can store of it
+    (the venue registry's capabilities), so the user is not sent to fetch Binance's data."""
+    if exchange.strip().lower() == "binance":
+        return f"get them with `{command}`"
+    from liqcli.exchanges import registry
+
+    try:
+        venue = registry.get(exchange)
+    except UsageError:
+        return f"liq knows no exchange {exchange!r}: use --exchange binance"
+    stored = (
+        f"only liquidations (`liq watch {symbol} -e {venue.name}`)"
+        if registry.LIQUIDATIONS in venue.offers
+        else "no market data"
+    )
+    return (
+        f"liq fetch stores Binance's {dataset} only; from {venue.name} liq stores {stored}: "
+        "use --exchange binance"
+    )
 
 
 def load_funding(
@@ -360,7 +388,12 @@ def load_funding(
     )
     if warn and bars is not None and bars.height:
         first, last = int(bars["ts"][0]), int(bars["ts"][-1])
-        fetch = f"`liq fetch {config.symbol} --dataset funding {fetch_range(first, last + 1)}`"
+        command = f"liq fetch {config.symbol} --dataset funding {fetch_range(first, last + 1)}"
+        fetch = (
+            f"`{command}`"
+            if config.exchange == "binance"
+            else how_to_get(config.exchange, config.symbol, "funding", command)
+        )
         if frame.height == 0:
             log.warning(
                 "no funding stored for %s in the range: none is charged (%s, or --funding off)",
@@ -526,12 +559,7 @@ def walk_forward(
     """Split the bars into ``folds + 1`` equal time windows; for each fold pick the grid's best
     parameters (by ``objective`` on window k) and evaluate them on window k + 1. Only the
     out-of-sample runs are returned (each names the parameters chosen and the window trained on)."""
-    if folds < 1:
-        raise UsageError("--walk-forward needs K >= 1")
-    ts = bars["ts"]
-    edges = [
-        int(ts[0]) + (int(ts[-1]) + 1 - int(ts[0])) * i // (folds + 1) for i in range(folds + 2)
-    ]
+    edges = window_edges(bars, folds)
     specs = grid_specs(config.strategy, grid)
     train_jobs = []
     for k in range(folds):
@@ -569,6 +597,26 @@ def walk_forward(
         run["trained_on"] = {"start": iso_ms(edges[k]), "end": iso_ms(edges[k + 1] - 1)}
         run["objective"] = used[k]
     return tested
+
+
+def window_edges(bars: pl.DataFrame, folds: int) -> list[int]:
+    """The ``folds + 1`` equal time windows of a walk-forward; a UsageError, before any run, when
+    one holds no bar (more folds than bars, or a gap in the data): it would train or test on
+    nothing."""
+    if folds < 1:
+        raise UsageError("--walk-forward needs K >= 1")
+    ts = bars["ts"]
+    first, span = int(ts[0]), int(ts[-1]) + 1 - int(ts[0])
+    edges = [first + span * i // (folds + 1) for i in range(folds + 2)]
+    counts = ts.search_sorted(pl.Series(edges), side="left").diff().drop_nulls().to_list()
+    if 0 in counts:
+        k = counts.index(0)
+        raise UsageError(
+            f"--walk-forward {folds}: window {k + 1} of {folds + 1} ({iso_ms(edges[k])} to "
+            f"{iso_ms(edges[k + 1] - 1)}) holds no bar ({bars.height:,} bars in the range): "
+            "give fewer folds or a longer range"
+        )
+    return edges
 
 
 def _score(m: dict, objective: str) -> float:

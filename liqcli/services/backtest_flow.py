@@ -27,21 +27,23 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 
 from liqcli.analytics import metrics
+from liqcli.analytics.orderflow import OrderFlow
 from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Liquidation
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError, UsageError
 from liqcli.services.paper import DYNAMIC, MODES, PaperConfig, PaperSession
 from liqcli.sources.recorder import _EVENTS_OF, LIVE, recorded_events
 from liqcli.trading.costs import Fees
+from liqcli.trading.engine import Engine
 
 log = logging.getLogger("liq.backtest")
 
@@ -162,9 +164,10 @@ def _scan(store: Any, name: str, settings: FlowSettings, **extra: Any) -> pl.Laz
 FUNDING, DEPTH, TOP, TRADE, LIQUIDATION = 0, 1, 2, 3, 4
 
 
-def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
+def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFrame:
     """agg_trades + book_tops (+ funding) as one frame sorted by (ts, kind): Polars does the
-    merge. Book snapshots recorded live come separately (``depth_snapshots``)."""
+    merge. Book snapshots recorded live come separately (``depth_snapshots``). ``warn``: a
+    warning when no funding is stored (``--quiet`` turns it off)."""
     trades = _scan(store, "agg_trades", settings).select(
         "ts",
         pl.lit(TRADE, pl.Int8).alias("kind"),
@@ -206,25 +209,40 @@ def tape(store: Any, settings: FlowSettings) -> pl.DataFrame:
         )
     if "cascade" in settings.modes:
         parts.append(liquidation_rows(store, settings))
+    from liqcli.services.backtest import how_to_get
+
     frames = pl.collect_all([p.sort("ts", "id") for p in parts])
+    sym, venue = settings.symbol, settings.exchange
+    on = "" if venue == "binance" else f" on {venue}"
     if frames[0].height == 0:
         raise LiqError(
-            f"no agg_trades stored for {settings.symbol} in the range: get them with "
-            f"`liq fetch {settings.symbol} --dataset agg_trades --archive {_days(settings)}`"
+            f"no agg_trades stored for {sym}{on} in the range: "
+            + how_to_get(
+                venue,
+                sym,
+                "agg_trades",
+                f"liq fetch {sym} --dataset agg_trades --archive {_days(settings)}",
+            )
         )
     if frames[1].height == 0:
-        raise LiqError(
-            f"no book_tops stored for {settings.symbol} in the range (the modes read the book): "
-            f"get them with `liq fetch {settings.symbol} --dataset book_ticker --archive "
-            f"{_days(settings)}` or record them with `liq paper {settings.symbol} --record`"
+        hint = how_to_get(
+            venue,
+            sym,
+            "book_tops",
+            f"liq fetch {sym} --dataset book_ticker --archive {_days(settings)}",
         )
-    if settings.funding and len(frames) > 2 and frames[2].height == 0:
+        if venue == "binance":
+            hint += f" or record them with `liq paper {sym} --record`"
+        raise LiqError(
+            f"no book_tops stored for {sym}{on} in the range (the modes read the book): {hint}"
+        )
+    if warn and settings.funding and len(frames) > 2 and frames[2].height == 0:
+        command = f"liq fetch {sym} --dataset funding {_days(settings)}"
         log.warning(
-            "no funding stored for %s in the range: none is charged (`liq fetch %s --dataset "
-            "funding %s`)",
-            settings.symbol,
-            settings.symbol,
-            _days(settings),
+            "no funding stored for %s%s in the range: none is charged (%s, or --funding off)",
+            sym,
+            on,
+            f"`{command}`" if venue == "binance" else how_to_get(venue, sym, "funding", command),
         )
     if "cascade" in settings.modes and frames[-1].height == 0:
         raise LiqError(
@@ -314,7 +332,9 @@ def live_snapshots(store: Any, settings: FlowSettings) -> list[tuple[int, Any]]:
 class _Run:
     """One PaperSession (one dynamic-leverage engine) and its per-minute equity samples."""
 
-    def __init__(self, settings: FlowSettings, dynamic: str) -> None:
+    def __init__(
+        self, settings: FlowSettings, dynamic: str, engine: Engine, flow: OrderFlow | None
+    ) -> None:
         leverage = {m: settings.leverage for m in settings.modes} if settings.leverage else {}
         config = PaperConfig(
             symbol=settings.symbol,
@@ -329,7 +349,7 @@ class _Run:
         )
         config.validate()
         self.dynamic = dynamic
-        self.session = PaperSession(config)
+        self.session = PaperSession(config, engine=engine, flow=flow)
         self.brokers = list(self.session.brokers.items())
         self.closed: dict[str, list[dict]] = {m: [] for m in settings.modes}
         self.ts: list[int] = []
@@ -346,22 +366,43 @@ class _Run:
             self.closed[record["mode"]].append(record)
 
 
-def _rows(frame: pl.DataFrame, chunk: int = 65_536) -> Iterator[tuple]:
+def _rows(
+    frame: pl.DataFrame, chunk: int = 65_536, done: Callable[[int], None] | None = None
+) -> Iterator[tuple]:
     """The frame's rows as tuples, built from its columns a chunk at a time (Python lists
-    zipped: much cheaper per row than ``iter_rows``, and memory bounded by the chunk)."""
+    zipped: much cheaper per row than ``iter_rows``, and memory bounded by the chunk).
+    ``done(n)`` hears of each chunk once its rows are consumed (progress, no per-row cost)."""
     names = frame.columns
     for offset in range(0, frame.height, chunk):
         part = frame.slice(offset, chunk)
         yield from zip(*(part.get_column(name).to_list() for name in names), strict=True)
+        if done is not None:
+            done(part.height)
+
+
+class FeedProgress(Protocol):
+    """What a long feed reports as it goes (the CLI draws it on stderr)."""
+
+    def planned(self, runs: int) -> None: ...
+    def advance(self, n: int) -> None: ...
 
 
 class _Driver:
-    """Feeds one event stream to every run, samples equity each minute of event time."""
+    """Feeds one event stream to every run, samples equity each minute of event time.
+
+    Every run (dynamic-leverage engine) is a PaperSession on one shared Engine and OrderFlow:
+    the book view and the features depend on the market events alone, so they are computed
+    once per event, not once per run; each run keeps its own strategies and brokers, stepped
+    in the same order on the same state as alone (the results are bit-identical)."""
 
     def __init__(self, settings: FlowSettings, dynamics: Sequence[str]) -> None:
         self.settings = settings
-        self.runs = [_Run(settings, d) for d in dynamics]
-        self.steps = [r.session.step for r in self.runs]
+        self.engine = Engine()
+        self.runs: list[_Run] = []
+        for d in dynamics:
+            flow = self.runs[0].session.flow if self.runs else None
+            self.runs.append(_Run(settings, d, self.engine, flow))
+        self.steps = [self.engine.step]
         self.events = 0
         self.first_ts: int | None = None
         self.last_ts = 0
@@ -390,6 +431,9 @@ class _Driver:
         """Recorded events, exactly as delivered (session replays)."""
         steps = self.steps
         for event in events:
+            if self.first_ts is None:
+                for run in self.runs:
+                    run.session.started_ts = event.ts  # what PaperSession.step would set
             self._tick(event.ts)
             price = getattr(event, "price", None)
             if type(event) is AggTrade:
@@ -400,7 +444,12 @@ class _Driver:
                 step(event)
             self.events += 1
 
-    def feed_tape(self, frame: pl.DataFrame, snapshots: list[tuple[int, Any]]) -> None:
+    def feed_tape(
+        self,
+        frame: pl.DataFrame,
+        snapshots: list[tuple[int, Any]],
+        progress: FeedProgress | None = None,
+    ) -> None:
         """The merged stored tape (``tape``); funding rows and the per-second trade mark go to
         the brokers directly (they are not market events the strategies decide on). The hot
         loop: per-event bookkeeping inlined, each run's Engine stepped directly."""
@@ -413,7 +462,7 @@ class _Driver:
         for run in self.runs:
             run.session.started_ts = first  # what PaperSession.step would set
         self._tick(first)
-        steps = [run.session.engine.step for run in self.runs]
+        steps = self.steps
         one = steps[0] if len(steps) == 1 else None
         brokers = [b for run in self.runs for _, b in run.brokers]
         snaps = iter(snapshots)
@@ -423,7 +472,10 @@ class _Driver:
         last_ts = self.last_ts
         events = 0
         last_price = self.last_price
-        for ts, kind, id_, a, b, c, d in _rows(frame):
+        if progress is not None:
+            progress.planned(frame.height + len(snapshots))  # the tape's length, in events
+        done = progress.advance if progress is not None else None
+        for ts, kind, id_, a, b, c, d in _rows(frame, done=done):
             while snap_ts <= ts:
                 self.last_ts, self.last_price = last_ts, last_price
                 self._tick(snap_ts)
@@ -471,19 +523,30 @@ class _Driver:
             events += 1
             snap = next(snaps, (None, None))
         self.events += events
+        if progress is not None:
+            progress.advance(len(snapshots))
 
     def finish(self) -> None:
         if self.first_ts is not None:
             self._sample()
 
 
-def run_flow(store: Any, settings: FlowSettings, dynamics: Sequence[str]) -> list[dict]:
-    """Every (dynamic engine, mode) on the same events; one result document each, in order."""
+def run_flow(
+    store: Any,
+    settings: FlowSettings,
+    dynamics: Sequence[str],
+    *,
+    progress: FeedProgress | None = None,
+    warn: bool = True,
+) -> list[dict]:
+    """Every (dynamic engine, mode) on the same events; one result document each, in order.
+    ``progress`` counts the stored tape's events fed (--data trades); ``warn``: data warnings."""
     driver = _Driver(settings, dynamics)
     if settings.data.startswith("session:"):
         driver.feed(session_events(store, settings))
     else:
-        driver.feed_tape(tape(store, settings), depth_snapshots(store, settings))
+        frame = tape(store, settings, warn=warn)
+        driver.feed_tape(frame, depth_snapshots(store, settings), progress)
     driver.finish()
     docs = []
     for run in driver.runs:

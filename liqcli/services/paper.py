@@ -184,12 +184,24 @@ def parse_leverage(text: str | None) -> dict[str, float]:
 class PaperSession:
     """The competition: engine, shared features, one mode and broker per competitor."""
 
-    def __init__(self, config: PaperConfig, *, emit: Callable[[dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: PaperConfig,
+        *,
+        emit: Callable[[dict], None] | None = None,
+        engine: Engine | None = None,
+        flow: OrderFlow | None = None,
+    ) -> None:
+        """``engine`` / ``flow``: share another session's (``liq backtest --compare-leverage``
+        runs every leverage engine on one Engine and one OrderFlow: the features depend on the
+        market events alone). A session given ``flow`` leaves feeding it to its owner."""
         self.config = config
         self.session = config.session
-        self.flow = OrderFlow(vpin_bucket_usd=config.vpin_bucket_usd)
-        self.engine = Engine(emit=self._record)
-        self.engine.observers.append(order_flow_observer(config.symbol, self.flow))
+        self.engine = engine if engine is not None else Engine(emit=self._record)
+        if flow is None:
+            flow = OrderFlow(vpin_bucket_usd=config.vpin_bucket_usd)
+            self.engine.observers.append(order_flow_observer(config.symbol, flow))
+        self.flow = flow
         self.modes: dict[str, SeedMode] = {}
         self.brokers: dict[str, SimBroker] = {}
         self.trade_ids: dict[str, int] = {}
@@ -231,7 +243,7 @@ class PaperSession:
             self.brokers[mode] = broker
             self.trade_ids[mode] = 0
             self.wins[mode] = 0
-            self.engine.add(strategy, broker, name=mode)
+            self.engine.add(strategy, broker, name=mode, emit=self._record)
 
     # -- running -------------------------------------------------------------------------------
 

@@ -165,8 +165,16 @@ class Engine:
         # ``timer_ms`` is read here, after ``on_start`` (a strategy may set it there).
         self._timed = [s for s in self.slots if getattr(s.strategy, "timer_ms", None)]
 
-    def add(self, strategy: Strategy, broker: Any, *, name: str = "") -> Context:
-        ctx = Context(broker, self.market, name=name, emit=self.emit)
+    def add(
+        self,
+        strategy: Strategy,
+        broker: Any,
+        *,
+        name: str = "",
+        emit: Callable[[dict], None] | None = None,
+    ) -> Context:
+        """``emit``: where this slot's records go (default: the engine's ``emit``)."""
+        ctx = Context(broker, self.market, name=name, emit=emit if emit is not None else self.emit)
         self.slots.append(Slot(strategy, broker, ctx))
         self._plan()
         return ctx
