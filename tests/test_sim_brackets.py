@@ -159,3 +159,37 @@ def test_the_command_exits_1_with_one_line(tmp_path):
     fine = CliRunner().invoke(app, [*args, "--leverage", "2"])
     assert fine.exit_code == 0, fine.output
     assert json.loads(fine.stdout)["metrics"]["trades"] > 0
+
+
+def test_a_seed_mode_sized_past_the_bracket_records_the_block_and_why():
+    from liqcli.analytics.orderflow import OrderFlow
+    from liqcli.core.events import AggTrade, BookTop
+    from liqcli.trading.engine import Engine
+    from liqcli.trading.strategies.seed import SeedMode, order_flow_observer
+
+    def run(balance):
+        records: list[dict] = []
+        flow = OrderFlow(vpin_bucket_usd=1_000.0)
+        engine = Engine(emit=records.append)
+        engine.observers.append(order_flow_observer("BTCUSDT", flow))
+        broker = SimBroker(balance)
+        engine.add(SeedMode(0, "BTCUSDT", flow), broker, name="0")
+        engine.run(
+            [  # test_seed_modes' toxic flow: mode 0 goes long at 5x with 80 % of the balance
+                BookTop("binance", "BTCUSDT", 1_000, 100.0, 5.0, 100.1, 5.0),
+                AggTrade("binance", "BTCUSDT", 0, 1_100, 100.05, 200.0, False),
+                BookTop("binance", "BTCUSDT", 1_200, 100.0, 9.0, 100.1, 1.0),
+            ]
+        )
+        return broker, records
+
+    # 24M x 0.8 x 5 / 1.005 = 95.5M notional at the ask, below 5x's cap (100M): it trades
+    broker, records = run(24_000_000.0)
+    assert broker.position("BTCUSDT").leverage == 5 and not broker.position("BTCUSDT").is_flat
+    # 30M: 120M / 1.005 = 119,402,985 notional at 5x: refused, and the mode says why (block record, its stats)
+    broker, records = run(30_000_000.0)
+    assert broker.position("BTCUSDT").is_flat
+    (order,) = [r for r in records if r["type"] == "order"]
+    (block,) = [r for r in records if r["type"] == "block"]
+    assert order["status"] == "rejected"
+    assert block["reasons"] == ["leverage 5x above its bracket for 119,402,985 notional"]
