@@ -193,3 +193,29 @@ def test_a_seed_mode_sized_past_the_bracket_records_the_block_and_why():
     (block,) = [r for r in records if r["type"] == "block"]
     assert order["status"] == "rejected"
     assert block["reasons"] == ["leverage 5x above its bracket for 119,402,985 notional"]
+
+
+def test_the_cascade_mode_sized_past_the_bracket_records_the_block_too():
+    from liqcli.analytics.orderflow import OrderFlow
+    from liqcli.trading.engine import Engine
+    from liqcli.trading.strategies.cascade_mode import CascadeMode
+    from liqcli.trading.strategies.seed import order_flow_observer
+    from tests.test_paper_cascade import TAPE
+
+    def run(balance):
+        records: list[dict] = []
+        flow = OrderFlow(vpin_bucket_usd=1e12)
+        engine = Engine(emit=records.append)
+        engine.observers.append(order_flow_observer("BTCUSDT", flow))
+        broker = SimBroker(balance)
+        engine.add(CascadeMode("BTCUSDT", flow), broker, name="cascade")
+        engine.run(TAPE[:4])  # test_paper_cascade: follow_short at 3x with 30 % of the balance
+        return broker, records
+
+    # 300M x 0.3 x 3 / 1.003 = 269M at the bid, below 3x's cap (300M): the short opens
+    assert run(300_000_000.0)[0].position("BTCUSDT").qty < 0
+    # 400M: 360M / 1.003 = 358,923,230 at 3x: refused, and the block says why
+    broker, records = run(400_000_000.0)
+    assert broker.position("BTCUSDT").is_flat
+    (block,) = [r for r in records if r["type"] == "block"]
+    assert block["reasons"] == ["leverage 3x above its bracket for 358,923,230 notional"]
