@@ -584,6 +584,11 @@ def _params_text(params: dict) -> str:
 
 
 def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
+    if fmt in (Format.json, Format.csv):  # the trades as printed rows (a table shows none)
+        from liqcli.services.backtest import trade_rows
+
+        for doc in docs:
+            doc["trades"] = trade_rows(doc["trades"])
     if fmt == Format.json:
         render([], "json", document=docs[0] if single else {"runs": docs}, rows_key="_")
         return

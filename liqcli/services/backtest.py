@@ -480,24 +480,46 @@ def run_frame(config: BacktestConfig, bars: pl.DataFrame, funding: pl.DataFrame 
         "end": iso_ms(int(bars["ts"][-1])) if bars.height else None,
         "bars": result.bars,
         "metrics": m,
-        "trades": [
-            {
-                "side": t.side,
-                "entry_ts": iso_ms(t.entry_ts),
-                "entry_price": t.entry_price,
-                "exit_ts": iso_ms(t.exit_ts),
-                "exit_price": t.exit_price,
-                "qty": t.qty,
-                "leverage": t.leverage,
-                "pnl": t.pnl,
-                "fees": t.fees,
-                "funding": t.funding,
-                "liquidated": t.liquidated,
-            }
-            for t in result.trades
-        ],
+        "trades": trade_frame(result.trades),  # rows with ISO times only when printed
         "_equity": (result.ts, result.equity),  # for the chart; dropped before output
     }
+
+
+# A bar run's trades: one column each, times as ms epoch; ``trade_rows`` turns them into the
+# printed rows (ISO times) only for json/csv output, and ``write_runs`` stores the columns as
+# they are: 10k+ trades in a year of minutes are never formatted and parsed back.
+BAR_TRADE_SCHEMA = {
+    "side": pl.String(),
+    "entry_ts": pl.Int64(),
+    "entry_price": pl.Float64(),
+    "exit_ts": pl.Int64(),
+    "exit_price": pl.Float64(),
+    "qty": pl.Float64(),
+    "leverage": pl.Float64(),
+    "pnl": pl.Float64(),
+    "fees": pl.Float64(),
+    "funding": pl.Float64(),
+    "liquidated": pl.Boolean(),
+}
+
+
+def trade_frame(trades: Sequence[Any]) -> pl.DataFrame:
+    """``RoundTrip``s as columns (``BAR_TRADE_SCHEMA``)."""
+    return pl.DataFrame(
+        {name: [getattr(t, name) for t in trades] for name in BAR_TRADE_SCHEMA},
+        schema=BAR_TRADE_SCHEMA,
+    )
+
+
+def trade_rows(trades: pl.DataFrame | list[dict]) -> list[dict]:
+    """The printed trade rows: a bar run's columns with ISO times (``iso_ms``'s format); the
+    order-flow runs' rows (already printable) as they are."""
+    if not isinstance(trades, pl.DataFrame):
+        return trades
+    iso = "%Y-%m-%dT%H:%M:%S%.3fZ"
+    return trades.with_columns(
+        pl.col(c).cast(pl.Datetime("ms", "UTC")).dt.strftime(iso) for c in ("entry_ts", "exit_ts")
+    ).to_dicts()
 
 
 def check_sweep(
@@ -769,7 +791,7 @@ def write_runs(
 ) -> list[str]:
     """Each result document to ``backtest_runs`` and its trades to ``backtest_trades``."""
     now = now_ms()
-    runs, trades, ids = [], [], []
+    runs, trades, ids, frames = [], [], [], []
     for doc in docs:
         rid = run_id(doc, settings)
         ids.append(rid)
@@ -797,6 +819,19 @@ def write_runs(
                 "version": __version__,
             }
         )
+        if isinstance(doc["trades"], pl.DataFrame):  # a bar run's columns: stored as they are
+            frames.append(
+                doc["trades"]
+                .rename({"entry_ts": "ts"})
+                .with_row_index("trade_id")
+                .with_columns(
+                    pl.col("trade_id").cast(pl.Int64),
+                    strategy=pl.lit(doc["strategy"], pl.String),
+                    symbol=pl.lit(doc["symbol"], pl.String),
+                    run_id=pl.lit(rid, pl.String),
+                )
+            )
+            continue
         for i, t in enumerate(doc["trades"]):
             trades.append(
                 {
@@ -815,7 +850,10 @@ def write_runs(
         pl.DataFrame(runs, infer_schema_length=None).with_columns(_times("ts", "start", "end")),
     )
     if trades:
-        frame = pl.DataFrame(trades, infer_schema_length=None)
+        frames.append(pl.DataFrame(trades, infer_schema_length=None))
+    frames = [f for f in frames if f.height]
+    if frames:
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         store.write("backtest_trades", frame.with_columns(_times("ts", "exit_ts")))
     return ids
 

@@ -153,7 +153,23 @@ def rebalance(broker: SimBroker, symbol: str, target: int, price: float, leverag
     if target != 0:
         side = _BUY if target > 0 else _SELL
         qty = _target_qty(broker, price, leverage, side)
-        broker.submit(Order(symbol, side, qty, _MARKET, None, False, False, leverage, "", "signal"))
+        order = Order(symbol, side, qty, _MARKET, None, False, False, leverage, "", "signal")
+        if broker.submit(order).reject_reason == "leverage_exceeds_bracket":
+            _refused_by_bracket(broker, order, price, leverage)
+
+
+def _refused_by_bracket(broker: SimBroker, order: Order, price: float, leverage: float) -> None:
+    """The whole equity at this leverage is a position the venue refuses: say so and stop,
+    rather than run on flat or smaller than the rules say (README "liq backtest")."""
+    from liqcli.core.timeutil import iso_ms
+    from liqcli.errors import LiqError
+
+    cap = broker._notional_cap(order.symbol, leverage)
+    raise LiqError(
+        f"{order.symbol} at {leverage:g}x: the position at {iso_ms(broker.now)} would be "
+        f"{order.qty * price:,.0f} notional, and the venue's brackets allow {leverage:g}x only "
+        f"below {cap:,.0f} (leverage_exceeds_bracket): lower --leverage or --capital"
+    )
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ Polars expressions alike: ``liq map``'s default model uses the same function.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,22 @@ BTCUSDT_BRACKETS = make_brackets(
         (500_000_000, 0.5, 1),
     ]
 )
+
+
+# The symbols whose brackets are known here: a SimBroker given no brackets of its own caps
+# leverage by notional only for these (another symbol's table may be far smaller).
+KNOWN_BRACKETS: dict[str, tuple[Bracket, ...]] = {"BTCUSDT": BTCUSDT_BRACKETS}
+
+
+def notional_cap(leverage: float, brackets: tuple[Bracket, ...] = BTCUSDT_BRACKETS) -> float:
+    """The position notional from which ``leverage`` is no longer allowed: the floor of the first
+    bracket whose max leverage is below it (``inf`` when none is). Brackets apply from their floor
+    up (``bracket_for``), so a notional at the cap is already in the bracket that refuses it:
+    BTCUSDT at 125x allows notionals below 50,000, at 50x below 8,000,000, at 1x any."""
+    for b in brackets:
+        if b.max_leverage < leverage:
+            return b.floor
+    return math.inf
 
 
 def bracket_for(notional: float, brackets: tuple[Bracket, ...] = BTCUSDT_BRACKETS) -> Bracket:

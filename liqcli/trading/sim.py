@@ -11,6 +11,11 @@ Rules (documented in the README's trading section):
   at that price when it was placed.
 - Isolated margin: each position holds margin = notional / leverage; fees and funding come out of
   the wallet balance (funding also out of the position's margin, as on Binance isolated).
+- Leverage by notional: an order that would open or grow a position to a notional whose
+  maintenance bracket allows less than its leverage is rejected (``leverage_exceeds_bracket``),
+  as Binance refuses it; for the broker's own brackets, else the symbol's known ones
+  (``costs.KNOWN_BRACKETS``), at the order's price (a market order: the best opposite level,
+  else the last trade, else the mark).
 - Liquidation: when the mark crosses the position's liquidation price (``costs.liquidation_price``
   with the notional's maintenance bracket), the position closes at that price, its whole isolated
   margin is lost (the remainder is the venue's liquidation fee) and its open orders are cancelled.
@@ -27,11 +32,13 @@ from typing import Protocol
 
 from liqcli.trading.costs import (
     BTCUSDT_BRACKETS,
+    KNOWN_BRACKETS,
     Bracket,
     Fees,
     bracket_for,
     funding_payment,
     liquidation_price,
+    notional_cap,
 )
 from liqcli.trading.model import (
     Account,
@@ -180,6 +187,7 @@ class SimBroker:
         self._seq = 0
         self._cap_of: tuple[Bracket, ...] | None = None
         self._cap = 0.0
+        self._caps: dict[tuple[str, float], float] = {}  # (symbol, leverage) -> notional cap
 
     # -- the Broker protocol -------------------------------------------------------------------
 
@@ -419,7 +427,51 @@ class SimBroker:
             and self._best(symbol, "ask") is None
         ):
             return "no_price"
+        # a reduce-only order is never refused for its leverage, as on Binance
+        return "" if order.reduce_only else self._check_bracket(order, market)
+
+    def _check_bracket(self, order: Order, market: _Market) -> str:
+        """``leverage_exceeds_bracket`` when the order takes the position to a notional whose
+        bracket allows less than the position's leverage (the one ``_fill`` would use)."""
+        symbol = order.symbol
+        pos = self.account.positions.get(symbol)
+        before = pos.qty if pos is not None else 0.0
+        buy = order.side is _BUY
+        after = before + order.qty if buy else before - order.qty
+        if before and (before > 0) == (after > 0):
+            if abs(after) <= abs(before):
+                return ""  # reduces
+            lev = pos.leverage  # adds at the position's leverage (_apply)
+        else:
+            lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
+        cap = self._notional_cap(symbol, lev)
+        if cap == _inf:
+            return ""
+        price = order.price
+        if price is None:
+            best = self._best(symbol, "ask" if buy else "bid")
+            price = best[0] if best is not None else market.last_trade
+            if price is None:
+                price = market.mark
+        if price is not None and abs(after) * price >= cap:
+            return "leverage_exceeds_bracket"
         return ""
+
+    def _notional_cap(self, symbol: str, leverage: float) -> float:
+        """``costs.notional_cap`` for the symbol's brackets (the broker's own, else the known
+        ones; none known: no cap), cached per symbol and leverage for the brackets in use."""
+        if self.brackets is not self._cap_of:
+            self._max_leverage()  # resets the caches for the new brackets
+        key = (symbol, leverage)
+        cap = self._caps.get(key)
+        if cap is None:
+            brackets = (
+                self.brackets
+                if self.brackets is not BTCUSDT_BRACKETS
+                else KNOWN_BRACKETS.get(symbol)
+            )
+            cap = self._caps[key] = _inf if brackets is None else notional_cap(leverage, brackets)
+        return cap
 
     def _max_leverage(self) -> float:
         """The first bracket's max leverage, cached for the brackets in use (an immutable tuple
@@ -428,6 +480,7 @@ class SimBroker:
         if brackets is not self._cap_of:
             self._cap_of = brackets
             self._cap = bracket_for(0, brackets).max_leverage
+            self._caps = {}
         return self._cap
 
     def _best(self, symbol: str, side: str) -> Level | None:

@@ -205,6 +205,9 @@ class CascadeMode(SeedMode):
                 "status": order.status.value,
             }
         )
+        if order.reject_reason == "leverage_exceeds_bracket":  # the venue would refuse it too
+            reason = f"leverage {lev:g}x above its bracket for {qty * price:,.0f} notional"
+            self._block(ctx, [reason], direction, confidence)
         if not order.filled_qty:
             self.entry = None
 

@@ -249,6 +249,9 @@ class SeedMode(BaseStrategy):
             }
             | ({"price": order.price, "post_only": True} if order.post_only else {})
         )
+        if order.reject_reason == "leverage_exceeds_bracket":  # the venue would refuse it too
+            reason = f"leverage {lev:g}x above its bracket for {qty * price:,.0f} notional"
+            self._block(ctx, [reason], sig.direction, sig.confidence)
         if not order.filled_qty:
             self.entry = None
 
