@@ -113,6 +113,18 @@ def test_table_and_csv(data_dir):
     assert csv.stdout.splitlines()[0].startswith("side,entry_ts,entry_price")
 
 
+def test_the_table_shows_fractions_as_percentages_and_json_keeps_fractions(data_dir):
+    doc = json.loads(liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "json").stdout)
+    table = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE).stdout
+    lines = {line.split()[0]: line.split(None, 1)[1].strip() for line in table.splitlines()[3:]}
+    m = doc["metrics"]
+    assert lines["total_return"] == f"{m['total_return'] * 100:,.2f} %"
+    assert lines["max_drawdown"] == f"{m['max_drawdown'] * 100:,.2f} %"
+    assert lines["exposure"] == f"{m['exposure'] * 100:,.2f} %"
+    assert lines["trades"] == str(m["trades"])  # counts and ratios stay plain numbers
+    assert "%" not in lines["sharpe"]
+
+
 @pytest.mark.parametrize(
     ("args", "message", "code"),
     [

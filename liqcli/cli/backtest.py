@@ -564,12 +564,12 @@ def _leverage_table(docs: list[dict]) -> list[dict]:
             {
                 "mode": doc["strategy"],
                 "engine": doc["params"]["dynamic_leverage"],
-                "total_return": _fmt(m["total_return"]),
+                "total_return": _fmt(m["total_return"], "total_return"),
                 "sharpe": _fmt(m["sharpe"]),
                 "sharpe_1m": _fmt(m["sharpe_1m"]),
-                "max_drawdown": _fmt(m["max_drawdown"]),
+                "max_drawdown": _fmt(m["max_drawdown"], "max_drawdown"),
                 "trades": m["trades"],
-                "win_rate": _fmt(m["win_rate"]),
+                "win_rate": _fmt(m["win_rate"], "win_rate"),
                 "mean_used": _fmt(opt["mean_used"]),
                 "mean_optimal": _fmt(opt["mean_optimal"]),
                 "median_optimal": _fmt(opt["median_optimal"]),
@@ -603,7 +603,7 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
             f"{doc['start']} -> {doc['end']}  ({doc['bars']:,} "
             f"{'events' if 'data' in doc else 'bars'}, run {doc['run_id']})"
         )
-        rows = [{"metric": k, "value": _fmt(v)} for k, v in m.items()]
+        rows = [{"metric": k, "value": _fmt(v, k)} for k, v in m.items()]
         render(rows, "table")
         return
     rows = []
@@ -621,11 +621,22 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
         )
         if "fold" in doc:
             row["test_start"] = doc["start"]
+        if fmt == Format.table:
+            row = {k: _fmt(v, k) for k, v in row.items()}
         rows.append(row)
     render(rows, fmt.value)
 
 
-def _fmt(value):
+# Metrics that are fractions: a table shows them as percentages (json and csv keep fractions).
+PERCENT = frozenset(
+    ("total_return", "cagr", "volatility", "max_drawdown", "win_rate", "exposure",
+     "buy_and_hold_return")
+)  # fmt: skip
+
+
+def _fmt(value, key: str | None = None):
+    if key in PERCENT and isinstance(value, float):
+        return f"{value * 100:,.2f} %"
     if isinstance(value, float):
         return f"{value:,.6g}" if abs(value) < 1000 else f"{value:,.2f}"
     return "" if value is None else value
