@@ -232,7 +232,8 @@ class SimBroker:
         return self._orders.get(order_id)
 
     def position(self, symbol: str) -> Position:
-        return self.account.position(symbol)
+        account = self.account  # Account.position's lookup first: strategies ask every event
+        return account.positions.get(symbol) or account.position(symbol)
 
     def take_fills(self) -> list[Fill]:
         fills, self.fills = self.fills, []
