@@ -65,6 +65,20 @@ def _run(events, *, companion: bool, entry: str):
     return broker.log, broker.account.balance, mode.closed
 
 
+@pytest.fixture
+def handlers_called():
+    """AggTrade's and BookTop's default handlers behind wrappers: Engine.step calls them then
+    instead of its inlined copies."""
+    saved = {k: engine_mod._HANDLERS[k] for k in (AggTrade, BookTop)}
+    for kind, handler in saved.items():
+        register_event(kind, lambda e, m, s, h=handler: h(e, m, s))
+    assert not engine_mod._DEFAULT_TRADES and not engine_mod._DEFAULT_TOPS
+    yield
+    for kind, handler in saved.items():
+        register_event(kind, handler)
+    assert engine_mod._DEFAULT_TRADES and engine_mod._DEFAULT_TOPS
+
+
 @pytest.mark.parametrize("entry", ["market", "post-only"])
 def test_one_slot_equals_the_general_loop_on_a_random_tape(entry):
     for seed in range(3):
@@ -73,6 +87,20 @@ def test_one_slot_equals_the_general_loop_on_a_random_tape(entry):
         general = _run(events, companion=True, entry=entry)
         assert solo == general
         assert len(solo[2]) >= 2  # the mode traded: entries, exits and fills were compared
+
+
+@pytest.fixture(scope="module")
+def inlined():
+    return {e: [_run(_tape(s), companion=False, entry=e) for s in range(2)] for e in ENTRIES}
+
+
+ENTRIES = ("market", "post-only")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_inlined_handlers_equal_the_registered_ones(entry, inlined, handlers_called):
+    for seed in range(2):
+        assert _run(_tape(seed), companion=False, entry=entry) == inlined[entry][seed]
 
 
 def test_a_replaced_trade_handler_is_called():

@@ -88,12 +88,14 @@ _HANDLERS: dict[type, MarketHandler] = {}
 
 
 def register_event(kind: type, handler: MarketHandler) -> None:
-    global _DEFAULT_TRADES
+    global _DEFAULT_TRADES, _DEFAULT_TOPS
     _HANDLERS[kind] = handler
     _DEFAULT_TRADES = _HANDLERS.get(AggTrade) is _on_trade
+    _DEFAULT_TOPS = _HANDLERS.get(BookTop) is _on_book_top
 
 
-_DEFAULT_TRADES = False  # AggTrade's handler is _on_trade (Engine.step inlines it then)
+# AggTrade's and BookTop's handlers are the ones below (Engine.step inlines them then)
+_DEFAULT_TRADES = _DEFAULT_TOPS = False
 
 
 def _on_trade(event: AggTrade, market: MarketState, slots: list[Slot]) -> None:
@@ -166,6 +168,7 @@ class Engine:
         self._started = False
         self._timed: list[Slot] = []  # the slots whose strategy asks for timers
         self._sim_trades: list = []
+        self._sim_books: list = []
         self._solo: Slot | None = None
 
     def _plan(self) -> None:
@@ -173,9 +176,9 @@ class Engine:
         self._timed = [s for s in self.slots if getattr(s.strategy, "timer_ms", None)]
         # What step's shortcuts need: the SimBrokers' on_trade (what _on_trade calls), and the
         # slot when there is only one and it is plain.
-        self._sim_trades = [
-            s.broker.on_trade for s in self.slots if isinstance(s.broker, SimBroker)
-        ]
+        sims = [s.broker for s in self.slots if isinstance(s.broker, SimBroker)]
+        self._sim_trades = [b.on_trade for b in sims]
+        self._sim_books = [b.update_book for b in sims]
         self._solo = self.slots[0] if len(self.slots) == 1 and self.slots[0].plain else None
 
     def add(self, strategy: Strategy, broker: Any, *, name: str = "") -> Context:
@@ -214,6 +217,14 @@ class Engine:
             market.last_price[symbol] = price
             for on_trade in self._sim_trades:
                 on_trade(symbol, ts, price, event.qty, event.is_buyer_maker)
+        elif kind is BookTop and _DEFAULT_TOPS:  # _on_book_top, inlined
+            symbol = event.symbol
+            book = market.books.get(symbol)
+            if type(book) is not MergedBook:
+                book = _merged(market, symbol)
+            book.top = event
+            for update_book in self._sim_books:
+                update_book(symbol, book, ts)
         else:
             handler = _HANDLERS.get(kind)
             if handler is not None:

@@ -252,9 +252,11 @@ class SimBroker:
                 self._settle_due_funding()
 
     def update_book(self, symbol: str, book: BookView, ts: int | None = None) -> None:
-        if ts is not None:
-            self.set_time(ts)
-        self._market(symbol).book = book
+        if ts is not None and ts > self.now:  # set_time(ts), inlined (every book event)
+            self.now = ts
+            if ts >= self._due:
+                self._settle_due_funding()
+        (self._markets.get(symbol) or self._market(symbol)).book = book
 
     def on_trade(
         self, symbol: str, ts: int, price: float, qty: float, is_buyer_maker: bool
