@@ -308,11 +308,31 @@ class OrderFlow:
         s = self.snapshot
         s.ts = ts
         bought = not is_buyer_maker
-        s.signed_volume = self.volume.add(qty, bought)
+        # SignedVolume.add, inlined (this runs for every trade of a backtest)
+        volume = self.volume
+        q = volume._q
+        signed = qty if bought else -qty
+        q.append(signed)
+        total = volume.total + signed
+        if len(q) > volume.window:
+            total -= q.popleft()
+        if not q:
+            total = 0.0
+        volume.total = s.signed_volume = total
         vpin = self.vpin.add(price, qty, bought)
         if vpin != s.vpin:  # VPIN moves only when a bucket closes
             s.vpin = vpin
             s.toxicity = toxicity(vpin)
-        s.atr_ratio = self.atr.add(ts, price)
+        atr = self.atr
+        if ts - ts % atr.bar_ms == atr._bar_start:  # AtrRatio.add inside the current bar, inlined
+            if price > atr._h:
+                atr._h = price
+            if price < atr._l:
+                atr._l = price
+            atr._c = atr.last = price
+            mean = atr._mean
+            s.atr_ratio = None if mean is None or not price else mean / price
+        else:
+            s.atr_ratio = atr.add(ts, price)
         s.last_price = price
         return s

@@ -137,7 +137,7 @@ class AggTrade:
         }
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see Liquidation (a backtest builds 1M+)
 class BookTop:
     """Best bid and ask."""
 

@@ -88,7 +88,14 @@ _HANDLERS: dict[type, MarketHandler] = {}
 
 
 def register_event(kind: type, handler: MarketHandler) -> None:
+    global _DEFAULT_TRADES, _DEFAULT_TOPS
     _HANDLERS[kind] = handler
+    _DEFAULT_TRADES = _HANDLERS.get(AggTrade) is _on_trade
+    _DEFAULT_TOPS = _HANDLERS.get(BookTop) is _on_book_top
+
+
+# AggTrade's and BookTop's handlers are the ones below (Engine.step inlines them then)
+_DEFAULT_TRADES = _DEFAULT_TOPS = False
 
 
 def _on_trade(event: AggTrade, market: MarketState, slots: list[Slot]) -> None:
@@ -160,10 +167,19 @@ class Engine:
         self.events = 0
         self._started = False
         self._timed: list[Slot] = []  # the slots whose strategy asks for timers
+        self._sim_trades: list = []
+        self._sim_books: list = []
+        self._solo: Slot | None = None
 
     def _plan(self) -> None:
         # ``timer_ms`` is read here, after ``on_start`` (a strategy may set it there).
         self._timed = [s for s in self.slots if getattr(s.strategy, "timer_ms", None)]
+        # What step's shortcuts need: the SimBrokers' on_trade (what _on_trade calls), and the
+        # slot when there is only one and it is plain.
+        sims = [s.broker for s in self.slots if isinstance(s.broker, SimBroker)]
+        self._sim_trades = [b.on_trade for b in sims]
+        self._sim_books = [b.update_book for b in sims]
+        self._solo = self.slots[0] if len(self.slots) == 1 and self.slots[0].plain else None
 
     def add(
         self,
@@ -193,19 +209,47 @@ class Engine:
     def step(self, event: Any) -> None:
         if not self._started:
             self.start(getattr(event, "ts", 0))
-        ts = getattr(event, "ts", self.now)
-        for slot in self._timed:
-            self._timers(slot, ts)  # timers due by now fire on the market as it was then
-        if ts > self.now:
-            self.now = ts
         now = self.now
+        ts = getattr(event, "ts", now)
+        if self._timed:
+            for slot in self._timed:
+                self._timers(slot, ts)  # timers due by now fire on the market as it was then
+            now = self.now
+        if ts > now:
+            self.now = now = ts
         self.events += 1
         market = self.market
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(event, market, self.slots)
+        kind = type(event)
+        if kind is AggTrade and _DEFAULT_TRADES:  # the commonest event: _on_trade, inlined
+            symbol, price = event.symbol, event.price
+            market.last_price[symbol] = price
+            for on_trade in self._sim_trades:
+                on_trade(symbol, ts, price, event.qty, event.is_buyer_maker)
+        elif kind is BookTop and _DEFAULT_TOPS:  # _on_book_top, inlined
+            symbol = event.symbol
+            book = market.books.get(symbol)
+            if type(book) is not MergedBook:
+                book = _merged(market, symbol)
+            book.top = event
+            for update_book in self._sim_books:
+                update_book(symbol, book, ts)
+        else:
+            handler = _HANDLERS.get(kind)
+            if handler is not None:
+                handler(event, market, self.slots)
         for observe in self.observers:
             observe(event, market)
+        solo = self._solo
+        if solo is not None:  # one plain slot: the loop below, unrolled
+            ctx = solo.ctx
+            ctx.now = now
+            fills = solo.broker.fills
+            if fills:
+                self._drain(solo)  # fills caused by this market data
+            solo.strategy.on_event(event, ctx)
+            if solo.broker.fills:
+                self._drain(solo)  # fills of orders the strategy just sent
+            return
         drain = self._drain
         for slot in self.slots:
             ctx = slot.ctx

@@ -188,6 +188,10 @@ class SimBroker:
         self._cap_of: tuple[Bracket, ...] | None = None
         self._cap = 0.0
         self._caps: dict[tuple[str, float], float] = {}  # (symbol, leverage) -> notional cap
+        # The earliest next_funding_ts of any market (inf: none): until then nothing is due, so
+        # advancing the clock skips the per-market funding scan. Kept by _funding_times_changed.
+        self._due: float = _inf
+        self._liq_prices: dict[str, tuple[tuple, float]] = {}  # symbol: (position state, price)
 
     # -- the Broker protocol -------------------------------------------------------------------
 
@@ -236,7 +240,8 @@ class SimBroker:
         return self._orders.get(order_id)
 
     def position(self, symbol: str) -> Position:
-        return self.account.position(symbol)
+        account = self.account  # Account.position's lookup first: strategies ask every event
+        return account.positions.get(symbol) or account.position(symbol)
 
     def take_fills(self) -> list[Fill]:
         fills, self.fills = self.fills, []
@@ -251,19 +256,25 @@ class SimBroker:
     def set_time(self, ts: int) -> None:
         if ts > self.now:
             self.now = ts
-            self._settle_due_funding()
+            if ts >= self._due:  # else no market's funding time has come (the common case)
+                self._settle_due_funding()
 
     def update_book(self, symbol: str, book: BookView, ts: int | None = None) -> None:
-        if ts is not None:
-            self.set_time(ts)
-        self._market(symbol).book = book
+        if ts is not None and ts > self.now:  # set_time(ts), inlined (every book event)
+            self.now = ts
+            if ts >= self._due:
+                self._settle_due_funding()
+        (self._markets.get(symbol) or self._market(symbol)).book = book
 
     def on_trade(
         self, symbol: str, ts: int, price: float, qty: float, is_buyer_maker: bool
     ) -> None:
         """A print on the tape: may fill resting orders (maker)."""
-        self.set_time(ts)
-        market = self._market(symbol)
+        if ts > self.now:  # set_time(ts), inlined: this runs for every trade of a backtest
+            self.now = ts
+            if ts >= self._due:
+                self._settle_due_funding()
+        market = self._markets.get(symbol) or self._market(symbol)
         market.last_trade = price
         if not market.resting:
             return
@@ -307,6 +318,7 @@ class SimBroker:
             market.next_funding_ts is None or next_funding_ts > market.next_funding_ts
         ):
             market.next_funding_ts = next_funding_ts
+            self._funding_times_changed()
         self._check_liquidation(symbol, market)
 
     def settle_funding(self, symbol: str, ts: int, rate: float, mark: float | None = None) -> float:
@@ -340,6 +352,7 @@ class SimBroker:
         m.last_trade = state.get("last_trade")
         m.funding_rate = state.get("funding_rate")
         m.next_funding_ts = state.get("next_funding_ts")
+        self._funding_times_changed()
 
     def restore_position(self, symbol: str, data: dict) -> None:
         """Put back a saved isolated position (a resumed session); the round trip goes on."""
@@ -703,14 +716,28 @@ class SimBroker:
                 continue
             self.settle_funding(symbol, due, market.funding_rate, market.mark)
             market.next_funding_ts = None  # the next mark event brings the next time
+        self._funding_times_changed()
+
+    def _funding_times_changed(self) -> None:
+        """Recompute ``_due`` after any market's ``next_funding_ts`` changed."""
+        dues = [m.next_funding_ts for m in self._markets.values() if m.next_funding_ts is not None]
+        self._due = min(dues) if dues else _inf
 
     def _check_liquidation(self, symbol: str, market: _Market) -> None:
         pos = self.account.positions.get(symbol)
         if pos is None or pos.qty == 0 or market.mark is None:
             return
-        lp = self.liquidation_price(symbol)
-        if lp is None:
-            return
+        # liquidation_price(symbol), remembered for the position's state: a backtest checks the
+        # mark every second while the position (and its margin) changes far less often.
+        key = (pos.qty, pos.entry_price, pos.margin, self.brackets)
+        cached = self._liq_prices.get(symbol)
+        if cached is not None and cached[0] == key:
+            lp = cached[1]
+        else:
+            lp = self.liquidation_price(symbol)
+            if lp is None:
+                return
+            self._liq_prices[symbol] = (key, lp)
         if (pos.qty > 0 and market.mark <= lp) or (pos.qty < 0 and market.mark >= lp):
             self._liquidate(symbol, pos, lp)
 

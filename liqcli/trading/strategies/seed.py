@@ -176,7 +176,8 @@ class SeedMode(BaseStrategy):
         f = self.flow.snapshot
         if self.pending or f.obi is None:
             return
-        mid = f.mid
+        bid, ask = f.bid, f.ask  # f.mid, inlined (every event)
+        mid = f.last_price if bid is None or ask is None else (bid + ask) / 2
         if mid is None:
             return
         pos = ctx.broker.position(self.symbol)
