@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from liqcli.core.endpoints import DEFAULTS
 from liqcli.core.events import BookDelta, BookTop, MarkPrice
 from liqcli.errors import DataError, UsageError
 from liqcli.exchanges.binance import stream as binance
@@ -68,26 +69,31 @@ def test_routes_public_and_market() -> None:
         assert binance.route_of(stream) == "market"
 
 
+LOOPBACK = "ws://127.0.0.1:9"  # never dialled: these tests only build URLs
+
+
 @pytest.mark.parametrize(
     "configured",
     [
         None,
-        "wss://fstream.binance.com",
-        "wss://fstream.binance.com/",
-        "wss://fstream.binance.com/market",
-        "wss://fstream.binance.com/public/",
+        LOOPBACK,
+        f"{LOOPBACK}/",
+        f"{LOOPBACK}/market",
+        f"{LOOPBACK}/public/",
     ],
 )
 def test_ws_url_is_the_host_root_and_old_values_still_work(monkeypatch, configured) -> None:
     if configured is None:
-        monkeypatch.delenv("LIQ_BINANCE_WS_URL")  # the production default
+        monkeypatch.delenv("LIQ_BINANCE_WS_URL")  # the production default, from the registry
+        root = DEFAULTS["LIQ_BINANCE_WS_URL"].rstrip("/")
     else:
         monkeypatch.setenv("LIQ_BINANCE_WS_URL", configured)
+        root = LOOPBACK
     assert binance.combined_stream_url(binance.depth_streams(["BTCUSDT"])) == (
-        "wss://fstream.binance.com/public/stream?streams=btcusdt@depth@100ms"
+        f"{root}/public/stream?streams=btcusdt@depth@100ms"
     )
     assert binance.combined_stream_url(binance.mark_price_streams(["BTCUSDT"])) == (
-        "wss://fstream.binance.com/market/stream?streams=btcusdt@markPrice@1s"
+        f"{root}/market/stream?streams=btcusdt@markPrice@1s"
     )
 
 
