@@ -22,6 +22,14 @@
   ``fail_next[(method, path)] = (status, code, message)`` answers one request with that error,
   ``kick_private()`` drops every connection holding a private stream, ``private_delay_s``
   delays every private push (REST answers overtake the fill events).
+- Fill history (``GET /wapi/v1/history/fills``): every fill is logged (``fill_log``) whether or not
+  a stream delivered it; served filtered by ``symbol``/``from``/``to``, sorted by
+  ``sortDirection`` (default newest first, as the venue) and paged by ``offset``/``limit``
+  (default 100, at most 1000).
+  ``fail_history = (status, code, message)`` fails every history request until cleared.
+- A cut private stream: ``cut_private()`` drops the private connections and loses every private
+  push (kept in ``lost_private``) until ``restore_private()``; ``redeliver_lost()`` sends the lost
+  pushes late (a stream that replays after a reconnect).
 """
 
 from __future__ import annotations
@@ -138,6 +146,9 @@ class FakeBackpack:
         self.max_long_exposure = Decimal(0)
         self.max_short_exposure = Decimal(0)
         self.fail_next: dict[tuple[str, str], tuple[int, str, str]] = {}
+        self.fail_history: tuple[int, str, str] | None = None
+        self.private_cut = False
+        self.lost_private: list[tuple[str, dict[str, Any]]] = []
         self._http: asyncio.Server | None = None
         self._ws: Any = None
         self.http_port = self.ws_port = 0
@@ -244,6 +255,20 @@ class FakeBackpack:
             if any(s.startswith("account.") for s in streams):
                 ws.transport.abort()
 
+    async def cut_private(self) -> None:
+        """The private stream goes down: connections dropped, private pushes lost until
+        ``restore_private()`` (fills still happen and reach the fill history)."""
+        self.private_cut = True
+        await self.kick_private()
+
+    def restore_private(self) -> None:
+        self.private_cut = False
+
+    async def redeliver_lost(self) -> None:
+        lost, self.lost_private = self.lost_private, []
+        for stream, data in lost:
+            await self._send(stream, data)
+
     async def push_book_ticker(self, bid: str, bid_qty: str, ask: str, ask_qty: str) -> None:
         frame = {
             "e": "bookTicker",
@@ -295,6 +320,10 @@ class FakeBackpack:
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         if (method, path) in self.hang:
             await asyncio.sleep(3600)  # the caller's timeout ends it: outcome unknown
+        if path == "/wapi/v1/history/fills" and self.fail_history is not None:
+            status, code, message = self.fail_history
+            self.requests.append((method, path, status))
+            return status, {"code": code, "message": message}
         if (method, path) in self.fail_next:
             status, code, message = self.fail_next.pop((method, path))
             self.requests.append((method, path, status))
@@ -387,10 +416,30 @@ class FakeBackpack:
                 raise _Reject(404, "RESOURCE_NOT_FOUND", "Not Found")
             return 200, [self._position_json()]
         if (method, path) == ("GET", "/wapi/v1/history/fills"):
-            return 200, list(self.fill_log)
+            return 200, self._fill_history(query)
         if (method, path) == ("GET", "/api/v1/capital"):
             return 200, {"USDC": {"available": "10000", "locked": "0", "staked": "0"}}
         raise _Reject(404, "RESOURCE_NOT_FOUND", f"no route {method} {path}")
+
+    def _fill_history(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        try:
+            lo = int(query.get("from", 0))
+            hi = int(query.get("to", 2**62))
+            limit = int(query.get("limit", 100))
+            offset = int(query.get("offset", 0))
+        except ValueError:
+            raise _Reject(400, "INVALID_CLIENT_REQUEST", "Invalid query") from None
+        if not 0 < limit <= 1000 or offset < 0:
+            raise _Reject(400, "INVALID_CLIENT_REQUEST", "Invalid limit or offset")
+        rows = [
+            r for r in self.fill_log
+            if r["symbol"] == query.get("symbol", r["symbol"]) and lo <= r["_ms"] <= hi
+        ]  # fmt: skip
+        rows.sort(
+            key=lambda r: (r["_ms"], r["tradeId"]), reverse=query.get("sortDirection") != "Asc"
+        )
+        page = rows[offset : offset + limit]
+        return [{k: v for k, v in r.items() if k != "_ms"} for r in page]
 
     def _market_json(self) -> dict[str, Any]:
         return {
@@ -507,6 +556,7 @@ class FakeBackpack:
         self._track_exposure()
         fee = qty * price * (self.maker_fee if maker else self.taker_fee)
         trade_id = next(self._trade_ids)
+        ms = self.now_ms()
         self.fill_log.append(
             {
                 "tradeId": trade_id,
@@ -519,7 +569,9 @@ class FakeBackpack:
                 "fee": _d(fee),
                 "feeSymbol": "USDC",
                 "isMaker": maker,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000))
+                + f".{ms % 1000:03d}Z",
+                "_ms": ms,  # for filtering; not served
             }
         )
         await self._order_event("orderFill", order, fill=(trade_id, qty, price, maker, fee))
@@ -605,6 +657,9 @@ class FakeBackpack:
             self._subscribers.pop(ws, None)
 
     async def _publish(self, stream: str, data: dict[str, Any]) -> None:
+        if self.private_cut and stream.startswith("account."):
+            self.lost_private.append((stream, data))
+            return
         if self.private_delay_s and stream.startswith("account."):
             # a slow private stream: REST answers overtake the fill events
             delay, self_ = self.private_delay_s, self

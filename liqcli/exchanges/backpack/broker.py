@@ -20,7 +20,10 @@ unknown (timeout, 5xx on a write), the private stream down longer than ``stream_
 refused private subscription, an order whose fate stays unknown past ``unknown_grace_s`` (cancel
 answered "not found" and no fill or cancel event follows), or the venue's position differing from
 the fills' for longer than ``mismatch_grace_s``. After a private-stream reconnect (events may be
-lost) every order is cancelled and the position re-read over REST.
+lost) every order is cancelled, the fills made meanwhile are fetched from the fill history
+(``GET /wapi/v1/history/fills``, paged, from the last fill seen less an overlap) and applied as
+stream fills (deduplicated by trade id), and only then is the venue's position read: it must equal
+the one built from fills, or the history must have answered, else the broker halts.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -131,6 +135,8 @@ class BackpackBroker:
         wall_ms: Callable[[], int] = now_ms,
         timings: WsTimings | None = None,
         first_client_id: int | None = None,
+        history_page: int = 1000,
+        history_overlap_ms: int = 5000,
     ) -> None:
         self.rest = rest
         self.symbol = symbol
@@ -159,6 +165,11 @@ class BackpackBroker:
         self._parked: list[_Rec] = []
         self._work = asyncio.Event()
         self._seen_trades: set[int] = set()
+        # fill-history recovery: fills from here on are this session's (venue clock, ms)
+        self.history_page = history_page
+        self.history_overlap_ms = history_overlap_ms
+        self._floor_ms = 0
+        self._last_fill_ms: int | None = None
         # clientId: a uint32 counter, started from the clock so a restart does not reuse ids
         self._next_cid = (
             first_client_id if first_client_id is not None else (wall_ms() // 10) % (2**31)
@@ -198,6 +209,7 @@ class BackpackBroker:
             raise LiqError(f"backpack: private stream refused: {self.stream_status.last_error}")
         await self.cancel_everything()
         await self._read_position()
+        self._floor_ms = self.rest.timestamp()  # earlier fills are in the position just read
         self._tasks.append(asyncio.create_task(self._worker(), name="liq-bp-orders"))
         self._tasks.append(asyncio.create_task(self._monitor(), name="liq-bp-monitor"))
         self._started = True
@@ -574,6 +586,7 @@ class BackpackBroker:
         side = OrderSide.BUY if u.side == "Bid" else OrderSide.SELL
         qty, price = u.fill_qty, u.fill_price
         realized = self._apply_fill(side.sign * qty, price)
+        self._last_fill_ms = max(self._last_fill_ms or 0, u.ts)
         order_id = rec.order.id if rec is not None else u.order_id
         tag = rec.order.tag if rec is not None else "external"
         if rec is not None:
@@ -642,6 +655,40 @@ class BackpackBroker:
         self.venue_qty = qty
         self._mismatch_since = None
 
+    async def _recover_fills(self) -> int:
+        """Fetch the fills made while the private stream was down (the history from the last fill
+        seen, less an overlap, to now; paged oldest first) and apply the unseen ones as stream
+        fills, in time order. Returns how many were applied."""
+        last = self._last_fill_ms if self._last_fill_ms is not None else self._floor_ms
+        since = max(self._floor_ms, last - self.history_overlap_ms)
+        until = self.rest.timestamp() + self.history_overlap_ms
+        rows: list[dict[str, Any]] = []
+        for _ in range(1000):  # 1000 pages: a runaway answer, not a quiet outage
+            page = await _within(
+                self.rest.fills(self.symbol, start_ms=since, end_ms=until,
+                                limit=self.history_page, offset=len(rows)),
+                self.request_timeout_s,
+            )  # fmt: skip
+            self.stats.requests += 1
+            rows.extend(page)
+            if len(page) < self.history_page:
+                break
+        else:
+            raise LiqError("fill history did not end after 1000 pages")
+        updates = []
+        for row in rows:
+            u = _history_fill(row)
+            if u is None:
+                self.stats.errors.append(f"unreadable fill history row: {str(row)[:120]}")
+                continue  # the position check below catches a fill that mattered
+            if u.symbol == self.symbol and u.ts >= self._floor_ms:
+                updates.append(u)
+        updates.sort(key=lambda u: (u.ts, u.trade_id))
+        before = self.stats.fills
+        for u in updates:
+            self.on_order_update(u)  # dedup by trade id, as a stream fill
+        return self.stats.fills - before
+
     # -- fail closed ----------------------------------------------------------------------------
 
     def halt(self, reason: str) -> None:
@@ -689,20 +736,39 @@ class BackpackBroker:
                 return
 
     async def _resync(self) -> None:
-        """Events may have been lost while the private stream was down: cancel everything and
-        take the venue's position as the truth."""
+        """Events may have been lost while the private stream was down: cancel everything, apply
+        the fills the history shows and the stream did not, then check the venue's position."""
         self.stats.resyncs += 1
         log.warning(
-            "backpack: private stream reconnected; cancelling all and re-reading the position"
+            "backpack: private stream reconnected; cancelling all, reading missed fills and the"
+            " position"
         )
+        step = "cancel-all"
         try:
             await self.cancel_everything()
+            step = "fill history"
+            recovered = await self._recover_fills()
+            if recovered:
+                log.warning(
+                    "backpack: %d fill(s) made while the stream was down applied", recovered
+                )
             for rec in self._recs.values():
                 if rec.state != DONE:
                     self._done(rec, OrderStatus.CANCELED)
-            await self._read_position()
+            step = "position"
+            row = await _within(self.rest.position(self.symbol), self.request_timeout_s)
+            self.stats.requests += 1
         except (TimeoutError, LiqError) as exc:
-            self.halt(f"resync after a private-stream reconnect failed: {exc or 'timeout'}")
+            reason = str(exc).splitlines()[0][:200] if str(exc) else "timed out"
+            self.halt(f"resync after a private-stream reconnect failed ({step}): {reason}")
+            self.changed.set()
+            return
+        self.venue_qty = row["qty"] if row else 0.0
+        self._mismatch_since = None
+        if abs(self.venue_qty - self.pos.qty) > float(self.market.step_size) / 2:
+            self.halt(
+                f"position mismatch after resync: venue {self.venue_qty:g}, fills {self.pos.qty:g}"
+            )
         self.changed.set()
 
 
@@ -711,6 +777,41 @@ async def _within(coro: Any, seconds: float) -> Any:
     call completes is swallowed there, and a cancelled worker would then wait forever."""
     async with asyncio.timeout(seconds):
         return await coro
+
+
+def _history_fill(row: Any) -> bp.OrderUpdate | None:
+    """A ``/wapi/v1/history/fills`` row as the ``orderFill`` event the stream would have sent."""
+    try:
+        client = row.get("clientId")
+        ts = row["timestamp"]
+        return bp.OrderUpdate(
+            event="orderFill",
+            symbol=str(row["symbol"]),
+            order_id=str(row["orderId"]),
+            client_id=int(client) if client not in (None, "") else None,
+            side=str(row["side"]),
+            status="",  # the order's state is the cancel-all's business
+            price=None,
+            quantity=0.0,
+            executed=0.0,
+            ts=ts if isinstance(ts, int) else _iso_ms(str(ts)),
+            fill_qty=float(row["quantity"]),
+            fill_price=float(row["price"]),
+            fee=float(row.get("fee") or 0),
+            fee_asset=str(row.get("feeSymbol") or ""),
+            maker=bool(row.get("isMaker", False)),
+            trade_id=int(row["tradeId"]),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _iso_ms(text: str) -> int:
+    """``2021-01-01T00:00:01.000Z`` (or without the zone: UTC) -> epoch ms."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
 
 
 def _fill_key(fill: Fill) -> str:

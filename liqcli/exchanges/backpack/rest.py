@@ -312,11 +312,25 @@ class BackpackRest:
         return None
 
     async def fills(
-        self, symbol: str, *, start_ms: int | None = None, limit: int = 1000
+        self,
+        symbol: str,
+        *,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+        sort_direction: str = "Asc",
     ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"symbol": symbol, "limit": limit, "marketType": "PERP"}
+        """One page of the account's fills, oldest first by default (the venue's default is
+        newest first, under which offsets shift as new fills arrive)."""
+        params: dict[str, Any] = {"symbol": symbol, "limit": limit, "marketType": "PERP",
+                                  "sortDirection": sort_direction}  # fmt: skip
         if start_ms is not None:
             params["from"] = start_ms
+        if end_ms is not None:
+            params["to"] = end_ms
+        if offset:
+            params["offset"] = offset
         result = await self._signed("GET", "/wapi/v1/history/fills", "fillHistoryQueryAll", params)
         return result if isinstance(result, list) else []
 
