@@ -554,4 +554,5 @@ async def drive(
             if deadline is not None and session.engine.now >= deadline:
                 break
     finally:
+        session.engine.stop()  # the strategies' on_stop: no order outlives the session
         run.save()
