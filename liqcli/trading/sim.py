@@ -153,6 +153,7 @@ class _Market:
     mark: float | None = None
     funding_rate: float | None = None
     next_funding_ts: int | None = None
+    settled_ts: int | None = None  # the last funding time settled from marks
     resting: dict[str, _Resting] = field(default_factory=dict)
 
 
@@ -315,8 +316,11 @@ class SimBroker:
         market.mark = mark
         if funding_rate is not None:
             market.funding_rate = funding_rate
-        if next_funding_ts is not None and (
-            market.next_funding_ts is None or next_funding_ts > market.next_funding_ts
+        # Only a later time: a late frame may still name the funding time just settled.
+        if (
+            next_funding_ts is not None
+            and (market.next_funding_ts is None or next_funding_ts > market.next_funding_ts)
+            and (market.settled_ts is None or next_funding_ts > market.settled_ts)
         ):
             market.next_funding_ts = next_funding_ts
             self._funding_times_changed()
@@ -726,6 +730,7 @@ class SimBroker:
             if due is None or self.now < due or market.funding_rate is None:
                 continue
             self.settle_funding(symbol, due, market.funding_rate, market.mark)
+            market.settled_ts = due
             market.next_funding_ts = None  # the next mark event brings the next time
         self._funding_times_changed()
 
