@@ -146,3 +146,59 @@ def test_kelly_and_vol_target_advisers():
     assert optimal_leverage(10.0, 0.01, 0.05) == pytest.approx(5.0)
     assert optimal_leverage(-1.0, 0.01, 0.05) == 1.0
     assert optimal_leverage(1.0, 0.0, 0.05) == 20.0
+
+
+def test_a_working_post_only_entry_is_cancelled_when_the_session_stops():
+    import asyncio
+
+    from liqcli.services.paper import PaperConfig, PaperRun, PaperSession, drive
+
+    class Source:  # one batch: a book, then the SHORT reading the entry rests on
+        async def batches(self):
+            yield [
+                top(1_000, 50_000.0, 5.0, 50_030.0, 5.0),
+                top(2_000, 50_000.0, 0.5, 50_030.0, 9.5),
+            ]
+
+    class NoStore:
+        def write(self, *a, **kw):
+            pass
+
+    records: list[dict] = []
+    config = PaperConfig(symbol=SYM, modes=["0"], entry="post-only", vpin_bucket_usd=1e12)
+    session = PaperSession(config, emit=records.append)
+    run = PaperRun(session, NoStore())
+    run.save = lambda **kw: None  # storage is not what this test is about
+    asyncio.run(drive(run, Source()))
+    (order,) = [r for r in records if r["type"] == "order"]
+    assert (order["status"], order["post_only"]) == ("new", True)
+    broker = session.brokers["0"]
+    assert broker.open_orders(SYM) == []  # nothing left working once the session ended
+    (cancel,) = [r for r in records if r["type"] == "cancel"]
+    assert cancel["reason"] == "session ended" and cancel["filled_qty"] == 0
+    assert session.modes["0"].working is None and session.modes["0"].entry is None
+
+
+def test_the_sessions_last_save_runs_even_if_a_strategys_on_stop_raises():
+    import asyncio
+
+    from liqcli.services.paper import PaperConfig, PaperRun, PaperSession, drive
+
+    class Source:
+        async def batches(self):
+            yield [top(1_000, 50_000.0, 5.0, 50_030.0, 5.0)]
+
+    session = PaperSession(PaperConfig(symbol=SYM, modes=["0"]))
+    stopped: list[bool] = []
+    saves: list[bool] = []  # per save: whether on_stop had run by then
+    run = PaperRun(session, None)
+    run.save = lambda **kw: saves.append(bool(stopped))
+
+    def boom(ctx):
+        stopped.append(True)
+        raise RuntimeError("on_stop failed")
+
+    session.modes["0"].on_stop = boom
+    with pytest.raises(RuntimeError):
+        asyncio.run(drive(run, Source()))
+    assert stopped and saves[-1]  # stored after on_stop, anyway

@@ -219,3 +219,24 @@ def test_the_cascade_mode_sized_past_the_bracket_records_the_block_too():
     assert broker.position("BTCUSDT").is_flat
     (block,) = [r for r in records if r["type"] == "block"]
     assert block["reasons"] == ["leverage 3x above its bracket for 358,923,230 notional"]
+
+
+def test_resting_orders_that_fill_later_cannot_take_the_position_past_the_cap():
+    # Each resting buy passes the check on its own (flat position), but together they would make
+    # 60,000 at 125x: the fill that would cross the cap is refused at fill time and cancelled.
+    b = broker()
+    first = buy(b, 0.6, 125, type=OrderType.LIMIT, price=49_000, post_only=True)
+    second = buy(b, 0.6, 125, type=OrderType.LIMIT, price=49_000, post_only=True)
+    assert first.status is OrderStatus.NEW and second.status is OrderStatus.NEW
+    b.on_trade("BTCUSDT", 2, 48_000.0, 5.0, True)  # prints through both
+    pos = b.position("BTCUSDT")
+    assert pos.qty == pytest.approx(0.6) and pos.notional < 50_000
+    assert first.status is OrderStatus.FILLED
+    assert second.status is OrderStatus.REJECTED and second.reject_reason == REFUSED
+    assert not b.open_orders("BTCUSDT")
+    # a resting order that stays inside the cap still fills
+    c = broker()
+    buy(c, 0.5, 125, type=OrderType.LIMIT, price=49_000)
+    buy(c, 0.5, 125, type=OrderType.LIMIT, price=49_000)
+    c.on_trade("BTCUSDT", 2, 48_000.0, 5.0, True)
+    assert c.position("BTCUSDT").qty == pytest.approx(1.0)  # 49,000: below the cap

@@ -330,3 +330,19 @@ def test_liquidation_price_matches_freqtrades_worked_binance_example():
     assert liquidation_price(qty=-0.1, entry_price=60_000, margin=600, mmr=0.004) == pytest.approx(
         65_737.05, abs=0.01
     )
+
+
+def test_a_late_mark_naming_the_funding_time_just_settled_does_not_charge_it_twice():
+    # The venue's mark stream names the new funding time a moment after the settlement: a mark
+    # stamped past 1,000 that still says next_funding_ts=1,000 is not a second funding time.
+    b = broker(slippage_bps=0, fees=Fees(0, 0))
+    b.submit(Order("BTCUSDT", OrderSide.BUY, 2.0))
+    b.on_mark("BTCUSDT", 900, 102.0, funding_rate=0.0003, next_funding_ts=1_000)
+    b.on_mark("BTCUSDT", 1_000, 103.0, funding_rate=0.0003, next_funding_ts=1_000)  # late frame
+    once = 2 * 102.0 * 0.0003
+    assert b.position("BTCUSDT").funding == pytest.approx(once)
+    b.on_mark("BTCUSDT", 1_500, 103.0, funding_rate=0.0001, next_funding_ts=2_000)
+    b.on_trade("BTCUSDT", 1_600, 103.0, 0.1, False)
+    assert b.position("BTCUSDT").funding == pytest.approx(once)  # not charged again
+    b.on_mark("BTCUSDT", 2_000, 104.0, funding_rate=0.0001, next_funding_ts=3_000)
+    assert b.position("BTCUSDT").funding == pytest.approx(once + 2 * 103.0 * 0.0001)

@@ -554,4 +554,7 @@ async def drive(
             if deadline is not None and session.engine.now >= deadline:
                 break
     finally:
-        run.save()
+        try:
+            session.engine.stop()  # the strategies' on_stop: no order outlives the session
+        finally:
+            run.save()  # whatever on_stop did, what the session holds is stored

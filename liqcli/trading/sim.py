@@ -15,7 +15,8 @@ Rules (documented in the README's trading section):
   maintenance bracket allows less than its leverage is rejected (``leverage_exceeds_bracket``),
   as Binance refuses it; for the broker's own brackets, else the symbol's known ones
   (``costs.KNOWN_BRACKETS``), at the order's price (a market order: the best opposite level,
-  else the last trade, else the mark).
+  else the last trade, else the mark); a resting order's fill that would do so (other fills
+  came first) is refused then and the order cancelled.
 - Liquidation: when the mark crosses the position's liquidation price (``costs.liquidation_price``
   with the notional's maintenance bracket), the position closes at that price, its whole isolated
   margin is lost (the remainder is the venue's liquidation fee) and its open orders are cancelled.
@@ -152,6 +153,7 @@ class _Market:
     mark: float | None = None
     funding_rate: float | None = None
     next_funding_ts: int | None = None
+    settled_ts: int | None = None  # the last funding time settled from marks
     resting: dict[str, _Resting] = field(default_factory=dict)
 
 
@@ -314,8 +316,11 @@ class SimBroker:
         market.mark = mark
         if funding_rate is not None:
             market.funding_rate = funding_rate
-        if next_funding_ts is not None and (
-            market.next_funding_ts is None or next_funding_ts > market.next_funding_ts
+        # Only a later time: a late frame may still name the funding time just settled.
+        if (
+            next_funding_ts is not None
+            and (market.next_funding_ts is None or next_funding_ts > market.next_funding_ts)
+            and (market.settled_ts is None or next_funding_ts > market.settled_ts)
         ):
             market.next_funding_ts = next_funding_ts
             self._funding_times_changed()
@@ -447,28 +452,32 @@ class SimBroker:
         """``leverage_exceeds_bracket`` when the order takes the position to a notional whose
         bracket allows less than the position's leverage (the one ``_fill`` would use)."""
         symbol = order.symbol
-        pos = self.account.positions.get(symbol)
-        before = pos.qty if pos is not None else 0.0
         buy = order.side is _BUY
-        after = before + order.qty if buy else before - order.qty
-        if before and (before > 0) == (after > 0):
-            if abs(after) <= abs(before):
-                return ""  # reduces
-            lev = pos.leverage  # adds at the position's leverage (_apply)
-        else:
-            lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
-        cap = self._notional_cap(symbol, lev)
-        if cap == _inf:
-            return ""
         price = order.price
         if price is None:
             best = self._best(symbol, "ask" if buy else "bid")
             price = best[0] if best is not None else market.last_trade
             if price is None:
                 price = market.mark
-        if price is not None and abs(after) * price >= cap:
+        if price is not None and self._over_cap(order, order.qty, price):
             return "leverage_exceeds_bracket"
         return ""
+
+    def _over_cap(self, order: Order, qty: float, price: float) -> bool:
+        """Whether filling ``qty`` of ``order`` at ``price`` takes the position to a notional
+        its leverage's bracket refuses (a reduction never does)."""
+        symbol = order.symbol
+        pos = self.account.positions.get(symbol)
+        before = pos.qty if pos is not None else 0.0
+        after = before + qty if order.side is _BUY else before - qty
+        if before and (before > 0) == (after > 0):
+            if abs(after) <= abs(before):
+                return False  # reduces
+            lev = pos.leverage  # adds at the position's leverage (_apply)
+        else:
+            lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
+        cap = self._notional_cap(symbol, lev)
+        return cap != _inf and abs(after) * price >= cap
 
     def _notional_cap(self, symbol: str, leverage: float) -> float:
         """``costs.notional_cap`` for the symbol's brackets (the broker's own, else the known
@@ -578,6 +587,12 @@ class SimBroker:
                 if maker:
                     self.cancel(order.id)
                 self._reject(order, "insufficient_margin")
+                return
+            # A resting order was checked against the position when placed: another fill since
+            # may make this one cross the bracket (Binance counts open orders; refuse it here).
+            if maker and self._over_cap(order, qty, price):
+                self.cancel(order.id)
+                self._reject(order, "leverage_exceeds_bracket")
                 return
         realized = self._apply(pos, signed, price, lev, fee)
         filled = order.filled_qty
@@ -715,6 +730,7 @@ class SimBroker:
             if due is None or self.now < due or market.funding_rate is None:
                 continue
             self.settle_funding(symbol, due, market.funding_rate, market.mark)
+            market.settled_ts = due
             market.next_funding_ts = None  # the next mark event brings the next time
         self._funding_times_changed()
 

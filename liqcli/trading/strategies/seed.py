@@ -16,8 +16,8 @@ touch on the mode's own side (the best bid for a long), improved toward the mid 
 spread) is rejected by the broker, as venues do, and recorded as a block ("post-only would
 cross"). A working entry fills as maker when trades print through it; while it works the mode
 neither exits nor opens anything; still unfilled (or partly filled) ``entry_timeout_ms`` of event
-time after it was placed (default 10 s), its rest is cancelled at the next event. Exits stay
-market orders.
+time after it was placed (default 10 s), its rest is cancelled at the next event; at the session's
+end (``on_stop``) at once. Exits stay market orders.
 
 The adaptive VPIN filter (the seed names it, liq defines it): block when VPIN exceeds
 clamp(EWMA of VPIN at decision points (α = 0.05) + 0.15, 0.5, 0.7).
@@ -274,12 +274,13 @@ class SeedMode(BaseStrategy):
             self.working = _Working(order, entry, ctx.now)
         return order
 
-    def _tend_working(self, ctx: Context) -> bool:
-        """Cancel a post-only entry past its timeout; True while it still works."""
+    def _tend_working(self, ctx: Context, reason: str = "") -> bool:
+        """Cancel a post-only entry past its timeout (or now, given a ``reason``); True while it
+        still works."""
         working = self.working
         assert working is not None
         order = working.order
-        if order.is_open and ctx.now - working.ts >= self.entry_timeout_ms:
+        if order.is_open and (reason or ctx.now - working.ts >= self.entry_timeout_ms):
             ctx.cancel(order.id)
             ctx.emit(
                 {
@@ -289,7 +290,8 @@ class SeedMode(BaseStrategy):
                     "qty": order.remaining,
                     "price": order.price,
                     "filled_qty": order.filled_qty,
-                    "reason": f"post-only entry not filled in {self.entry_timeout_ms / 1000:g} s",
+                    "reason": reason
+                    or f"post-only entry not filled in {self.entry_timeout_ms / 1000:g} s",
                 }
             )
         if order.is_open:
@@ -298,6 +300,11 @@ class SeedMode(BaseStrategy):
         if not order.filled_qty:
             self.entry = None
         return False
+
+    def on_stop(self, ctx: Context) -> None:
+        # No order outlives the session: a post-only entry still working is cancelled.
+        if self.working is not None:
+            self._tend_working(ctx, "session ended")
 
     def _exit_reason(
         self, f: FeatureSnapshot, pos: Any, ctx: Context, mark: float | None = None
