@@ -699,3 +699,26 @@ async def test_stop_loss_time_stop_and_funding_received_at_a_negative_rate(tmp_p
         assert close["pnl"] == approx(pnl) and close["roi"] == approx(pnl / (qty * entry / lev))
         check_trade(trades[mode], close)
     assert t_stop - t_entry == 2 * 3_600_000
+
+
+async def test_a_post_only_entry_working_when_the_session_ends_is_cancelled_with_a_record(tmp_path):
+    """Ctrl-C, SIGTERM or --duration with an entry resting: it is not resumed after a restart,
+    so the session's end cancels it (a cancel line), never leaving an order open in the log."""
+    from liqcli.core.events import BookTop
+    from liqcli.services import paper as svc
+    from tests.test_paper import ListSource
+
+    records: list[dict] = []
+    config = svc.PaperConfig(symbol=SYM, modes=("0",), entry="post-only", session="s1")
+    run = svc.open_paper(config, tmp_path, emit=records.append)
+    tape = [
+        BookTop("binance", SYM, 1_000, 50_000.0, 5.0, 50_030.0, 5.0),
+        BookTop("binance", SYM, 2_000, 50_000.0, 0.5, 50_030.0, 9.5),  # SHORT: rests at the ask
+    ]
+    await svc.drive(run, ListSource(tape))
+    (order,) = [r for r in records if r["type"] == "order"]
+    assert order["status"] == "new"
+    (cancel,) = [r for r in records if r["type"] == "cancel"]
+    assert cancel["mode"] == "0" and cancel["qty"] == approx(order["qty"])
+    assert cancel["reason"] == "session ended" and cancel["filled_qty"] == 0
+    assert run.session.brokers["0"].open_orders(SYM) == []

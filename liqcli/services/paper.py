@@ -554,4 +554,5 @@ async def drive(
             if deadline is not None and session.engine.now >= deadline:
                 break
     finally:
+        session.engine.stop()  # a working post-only entry is cancelled (never resumed)
         run.save()

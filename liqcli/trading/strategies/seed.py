@@ -274,12 +274,13 @@ class SeedMode(BaseStrategy):
             self.working = _Working(order, entry, ctx.now)
         return order
 
-    def _tend_working(self, ctx: Context) -> bool:
-        """Cancel a post-only entry past its timeout; True while it still works."""
+    def _tend_working(self, ctx: Context, *, reason: str | None = None) -> bool:
+        """Cancel a post-only entry past its timeout (or now, for ``reason``); True while it
+        still works."""
         working = self.working
         assert working is not None
         order = working.order
-        if order.is_open and ctx.now - working.ts >= self.entry_timeout_ms:
+        if order.is_open and (reason or ctx.now - working.ts >= self.entry_timeout_ms):
             ctx.cancel(order.id)
             ctx.emit(
                 {
@@ -289,7 +290,8 @@ class SeedMode(BaseStrategy):
                     "qty": order.remaining,
                     "price": order.price,
                     "filled_qty": order.filled_qty,
-                    "reason": f"post-only entry not filled in {self.entry_timeout_ms / 1000:g} s",
+                    "reason": reason
+                    or f"post-only entry not filled in {self.entry_timeout_ms / 1000:g} s",
                 }
             )
         if order.is_open:
@@ -298,6 +300,12 @@ class SeedMode(BaseStrategy):
         if not order.filled_qty:
             self.entry = None
         return False
+
+    def on_stop(self, ctx: Context) -> None:
+        """A working entry is not resumed after a restart: the session's end cancels it, so
+        the log never leaves an order open."""
+        if self.working is not None:
+            self._tend_working(ctx, reason="session ended")
 
     def _exit_reason(
         self, f: FeatureSnapshot, pos: Any, ctx: Context, mark: float | None = None
