@@ -722,3 +722,22 @@ async def test_a_post_only_entry_working_when_the_session_ends_is_cancelled_with
     assert cancel["mode"] == "0" and cancel["qty"] == approx(order["qty"])
     assert cancel["reason"] == "session ended" and cancel["filled_qty"] == 0
     assert run.session.brokers["0"].open_orders(SYM) == []
+
+
+def test_the_dashboard_shows_a_working_post_only_entry():
+    """A resting entry is why a mode neither exits nor opens: the dashboard says so."""
+    from rich.console import Console
+
+    from liqcli.core.events import BookTop
+    from liqcli.render.paper_view import render_paper
+    from liqcli.services import paper as svc
+
+    session = svc.PaperSession(svc.PaperConfig(symbol=SYM, modes=("0",), entry="post-only"))
+    session.step(BookTop("binance", SYM, 1_000, 50_000.0, 5.0, 50_030.0, 5.0))
+    session.step(BookTop("binance", SYM, 2_000, 50_000.0, 0.5, 50_030.0, 9.5))  # SHORT rests
+    (order,) = session.brokers["0"].open_orders(SYM)
+    console = Console(width=80, record=True, color_system=None, file=None)
+    console.begin_capture()
+    console.print(render_paper(session))
+    text = console.end_capture()
+    assert f"0 working: post-only sell {order.qty:.4g} @ 50030 (filled 0)" in text
