@@ -699,3 +699,45 @@ async def test_stop_loss_time_stop_and_funding_received_at_a_negative_rate(tmp_p
         assert close["pnl"] == approx(pnl) and close["roi"] == approx(pnl / (qty * entry / lev))
         check_trade(trades[mode], close)
     assert t_stop - t_entry == 2 * 3_600_000
+
+
+async def test_a_post_only_entry_working_when_the_session_ends_is_cancelled_with_a_record(tmp_path):
+    """Ctrl-C, SIGTERM or --duration with an entry resting: it is not resumed after a restart,
+    so the session's end cancels it (a cancel line), never leaving an order open in the log."""
+    from liqcli.core.events import BookTop
+    from liqcli.services import paper as svc
+    from tests.test_paper import ListSource
+
+    records: list[dict] = []
+    config = svc.PaperConfig(symbol=SYM, modes=("0",), entry="post-only", session="s1")
+    run = svc.open_paper(config, tmp_path, emit=records.append)
+    tape = [
+        BookTop("binance", SYM, 1_000, 50_000.0, 5.0, 50_030.0, 5.0),
+        BookTop("binance", SYM, 2_000, 50_000.0, 0.5, 50_030.0, 9.5),  # SHORT: rests at the ask
+    ]
+    await svc.drive(run, ListSource(tape))
+    (order,) = [r for r in records if r["type"] == "order"]
+    assert order["status"] == "new"
+    (cancel,) = [r for r in records if r["type"] == "cancel"]
+    assert cancel["mode"] == "0" and cancel["qty"] == approx(order["qty"])
+    assert cancel["reason"] == "session ended" and cancel["filled_qty"] == 0
+    assert run.session.brokers["0"].open_orders(SYM) == []
+
+
+def test_the_dashboard_shows_a_working_post_only_entry():
+    """A resting entry is why a mode neither exits nor opens: the dashboard says so."""
+    from rich.console import Console
+
+    from liqcli.core.events import BookTop
+    from liqcli.render.paper_view import render_paper
+    from liqcli.services import paper as svc
+
+    session = svc.PaperSession(svc.PaperConfig(symbol=SYM, modes=("0",), entry="post-only"))
+    session.step(BookTop("binance", SYM, 1_000, 50_000.0, 5.0, 50_030.0, 5.0))
+    session.step(BookTop("binance", SYM, 2_000, 50_000.0, 0.5, 50_030.0, 9.5))  # SHORT rests
+    (order,) = session.brokers["0"].open_orders(SYM)
+    console = Console(width=80, record=True, color_system=None, file=None)
+    console.begin_capture()
+    console.print(render_paper(session))
+    text = console.end_capture()
+    assert f"0 working: post-only sell {order.qty:.4g} @ 50030 (filled 0)" in text

@@ -179,6 +179,17 @@ class _Dashboard:
         parts.append(board)
         for line in positions:
             parts.append(Text(line, no_wrap=True, overflow="ellipsis"))
+        for mode, strategy in session.modes.items():
+            order = getattr(getattr(strategy, "working", None), "order", None)
+            if order is not None and order.is_open:  # a post-only entry resting on the book
+                parts.append(
+                    Text(
+                        f"{mode:>7} working: post-only {order.side.value} {order.remaining:.4g}"
+                        f" @ {order.price:g} (filled {order.filled_qty:.4g})",
+                        no_wrap=True,
+                        overflow="ellipsis",
+                    )
+                )
         for row in rows:
             if row["last_block"]:
                 parts.append(
