@@ -146,3 +146,13 @@ def test_empty_tape():
     empty = [np.array([], dtype=t) for t in (np.int64, np.int8, float, float, float, float)]
     got = feature_columns(*empty, trade_kind=TRADE, top_kind=TOP)
     assert all(column.size == 0 for column in got.values())
+
+
+def test_a_tape_of_other_rows_only_changes_nothing():
+    rows = [(5, OTHER, 0.01, 60_000.0, 0.0, 0.0), (8, OTHER, 0.02, 60_001.0, 0.0, 0.0)]
+    got = feature_columns(
+        *(np.array([r[i] for r in rows]) for i in range(6)), trade_kind=TRADE, top_kind=TOP
+    )
+    assert got["ts"].tolist() == [0, 0] and got["signed_volume"].tolist() == [0.0, 0.0]
+    assert np.isnan(got["obi"]).all() and np.isnan(got["last_price"]).all()
+    assert_identical(rows)

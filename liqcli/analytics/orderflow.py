@@ -1,15 +1,20 @@
-"""Order-flow features for ``liq paper``'s modes: incremental, O(1) per trade or book reading.
+"""Order-flow features for ``liq paper``'s modes: incremental, O(1) per trade or book reading;
+``feature_columns`` computes the same values for a whole tape at once (numpy), bit for bit.
 
 Definitions (SEED-SYSTEMS.md "Paper-trading competition", TRADING-VENUES.md §6):
 - OBI over the top N levels: (Σ bid qty − Σ ask qty) / (Σ bid qty + Σ ask qty), in [−1, 1].
 - OBI velocity: this OBI reading minus the previous one.
-- Signed volume: Σ over the last N trades of +qty (taker bought) or −qty (taker sold).
+- Signed volume: Σ over the last N trades of +qty (taker bought) or −qty (taker sold), taken as
+  C_i − C_{i−N} with C the running Σ of ±qty (a difference of running sums: reproducible).
 - Microprice: (bid·ask_qty + ask·bid_qty) / (bid_qty + ask_qty); the mid when both sizes are 0.
   Microprice pressure (the seed never filled it in): (microprice − mid) / half-spread, in [−1, 1].
-- VPIN: trades fill dollar-volume buckets of a fixed size (a trade larger than what a bucket
-  lacks is split across buckets); each full bucket's imbalance is |buy − sell| / (buy + sell);
-  VPIN is the mean over the last N full buckets. Toxicity: < 0.3 SAFE, < 0.5 CAUTION,
-  < 0.7 DANGER, else CRITICAL.
+- VPIN: trades laid end to end on a cumulative dollar axis (D = running Σ price·qty, B = running
+  Σ buy dollars) fill buckets [k·V, (k+1)·V); bucket k closes at the first trade with
+  D ≥ (k+1)·V (a large trade closes several); its buy dollars are B at its upper boundary
+  (interpolated inside a buy trade) minus B at its lower one, its sell V − buy, its imbalance
+  min(1, |buy − sell| / V); VPIN is the mean over the last N full buckets, (S_k − S_{k−N}) / n
+  with S the running Σ of imbalances. Toxicity: < 0.3 SAFE, < 0.5 CAUTION, < 0.7 DANGER,
+  else CRITICAL.
 - Spread in bps: (ask − bid) / mid × 10⁴. Top-of-book depth: best bid qty + best ask qty (base).
 - ATR ratio: the mean true range of the last N time bars (built from trades) over the last price.
 """
@@ -379,8 +384,9 @@ def _carry(values: np.ndarray, count: np.ndarray, before: float) -> np.ndarray:
     return np.concatenate(([before], values))[count]
 
 
-def _vpin_per_trade(price, qty, bought, bucket: float, window: int) -> np.ndarray:
-    """VPIN after each trade (NaN before the first bucket closes): ``Vpin.add``'s operations."""
+def _vpin_changes(price, qty, bought, bucket: float, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trades at which VPIN changes (a bucket closes) and its value after each of them:
+    ``Vpin.add``'s operations."""
     if bucket <= 0:
         raise ValueError("bucket size must be positive")
     if window < 1:
@@ -390,7 +396,7 @@ def _vpin_per_trade(price, qty, bought, bucket: float, window: int) -> np.ndarra
     b = _running_sum(np.where(bought, dollars, 0.0))
     m = d.size
     if not m or not d[-1] >= bucket:
-        return np.full(m, np.nan)
+        return np.empty(0, np.int64), np.empty(0)
     boundaries = np.arange(1, int(d[-1] / bucket) + 3, dtype=np.float64) * bucket
     boundaries = boundaries[boundaries <= d[-1]]  # (k + 1) * V, every closed bucket's
     j = np.searchsorted(d, boundaries, side="left")  # the trade each bucket closes at
@@ -403,8 +409,8 @@ def _vpin_per_trade(price, qty, bought, bucket: float, window: int) -> np.ndarra
     value = _window_sum(_running_sum(imbalance), window) / np.minimum(
         np.arange(1, k + 1), window
     ).astype(np.float64)
-    closed = np.cumsum(np.bincount(j, minlength=m))  # buckets closed by each trade
-    return _carry(value, closed, np.nan)
+    last = np.flatnonzero(np.append(j[1:] != j[:-1], True))  # a trade's last bucket
+    return j[last], value[last]
 
 
 def _atr_per_trade(ts, price, bar_ms: int, window: int) -> np.ndarray:
@@ -476,7 +482,13 @@ def feature_columns(
     is_top = kind == top_kind
     out: dict[str, np.ndarray] = {}
     event = is_trade | is_top
-    out["ts"] = _carry(ts[event], np.cumsum(event), 0).astype(np.int64, copy=False)
+    out["ts"] = snap_ts = ts.copy()
+    idle = np.flatnonzero(~event)  # few rows (funding, ...): the previous event's ts, or 0
+    if idle.size:
+        events = np.flatnonzero(event)
+        before = np.searchsorted(events, idle) - 1
+        seen = np.concatenate(([0], ts[events]))  # [0] for rows before any event
+        snap_ts[idle] = seen[before + 1]
 
     # trades
     trade = np.flatnonzero(is_trade)
@@ -485,7 +497,7 @@ def feature_columns(
     bought = c[trade] == 0.0  # not bool(is_buyer_maker)
     signed = np.where(bought, qty, -qty)
     volume = _window_sum(_running_sum(signed), volume_window)
-    vpin = _vpin_per_trade(price, qty, bought, vpin_bucket_usd, vpin_window)
+    vpin_at, vpin = _vpin_changes(price, qty, bought, vpin_bucket_usd, vpin_window)
     atr = _atr_per_trade(t_ts, price, atr_bar_ms, atr_window)
 
     # book tops: OBI of one level a side (an empty side sums to 0)
@@ -524,7 +536,9 @@ def feature_columns(
     out["signed_volume"] = _carry(volume, trades, 0.0)
     out["microprice"] = _carry(micro, fulls, np.nan)
     out["micro_pressure"] = _carry(pressure, fulls, 0.0)
-    out["vpin"] = _carry(vpin, trades, np.nan)
+    # VPIN changes at few trades: each value repeated until the next change
+    changes = np.concatenate(([0], trade[vpin_at], [ts.size]))
+    out["vpin"] = np.repeat(np.concatenate(([np.nan], vpin)), np.diff(changes))
     out["spread_bps"] = _carry(spread, fulls, np.nan)
     out["top_depth"] = _carry(fbq + faq, fulls, np.nan)
     out["atr_ratio"] = _carry(atr, trades, np.nan)
