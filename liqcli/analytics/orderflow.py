@@ -472,7 +472,8 @@ def feature_columns(
     ``OrderFlow.on_book`` with a side present when its qty > 0; other rows change nothing.
     Float64 columns (NaN where the field is None) equal, bit for bit, an ``OrderFlow`` fed row
     by row: the same float operations in the same order (running sums are np.cumsum,
-    sequential). ``ts`` (int64) is the snapshot's, 0 before any trade or top."""
+    sequential). ``ts`` (int64) is the snapshot's, 0 before any trade or top. Trade prices and
+    quantities are taken non-negative (the dollar axis is searched as sorted)."""
     ts = np.asarray(ts, dtype=np.int64)
     kind = np.asarray(kind)
     a, b, c, d = (np.asarray(x, dtype=np.float64) for x in (a, b, c, d))
