@@ -536,7 +536,7 @@ class _Driver:
         (``next_wake``) and the book is tops only (the features of depth snapshots are not
         vectorised: OBI over merged levels)."""
         return not snapshots and all(
-            hasattr(slot.strategy, "next_wake") for slot in self.engine.slots
+            getattr(slot.strategy, "next_wake", None) is not None for slot in self.engine.slots
         )
 
     def feed_gated(self, frame: pl.DataFrame, progress: FeedProgress | None = None) -> None:
