@@ -17,6 +17,16 @@ Data (``--data``):
   journaled rows included, join the tape after the trades of their millisecond (the price
   first, as ``liq cascade --replay`` orders them).
 
+How ``--data trades`` is fed (``_Driver.feed_gated``): the features of every row are computed
+at once with numpy (``orderflow.feature_columns``, bit for bit what the incremental
+``OrderFlow`` holds after each row), and the Engine, modes and brokers are stepped only at the
+rows where a mode could act (``SeedMode.next_wake``: the signal may clear the entry score, an
+exit condition may hold, a mark may reach a liquidation price), at funding rows and at the
+first row of each minute; the rows between are caught up exactly (latest book top, trade and
+mark; the open positions' adverse excursion). The results equal feeding every row
+(``feed_tape``, which runs when the book has depth snapshots or a mode, such as ``cascade``,
+needs every event; tests/test_gated_feed.py).
+
 Equity (balance + unrealised PnL at the broker's mark) is sampled once per minute of event
 time; the metrics are computed from that series (``liqcli.analytics.metrics``), plus
 ``sharpe_1m``: mean / std of the 1-minute returns x sqrt(525,600), for runs too short for daily
@@ -213,7 +223,7 @@ def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFra
         parts.append(liquidation_rows(store, settings))
     from liqcli.services.backtest import how_to_get
 
-    frames = pl.collect_all([p.sort("ts", "id") for p in parts])
+    frames = [_in_order(f) for f in pl.collect_all(parts)]
     sym, venue = settings.symbol, settings.exchange
     on = "" if venue == "binance" else f" on {venue}"
     if frames[0].height == 0:
@@ -253,7 +263,31 @@ def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFra
             f"history): record them live with `liq watch {settings.symbol} -e "
             f"{settings.exchange}` (or `liq paper {settings.symbol} --record`)"
         )
-    return pl.concat(frames, how="vertical_relaxed").sort("ts", "kind", maintain_order=True)
+    return _merge(frames)
+
+
+def _in_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by (ts, id); stored data usually is already, and checking is far cheaper
+    than sorting millions of rows again."""
+    step, same = pl.col("ts").diff(), pl.col("id").diff()
+    ordered = frame.select(((step > 0) | ((step == 0) & (same >= 0))).all()).item()
+    return frame if ordered else frame.sort("ts", "id")
+
+
+def _merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames each sorted by (ts, id), of one kind each, merged into one sorted by (ts, kind)
+    with each frame's order kept within a (ts, kind): a merge on ts·8 + kind, not a sort."""
+    keyed = [
+        f.with_columns(pl.col(pl.Float32).cast(pl.Float64), _key=pl.col("ts") * 8 + pl.col("kind"))
+        for f in frames
+        if f.height
+    ]
+    if not keyed:
+        return pl.concat(frames, how="vertical_relaxed")
+    merged = keyed[0]
+    for f in keyed[1:]:
+        merged = merged.merge_sorted(f.cast(merged.schema), key="_key")
+    return merged.drop("_key")
 
 
 def liquidation_rows(store: Any, settings: FlowSettings) -> pl.LazyFrame:
