@@ -4,10 +4,14 @@ goes (the whole command is ``benchmarks/backtest.py --only-trades``).
 Same synthetic day as benchmarks/backtest.py (``trade_day``: N agg_trades and a book top every
 4th trade), stored once; then, per repeat, CPU time (``time.process_time``) and wall of:
 the tape load (``tape`` + ``depth_snapshots``: Parquet scan, Polars merge), the feed
-(``_Driver.feed_tape``: engine, features, mode, broker), and the result documents.
+(``_Driver.feed_gated``, what the command runs: the features of every row at once, the engine,
+modes and brokers stepped only where a mode can act), and the result documents.
+
+``--full`` also times, once, ``_Driver.feed_tape`` (every row through the engine, the features
+updated per event: what a session replay runs) and checks that both give the same documents.
 
     python benchmarks/backtest_flow.py [--trades 1000000] [--repeat 3] [--modes 0] [--profile N]
-        [--compare-leverage]
+        [--compare-leverage] [--full]
 
 ``--compare-leverage``: every dynamic-leverage engine (off, rules, kelly, vol_target) on the same
 events, as ``liq backtest --compare-leverage``.
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--dynamic", default="off")
     parser.add_argument("--profile", type=int, default=0)
     parser.add_argument("--compare-leverage", action="store_true", help="all four engines")
+    parser.add_argument("--full", action="store_true", help="also feed every row; compare")
     args = parser.parse_args()
     dynamics = svc.DYNAMIC if args.compare_leverage else (args.dynamic,)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +76,8 @@ def main() -> None:
                 lambda: (svc.tape(store, settings), svc.depth_snapshots(store, settings))
             )
             driver = svc._Driver(settings, dynamics)
-            _, feed_cpu, feed_wall = timed(driver.feed_tape, frame, snaps)
+            assert driver.can_gate(snaps)
+            _, feed_cpu, feed_wall = timed(driver.feed_gated, frame)
 
             def documents(driver=driver):
                 driver.finish()
@@ -86,12 +92,28 @@ def main() -> None:
                 f"µs/event | documents {doc_cpu:.2f} s | total {total:.2f} s CPU; "
                 f"{trades} trades, final equity "
                 + ", ".join(f"{d['metrics']['final_equity']:.4f}" for d in docs)
+                + f"; {driver.stepped:,} of {driver.events:,} events stepped"
             )
+        if args.full:
+            full = svc._Driver(settings, dynamics)
+            _, cpu, wall = timed(full.feed_tape, frame, snaps)
+            full.finish()
+            same = [
+                {k: v for k, v in svc._document(full, r, m).items() if k != "_equity"}
+                for r in full.runs
+                for m in settings.modes
+            ] == [{k: v for k, v in d.items() if k != "_equity"} for d in docs]
+            print(
+                f"full feed (every event stepped): {cpu:.2f} s CPU ({wall:.2f} wall) = "
+                f"{cpu / events * 1e6:.2f} µs/event, {feed_cpu and cpu / feed_cpu:.1f}x the "
+                f"gated feed's; same documents: {same}"
+            )
+            assert same
         if args.profile:
             frame, snaps = svc.tape(store, settings), svc.depth_snapshots(store, settings)
             driver = svc._Driver(settings, dynamics)
             prof = cProfile.Profile()
-            prof.runcall(driver.feed_tape, frame, snaps)
+            prof.runcall(driver.feed_gated, frame)
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
 
 

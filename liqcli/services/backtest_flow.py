@@ -17,6 +17,16 @@ Data (``--data``):
   journaled rows included, join the tape after the trades of their millisecond (the price
   first, as ``liq cascade --replay`` orders them).
 
+How ``--data trades`` is fed (``_Driver.feed_gated``): the features of every row are computed
+at once with numpy (``orderflow.feature_columns``, bit for bit what the incremental
+``OrderFlow`` holds after each row), and the Engine, modes and brokers are stepped only at the
+rows where a mode could act (``SeedMode.next_wake``: the signal may clear the entry score, an
+exit condition may hold, a mark may reach a liquidation price), at funding rows and at the
+first row of each minute; the rows between are caught up exactly (latest book top, trade and
+mark; the open positions' adverse excursion). The results equal feeding every row
+(``feed_tape``, which runs when the book has depth snapshots or a mode, such as ``cascade``,
+needs every event; tests/test_gated_feed.py).
+
 Equity (balance + unrealised PnL at the broker's mark) is sampled once per minute of event
 time; the metrics are computed from that series (``liqcli.analytics.metrics``), plus
 ``sharpe_1m``: mean / std of the 1-minute returns x sqrt(525,600), for runs too short for daily
@@ -35,8 +45,8 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from liqcli.analytics import metrics
-from liqcli.analytics.orderflow import OrderFlow
+from liqcli.analytics import metrics, orderflow
+from liqcli.analytics.orderflow import OrderFlow, toxicity
 from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Liquidation
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError, UsageError
@@ -44,6 +54,8 @@ from liqcli.services.paper import DYNAMIC, MODES, PaperConfig, PaperSession
 from liqcli.sources.recorder import _EVENTS_OF, LIVE, recorded_events
 from liqcli.trading.costs import Fees
 from liqcli.trading.engine import Engine
+from liqcli.trading.sim import SimBroker
+from liqcli.trading.wake import Columns, first_from, next_true
 
 log = logging.getLogger("liq.backtest")
 
@@ -211,7 +223,7 @@ def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFra
         parts.append(liquidation_rows(store, settings))
     from liqcli.services.backtest import how_to_get
 
-    frames = pl.collect_all([p.sort("ts", "id") for p in parts])
+    frames = [_in_order(f) for f in pl.collect_all(parts)]
     sym, venue = settings.symbol, settings.exchange
     on = "" if venue == "binance" else f" on {venue}"
     if frames[0].height == 0:
@@ -251,7 +263,31 @@ def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFra
             f"history): record them live with `liq watch {settings.symbol} -e "
             f"{settings.exchange}` (or `liq paper {settings.symbol} --record`)"
         )
-    return pl.concat(frames, how="vertical_relaxed").sort("ts", "kind", maintain_order=True)
+    return _merge(frames)
+
+
+def _in_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by (ts, id); stored data usually is already, and checking is far cheaper
+    than sorting millions of rows again."""
+    step, same = pl.col("ts").diff(), pl.col("id").diff()
+    ordered = frame.select(((step > 0) | ((step == 0) & (same >= 0))).all()).item()
+    return frame if ordered else frame.sort("ts", "id")
+
+
+def _merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames each sorted by (ts, id), of one kind each, merged into one sorted by (ts, kind)
+    with each frame's order kept within a (ts, kind): a merge on ts·8 + kind, not a sort."""
+    keyed = [
+        f.with_columns(pl.col(pl.Float32).cast(pl.Float64), _key=pl.col("ts") * 8 + pl.col("kind"))
+        for f in frames
+        if f.height
+    ]
+    if not keyed:
+        return pl.concat(frames, how="vertical_relaxed")
+    merged = keyed[0]
+    for f in keyed[1:]:
+        merged = merged.merge_sorted(f.cast(merged.schema), key="_key")
+    return merged.drop("_key")
 
 
 def liquidation_rows(store: Any, settings: FlowSettings) -> pl.LazyFrame:
@@ -404,6 +440,7 @@ class _Driver:
             self.runs.append(_Run(settings, d, self.engine, flow))
         self.steps = [self.engine.step]
         self.events = 0
+        self.stepped = 0  # rows the gated feed stepped (the others it proved idle)
         self.first_ts: int | None = None
         self.last_ts = 0
         self.first_price: float | None = None
@@ -526,9 +563,220 @@ class _Driver:
         if progress is not None:
             progress.advance(len(snapshots))
 
+    # -- the gated feed: only the events where a strategy can act ----------------------------
+
+    def can_gate(self, snapshots: Sequence[Any]) -> bool:
+        """Whether ``feed_gated`` applies: every strategy names where it can act
+        (``next_wake``) and the book is tops only (the features of depth snapshots are not
+        vectorised: OBI over merged levels)."""
+        return not snapshots and all(
+            getattr(slot.strategy, "next_wake", None) is not None for slot in self.engine.slots
+        )
+
+    def feed_gated(self, frame: pl.DataFrame, progress: FeedProgress | None = None) -> None:
+        """``feed_tape``'s results, bit for bit, from stepping only the rows where something
+        can happen. The features of every row are computed at once
+        (``orderflow.feature_columns``); each strategy names the next row at which it could act
+        (``next_wake``), each broker with a position the next mark that could liquidate it;
+        funding rows and the first row of each minute (the equity sample) are always stepped.
+        Before a stepped row, the rows skipped since the last one are caught up: the latest
+        book top and trade are stepped (provably idle for every strategy, they leave the
+        engine, book and brokers as all the rows would), the latest per-second mark is given
+        to the brokers, and each open position's adverse excursion takes the skipped extremes
+        of the mid (``SeedMode.skipped``)."""
+        n = frame.height
+        if n == 0:
+            return
+        symbol = self.settings.symbol
+        ts = frame["ts"].to_numpy()
+        kind = frame["kind"].to_numpy()
+        ids = frame["id"].to_numpy()
+        a, b, c, d = (frame[name].cast(pl.Float64).to_numpy() for name in ("a", "b", "c", "d"))
+        features = orderflow.feature_columns(
+            ts,
+            kind,
+            a,
+            b,
+            c,
+            d,
+            trade_kind=TRADE,
+            top_kind=TOP,
+            vpin_bucket_usd=float(self.settings.param("vpin_bucket_usd")),
+        )
+        cols = Columns(ts, features)
+        self._tape = (ts, kind, ids, a, b, c, d)
+        self._cols = cols
+        self._row = 0
+        self.engine.observers[:] = [self._load_features]  # the columns replace OrderFlow
+        trade_rows = np.flatnonzero(kind == TRADE)
+        second = ts[trade_rows] // MARK_EVERY_MS
+        marks = trade_rows[np.concatenate(([True], second[1:] != second[:-1]))]
+        self._marks = (marks, a[marks])
+        minute = ts // MINUTE_MS
+        always = (kind != TRADE) & (kind != TOP)
+        always[1:] |= minute[1:] != minute[:-1]  # the row that samples the equity
+        always_next = next_true(always)
+        gates = [
+            (slot.strategy, slot.broker, slot.ctx)
+            for slot in self.engine.slots
+            if isinstance(slot.broker, SimBroker)
+        ]
+        woken: list[tuple | None] = [None] * len(gates)
+        trades = a[trade_rows]
+        self.first_price = float(trades[0]) if trades.size else None
+        first = int(ts[0])
+        for run in self.runs:
+            run.session.started_ts = first
+        self._tick(first)
+        if progress is not None:
+            progress.planned(n)
+        reported = 0
+        i = 0
+        while i < n:
+            w = int(always_next[i])
+            for g, (strategy, broker, ctx) in enumerate(gates):
+                pos = broker.position(symbol)
+                key = (
+                    pos.qty,
+                    pos.entry_price,
+                    pos.margin,
+                    pos.fees,
+                    pos.funding,
+                    id(strategy.entry),
+                    strategy.working is None,
+                    strategy.pending,
+                )
+                cached = woken[g]
+                if cached is None or cached[0] != key or cached[1] < i:
+                    at = strategy.next_wake(cols, i, ctx)
+                    if pos.qty != 0.0 and at > i:
+                        at = min(at, self._liquidation_row(broker, i, at))
+                    cached = woken[g] = (key, at)
+                if cached[1] < w:
+                    w = cached[1]
+            if w > i:
+                self._catch_up(i, w, gates)
+            if w >= n:
+                break
+            self._feed_row(w)
+            i = w + 1
+            if progress is not None and i - reported >= 65_536:
+                progress.advance(i - reported)
+                reported = i
+        if progress is not None:
+            progress.advance(n - reported)
+
+    def _liquidation_row(self, broker: SimBroker, start: int, end: int) -> int:
+        """The first mark row in [start, end) at which ``broker``'s position is liquidated."""
+        price = broker.liquidation_price(self.settings.symbol)
+        if price is None:
+            return end
+        rows, marks = self._marks
+        lo, hi = np.searchsorted(rows, [start, end])
+        long = broker.position(self.settings.symbol).qty > 0
+        k = first_from(
+            int(lo),
+            int(hi),
+            lambda x, y: marks[x:y] <= price if long else marks[x:y] >= price,
+        )
+        return int(rows[k]) if k < hi else end
+
+    def _catch_up(self, start: int, end: int, gates: list[tuple]) -> None:
+        """Rows [start, end) were proved idle: leave everything as feeding them would."""
+        ts, kind, *_ = self._tape
+        part = kind[start:end]
+        tops = np.flatnonzero(part == TOP)
+        trades = np.flatnonzero(part == TRADE)
+        last_top = start + int(tops[-1]) if tops.size else None
+        last_trade = start + int(trades[-1]) if trades.size else None
+        symbol = self.settings.symbol
+        rows, marks = self._marks
+        k = int(np.searchsorted(rows, end)) - 1
+        if k >= 0 and rows[k] >= start and rows[k] != last_trade:
+            at = int(ts[rows[k]])  # the last mark of the rows, given now (its trade is idle)
+            self._next_mark = at - at % MARK_EVERY_MS + MARK_EVERY_MS
+            for run in self.runs:
+                for _, broker in run.brokers:
+                    broker.on_mark(symbol, at, float(marks[k]))
+        lowest = highest = None
+        for strategy, broker, ctx in gates:
+            if broker.position(symbol).qty != 0.0:
+                if lowest is None:
+                    mid = self._cols.mid[start:end]
+                    lowest, highest = float(mid.min()), float(mid.max())
+                strategy.skipped(ctx, lowest, highest)
+        synced = sorted(r for r in (last_top, last_trade) if r is not None)
+        skipped = end - start - len(synced)
+        self.events += skipped
+        self.engine.events += skipped
+        for row in synced:
+            self._feed_row(row)
+
+    def _feed_row(self, row: int) -> None:
+        """One row of the tape, as ``feed_tape`` applies it."""
+        ts_, kind_, ids, a_, b_, c_, d_ = self._tape
+        ts, kind, id_ = int(ts_[row]), int(kind_[row]), int(ids[row])
+        a, b, c, d = float(a_[row]), float(b_[row]), float(c_[row]), float(d_[row])
+        symbol, exchange = self.settings.symbol, self.settings.exchange
+        if ts >= self._next_sample:
+            self._sample()
+            self._next_sample = ts - ts % MINUTE_MS + MINUTE_MS
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if kind == TRADE:
+            event: Any = AggTrade(exchange, symbol, id_, ts, a, b, bool(c))
+            self.last_price = a
+            if ts >= self._next_mark:
+                self._next_mark = ts - ts % MARK_EVERY_MS + MARK_EVERY_MS
+                for run in self.runs:
+                    for _, broker in run.brokers:
+                        broker.on_mark(symbol, ts, a)
+        elif kind == TOP:
+            event = BookTop(exchange, symbol, ts, a, b, c, d, id_)
+        elif kind == LIQUIDATION:
+            event = Liquidation(exchange, symbol, "long" if c else "short", a, b, d, ts, "", id_)
+        else:  # FUNDING: rate a, mark b
+            for run in self.runs:
+                for _, broker in run.brokers:
+                    broker.settle_funding(symbol, ts, a, b)
+            return
+        self._row = row
+        for step in self.steps:
+            step(event)
+        self.events += 1
+        self.stepped += 1
+
+    def _load_features(self, event: Any, market: Any) -> None:
+        """The engine observer of the gated feed: the shared snapshot takes the row's
+        features (what ``OrderFlow`` would hold after it)."""
+        row, features = self._row, self._cols.features
+        s = self.runs[0].session.flow.snapshot
+        s.ts = int(features["ts"][row])
+        for name in _FLOAT_FEATURES:
+            value = float(features[name][row])
+            setattr(s, name, None if value != value else value)
+        s.toxicity = toxicity(s.vpin)
+
     def finish(self) -> None:
         if self.first_ts is not None:
             self._sample()
+
+
+# FeatureSnapshot's float fields, NaN for None in ``orderflow.feature_columns``
+_FLOAT_FEATURES = (
+    "obi",
+    "obi_velocity",
+    "signed_volume",
+    "microprice",
+    "micro_pressure",
+    "vpin",
+    "spread_bps",
+    "top_depth",
+    "atr_ratio",
+    "bid",
+    "ask",
+    "last_price",
+)
 
 
 def run_flow(
@@ -546,7 +794,11 @@ def run_flow(
         driver.feed(session_events(store, settings))
     else:
         frame = tape(store, settings, warn=warn)
-        driver.feed_tape(frame, depth_snapshots(store, settings), progress)
+        snapshots = depth_snapshots(store, settings)
+        if driver.can_gate(snapshots):
+            driver.feed_gated(frame, progress)
+        else:
+            driver.feed_tape(frame, snapshots, progress)
     driver.finish()
     docs = []
     for run in driver.runs:

@@ -64,6 +64,23 @@ def _micro_part(pressure: float) -> float:
     return 0.1 * min(pressure, 1.0) if pressure > 0 else 0.0
 
 
+def score_columns(obi, velocity, signed_volume, pressure):
+    """``side_score`` for whole numpy columns: (long scores, short scores), the same operations
+    in the same order; only numpy's tanh may differ from ``math.tanh`` in the last bit (the
+    backtest's gates allow for it: ``wake.SLACK``)."""
+    import numpy as np
+
+    def side(o, v, sv, p):
+        book = np.where(o > 0.3, 0.4 * np.minimum(o, 1.0), np.where(o > 0.1, 0.2 * (o / 0.3), 0.0))
+        book = book + np.where(v > 0.05, 0.2 * np.minimum(v / 0.1, 1.0), 0.0)
+        volume = np.where(sv > 0, 0.3 * np.tanh(sv / 100), 0.0)
+        return (book + volume) + np.where(p > 0, 0.1 * np.minimum(p, 1.0), 0.0)
+
+    return side(obi, velocity, signed_volume, pressure), side(
+        -obi, -velocity, -signed_volume, -pressure
+    )
+
+
 def decide(long: float, short: float) -> Signal:
     if long > ENTRY_SCORE and long > short:
         return Signal("LONG", long, long, short)

@@ -50,6 +50,9 @@ class CascadeMode(SeedMode):
     """Follows a liquidation cascade early and takes the reversal late. Records (orders, fills,
     closes, blocks) and the stored entry are the seed modes' (inherited ``on_fill``/``_block``)."""
 
+    # The detector is fed every trade and liquidation: no row can be skipped (``wake``).
+    next_wake = None
+
     def __init__(
         self,
         symbol: str,

@@ -28,11 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from liqcli.analytics.orderflow import FeatureSnapshot, OrderFlow
 from liqcli.core.events import AggTrade, Liquidation
 from liqcli.trading.model import Fill, Order, OrderSide, OrderStatus
 from liqcli.trading.signal import (
+    ENTRY_SCORE,
     STOPS,
+    STRONG_REVERSE_SCORE,
     KellyAdviser,
     LeverageAdvice,
     SignalCache,
@@ -42,6 +46,7 @@ from liqcli.trading.signal import (
     size_fraction,
 )
 from liqcli.trading.strategy import BaseStrategy, Context
+from liqcli.trading.wake import SLACK, Columns, first_from
 
 TIME_STOP_MS = 2 * 3_600_000
 DEFAULT_LEVERAGE = {0: 5.0, 1: 3.0, 2: 3.0, 3: 5.0}
@@ -122,6 +127,12 @@ def order_flow_observer(symbol: str, flow: OrderFlow, depth: int = 20):
             on_book(event.ts, book.levels("bid", depth), book.levels("ask", depth))
 
     return observe
+
+
+def _may_enter(cols: Columns) -> np.ndarray:
+    """Rows where the signal may clear the entry threshold (a book has been read)."""
+    threshold = ENTRY_SCORE - SLACK
+    return ~np.isnan(cols.features["obi"]) & ((cols.long > threshold) | (cols.short > threshold))
 
 
 class SeedMode(BaseStrategy):
@@ -305,6 +316,56 @@ class SeedMode(BaseStrategy):
         # No order outlives the session: a post-only entry still working is cancelled.
         if self.working is not None:
             self._tend_working(ctx, "session ended")
+
+    # -- where this mode can act, for a whole stored tape (``liqcli.trading.wake``) ----------
+
+    def next_wake(self, cols: Columns, start: int, ctx: Context) -> int:
+        """The first row ≥ ``start`` of ``cols`` at which ``on_event`` could do more than mark
+        the open position's adverse excursion: open (the signal may clear ``ENTRY_SCORE``) or
+        close (an exit condition of ``_exit_reason`` may hold). ``start`` itself while an order
+        works or is in flight: every event matters then."""
+        if self.working is not None or self.pending:
+            return start
+        pos = ctx.broker.position(self.symbol)
+        if pos.qty == 0.0:
+            rows = cols.next_where("entry", _may_enter)
+            return int(rows[start])
+        n = cols.size
+        # ctx.now is the event's time (the tape is in time order): the time stop's row
+        stop = int(np.searchsorted(cols.ts, pos.opened_ts + TIME_STOP_MS, side="left"))
+        end = max(start, min(n, stop))
+        entry = self.entry
+        sl, tp = (entry.stop_loss, entry.take_profit) if entry else STOPS["WARNING"]
+        qty, price, fees, funding = pos.qty, pos.entry_price, pos.fees, pos.funding
+        margin = pos.margin or 1e-12
+        mid, vpin = cols.mid, cols.vpin
+        against = cols.short if qty > 0 else cols.long  # a strong reverse signal's side
+
+        def exits(lo: int, hi: int) -> np.ndarray:
+            roi = (qty * (mid[lo:hi] - price) - fees - funding) / margin  # _exit_reason's
+            return (
+                (roi <= -sl + SLACK)
+                | (roi >= tp - SLACK)
+                | ((vpin[lo:hi] > VPIN_EXIT) & (roi > -SLACK))
+                | (against[lo:hi] > STRONG_REVERSE_SCORE - SLACK)
+            )
+
+        return first_from(start, end, exits)
+
+    def skipped(self, ctx: Context, lowest_mid: float, highest_mid: float) -> None:
+        """Events a driver proved idle (``next_wake``) were not fed: their extreme mids, for the
+        open position's maximum adverse excursion (a long's is at the low, a short's at the
+        high: the adverse move is monotonic in the mid, rounding included)."""
+        entry = self.entry
+        pos = ctx.broker.position(self.symbol)
+        price = pos.entry_price
+        if entry is None or not price or pos.qty == 0.0:
+            return
+        long = pos.qty > 0
+        mid = lowest_mid if long else highest_mid
+        adverse = -((mid - price) / price * (1 if long else -1))  # on_event's
+        if adverse > entry.mae:
+            entry.mae = adverse
 
     def _exit_reason(
         self, f: FeatureSnapshot, pos: Any, ctx: Context, mark: float | None = None

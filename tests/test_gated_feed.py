@@ -1,0 +1,217 @@
+"""The gated order-flow feed (only the rows where a strategy can act are stepped) gives exactly
+the results of feeding every row: trades, MAE, equity samples, blocks, liquidations, funding."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from liqcli.analytics.orderflow import OrderFlow
+from liqcli.services import backtest_flow as svc
+from liqcli.store.parquet import Store
+from liqcli.trading.engine import MergedBook
+from liqcli.trading.wake import first_from, next_true
+
+START = 1_735_689_600_000  # 2025-01-01
+HOURS = 6
+
+
+def write_day(root, seed: int, trades: int = 40_000, funding: bool = True) -> None:
+    """Hours of BTCUSDT trades in regimes that lean one way for a few minutes (the modes open,
+    ride and close), a top every 3rd trade, sometimes one-sided or wide, funding every 2 h."""
+    rng = np.random.default_rng(seed)
+    span = HOURS * 3_600_000
+    ts = START + np.sort(rng.integers(0, span, trades))
+    regimes = rng.choice([-0.8, -0.3, 0.0, 0.0, 0.0, 0.3, 0.8], trades // 400 + 1)
+    lean = np.repeat(regimes, 400)[:trades]
+    moves = rng.normal(lean * 3e-5, 2.5e-4)
+    gaps = rng.choice(trades - 50, 6, replace=False)
+    moves[gaps] = rng.choice([-0.06, 0.06], 6)  # gaps a stop cannot catch: liquidations
+    moves[gaps + 40] = -moves[gaps]
+    price = 60_000 * np.exp(np.cumsum(moves))
+    bought = rng.random(trades) < 0.5 + lean / 2.5
+    store = Store(root)
+    store.write(
+        "agg_trades",
+        pl.DataFrame(
+            {
+                "trade_id": np.arange(trades),
+                "ts": ts,
+                "price": np.round(price, 1),
+                "qty": np.round(rng.exponential(0.3, trades), 3) + 0.001,
+                "is_buyer_maker": ~bought,
+            }
+        ).with_columns(
+            pl.col("ts").cast(pl.Datetime("ms", "UTC")),
+            exchange=pl.lit("binance"),
+            symbol=pl.lit("BTCUSDT"),
+        ),
+    )
+    every = np.arange(0, trades, 3)
+    m = every.size
+    heavy, light = rng.uniform(5, 40, m), rng.uniform(0.2, 5, m)
+    leaning = lean[every]
+    bid_qty = np.where(leaning > 0, heavy, np.where(leaning < 0, light, heavy))
+    ask_qty = np.where(leaning > 0, light, np.where(leaning < 0, heavy, heavy))
+    bid_qty[rng.random(m) < 0.01] = 0.0  # a side missing now and then
+    spread = rng.choice([0.1, 0.1, 0.2, 80.0], m)
+    bid = np.round(price[every] - 0.05, 1)
+    store.write(
+        "book_tops",
+        pl.DataFrame(
+            {
+                "ts": ts[every],
+                "update_id": np.arange(m),
+                "bid": bid,
+                "bid_qty": np.round(bid_qty, 3),
+                "ask": np.round(bid + spread, 1),
+                "ask_qty": np.round(ask_qty, 3),
+            }
+        ).with_columns(
+            pl.col("ts").cast(pl.Datetime("ms", "UTC")),
+            exchange=pl.lit("binance"),
+            symbol=pl.lit("BTCUSDT"),
+        ),
+    )
+    if funding:
+        at = START + np.arange(1, HOURS // 2 + 1) * 7_200_000
+        store.write(
+            "funding",
+            pl.DataFrame(
+                {
+                    "ts": at,
+                    "funding_rate": rng.normal(0, 0.002, at.size),
+                    "mark_price": np.full(at.size, 60_000.0),
+                }
+            ).with_columns(
+                pl.col("ts").cast(pl.Datetime("ms", "UTC")),
+                exchange=pl.lit("binance"),
+                symbol=pl.lit("BTCUSDT"),
+            ),
+        )
+
+
+def settings(**kw) -> svc.FlowSettings:
+    base = dict(
+        symbol="BTCUSDT",
+        modes=svc.parse_modes("all"),
+        start_ms=START,
+        end_ms=START + HOURS * 3_600_000,
+        data="trades",
+        params=(("vpin_bucket_usd", 20_000.0),),
+    )
+    return svc.FlowSettings(**(base | kw))
+
+
+def run(store: Store, s: svc.FlowSettings, dynamics, gated: bool):
+    driver = svc._Driver(s, dynamics)
+    frame = svc.tape(store, s, warn=False)
+    if gated:
+        assert driver.can_gate([])
+        driver.feed_gated(frame)
+    else:
+        driver.feed_tape(frame, [])
+    driver.finish()
+    docs = [svc._document(driver, r, m) for r in driver.runs for m in s.modes]
+    equity = [d.pop("_equity") for d in docs]
+    blocks = [
+        (mode.stats.blocks, dict(mode.stats.block_reasons))
+        for r in driver.runs
+        for mode in r.session.modes.values()
+    ]
+    return docs, equity, blocks, driver.events, driver.stepped
+
+
+def same(fast, slow) -> None:
+    docs, equity, blocks, events, _ = fast
+    assert docs == slow[0]
+    assert blocks == slow[2]
+    assert events == slow[3]
+    for (ts, eq, px), (ts0, eq0, px0) in zip(equity, slow[1], strict=True):
+        assert np.array_equal(ts, ts0) and np.array_equal(eq, eq0) and np.array_equal(px, px0)
+
+
+@pytest.mark.parametrize(
+    ("seed", "kw", "dynamics"),
+    [
+        (1, {}, ("off",)),
+        (2, {"leverage": 20.0}, ("off", "rules")),  # liquidations by the mark
+        (3, {"funding": False}, svc.DYNAMIC),
+        (4, {"slippage_bps": 0.0, "capital": 1_000.0}, ("kelly", "vol_target")),
+    ],
+)
+def test_gated_feed_equals_feeding_every_row(tmp_path, seed, kw, dynamics):
+    write_day(tmp_path, seed)
+    store, s = Store(tmp_path), settings(**kw)
+    slow = run(store, s, dynamics, gated=False)
+    fast = run(store, s, dynamics, gated=True)
+    closed = [t for d in slow[0] for t in d["trades"]]
+    reasons = {t["exit_reason"] for t in closed}
+    # not vacuous: the modes traded, exited for several reasons, and filters blocked signals
+    assert len(closed) >= 20 and len(reasons) >= 3, (len(closed), reasons)
+    assert sum(b for b, _ in slow[2]) > 0
+    if kw.get("leverage"):
+        assert any(d["metrics"]["liquidations"] for d in slow[0])
+    if kw.get("funding", True):
+        assert any(d["metrics"]["funding"] for d in slow[0])
+    same(fast, slow)
+    assert fast[4] < slow[3] / 2, (fast[4], slow[3])  # most rows were proved idle, not stepped
+
+
+def test_the_gated_feed_applies_to_the_seed_modes_on_book_tops_only():
+    driver = svc._Driver(settings(modes=("0", "cascade")), ("off",))
+    assert not driver.can_gate([])  # the cascade mode names no wake rows
+    driver = svc._Driver(settings(), ("off",))
+    assert driver.can_gate([]) and not driver.can_gate([(START, object())])
+
+
+def reference_columns(frame: pl.DataFrame, bucket: float) -> dict[str, np.ndarray]:
+    """feature_columns by definition: an OrderFlow fed row by row as the engine feeds it."""
+    flow = OrderFlow(vpin_bucket_usd=bucket)
+    book = MergedBook()
+    names = svc._FLOAT_FEATURES
+    out = {name: np.full(frame.height, np.nan) for name in names}
+    out["ts"] = np.zeros(frame.height, dtype=np.int64)
+    for i, (ts, kind, _, a, b, c, d) in enumerate(frame.iter_rows()):
+        if kind == svc.TRADE:
+            flow.on_trade(ts, a, b, bool(c))
+        elif kind == svc.TOP:
+            book.top = svc.BookTop("binance", "BTCUSDT", ts, a, b, c, d)
+            flow.on_book(ts, book.levels("bid", 20), book.levels("ask", 20))
+        s = flow.snapshot
+        out["ts"][i] = s.ts
+        for name in names:
+            value = getattr(s, name)
+            out[name][i] = np.nan if value is None else value
+    return out
+
+
+def test_feature_columns_equal_the_incremental_order_flow_bit_for_bit(tmp_path):
+    write_day(tmp_path, 6, trades=8_000)
+    frame = svc.tape(Store(tmp_path), settings(), warn=False)
+    cols = {n: frame[n].cast(pl.Float64).to_numpy() for n in ("a", "b", "c", "d")}
+    got = svc.orderflow.feature_columns(
+        frame["ts"].to_numpy(),
+        frame["kind"].to_numpy(),
+        cols["a"],
+        cols["b"],
+        cols["c"],
+        cols["d"],
+        trade_kind=svc.TRADE,
+        top_kind=svc.TOP,
+        vpin_bucket_usd=20_000.0,
+    )
+    want = reference_columns(frame, 20_000.0)
+    for name, column in want.items():
+        assert np.array_equal(got[name], column, equal_nan=True), name
+
+
+def test_next_true_and_first_from():
+    mask = np.array([False, True, False, False, True, False])
+    assert next_true(mask).tolist() == [1, 1, 4, 4, 4, 6, 6]
+    assert next_true(np.zeros(0, bool)).tolist() == [0]
+    values = np.arange(10_000)
+    assert first_from(0, 10_000, lambda lo, hi: values[lo:hi] >= 9_000, chunk=7) == 9_000
+    assert first_from(5, 10_000, lambda lo, hi: values[lo:hi] < 0, chunk=7) == 10_000
+    assert first_from(3, 3, lambda lo, hi: values[lo:hi] >= 0) == 3
