@@ -99,30 +99,24 @@ class SignedVolume:
     (C_{j<0} = 0). A difference of running sums, not ``total += s; total -= popleft()``, so the
     vectorised path (``feature_columns``: np.cumsum, sequential) gives the same floats."""
 
-    __slots__ = ("_cums", "_q", "cum", "total", "window")
+    __slots__ = ("_cums", "cum", "total", "window")
 
     def __init__(self, window: int = 100) -> None:
         if window < 1:
             raise ValueError("window must be at least 1 trade")
         self.window = window
-        self._q: deque[float] = deque(maxlen=window)  # the last window ±qty, for exact()
         self._cums: deque[float] = deque(maxlen=window)  # C_{i−window+1} .. C_i
         self.cum = 0.0
         self.total = 0.0
 
     def add(self, qty: float, taker_bought: bool) -> float:
         signed = qty if taker_bought else -qty
-        self._q.append(signed)
         cums = self._cums
         self.cum = cum = self.cum + signed
         total = cum - cums[0] if len(cums) == self.window else cum
         cums.append(cum)
         self.total = total
         return total
-
-    def exact(self) -> float:
-        """The window's sum recomputed (the difference of running sums differs by rounding)."""
-        return sum(self._q)
 
 
 class Vpin:
@@ -338,7 +332,6 @@ class OrderFlow:
         # SignedVolume.add, inlined (this runs for every trade of a backtest)
         volume = self.volume
         signed = qty if bought else -qty
-        volume._q.append(signed)
         cums = volume._cums
         volume.cum = cum = volume.cum + signed
         total = cum - cums[0] if len(cums) == volume.window else cum
