@@ -215,3 +215,32 @@ def test_next_true_and_first_from():
     assert first_from(0, 10_000, lambda lo, hi: values[lo:hi] >= 9_000, chunk=7) == 9_000
     assert first_from(5, 10_000, lambda lo, hi: values[lo:hi] < 0, chunk=7) == 10_000
     assert first_from(3, 3, lambda lo, hi: values[lo:hi] >= 0) == 3
+
+
+def test_a_stored_row_missing_a_value_is_skipped_and_counted(tmp_path, caplog):
+    write_day(tmp_path / "clean", 7, trades=6_000)
+    write_day(tmp_path / "damaged", 7, trades=6_000)
+    damaged = Store(tmp_path / "damaged")
+    at = pl.lit(START + 3_600_000).cast(pl.Datetime("ms", "UTC"))
+    where = {"exchange": pl.lit("binance"), "symbol": pl.lit("BTCUSDT"), "ts": at}
+    damaged.write(
+        "agg_trades",
+        pl.DataFrame({"trade_id": [10**9, 10**9 + 1], "price": [None, 60_000.0],
+                      "qty": [0.5, None], "is_buyer_maker": [True, False]},
+                     schema_overrides={"price": pl.Float64, "qty": pl.Float64}).with_columns(**where),
+    )  # fmt: skip
+    damaged.write(
+        "book_tops",
+        pl.DataFrame({"update_id": [10**9], "bid": [59_000.0], "bid_qty": [None],
+                      "ask": [59_000.1], "ask_qty": [3.0]},
+                     schema_overrides={"bid_qty": pl.Float64}).with_columns(**where),
+    )  # fmt: skip
+    s = settings()
+    clean = svc.run_flow(Store(tmp_path / "clean"), s, ("off",), warn=False)
+    with caplog.at_level("WARNING", logger="liq.backtest"):
+        docs = svc.run_flow(damaged, s, ("off",), warn=False)
+    for doc in (*clean, *docs):
+        doc.pop("_equity")
+    assert docs == clean
+    assert "skipped 2 stored agg_trades row(s) with a missing value" in caplog.text
+    assert "skipped 1 stored book_tops row(s) with a missing value" in caplog.text

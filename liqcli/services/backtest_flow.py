@@ -224,6 +224,9 @@ def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFra
     from liqcli.services.backtest import how_to_get
 
     frames = [_in_order(f) for f in pl.collect_all(parts)]
+    # a row missing a value the engine needs is skipped and counted, never the whole run
+    frames[0] = _complete(frames[0], ("ts", "a", "b", "c"), "agg_trades")
+    frames[1] = _complete(frames[1], ("ts", "a", "b", "c", "d"), "book_tops")
     sym, venue = settings.symbol, settings.exchange
     on = "" if venue == "binance" else f" on {venue}"
     if frames[0].height == 0:
@@ -264,6 +267,17 @@ def tape(store: Any, settings: FlowSettings, *, warn: bool = True) -> pl.DataFra
             f"{settings.exchange}` (or `liq paper {settings.symbol} --record`)"
         )
     return _merge(frames)
+
+
+def _complete(frame: pl.DataFrame, needed: tuple[str, ...], dataset: str) -> pl.DataFrame:
+    kept = frame.drop_nulls(list(needed))
+    if kept.height < frame.height:
+        log.warning(
+            "skipped %d stored %s row(s) with a missing value (damaged data?)",
+            frame.height - kept.height,
+            dataset,
+        )
+    return kept
 
 
 def _in_order(frame: pl.DataFrame) -> pl.DataFrame:
