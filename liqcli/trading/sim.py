@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from liqcli.trading.costs import (
@@ -68,6 +69,7 @@ _REJECTED = OrderStatus.REJECTED
 _MAKER = Liquidity.MAKER
 _TAKER = Liquidity.TAKER
 _isfinite = math.isfinite
+_margin_of = attrgetter("margin")
 _inf = math.inf
 
 
@@ -206,7 +208,7 @@ class SimBroker:
         problem = self._check(order)
         if problem:
             return self._reject(order, problem)
-        market = self._market(order.symbol)
+        market = self._markets[order.symbol]  # _check made it
         if order.type is _MARKET:
             self._take(order, None, market)
             if order.qty - order.filled_qty > 0 and order.status is not _REJECTED:
@@ -429,7 +431,9 @@ class SimBroker:
         ):
             return "invalid_price"
         lev = order.leverage
-        if lev is not None and not (1 <= lev <= self._max_leverage()):
+        if lev is not None and not (
+            1 <= lev <= (self._cap if self.brackets is self._cap_of else self._max_leverage())
+        ):
             return "invalid_leverage"
         symbol = order.symbol
         if order.reduce_only:
@@ -437,14 +441,14 @@ class SimBroker:
             if pos is None or pos.qty == 0 or (pos.qty > 0) == (order.side is _BUY):
                 return "reduce_only_would_increase"
             order.qty = min(qty, abs(pos.qty))
-        market = self._market(symbol)
-        if (
-            market_order
-            and market.mark is None
-            and market.last_trade is None
-            and self._best(symbol, "ask") is None
-        ):
-            return "no_price"
+        market = self._markets.get(symbol) or self._market(symbol)
+        if market_order and market.mark is None and market.last_trade is None:
+            book = market.book
+            if type(book) is TopOfBook:  # its levels(), inlined: a bar backtest's every order
+                if not book.ask_qty > 0:
+                    return "no_price"
+            elif self._best(symbol, "ask") is None:
+                return "no_price"
         # a reduce-only order is never refused for its leverage, as on Binance
         return "" if order.reduce_only else self._check_bracket(order, market)
 
@@ -455,8 +459,15 @@ class SimBroker:
         buy = order.side is _BUY
         price = order.price
         if price is None:
-            best = self._best(symbol, "ask" if buy else "bid")
-            price = best[0] if best is not None else market.last_trade
+            book = market.book
+            if type(book) is TopOfBook:  # _best, inlined
+                if buy:
+                    price = book.ask_price if book.ask_qty > 0 else market.last_trade
+                else:
+                    price = book.bid_price if book.bid_qty > 0 else market.last_trade
+            else:
+                best = self._best(symbol, "ask" if buy else "bid")
+                price = best[0] if best is not None else market.last_trade
             if price is None:
                 price = market.mark
         if price is not None and self._over_cap(order, order.qty, price):
@@ -476,7 +487,9 @@ class SimBroker:
             lev = pos.leverage  # adds at the position's leverage (_apply)
         else:
             lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
-        cap = self._notional_cap(symbol, lev)
+        cap = self._caps.get((symbol, lev)) if self.brackets is self._cap_of else None
+        if cap is None:
+            cap = self._notional_cap(symbol, lev)
         return cap != _inf and abs(after) * price >= cap
 
     def _notional_cap(self, symbol: str, leverage: float) -> float:
@@ -535,6 +548,25 @@ class SimBroker:
             market = self._market(order.symbol)
         buy = order.side is _BUY
         book = market.book
+        if type(book) is TopOfBook and limit is None:
+            # One level (the bar driver's quote): the loop below for one level, without it.
+            top, depth = (book.ask_price, book.ask_qty) if buy else (book.bid_price, book.bid_qty)
+            if depth > 0:
+                want = order.qty - order.filled_qty  # order.remaining
+                if want < 0.0:
+                    want = 0.0
+                got = depth if depth < want else want  # min(depth, want)
+                notional = got * top
+                if got < want:  # past the known depth: the rest at that level
+                    notional += (want - got) * top
+                    got = want
+                if got <= 0:
+                    return
+                vwap = notional / got
+                slip = self.slippage_bps / 10_000
+                price = vwap * (1 + slip) if buy else vwap * (1 - slip)
+                self._fill(order, got, price, _TAKER)
+                return
         levels = book.levels("ask" if buy else "bid", self.depth_levels) if book is not None else []
         if not levels:
             price = market.last_trade if market.last_trade is not None else market.mark
@@ -580,10 +612,12 @@ class SimBroker:
             qty if before == 0 or (before > 0) == (signed > 0) else max(qty - abs(before), 0.0)
         )
         maker = liquidity is _MAKER
-        fee = self.fees.fee(qty * price, maker=maker)
+        fees = self.fees  # fees.fee(qty * price, maker=maker), inlined
+        fee = abs(qty * price) * (fees.maker if maker else fees.taker)
         if opening > 0 and not order.reduce_only:
             need = opening * price / lev + fee
-            if need > acct.available + 1e-9:
+            # acct.available, without its two properties
+            if need > acct.balance - sum(map(_margin_of, acct.positions.values())) + 1e-9:
                 if maker:
                     self.cancel(order.id)
                 self._reject(order, "insufficient_margin")
@@ -625,31 +659,34 @@ class SimBroker:
         acct = self.account
         acct.balance -= fee
         pos.fees += fee
-        realized = 0.0
-        if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
-            if pos.qty == 0:
+        held = pos.qty  # read once: the position's slots are the hot path's attribute lookups
+        size = abs(signed)
+        if held == 0 or (held > 0) == (signed > 0):
+            if held == 0:
                 pos.leverage = lev
                 pos.opened_ts = self.now
                 pos.realized_pnl = pos.fees = pos.funding = 0.0
                 pos.fees = fee
-            new_qty = pos.qty + signed
-            pos.entry_price = (pos.entry_price * abs(pos.qty) + price * abs(signed)) / abs(new_qty)
-            pos.margin += abs(signed) * price / pos.leverage
+            new_qty = held + signed
+            pos.entry_price = (pos.entry_price * abs(held) + price * size) / abs(new_qty)
+            pos.margin += size * price / pos.leverage
             pos.qty = new_qty
             return 0.0
-        closing = min(abs(signed), abs(pos.qty))
-        realized = closing * (price - pos.entry_price) * (1 if pos.qty > 0 else -1)
-        release = pos.margin * closing / abs(pos.qty)
+        held_size = abs(held)
+        closing = min(size, held_size)
+        realized = closing * (price - pos.entry_price) * (1 if held > 0 else -1)
+        margin = pos.margin
+        release = margin * closing / held_size
         acct.balance += realized
         pos.realized_pnl += realized
-        rest = abs(signed) - closing
-        if closing >= abs(pos.qty) - 1e-12:
+        rest = size - closing
+        if closing >= held_size - 1e-12:
             pos.qty = 0.0
             pos.margin = 0.0
             pos.entry_price = 0.0
         else:
-            pos.qty -= closing * (1 if pos.qty > 0 else -1)
-            pos.margin -= release
+            pos.qty = held - closing * (1 if held > 0 else -1)
+            pos.margin = margin - release
         if rest > 1e-12:
             pos.leverage = lev
             pos.opened_ts = self.now
