@@ -61,6 +61,7 @@ _BUY = OrderSide.BUY
 _SELL = OrderSide.SELL
 _MARKET = OrderType.MARKET
 _LIMIT = OrderType.LIMIT
+_STOP = OrderType.STOP
 _NEW = OrderStatus.NEW
 _PARTIAL = OrderStatus.PARTIALLY_FILLED
 _FILLED = OrderStatus.FILLED
@@ -400,9 +401,10 @@ class SimBroker:
         pos = self.account.positions.get(symbol)
         if pos is None or pos.qty == 0:
             return None
-        b = bracket_for(pos.notional, self.brackets)
+        qty, entry = pos.qty, pos.entry_price
+        b = bracket_for(abs(qty) * entry, self.brackets)  # pos.notional, without the property
         return liquidation_price(
-            qty=pos.qty, entry_price=pos.entry_price, margin=pos.margin, mmr=b.mmr, cum=b.cum
+            qty=qty, entry_price=entry, margin=pos.margin, mmr=b.mmr, cum=b.cum
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -423,7 +425,7 @@ class SimBroker:
         qty = order.qty
         if not (_isfinite(qty) and qty > 0):
             return "invalid_qty"
-        if order.type is OrderType.STOP:  # the bar driver triggers stops itself (trading.bars)
+        if order.type is _STOP:  # the bar driver triggers stops itself (trading.bars)
             return "stop_orders_unsupported"
         market_order = order.type is _MARKET
         if not market_order and not (
@@ -484,7 +486,7 @@ class SimBroker:
         if before and (before > 0) == (after > 0):
             if abs(after) <= abs(before):
                 return False  # reduces
-            lev = pos.leverage  # adds at the position's leverage (_apply)
+            lev = pos.leverage  # adds at the position's leverage (_fill)
         else:
             lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
         cap = self._caps.get((symbol, lev)) if self.brackets is self._cap_of else None
@@ -608,9 +610,8 @@ class SimBroker:
         before = pos.qty
         lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
         signed = qty if order.side is _BUY else qty * -1
-        opening = (
-            qty if before == 0 or (before > 0) == (signed > 0) else max(qty - abs(before), 0.0)
-        )
+        adds = before == 0 or (before > 0) == (signed > 0)  # opens or grows the position
+        opening = qty if adds else max(qty - abs(before), 0.0)
         maker = liquidity is _MAKER
         fees = self.fees  # fees.fee(qty * price, maker=maker), inlined
         fee = abs(qty * price) * (fees.maker if maker else fees.taker)
@@ -628,7 +629,44 @@ class SimBroker:
                 self.cancel(order.id)
                 self._reject(order, "leverage_exceeds_bracket")
                 return
-        realized = self._apply(pos, signed, price, lev, fee)
+        # The position changes by ``signed`` at ``price`` (inlined: a backtest's every fill).
+        acct.balance -= fee
+        pos.fees += fee
+        if adds:
+            if before == 0:
+                pos.leverage = lev
+                pos.opened_ts = self.now
+                pos.realized_pnl = pos.fees = pos.funding = 0.0
+                pos.fees = fee
+            new_qty = before + signed
+            pos.entry_price = (pos.entry_price * abs(before) + price * qty) / abs(new_qty)
+            pos.margin += qty * price / pos.leverage
+            pos.qty = new_qty
+            realized = 0.0
+        else:
+            held = abs(before)
+            closing = min(qty, held)
+            realized = closing * (price - pos.entry_price) * (1 if before > 0 else -1)
+            margin = pos.margin
+            release = margin * closing / held
+            acct.balance += realized
+            pos.realized_pnl += realized
+            rest = qty - closing
+            if closing >= held - 1e-12:
+                pos.qty = 0.0
+                pos.margin = 0.0
+                pos.entry_price = 0.0
+            else:
+                pos.qty = before - closing * (1 if before > 0 else -1)
+                pos.margin = margin - release
+            if rest > 1e-12:  # a flip: the rest opens the other side
+                pos.leverage = lev
+                pos.opened_ts = self.now
+                pos.realized_pnl = pos.funding = 0.0
+                pos.fees = 0.0
+                pos.qty = rest * (1 if signed > 0 else -1)
+                pos.entry_price = price
+                pos.margin = rest * price / lev
         filled = order.filled_qty
         total = filled + qty
         order.avg_price = (order.avg_price * filled + price * qty) / total
@@ -653,49 +691,6 @@ class SimBroker:
             )
         )
         self._track(symbol, before, pos, qty, price, fee, realized, tag)
-
-    def _apply(self, pos: Position, signed: float, price: float, lev: float, fee: float) -> float:
-        """Change the position by ``signed`` at ``price``; returns the price PnL realised."""
-        acct = self.account
-        acct.balance -= fee
-        pos.fees += fee
-        held = pos.qty  # read once: the position's slots are the hot path's attribute lookups
-        size = abs(signed)
-        if held == 0 or (held > 0) == (signed > 0):
-            if held == 0:
-                pos.leverage = lev
-                pos.opened_ts = self.now
-                pos.realized_pnl = pos.fees = pos.funding = 0.0
-                pos.fees = fee
-            new_qty = held + signed
-            pos.entry_price = (pos.entry_price * abs(held) + price * size) / abs(new_qty)
-            pos.margin += size * price / pos.leverage
-            pos.qty = new_qty
-            return 0.0
-        held_size = abs(held)
-        closing = min(size, held_size)
-        realized = closing * (price - pos.entry_price) * (1 if held > 0 else -1)
-        margin = pos.margin
-        release = margin * closing / held_size
-        acct.balance += realized
-        pos.realized_pnl += realized
-        rest = size - closing
-        if closing >= held_size - 1e-12:
-            pos.qty = 0.0
-            pos.margin = 0.0
-            pos.entry_price = 0.0
-        else:
-            pos.qty = held - closing * (1 if held > 0 else -1)
-            pos.margin = margin - release
-        if rest > 1e-12:
-            pos.leverage = lev
-            pos.opened_ts = self.now
-            pos.realized_pnl = pos.funding = 0.0
-            pos.fees = 0.0
-            pos.qty = rest * (1 if signed > 0 else -1)
-            pos.entry_price = price
-            pos.margin = rest * price / lev
-        return realized
 
     def _track(
         self,
