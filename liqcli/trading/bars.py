@@ -229,6 +229,8 @@ def _run_vectorised(
 
     snap(0)
     cursor = 0
+    k = 0  # changes[k]: the first change after cursor (cursor only moves forward)
+    n_changes = len(changes)
     while cursor < n:
         want = exec_target.item(cursor)  # .item(): a Python int, without a numpy scalar
         pos = broker.position(sym)
@@ -238,8 +240,9 @@ def _run_vectorised(
             _quote(broker, sym, ts.item(cursor), price)
             rebalance(broker, sym, want, price, settings.leverage)
             snap(cursor)
-        k = bisect.bisect_right(changes, cursor)
-        end = changes[k] if k < len(changes) else n
+        while k < n_changes and changes[k] <= cursor:  # bisect_right(changes, cursor)
+            k += 1
+        end = changes[k] if k < n_changes else n
         cursor = _hold(
             broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap, bounds
         )
