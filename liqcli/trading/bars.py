@@ -45,7 +45,7 @@ import polars as pl
 
 from liqcli.trading.costs import Fees
 from liqcli.trading.engine import Engine, register_event
-from liqcli.trading.model import Order, OrderSide, OrderStatus, OrderType
+from liqcli.trading.model import Order, OrderSide, OrderStatus, OrderType, Position
 from liqcli.trading.sim import RoundTrip, SimBroker, TopOfBook
 from liqcli.trading.strategy import BaseStrategy, Context, Strategy
 
@@ -223,9 +223,13 @@ def _run_vectorised(
     bounds = _extremes(lows, highs)
     snapshots: list[tuple[int, float, float, float]] = []  # (bar, balance, qty, entry) from then
 
+    # The run's one Position object: an Account never replaces or drops one, so it is looked
+    # up once rather than several times a segment.
+    pos = broker.position(sym)
+    account = broker.account
+
     def snap(bar: int) -> None:
-        pos = broker.position(sym)
-        snapshots.append((bar, broker.account.balance, pos.qty, pos.entry_price))
+        snapshots.append((bar, account.balance, pos.qty, pos.entry_price))
 
     snap(0)
     cursor = 0
@@ -233,8 +237,8 @@ def _run_vectorised(
     n_changes = len(changes)
     while cursor < n:
         want = exec_target.item(cursor)  # .item(): a Python int, without a numpy scalar
-        pos = broker.position(sym)
-        held = 0 if pos.qty == 0 else (1 if pos.qty > 0 else -1)
+        qty = pos.qty
+        held = 0 if qty == 0 else (1 if qty > 0 else -1)
         if held != want:
             price = opens.item(cursor)
             _quote(broker, sym, ts.item(cursor), price)
@@ -244,7 +248,19 @@ def _run_vectorised(
             k += 1
         end = changes[k] if k < n_changes else n
         cursor = _hold(
-            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap, bounds
+            broker,
+            sym,
+            cursor,
+            end,
+            ts,
+            highs,
+            lows,
+            closes,
+            fund_bars,
+            fund_rows,
+            snap,
+            bounds,
+            pos,
         )
     return _result(broker, ts, closes, snapshots, n)
 
@@ -262,13 +278,16 @@ def _hold(
     fund_rows: list[tuple[int, float, float | None]],
     snap: Callable[[int], None],
     bounds: tuple[float, float] = (-math.inf, math.inf),
+    pos: Position | None = None,
 ) -> int:
     """Hold the position over bars [start, end); returns where the next decision happens.
-    ``bounds``: (lowest low, highest high) of all bars, or any wider range."""
-    a = start
-    f = bisect.bisect_left(fund_bars, start)
-    while a < end:
+    ``bounds``: (lowest low, highest high) of all bars, or any wider range; ``pos``: the
+    broker's position of ``sym`` (looked up when not given)."""
+    if pos is None:
         pos = broker.position(sym)
+    a = start
+    f = bisect.bisect_left(fund_bars, start) if fund_bars else 0
+    while a < end:
         if pos.qty == 0:
             return end  # flat and no change wanted before ``end``
         b = fund_bars[f] if f < len(fund_bars) and fund_bars[f] < end else end
