@@ -611,11 +611,11 @@ class SimBroker:
         lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
         signed = qty if order.side is _BUY else qty * -1
         adds = before == 0 or (before > 0) == (signed > 0)  # opens or grows the position
-        opening = qty if adds else max(qty - abs(before), 0.0)
         maker = liquidity is _MAKER
         fees = self.fees  # fees.fee(qty * price, maker=maker), inlined
         fee = abs(qty * price) * (fees.maker if maker else fees.taker)
-        if opening > 0 and not order.reduce_only:
+        if not order.reduce_only and (adds or qty - abs(before) > 0):  # opening > 0
+            opening = qty if adds else qty - abs(before)
             need = opening * price / lev + fee
             # acct.available, without its two properties
             if need > acct.balance - sum(map(_margin_of, acct.positions.values())) + 1e-9:
