@@ -105,20 +105,22 @@ def _tape(seed: int, n: int = 4000):
     return events
 
 
-def _run(broker: SimBroker, events) -> list[tuple]:
+def _run(broker: SimBroker, events, book=TopOfBook) -> list[tuple]:
     states = []
     for e in events:
         kind = e[0]
         if kind == "trade":
             broker.on_trade(SYM, e[1], e[2], e[3], e[4])
         elif kind == "top":
-            broker.update_book(SYM, TopOfBook(e[2], e[3], e[4], e[5]), e[1])
+            broker.update_book(SYM, book(e[2], e[3], e[4], e[5]), e[1])
         elif kind == "mark":
             broker.on_mark(SYM, e[1], e[2], e[3], e[4])
         elif kind == "limit":
             broker.submit(Order(SYM, e[2], e[3], OrderType.LIMIT, price=e[4], tag="l"))
         elif kind == "market":
             broker.submit(Order(SYM, e[2], e[3], OrderType.MARKET, leverage=e[4], tag="m"))
+        elif kind == "reduce":
+            broker.submit(Order(SYM, e[2], e[3], OrderType.MARKET, reduce_only=True, tag="r"))
         elif kind == "cancel_all":
             broker.cancel_all(SYM)
         elif kind == "funding":
@@ -140,6 +142,73 @@ def test_fast_paths_equal_the_full_path_on_a_random_tape(seed):
     assert any(s[3][3] != 0 for s in fast), "no funding charged"
     assert fast[-1][4] > 0, "no liquidation"
     assert any(f[5].value == "maker" for f in fills), "no maker fill"
+
+
+class Levels:
+    """A one-level book that is not a ``TopOfBook``: the broker reads it through ``levels()``, its
+    general path (``_check``, ``_check_bracket`` and ``_take`` read a ``TopOfBook`` directly)."""
+
+    def __init__(self, bid_price, bid_qty, ask_price, ask_qty) -> None:
+        self.top = TopOfBook(bid_price, bid_qty, ask_price, ask_qty)
+
+    def levels(self, side: str, depth: int):
+        return self.top.levels(side, depth)
+
+
+def _market_tape(seed: int, n: int = 3000):
+    """Market orders (some reduce-only, some larger than the book, some refused for margin or
+    leverage) against one-level books: empty, thin, infinite, as the bar driver quotes."""
+    rng = random.Random(seed)
+    ts, price = 1_000, 60_000.0
+    buy, sell = OrderSide.BUY, OrderSide.SELL
+    events = [  # no price yet: no book, an empty one, one with bids only
+        ("market", ts, buy, 0.1, None),
+        ("top", ts, price, 0.0, price, 0.0),
+        ("market", ts, sell, 0.1, None),
+        ("top", ts, price, 1.0, price, 0.0),
+        ("market", ts, sell, 0.1, None),
+    ]
+    for _ in range(n):
+        ts += rng.choice((0, 1, 60))
+        price = round(price * (1 + rng.gauss(0, 2e-3)), 1)
+        r = rng.random()
+        if r < 0.3:
+            bid_qty, ask_qty = (rng.choice((0.0, 0.05, 0.3, 2.0, float("inf"))) for _ in "ba")
+            events.append(("top", ts, price - rng.choice((0.0, 0.1)), bid_qty, price, ask_qty))
+        elif r < 0.65:
+            side = rng.choice((OrderSide.BUY, OrderSide.SELL))
+            lev = rng.choice((None, 1.0, 20.0, 125.0, 200.0))
+            events.append(("market", ts, side, rng.choice((0.01, 0.1, 0.5, 3.0, 40.0)), lev))
+        elif r < 0.8:
+            side = rng.choice((OrderSide.BUY, OrderSide.SELL))
+            events.append(("reduce", ts, side, rng.choice((0.01, 0.2, 5.0))))
+        elif r < 0.85:
+            events.append(("limit", ts, rng.choice(list(OrderSide)), 0.05, price))
+        elif r < 0.9:
+            events.append(("trade", ts, price, 0.1, r < 0.87))
+        elif r < 0.95 and ts > 20_000:  # the first orders find no mark and no trade
+            events.append(("mark", ts, price * (1 + rng.gauss(0, 1e-2)), None, None))
+        else:
+            events.append(("time", ts))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_top_of_book_read_directly_equals_its_levels(seed):
+    events = _market_tape(seed)
+    make = dict(balance=5_000.0, fees=Fees(0.0002, 0.0005), default_leverage=10.0)
+    fast = _run(SimBroker(**make, slippage_bps=2.0), events)
+    general = _run(SimBroker(**make, slippage_bps=2.0), events, book=Levels)
+    assert fast == general
+    # the tape reaches the paths the direct reads replace: fills, refusals of each kind
+    broker = SimBroker(**make, slippage_bps=2.0)
+    orders = []
+    original = broker.submit
+    broker.submit = lambda o: orders.append(original(o)) or o
+    _run(broker, events)
+    reasons = {o.reject_reason for o in orders}
+    assert {"no_price", "insufficient_margin", "leverage_exceeds_bracket"} <= reasons
+    assert "reduce_only_would_increase" in reasons
 
 
 def test_a_funding_time_crossed_inside_a_quiet_stretch_of_trades_is_settled():

@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ import polars as pl
 
 from liqcli.trading.costs import Fees
 from liqcli.trading.engine import Engine, register_event
-from liqcli.trading.model import Order, OrderSide, OrderStatus, OrderType
+from liqcli.trading.model import Order, OrderSide, OrderStatus, OrderType, Position
 from liqcli.trading.sim import RoundTrip, SimBroker, TopOfBook
 from liqcli.trading.strategy import BaseStrategy, Context, Strategy
 
@@ -131,7 +132,7 @@ def _quote(broker: SimBroker, symbol: str, ts: int, price: float) -> None:
 
 def _target_qty(broker: SimBroker, price: float, leverage: float, side: OrderSide) -> float:
     slip = broker.slippage_bps / 10_000
-    fill = price * (1 + slip) if side is OrderSide.BUY else price * (1 - slip)
+    fill = price * (1 + slip) if side is _BUY else price * (1 - slip)  # a global: see sim._BUY
     taker = broker.fees.taker
     return broker.account.balance * leverage / (fill * (1 + leverage * taker)) * (1 - 1e-12)
 
@@ -222,24 +223,44 @@ def _run_vectorised(
     bounds = _extremes(lows, highs)
     snapshots: list[tuple[int, float, float, float]] = []  # (bar, balance, qty, entry) from then
 
+    # The run's one Position object: an Account never replaces or drops one, so it is looked
+    # up once rather than several times a segment.
+    pos = broker.position(sym)
+    account = broker.account
+
     def snap(bar: int) -> None:
-        pos = broker.position(sym)
-        snapshots.append((bar, broker.account.balance, pos.qty, pos.entry_price))
+        snapshots.append((bar, account.balance, pos.qty, pos.entry_price))
 
     snap(0)
     cursor = 0
+    k = 0  # changes[k]: the first change after cursor (cursor only moves forward)
+    n_changes = len(changes)
     while cursor < n:
-        want = int(exec_target[cursor])
-        pos = broker.position(sym)
-        held = 0 if pos.qty == 0 else (1 if pos.qty > 0 else -1)
+        want = exec_target.item(cursor)  # .item(): a Python int, without a numpy scalar
+        qty = pos.qty
+        held = 0 if qty == 0 else (1 if qty > 0 else -1)
         if held != want:
-            _quote(broker, sym, int(ts[cursor]), float(opens[cursor]))
-            rebalance(broker, sym, want, float(opens[cursor]), settings.leverage)
+            price = opens.item(cursor)
+            _quote(broker, sym, ts.item(cursor), price)
+            rebalance(broker, sym, want, price, settings.leverage)
             snap(cursor)
-        k = bisect.bisect_right(changes, cursor)
-        end = changes[k] if k < len(changes) else n
+        while k < n_changes and changes[k] <= cursor:  # bisect_right(changes, cursor)
+            k += 1
+        end = changes[k] if k < n_changes else n
         cursor = _hold(
-            broker, sym, cursor, end, ts, highs, lows, closes, fund_bars, fund_rows, snap, bounds
+            broker,
+            sym,
+            cursor,
+            end,
+            ts,
+            highs,
+            lows,
+            closes,
+            fund_bars,
+            fund_rows,
+            snap,
+            bounds,
+            pos,
         )
     return _result(broker, ts, closes, snapshots, n)
 
@@ -257,13 +278,16 @@ def _hold(
     fund_rows: list[tuple[int, float, float | None]],
     snap: Callable[[int], None],
     bounds: tuple[float, float] = (-math.inf, math.inf),
+    pos: Position | None = None,
 ) -> int:
     """Hold the position over bars [start, end); returns where the next decision happens.
-    ``bounds``: (lowest low, highest high) of all bars, or any wider range."""
-    a = start
-    f = bisect.bisect_left(fund_bars, start)
-    while a < end:
+    ``bounds``: (lowest low, highest high) of all bars, or any wider range; ``pos``: the
+    broker's position of ``sym`` (looked up when not given)."""
+    if pos is None:
         pos = broker.position(sym)
+    a = start
+    f = bisect.bisect_left(fund_bars, start) if fund_bars else 0
+    while a < end:
         if pos.qty == 0:
             return end  # flat and no change wanted before ``end``
         b = fund_bars[f] if f < len(fund_bars) and fund_bars[f] < end else end
@@ -324,7 +348,9 @@ def _result(
         return BarResult(ts, np.array([]), [], 0, 0.0, 0.0, 0, 0.0, 0)
     # Each snapshot holds from its bar until the next one's (the last of several at one bar
     # wins); the first is at bar 0.
-    table = np.array(snapshots, dtype=np.float64)  # bar, balance, qty, entry
+    # bar, balance, qty, entry; fromiter over the flattened tuples: half np.array(snapshots)'s time
+    flat = itertools.chain.from_iterable(snapshots)
+    table = np.fromiter(flat, np.float64, 4 * len(snapshots)).reshape(-1, 4)
     idx = table[:, 0].astype(np.int64)
     span = np.diff(idx, append=n)
     balance, qty, entry = (np.repeat(table[:, c], span) for c in (1, 2, 3))

@@ -37,7 +37,7 @@ class Fees:
                 "give fractions, e.g. 0.0002,0.0005"
             )
 
-    def fee(self, notional: float, *, maker: bool) -> float:
+    def fee(self, notional: float, *, maker: bool) -> float:  # SimBroker._fill inlines it
         return abs(notional) * (self.maker if maker else self.taker)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from liqcli.trading.costs import (
@@ -60,6 +61,7 @@ _BUY = OrderSide.BUY
 _SELL = OrderSide.SELL
 _MARKET = OrderType.MARKET
 _LIMIT = OrderType.LIMIT
+_STOP = OrderType.STOP
 _NEW = OrderStatus.NEW
 _PARTIAL = OrderStatus.PARTIALLY_FILLED
 _FILLED = OrderStatus.FILLED
@@ -68,6 +70,7 @@ _REJECTED = OrderStatus.REJECTED
 _MAKER = Liquidity.MAKER
 _TAKER = Liquidity.TAKER
 _isfinite = math.isfinite
+_margin_of = attrgetter("margin")
 _inf = math.inf
 
 
@@ -206,7 +209,7 @@ class SimBroker:
         problem = self._check(order)
         if problem:
             return self._reject(order, problem)
-        market = self._market(order.symbol)
+        market = self._markets[order.symbol]  # _check made it
         if order.type is _MARKET:
             self._take(order, None, market)
             if order.qty - order.filled_qty > 0 and order.status is not _REJECTED:
@@ -398,9 +401,10 @@ class SimBroker:
         pos = self.account.positions.get(symbol)
         if pos is None or pos.qty == 0:
             return None
-        b = bracket_for(pos.notional, self.brackets)
+        qty, entry = pos.qty, pos.entry_price
+        b = bracket_for(abs(qty) * entry, self.brackets)  # pos.notional, without the property
         return liquidation_price(
-            qty=pos.qty, entry_price=pos.entry_price, margin=pos.margin, mmr=b.mmr, cum=b.cum
+            qty=qty, entry_price=entry, margin=pos.margin, mmr=b.mmr, cum=b.cum
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -421,7 +425,7 @@ class SimBroker:
         qty = order.qty
         if not (_isfinite(qty) and qty > 0):
             return "invalid_qty"
-        if order.type is OrderType.STOP:  # the bar driver triggers stops itself (trading.bars)
+        if order.type is _STOP:  # the bar driver triggers stops itself (trading.bars)
             return "stop_orders_unsupported"
         market_order = order.type is _MARKET
         if not market_order and not (
@@ -429,7 +433,9 @@ class SimBroker:
         ):
             return "invalid_price"
         lev = order.leverage
-        if lev is not None and not (1 <= lev <= self._max_leverage()):
+        if lev is not None and not (
+            1 <= lev <= (self._cap if self.brackets is self._cap_of else self._max_leverage())
+        ):
             return "invalid_leverage"
         symbol = order.symbol
         if order.reduce_only:
@@ -437,14 +443,14 @@ class SimBroker:
             if pos is None or pos.qty == 0 or (pos.qty > 0) == (order.side is _BUY):
                 return "reduce_only_would_increase"
             order.qty = min(qty, abs(pos.qty))
-        market = self._market(symbol)
-        if (
-            market_order
-            and market.mark is None
-            and market.last_trade is None
-            and self._best(symbol, "ask") is None
-        ):
-            return "no_price"
+        market = self._markets.get(symbol) or self._market(symbol)
+        if market_order and market.mark is None and market.last_trade is None:
+            book = market.book
+            if type(book) is TopOfBook:  # its levels(), inlined: a bar backtest's every order
+                if not book.ask_qty > 0:
+                    return "no_price"
+            elif self._best(symbol, "ask") is None:
+                return "no_price"
         # a reduce-only order is never refused for its leverage, as on Binance
         return "" if order.reduce_only else self._check_bracket(order, market)
 
@@ -455,8 +461,15 @@ class SimBroker:
         buy = order.side is _BUY
         price = order.price
         if price is None:
-            best = self._best(symbol, "ask" if buy else "bid")
-            price = best[0] if best is not None else market.last_trade
+            book = market.book
+            if type(book) is TopOfBook:  # _best, inlined
+                if buy:
+                    price = book.ask_price if book.ask_qty > 0 else market.last_trade
+                else:
+                    price = book.bid_price if book.bid_qty > 0 else market.last_trade
+            else:
+                best = self._best(symbol, "ask" if buy else "bid")
+                price = best[0] if best is not None else market.last_trade
             if price is None:
                 price = market.mark
         if price is not None and self._over_cap(order, order.qty, price):
@@ -473,10 +486,12 @@ class SimBroker:
         if before and (before > 0) == (after > 0):
             if abs(after) <= abs(before):
                 return False  # reduces
-            lev = pos.leverage  # adds at the position's leverage (_apply)
+            lev = pos.leverage  # adds at the position's leverage (_fill)
         else:
             lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
-        cap = self._notional_cap(symbol, lev)
+        cap = self._caps.get((symbol, lev)) if self.brackets is self._cap_of else None
+        if cap is None:
+            cap = self._notional_cap(symbol, lev)
         return cap != _inf and abs(after) * price >= cap
 
     def _notional_cap(self, symbol: str, leverage: float) -> float:
@@ -535,6 +550,25 @@ class SimBroker:
             market = self._market(order.symbol)
         buy = order.side is _BUY
         book = market.book
+        if type(book) is TopOfBook and limit is None:
+            # One level (the bar driver's quote): the loop below for one level, without it.
+            top, depth = (book.ask_price, book.ask_qty) if buy else (book.bid_price, book.bid_qty)
+            if depth > 0:
+                want = order.qty - order.filled_qty  # order.remaining
+                if want < 0.0:
+                    want = 0.0
+                got = depth if depth < want else want  # min(depth, want)
+                notional = got * top
+                if got < want:  # past the known depth: the rest at that level
+                    notional += (want - got) * top
+                    got = want
+                if got <= 0:
+                    return
+                vwap = notional / got
+                slip = self.slippage_bps / 10_000
+                price = vwap * (1 + slip) if buy else vwap * (1 - slip)
+                self._fill(order, got, price, _TAKER)
+                return
         levels = book.levels("ask" if buy else "bid", self.depth_levels) if book is not None else []
         if not levels:
             price = market.last_trade if market.last_trade is not None else market.mark
@@ -576,14 +610,15 @@ class SimBroker:
         before = pos.qty
         lev = order.leverage or (pos.leverage if before else None) or self.default_leverage
         signed = qty if order.side is _BUY else qty * -1
-        opening = (
-            qty if before == 0 or (before > 0) == (signed > 0) else max(qty - abs(before), 0.0)
-        )
+        adds = before == 0 or (before > 0) == (signed > 0)  # opens or grows the position
         maker = liquidity is _MAKER
-        fee = self.fees.fee(qty * price, maker=maker)
-        if opening > 0 and not order.reduce_only:
+        fees = self.fees  # fees.fee(qty * price, maker=maker), inlined
+        fee = abs(qty * price) * (fees.maker if maker else fees.taker)
+        if not order.reduce_only and (adds or qty - abs(before) > 0):  # opening > 0
+            opening = qty if adds else qty - abs(before)
             need = opening * price / lev + fee
-            if need > acct.available + 1e-9:
+            # acct.available, without its two properties
+            if need > acct.balance - sum(map(_margin_of, acct.positions.values())) + 1e-9:
                 if maker:
                     self.cancel(order.id)
                 self._reject(order, "insufficient_margin")
@@ -594,7 +629,44 @@ class SimBroker:
                 self.cancel(order.id)
                 self._reject(order, "leverage_exceeds_bracket")
                 return
-        realized = self._apply(pos, signed, price, lev, fee)
+        # The position changes by ``signed`` at ``price`` (inlined: a backtest's every fill).
+        acct.balance -= fee
+        pos.fees += fee
+        if adds:
+            if before == 0:
+                pos.leverage = lev
+                pos.opened_ts = self.now
+                pos.realized_pnl = pos.fees = pos.funding = 0.0
+                pos.fees = fee
+            new_qty = before + signed
+            pos.entry_price = (pos.entry_price * abs(before) + price * qty) / abs(new_qty)
+            pos.margin += qty * price / pos.leverage
+            pos.qty = new_qty
+            realized = 0.0
+        else:
+            held = abs(before)
+            closing = min(qty, held)
+            realized = closing * (price - pos.entry_price) * (1 if before > 0 else -1)
+            margin = pos.margin
+            release = margin * closing / held
+            acct.balance += realized
+            pos.realized_pnl += realized
+            rest = qty - closing
+            if closing >= held - 1e-12:
+                pos.qty = 0.0
+                pos.margin = 0.0
+                pos.entry_price = 0.0
+            else:
+                pos.qty = before - closing * (1 if before > 0 else -1)
+                pos.margin = margin - release
+            if rest > 1e-12:  # a flip: the rest opens the other side
+                pos.leverage = lev
+                pos.opened_ts = self.now
+                pos.realized_pnl = pos.funding = 0.0
+                pos.fees = 0.0
+                pos.qty = rest * (1 if signed > 0 else -1)
+                pos.entry_price = price
+                pos.margin = rest * price / lev
         filled = order.filled_qty
         total = filled + qty
         order.avg_price = (order.avg_price * filled + price * qty) / total
@@ -619,46 +691,6 @@ class SimBroker:
             )
         )
         self._track(symbol, before, pos, qty, price, fee, realized, tag)
-
-    def _apply(self, pos: Position, signed: float, price: float, lev: float, fee: float) -> float:
-        """Change the position by ``signed`` at ``price``; returns the price PnL realised."""
-        acct = self.account
-        acct.balance -= fee
-        pos.fees += fee
-        realized = 0.0
-        if pos.qty == 0 or (pos.qty > 0) == (signed > 0):
-            if pos.qty == 0:
-                pos.leverage = lev
-                pos.opened_ts = self.now
-                pos.realized_pnl = pos.fees = pos.funding = 0.0
-                pos.fees = fee
-            new_qty = pos.qty + signed
-            pos.entry_price = (pos.entry_price * abs(pos.qty) + price * abs(signed)) / abs(new_qty)
-            pos.margin += abs(signed) * price / pos.leverage
-            pos.qty = new_qty
-            return 0.0
-        closing = min(abs(signed), abs(pos.qty))
-        realized = closing * (price - pos.entry_price) * (1 if pos.qty > 0 else -1)
-        release = pos.margin * closing / abs(pos.qty)
-        acct.balance += realized
-        pos.realized_pnl += realized
-        rest = abs(signed) - closing
-        if closing >= abs(pos.qty) - 1e-12:
-            pos.qty = 0.0
-            pos.margin = 0.0
-            pos.entry_price = 0.0
-        else:
-            pos.qty -= closing * (1 if pos.qty > 0 else -1)
-            pos.margin -= release
-        if rest > 1e-12:
-            pos.leverage = lev
-            pos.opened_ts = self.now
-            pos.realized_pnl = pos.funding = 0.0
-            pos.fees = 0.0
-            pos.qty = rest * (1 if signed > 0 else -1)
-            pos.entry_price = price
-            pos.margin = rest * price / lev
-        return realized
 
     def _track(
         self,
