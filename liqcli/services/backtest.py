@@ -313,9 +313,10 @@ def load_bars(store: Any, config: BacktestConfig) -> pl.DataFrame:
         )
         .select(pl.col("ts").dt.epoch("ms").alias("ts"), "open", "high", "low", "close", "volume")
         .drop_nulls(["open", "high", "low", "close"])
-        .sort("ts")
         .collect()
     )
+    if not frame["ts"].is_sorted():  # stored files are read in order: usually sorted already
+        frame = frame.sort("ts")
     if frame.height == 0:
         raise LiqError(
             f"no {config.interval} klines stored for {config.symbol} between "

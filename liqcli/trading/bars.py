@@ -105,7 +105,9 @@ class BarResult:
 def prepare(frame: pl.DataFrame | pl.LazyFrame, strategy: VectorStrategy) -> pl.DataFrame:
     """The bar frame with the strategy's indicators and its executed target (``exec``: the
     exposure wanted at the previous bar's close, i.e. what this bar's open executes)."""
-    lazy = frame.lazy().sort("ts")
+    # bars are usually stored in order: checking is far cheaper than sorting again
+    ordered = isinstance(frame, pl.DataFrame) and frame["ts"].is_sorted()
+    lazy = frame.lazy() if ordered else frame.lazy().sort("ts")
     indicators = strategy.indicators()
     if indicators:
         lazy = lazy.with_columns(**indicators)
