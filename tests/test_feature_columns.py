@@ -10,23 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liqcli.analytics.orderflow import OrderFlow, feature_columns
+from liqcli.analytics.orderflow import FLOAT_FIELDS, OrderFlow, feature_columns
 
 TRADE, TOP, OTHER = 3, 2, 0
-FIELDS = (
-    "obi",
-    "obi_velocity",
-    "signed_volume",
-    "microprice",
-    "micro_pressure",
-    "vpin",
-    "spread_bps",
-    "top_depth",
-    "atr_ratio",
-    "bid",
-    "ask",
-    "last_price",
-)
+FIELDS = FLOAT_FIELDS
 
 
 def fed_row_by_row(rows, **params):

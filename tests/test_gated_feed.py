@@ -170,7 +170,7 @@ def reference_columns(frame: pl.DataFrame, bucket: float) -> dict[str, np.ndarra
     """feature_columns by definition: an OrderFlow fed row by row as the engine feeds it."""
     flow = OrderFlow(vpin_bucket_usd=bucket)
     book = MergedBook()
-    names = svc._FLOAT_FEATURES
+    names = svc.FLOAT_FIELDS
     out = {name: np.full(frame.height, np.nan) for name in names}
     out["ts"] = np.zeros(frame.height, dtype=np.int64)
     for i, (ts, kind, _, a, b, c, d) in enumerate(frame.iter_rows()):

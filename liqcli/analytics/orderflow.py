@@ -292,6 +292,23 @@ class FeatureSnapshot:
         return (self.bid + self.ask) / 2
 
 
+# FeatureSnapshot's float fields: the columns of ``feature_columns`` (NaN for None)
+FLOAT_FIELDS = (
+    "obi",
+    "obi_velocity",
+    "signed_volume",
+    "microprice",
+    "micro_pressure",
+    "vpin",
+    "spread_bps",
+    "top_depth",
+    "atr_ratio",
+    "bid",
+    "ask",
+    "last_price",
+)
+
+
 class OrderFlow:
     """All features for one symbol, fed by book readings and trades."""
 

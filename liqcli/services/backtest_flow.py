@@ -46,7 +46,7 @@ import numpy as np
 import polars as pl
 
 from liqcli.analytics import metrics, orderflow
-from liqcli.analytics.orderflow import OrderFlow, toxicity
+from liqcli.analytics.orderflow import FLOAT_FIELDS, OrderFlow, toxicity
 from liqcli.core.events import AggTrade, BookSnapshot, BookTop, Liquidation
 from liqcli.core.timeutil import iso_ms
 from liqcli.errors import LiqError, UsageError
@@ -766,7 +766,7 @@ class _Driver:
         row, features = self._row, self._cols.features
         s = self.runs[0].session.flow.snapshot
         s.ts = int(features["ts"][row])
-        for name in _FLOAT_FEATURES:
+        for name in FLOAT_FIELDS:
             value = float(features[name][row])
             setattr(s, name, None if value != value else value)
         s.toxicity = toxicity(s.vpin)
@@ -774,23 +774,6 @@ class _Driver:
     def finish(self) -> None:
         if self.first_ts is not None:
             self._sample()
-
-
-# FeatureSnapshot's float fields, NaN for None in ``orderflow.feature_columns``
-_FLOAT_FEATURES = (
-    "obi",
-    "obi_velocity",
-    "signed_volume",
-    "microprice",
-    "micro_pressure",
-    "vpin",
-    "spread_bps",
-    "top_depth",
-    "atr_ratio",
-    "bid",
-    "ask",
-    "last_price",
-)
 
 
 def run_flow(

@@ -562,12 +562,8 @@ class SimBroker:
                 if got < want:  # past the known depth: the rest at that level
                     notional += (want - got) * top
                     got = want
-                if got <= 0:
-                    return
-                vwap = notional / got
-                slip = self.slippage_bps / 10_000
-                price = vwap * (1 + slip) if buy else vwap * (1 - slip)
-                self._fill(order, got, price, _TAKER)
+                if got > 0:
+                    self._fill_taker(order, got, notional, buy)
                 return
         levels = book.levels("ask" if buy else "bid", self.depth_levels) if book is not None else []
         if not levels:
@@ -594,12 +590,15 @@ class SimBroker:
             # Past the known depth: the rest at the worst known level.
             notional += (want - got) * worst
             got = want
-        if got <= 0:
-            return
-        vwap = notional / got
+        if got > 0:
+            self._fill_taker(order, got, notional, buy)
+
+    def _fill_taker(self, order: Order, qty: float, notional: float, buy: bool) -> None:
+        """A taker fill of ``qty`` costing ``notional`` at the book: its VWAP, slipped against
+        the order."""
+        vwap = notional / qty
         slip = self.slippage_bps / 10_000
-        price = vwap * (1 + slip) if buy else vwap * (1 - slip)
-        self._fill(order, got, price, _TAKER)
+        self._fill(order, qty, vwap * (1 + slip) if buy else vwap * (1 - slip), _TAKER)
 
     def _fill(self, order: Order, qty: float, price: float, liquidity: Liquidity) -> None:
         if qty <= 0:
