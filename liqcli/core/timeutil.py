@@ -11,8 +11,16 @@ from liqcli.errors import UsageError
 PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 # Binance klines also come in 1m and 3m; the /futures/data ratio series start at 5m.
 KLINE_PERIODS = ("1m", "3m", *PERIODS)
-_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+# y: 365 days, as the metrics annualise (README "liq backtest"); months have no fixed length
+_UNIT_MS = {
+    "s": 1_000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 604_800_000,
+    "y": 31_536_000_000,
+}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdwy])\s*$")
 
 
 def now_ms() -> int:
@@ -24,7 +32,7 @@ def duration_ms(text: str) -> int:
     m = _DURATION_RE.match(str(text))
     if not m:
         raise UsageError(
-            f"invalid duration {text!r}: expected a number and a unit s/m/h/d/w, e.g. 30d"
+            f"invalid duration {text!r}: expected a number and a unit s/m/h/d/w/y, e.g. 30d"
         )
     value = float(m.group(1)) * _UNIT_MS[m.group(2)]
     if value <= 0:
@@ -49,7 +57,7 @@ def parse_time(text: str, *, now: int | None = None) -> int:
     """A user-supplied instant -> ms epoch (UTC).
 
     Accepts ISO dates (``2026-11-01``), datetimes (``2026-11-01T12:00``, ``...Z``, offsets),
-    epoch seconds or milliseconds, ``now`` and relative durations (``7d`` = 7 days ago).
+    epoch seconds or milliseconds, ``now`` and relative durations (``7d`` = 7 days ago; ``1y`` = 365 days).
     """
     s = str(text).strip()
     if not s:
