@@ -29,6 +29,7 @@ def test_the_events_fed_are_shown_on_stderr_unless_quiet(tmp_path):
     lines = shown.stderr.splitlines()
     assert lines and all(line.startswith("liq: backtest: ") for line in lines), shown.stderr
     tape = TAPE_EVENTS + 3  # the tape's length: its 3 funding rows too
+    assert lines[0].startswith(f"liq: backtest: computing the features of {tape} events (")
     assert f"{tape}/{tape} events fed" in lines[-1]
     quiet = liq(tmp_path, *FLOW, "-f", "json", "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == ""
@@ -192,6 +193,8 @@ def test_a_signal_during_an_order_flow_run_exits_in_one_line_and_stores_nothing(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
+        stage = proc.stderr.readline()  # the tape is read (not logged: it may fail in one line)
+        assert re.match(r"liq: backtest: computing the features of 1,250,000", stage), stage
         first = proc.stderr.readline()  # the first chunk of events is fed: mid-run
         assert re.match(r"liq: backtest: [\d,]+/1,250,000 events fed", first), (
             first + proc.stderr.read()

@@ -446,22 +446,38 @@ class _SweepProgress:
         self.total = self.done = 0
         self._shown = -1
         self._unit = unit
+        self._label = label
         self._bar = None
         if stderr_is_tty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bar = Progress(
-                label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(stderr=True), transient=True,
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
             )  # fmt: skip
-            self._task = self._bar.add_task("runs", total=0)
+            self._task = self._bar.add_task(label, total=0)
             self._bar.start()
+
+    def stage(self, text: str, *, lasting: bool = True) -> None:
+        """The step under way before any event is fed: the bar's label, else a line (when
+        ``lasting``: a step that may still end in a one-line error is not logged)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+            return
+        if lasting:
+            typer.echo(f"liq: backtest: {text} ({self._clock() - self._t0:.1f} s)", err=True)
 
     def planned(self, runs: int) -> None:
         self.total += runs
         if self._bar is not None:
-            self._bar.update(self._task, total=self.total)
+            self._bar.update(self._task, total=self.total, description=self._label)
 
     def run_done(self) -> None:
         self.advance(1)

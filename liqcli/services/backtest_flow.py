@@ -431,8 +431,13 @@ def _rows(
 
 
 class FeedProgress(Protocol):
-    """What a long feed reports as it goes (the CLI draws it on stderr)."""
+    """What a long feed reports as it goes (the CLI draws it on stderr): ``stage`` names the
+    step under way before the events are fed (reading the tape, computing the features: most
+    of a gated run's time; ``lasting``: shown only where it can vanish, e.g. a terminal's
+    bar, not a log a failure would then not end in one line), then ``planned`` and ``advance``
+    count the events fed."""
 
+    def stage(self, text: str, *, lasting: bool = True) -> None: ...
     def planned(self, runs: int) -> None: ...
     def advance(self, n: int) -> None: ...
 
@@ -606,6 +611,8 @@ class _Driver:
         kind = frame["kind"].to_numpy()
         ids = frame["id"].to_numpy()
         a, b, c, d = (frame[name].cast(pl.Float64).to_numpy() for name in ("a", "b", "c", "d"))
+        if progress is not None:
+            progress.stage(f"computing the features of {n:,} events")
         features = orderflow.feature_columns(
             ts,
             kind,
@@ -790,6 +797,8 @@ def run_flow(
     if settings.data.startswith("session:"):
         driver.feed(session_events(store, settings))
     else:
+        if progress is not None:
+            progress.stage("reading the stored trades and book tops", lasting=False)
         frame = tape(store, settings, warn=warn)
         snapshots = depth_snapshots(store, settings)
         if driver.can_gate(snapshots):
