@@ -3,7 +3,9 @@ for bit: every field ``==`` (NaN where the snapshot has None) after every row.""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import deque
 
 import numpy as np
 import pytest
@@ -143,3 +145,58 @@ def test_a_tape_of_other_rows_only_changes_nothing():
     assert got["ts"].tolist() == [0, 0] and got["signed_volume"].tolist() == [0.0, 0.0]
     assert np.isnan(got["obi"]).all() and np.isnan(got["last_price"]).all()
     assert_identical(rows)
+
+
+def _state(flow: OrderFlow) -> dict:
+    """Everything an OrderFlow carries from one event to the next (deques as lists)."""
+    out = {}
+    for part in ("obi", "volume", "vpin", "atr", "snapshot"):
+        obj = getattr(flow, part)
+        for name in type(obj).__slots__:
+            value = getattr(obj, name)
+            out[f"{part}.{name}"] = list(value) if isinstance(value, deque) else value
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows,
+    st.lists(st.integers(0, 250), max_size=6),  # where the tape is cut into parts
+    st.integers(1, 12),  # volume window
+    st.sampled_from([50.0, 1_000.0, 50_000.0]),  # VPIN bucket
+    st.integers(1, 6),  # VPIN window
+    st.sampled_from([1, 1_000, 60_000]),  # ATR bar
+    st.integers(0, 5),  # ATR window
+)
+def test_a_tape_taken_in_parts_equals_the_whole_and_leaves_the_flow_as_fed(
+    steps, cuts, volume_window, bucket, vpin_window, bar_ms, atr_window
+):
+    """Parts fed one after the other to one OrderFlow (``flow=``) give the whole tape's columns,
+    and leave the flow's state (every slot, deques included) as feeding every row would."""
+    params = dict(
+        volume_window=volume_window,
+        vpin_bucket_usd=bucket,
+        vpin_window=vpin_window,
+        atr_bar_ms=bar_ms,
+        atr_window=atr_window,
+    )
+    rows_ = tape(steps)
+    columns = [np.array([r[i] for r in rows_], dtype=float) for i in range(6)]
+    columns[0], columns[1] = columns[0].astype(np.int64), columns[1].astype(np.int8)
+    whole = feature_columns(*columns, trade_kind=TRADE, top_kind=TOP, **params)
+    flow = OrderFlow(**params)
+    edges = [0, *sorted(min(c, len(rows_)) for c in cuts), len(rows_)]
+    parts = [
+        feature_columns(*(col[lo:hi] for col in columns), trade_kind=TRADE, top_kind=TOP, flow=flow)
+        for lo, hi in itertools.pairwise(edges)
+    ]
+    for name, column in whole.items():
+        joined = np.concatenate([p[name] for p in parts])
+        assert np.array_equal(joined, column, equal_nan=True), name
+    reference = OrderFlow(**params)
+    for ts, kind, a, b, c, d in rows_:
+        if kind == TRADE:
+            reference.on_trade(ts, a, b, bool(c))
+        elif kind == TOP:
+            reference.on_book(ts, [(a, b)] if b > 0 else [], [(c, d)] if d > 0 else [])
+    assert _state(flow) == _state(reference)

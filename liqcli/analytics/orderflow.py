@@ -373,78 +373,114 @@ class OrderFlow:
         return s
 
 
-def _running_sum(values: np.ndarray) -> np.ndarray:
-    """C_i = 0.0 + v_0 + … + v_i, added one by one as the incremental classes do (np.cumsum is
-    sequential; the first 0.0 + v_0 only matters for −0.0)."""
-    out = np.cumsum(values)
-    if out.size:
-        out[0] = 0.0 + values[0]
-    return out
+def _continued_sum(start: float, values: np.ndarray) -> np.ndarray:
+    """start + v_0, (start + v_0) + v_1, …: a running sum carried on from ``start``, added one
+    by one as the incremental classes do (np.cumsum is sequential; from 0.0 the first element
+    is 0.0 + v_0, which only matters for −0.0)."""
+    return np.cumsum(np.concatenate(([start], values)))[1:]
 
 
-def _window_sum(cum: np.ndarray, window: int) -> np.ndarray:
-    """C_i − C_{i−window} (C_{j<0} = 0: then C_i itself, as the incremental classes keep it)."""
+def _window_sum(cum: np.ndarray, window: int, tail: deque[float] | None = None) -> np.ndarray:
+    """C_i − C_{i−window} (C_{j<0} = 0: then C_i itself, as the incremental classes keep it),
+    where ``tail`` holds the latest min(window, seen) values of C before ``cum``."""
+    before = len(tail) if tail else 0
+    if before:
+        cum = np.concatenate((np.fromiter(tail, np.float64, before), cum))
     out = cum.copy()
     out[window:] -= cum[:-window]
-    return out
+    return out[before:]
 
 
-def _carry(values: np.ndarray, count: np.ndarray, before: float) -> np.ndarray:
-    """Row i gets values[count[i] − 1] (the latest reading at or before it), ``before`` if none."""
-    return np.concatenate(([before], values))[count]
+def _carry(values: np.ndarray, at: np.ndarray, n: int, before: float) -> np.ndarray:
+    """Row i (of n) gets the latest of ``values`` (each read at row ``at[k]``, ascending) at or
+    before it, ``before`` if none: each value repeated until the next one's row."""
+    spans = np.diff(at, prepend=0, append=n)
+    return np.repeat(np.concatenate(([before], values)), spans)
 
 
-def _vpin_changes(price, qty, bought, bucket: float, window: int) -> tuple[np.ndarray, np.ndarray]:
+def _vpin_changes(price, qty, bought, vpin: Vpin) -> tuple[np.ndarray, np.ndarray]:
     """The trades at which VPIN changes (a bucket closes) and its value after each of them:
-    ``Vpin.add``'s operations."""
-    if bucket <= 0:
-        raise ValueError("bucket size must be positive")
-    if window < 1:
-        raise ValueError("window must be at least 1 bucket")
+    ``Vpin.add``'s operations carried on from ``vpin``, whose state is then what adding the
+    trades one by one would have left."""
+    bucket, window = vpin.bucket_usd, vpin.window
+    d_before, b_before = vpin._d, vpin._b
     dollars = price * qty
-    d = _running_sum(dollars)
-    b = _running_sum(np.where(bought, dollars, 0.0))
-    m = d.size
-    if not m or not d[-1] >= bucket:
+    d = _continued_sum(d_before, dollars)
+    b = _continued_sum(b_before, np.where(bought, dollars, 0.0))
+    if not d.size:
         return np.empty(0, np.int64), np.empty(0)
-    boundaries = np.arange(1, int(d[-1] / bucket) + 3, dtype=np.float64) * bucket
-    boundaries = boundaries[boundaries <= d[-1]]  # (k + 1) * V, every closed bucket's
+    vpin._d, vpin._b = float(d[-1]), float(b[-1])
+    if not d[-1] >= vpin._next:
+        return np.empty(0, np.int64), np.empty(0)
+    closed = vpin.buckets
+    number = np.arange(closed + 1, int(d[-1] / bucket) + 3, dtype=np.float64)
+    boundaries = number * bucket  # (k + 1) * V, as Vpin computes its next boundary
+    keep = boundaries <= d[-1]
+    boundaries, number = boundaries[keep], number[keep]
     j = np.searchsorted(d, boundaries, side="left")  # the trade each bucket closes at
-    d0 = np.where(j > 0, d[j - 1], 0.0)
-    b0 = np.where(j > 0, b[j - 1], 0.0)
+    prev = np.maximum(j - 1, 0)
+    d0 = np.where(j > 0, d[prev], d_before)
+    b0 = np.where(j > 0, b[prev], b_before)
     bx = np.where(bought[j], b0 + (boundaries - d0), b0)
-    buy = bx - np.concatenate(([0.0], bx[:-1]))
+    buy = bx - np.concatenate(([vpin._bx], bx[:-1]))
     imbalance = np.minimum(np.abs(buy - (bucket - buy)) / bucket, 1.0)
-    k = imbalance.size
-    value = _window_sum(_running_sum(imbalance), window) / np.minimum(
-        np.arange(1, k + 1), window
-    ).astype(np.float64)
+    cum = _continued_sum(vpin._cum, imbalance)
+    window_sum = _window_sum(cum, window, vpin._cums)
+    value = window_sum / np.minimum(number, window)
+    vpin._bx = float(bx[-1])
+    vpin.buckets = closed + imbalance.size
+    vpin._next = (vpin.buckets + 1) * bucket
+    vpin._cum = float(cum[-1])
+    vpin._cums.extend(cum[-window:].tolist())
+    vpin._imbalances.extend(imbalance[-window:].tolist())
+    vpin._sum = float(window_sum[-1])
+    vpin._value = float(value[-1])
     last = np.flatnonzero(np.append(j[1:] != j[:-1], True))  # a trade's last bucket
     return j[last], value[last]
 
 
-def _atr_per_trade(ts, price, bar_ms: int, window: int) -> np.ndarray:
-    """ATR ratio after each trade (NaN when None): ``AtrRatio``'s bar recurrence."""
+def _atr_per_trade(ts, price, atr: AtrRatio) -> np.ndarray:
+    """ATR ratio after each trade (NaN when None): ``AtrRatio``'s bar recurrence carried on from
+    ``atr``, whose state is then what adding the trades one by one would have left."""
     m = price.size
     if not m:
         return np.empty(0)
+    bar_ms = atr.bar_ms
     start = ts - ts % bar_ms
+    carried = atr._bar_start is not None
     new = np.empty(m, bool)
-    new[0] = True
+    new[0] = not carried or int(start[0]) != atr._bar_start
     np.not_equal(start[1:], start[:-1], out=new[1:])
     first = np.flatnonzero(new)
-    high = np.maximum.reduceat(price, first)
-    low = np.minimum.reduceat(price, first)
-    close = price[np.append(first[1:], m) - 1]
+    segments = first if new[0] else np.concatenate(([0], first))
+    high = np.maximum.reduceat(price, segments)
+    low = np.minimum.reduceat(price, segments)
+    close = price[np.append(segments[1:], m) - 1]
+    if carried and not new[0]:  # the open bar goes on: max/min of a set are exact in any order
+        high[0] = max(atr._h, float(high[0]))
+        low[0] = min(atr._l, float(low[0]))
+    elif carried:  # the open bar closes at the first trade
+        high = np.concatenate(([atr._h], high))
+        low = np.concatenate(([atr._l], low))
+        close = np.concatenate(([atr._c], close))
     # closed bars: all but the last; true range as AtrRatio._close_bar takes it
     h, lo = high[:-1], low[:-1]
     tr = h - lo
-    if tr.size > 1:
-        prev = close[:-2]
-        tr[1:] = np.maximum(np.maximum(tr[1:], np.abs(h[1:] - prev)), np.abs(lo[1:] - prev))
-    means = np.full(tr.size + 1, np.nan)  # means[g]: after g bars closed
-    ranges: deque[float] = deque()
-    total = 0.0
+    prev_close = np.concatenate(([np.nan], close[:-2]))
+    if atr._prev_close is not None:
+        prev_close[0] = atr._prev_close
+    has_prev = ~np.isnan(prev_close)
+    tr = np.where(
+        has_prev,
+        np.maximum(np.maximum(tr, np.abs(h - prev_close)), np.abs(lo - prev_close)),
+        tr,
+    )
+    means = np.full(tr.size + 1, np.nan)  # means[g]: after g bars closed in these trades
+    if atr._mean is not None:
+        means[0] = atr._mean
+    ranges = atr._ranges
+    total = atr._sum
+    window = atr.window
     for g, r in enumerate(tr.tolist(), 1):  # few bars: the recurrence as AtrRatio runs it
         ranges.append(r)
         total += r
@@ -452,9 +488,20 @@ def _atr_per_trade(ts, price, bar_ms: int, window: int) -> np.ndarray:
             total -= ranges.popleft()
         if ranges:
             means[g] = total / len(ranges)
-    mean = means[np.cumsum(new) - 1]
+    closes = np.cumsum(new) - (0 if carried else 1)  # bars closed up to each trade
+    mean = means[closes]
     out = np.full(m, np.nan)
     np.divide(mean, price, out=out, where=price != 0)
+    atr._sum = total
+    if tr.size:
+        last_mean = float(means[-1])
+        atr._mean = None if last_mean != last_mean else last_mean  # no ranges kept: None
+        atr._prev_close = float(close[-2])
+    if first.size:  # a bar opened in these trades: the last one is the open bar
+        atr._o = float(price[first[-1]])
+    atr._bar_start = int(start[-1])
+    atr._h, atr._l, atr._c = float(high[-1]), float(low[-1]), float(price[-1])
+    atr.last = float(price[-1])
     return out
 
 
@@ -474,6 +521,7 @@ def feature_columns(
     vpin_window: int = 50,
     atr_bar_ms: int = 60_000,
     atr_window: int = 14,
+    flow: OrderFlow | None = None,
 ) -> dict[str, np.ndarray]:
     """Every ``FeatureSnapshot`` field right after each row of a merged tape, at once.
 
@@ -483,40 +531,51 @@ def feature_columns(
     Float64 columns (NaN where the field is None) equal, bit for bit, an ``OrderFlow`` fed row
     by row: the same float operations in the same order (running sums are np.cumsum,
     sequential). ``ts`` (int64) is the snapshot's, 0 before any trade or top. Trade prices and
-    quantities are taken non-negative (the dollar axis is searched as sorted)."""
+    quantities are taken non-negative (the dollar axis is searched as sorted).
+
+    ``flow``: carry on from this ``OrderFlow`` (its parameters and state; the others are then
+    ignored) and leave it as feeding the rows would, so a long tape can be taken a part at a
+    time: the parts' columns, one after the other, are the whole tape's."""
+    if flow is None:
+        flow = OrderFlow(
+            obi_depth=obi_depth,
+            volume_window=volume_window,
+            vpin_bucket_usd=vpin_bucket_usd,
+            vpin_window=vpin_window,
+            atr_bar_ms=atr_bar_ms,
+            atr_window=atr_window,
+        )
     ts = np.asarray(ts, dtype=np.int64)
     kind = np.asarray(kind)
     a, b, c, d = (np.asarray(x, dtype=np.float64) for x in (a, b, c, d))
-    if volume_window < 1:
-        raise ValueError("window must be at least 1 trade")
+    n = ts.size
+    snap = flow.snapshot
     is_trade = kind == trade_kind
     is_top = kind == top_kind
     out: dict[str, np.ndarray] = {}
-    event = is_trade | is_top
-    out["ts"] = snap_ts = ts.copy()
-    idle = np.flatnonzero(~event)  # few rows (funding, ...): the previous event's ts, or 0
-    if idle.size:
-        events = np.flatnonzero(event)
-        before = np.searchsorted(events, idle) - 1
-        seen = np.concatenate(([0], ts[events]))  # [0] for rows before any event
-        snap_ts[idle] = seen[before + 1]
+    event = np.flatnonzero(is_trade | is_top)
+    # rows other than trades and tops (funding, ...): the previous event's ts, or the snapshot's
+    out["ts"] = _carry(ts[event], event, n, snap.ts)
 
     # trades
     trade = np.flatnonzero(is_trade)
-    trades = np.cumsum(is_trade)
     price, qty, t_ts = a[trade], b[trade], ts[trade]
     bought = c[trade] == 0.0  # not bool(is_buyer_maker)
-    signed = np.where(bought, qty, -qty)
-    volume = _window_sum(_running_sum(signed), volume_window)
-    vpin_at, vpin = _vpin_changes(price, qty, bought, vpin_bucket_usd, vpin_window)
-    atr = _atr_per_trade(t_ts, price, atr_bar_ms, atr_window)
+    volume = flow.volume
+    cum = _continued_sum(volume.cum, np.where(bought, qty, -qty))
+    signed_volume = _window_sum(cum, volume.window, volume._cums)
+    if trade.size:
+        volume.cum, volume.total = float(cum[-1]), float(signed_volume[-1])
+        volume._cums.extend(cum[-volume.window :].tolist())
+    vpin_at, vpin = _vpin_changes(price, qty, bought, flow.vpin)
+    atr = _atr_per_trade(t_ts, price, flow.atr)
 
     # book tops: OBI of one level a side (an empty side sums to 0)
     top = np.flatnonzero(is_top)
-    tops = np.cumsum(is_top)
     bid, bid_qty, ask, ask_qty = a[top], b[top], c[top], d[top]
     has_bid, has_ask = bid_qty > 0, ask_qty > 0
-    if obi_depth < 1:
+    tracker = flow.obi
+    if tracker.depth < 1:
         has_bid = has_ask = np.zeros(top.size, bool)
     bq = np.where(has_bid, bid_qty, 0.0)
     aq = np.where(has_ask, ask_qty, 0.0)
@@ -525,6 +584,11 @@ def feature_columns(
         book_obi = np.where(total > 0, (bq - aq) / total, 0.0)
     velocity = np.zeros(top.size)
     np.subtract(book_obi[1:], book_obi[:-1], out=velocity[1:])
+    if top.size:
+        if tracker.value is not None:
+            velocity[0] = book_obi[0] - tracker.value
+        tracker.value, tracker.velocity = float(book_obi[-1]), float(velocity[-1])
+        tracker.readings += top.size
 
     # both sides present: the top of book itself
     full = (bid_qty > 0) & (ask_qty > 0)
@@ -538,22 +602,29 @@ def feature_columns(
         pressure = np.where(half <= 0, 0.0, value)
         mid = (fb + fa) / 2
         spread = np.where(mid > 0, (fa - fb) / mid * 10_000, 0.0)
-    full_row = np.zeros(ts.size, bool)
-    full_row[top[full]] = True
-    fulls = np.cumsum(full_row)
+    full_at = top[full]
 
-    out["obi"] = _carry(book_obi, tops, np.nan)
-    out["obi_velocity"] = _carry(velocity, tops, 0.0)
-    out["signed_volume"] = _carry(volume, trades, 0.0)
-    out["microprice"] = _carry(micro, fulls, np.nan)
-    out["micro_pressure"] = _carry(pressure, fulls, 0.0)
+    def before(name: str) -> float:
+        value = getattr(snap, name)
+        return np.nan if value is None else value
+
+    out["obi"] = _carry(book_obi, top, n, before("obi"))
+    out["obi_velocity"] = _carry(velocity, top, n, snap.obi_velocity)
+    out["signed_volume"] = _carry(signed_volume, trade, n, snap.signed_volume)
+    out["microprice"] = _carry(micro, full_at, n, before("microprice"))
+    out["micro_pressure"] = _carry(pressure, full_at, n, snap.micro_pressure)
     # VPIN changes at few trades: each value repeated until the next change
-    changes = np.concatenate(([0], trade[vpin_at], [ts.size]))
-    out["vpin"] = np.repeat(np.concatenate(([np.nan], vpin)), np.diff(changes))
-    out["spread_bps"] = _carry(spread, fulls, np.nan)
-    out["top_depth"] = _carry(fbq + faq, fulls, np.nan)
-    out["atr_ratio"] = _carry(atr, trades, np.nan)
-    out["bid"] = _carry(fb, fulls, np.nan)
-    out["ask"] = _carry(fa, fulls, np.nan)
-    out["last_price"] = _carry(price, trades, np.nan)
+    out["vpin"] = _carry(vpin, trade[vpin_at], n, before("vpin"))
+    out["spread_bps"] = _carry(spread, full_at, n, before("spread_bps"))
+    out["top_depth"] = _carry(fbq + faq, full_at, n, before("top_depth"))
+    out["atr_ratio"] = _carry(atr, trade, n, before("atr_ratio"))
+    out["bid"] = _carry(fb, full_at, n, before("bid"))
+    out["ask"] = _carry(fa, full_at, n, before("ask"))
+    out["last_price"] = _carry(price, trade, n, before("last_price"))
+    if n:  # the snapshot after the last row, as OrderFlow leaves it
+        snap.ts = int(out["ts"][-1])
+        for name in FLOAT_FIELDS:
+            value = float(out[name][-1])
+            setattr(snap, name, None if value != value else value)
+        snap.toxicity = toxicity(snap.vpin)
     return out
