@@ -274,6 +274,7 @@ def order_flow(n: int, repeat: int) -> None:
             f"best {best:.2f} s wall = {best / events * 1e6:.2f} µs/event, CPU {min(cpus):.2f} s "
             "(the machine's other load shows in wall, not CPU); runs "
             + ", ".join(f"{w:.2f}" for w in walls)
+            + f"; peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB"
         )
 
 

@@ -77,7 +77,7 @@ def main() -> None:
             )
             driver = svc._Driver(settings, dynamics)
             assert driver.can_gate(snaps)
-            _, feed_cpu, feed_wall = timed(driver.feed_gated, frame)
+            _, feed_cpu, feed_wall = timed(driver.feed_gated, [frame])  # one part
 
             def documents(driver=driver):
                 driver.finish()
@@ -113,7 +113,7 @@ def main() -> None:
             frame, snaps = svc.tape(store, settings), svc.depth_snapshots(store, settings)
             driver = svc._Driver(settings, dynamics)
             prof = cProfile.Profile()
-            prof.runcall(driver.feed_gated, frame)
+            prof.runcall(driver.feed_gated, [frame])
             pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
 
 
