@@ -694,7 +694,9 @@ class _Driver:
         edge: tuple[int, int] | None = None  # the last row's minute and last trade's second
         for frame in parts:
             if progress is not None and edge is None:  # then the events fed show the way
-                progress.stage(f"computing the features of {frame.height:,} events")
+                total = rows if rows is not None else frame.height
+                parted = " (a part at a time)" if frame.height < total else ""
+                progress.stage(f"computing the features of {total:,} events{parted}")
             edge = self._feed_part(frame, carried, gates, edge, progress)
             # one part in memory at a time: nothing of this one is held while the next is read
             frame = self._tape = self._cols = self._marks = None
