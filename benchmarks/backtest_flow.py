@@ -96,7 +96,7 @@ def main() -> None:
             )
         if args.full:
             full = svc._Driver(settings, dynamics)
-            _, cpu, wall = timed(full.feed_tape, frame, snaps)
+            _, cpu, wall = timed(full.feed_tape, [frame], snaps)
             full.finish()
             same = [
                 {k: v for k, v in svc._document(full, r, m).items() if k != "_equity"}

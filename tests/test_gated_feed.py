@@ -105,17 +105,17 @@ def settings(**kw) -> svc.FlowSettings:
 
 
 def run(store: Store, s: svc.FlowSettings, dynamics, gated: bool, part_rows=None, unit_ms=None):
-    """The documents, equity arrays, blocks, events and rows stepped of one feed; the gated one
-    takes the tape in parts of ``part_rows`` rows of whole ``unit_ms`` (None: one part)."""
+    """The documents, equity arrays, blocks, events and rows stepped of one feed, the tape in
+    parts of ``part_rows`` rows of whole ``unit_ms`` (None: one part)."""
     driver = svc._Driver(s, dynamics)
+    rows, parts = svc.tape_parts(
+        store, s, warn=False, part_rows=part_rows, unit_ms=unit_ms or svc.HOUR_MS
+    )
     if gated:
         assert driver.can_gate([])
-        rows, parts = svc.tape_parts(
-            store, s, warn=False, part_rows=part_rows, unit_ms=unit_ms or svc.HOUR_MS
-        )
         driver.feed_gated(parts, rows=rows)
     else:
-        driver.feed_tape(svc.tape(store, s, warn=False), [])
+        driver.feed_tape(parts, [], rows=rows)
     driver.finish()
     docs = [svc._document(driver, r, m) for r in driver.runs for m in s.modes]
     equity = [d.pop("_equity") for d in docs]
@@ -163,8 +163,9 @@ def test_gated_feed_equals_feeding_every_row(tmp_path, seed, kw, dynamics):
     assert fast[4] < slow[3] / 2, (fast[4], slow[3])  # most rows were proved idle, not stepped
     # the tape in parts (a long day's memory bound): ~2,000 rows each, cut at whole minutes,
     # so positions, VPIN buckets, ATR bars, seconds and minutes run across the cuts
-    parted = run(store, s, dynamics, gated=True, part_rows=2_000, unit_ms=60_000)
-    same(parted, slow)
+    for gated in (True, False):
+        parted = run(store, s, dynamics, gated=gated, part_rows=2_000, unit_ms=60_000)
+        same(parted, slow)
 
 
 def test_the_gated_feed_applies_to_the_seed_modes_on_book_tops_only():

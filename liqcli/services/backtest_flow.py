@@ -572,19 +572,24 @@ class _Driver:
 
     def feed_tape(
         self,
-        frame: pl.DataFrame,
+        parts: Iterable[pl.DataFrame],
         snapshots: list[tuple[int, Any]],
         progress: FeedProgress | None = None,
+        rows: int | None = None,
     ) -> None:
-        """The merged stored tape (``tape``); funding rows and the per-second trade mark go to
-        the brokers directly (they are not market events the strategies decide on). The hot
-        loop: per-event bookkeeping inlined, each run's Engine stepped directly."""
-        if frame.height == 0:
+        """The merged stored tape (``tape``, or its consecutive parts: ``tape_parts``, ``rows``
+        in all) with the book snapshots; funding rows and the per-second trade mark go to the
+        brokers directly (they are not market events the strategies decide on). The hot loop:
+        per-event bookkeeping inlined, each run's Engine stepped directly."""
+        parts = iter(parts)
+        head = next((f for f in parts if f.height), None)
+        if head is None:
             return
         symbol, exchange = self.settings.symbol, self.settings.exchange
-        first = int(frame["ts"][0])
-        trades = frame.filter(pl.col("kind") == TRADE)["a"]
+        first = int(head["ts"][0])
+        trades = head.filter(pl.col("kind") == TRADE)["a"]
         self.first_price = float(trades[0]) if len(trades) else None
+        first_price = self.first_price
         for run in self.runs:
             run.session.started_ts = first  # what PaperSession.step would set
         self._tick(first)
@@ -598,10 +603,19 @@ class _Driver:
         last_ts = self.last_ts
         events = 0
         last_price = self.last_price
-        if progress is not None:
-            progress.planned(frame.height + len(snapshots))  # the tape's length, in events
         done = progress.advance if progress is not None else None
-        for ts, kind, id_, a, b, c, d in _rows(frame, done=done):
+        if progress is not None:  # the tape's length, in events
+            progress.planned(len(snapshots) + (rows if rows is not None else 0))
+
+        def tape_rows(head: pl.DataFrame | None) -> Iterator[tuple]:
+            for frame in itertools.chain((head,), parts):
+                head = None  # a part is let go once its rows are fed
+                if progress is not None and rows is None:
+                    progress.planned(frame.height)
+                yield from _rows(frame, done=done)
+
+        feed, head = tape_rows(head), None
+        for ts, kind, id_, a, b, c, d in feed:
             while snap_ts <= ts:
                 self.last_ts, self.last_price = last_ts, last_price
                 self._tick(snap_ts)
@@ -620,6 +634,8 @@ class _Driver:
             if kind == TRADE:
                 event: Any = AggTrade(exchange, symbol, id_, ts, a, b, bool(c))
                 last_price = a
+                if first_price is None:  # the first part had no trade
+                    first_price = self.first_price = a
                 if ts >= next_mark:
                     next_mark = ts - ts % MARK_EVERY_MS + MARK_EVERY_MS
                     for broker in brokers:
@@ -695,7 +711,7 @@ class _Driver:
         for frame in parts:
             if progress is not None and edge is None:  # then the events fed show the way
                 total = rows if rows is not None else frame.height
-                parted = " (a part at a time)" if frame.height < total else ""
+                parted = ", a part at a time" if frame.height < total else ""
                 progress.stage(f"computing the features of {total:,} events{parted}")
             edge = self._feed_part(frame, carried, gates, edge, progress)
             # one part in memory at a time: nothing of this one is held while the next is read
@@ -904,8 +920,8 @@ def run_flow(
             rows, parts = tape_parts(store, settings, warn=warn)
             driver.feed_gated(parts, progress, rows)
         else:
-            frame = tape(store, settings, warn=warn)
-            driver.feed_tape(frame, snapshots, progress)
+            rows, parts = tape_parts(store, settings, warn=warn)
+            driver.feed_tape(parts, snapshots, progress, rows)
     driver.finish()
     docs = []
     for run in driver.runs:
