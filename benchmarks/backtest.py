@@ -13,6 +13,7 @@ runs without them. Wall times are noisy on a shared machine: CPU times are print
 ``--repeat``, with the load average.
 
     python benchmarks/backtest.py [--bars 525600] [--repeat 3] [--trades 1000000] [--only-trades]
+        [--days 1]
         [--peer-python /path/to/venv/bin/python] [--no-peer]
 """
 
@@ -213,16 +214,17 @@ def peers(frame: pl.DataFrame, pythons: list[str], repeat: int, liq: dict[str, f
             )
 
 
-def trade_day(n: int, root: Path) -> int:
-    """One day of synthetic BTCUSDT trades (random walk, exponential sizes, random takers) and a
-    book top every 4th trade with lognormal queues, stored as agg_trades and book_tops."""
-    rng = np.random.default_rng(7)
-    ts = START + np.sort(rng.integers(0, 86_400_000, n))
+def trade_day(n: int, root: Path, day: int = 0) -> int:
+    """One day (``day`` days after 2025-01-01) of synthetic BTCUSDT trades (random walk,
+    exponential sizes, random takers) and a book top every 4th trade with lognormal queues,
+    stored as agg_trades and book_tops."""
+    rng = np.random.default_rng(7 + day)
+    ts = START + day * 86_400_000 + np.sort(rng.integers(0, 86_400_000, n))
     price = np.round(60_000 * np.exp(np.cumsum(rng.normal(0, 4e-5, n))), 1)
     base = {"exchange": pl.lit("binance"), "symbol": pl.lit("BTCUSDT")}
     trades = pl.DataFrame(
         {
-            "trade_id": np.arange(n),
+            "trade_id": day * n + np.arange(n),
             "ts": ts,
             "price": price,
             "qty": np.round(rng.exponential(0.05, n), 3) + 0.001,
@@ -234,7 +236,7 @@ def trade_day(n: int, root: Path) -> int:
     tops = pl.DataFrame(
         {
             "ts": ts[every],
-            "update_id": np.arange(m),
+            "update_id": day * m + np.arange(m),
             "bid": price[every] - 0.1,
             "bid_qty": np.round(rng.lognormal(1.0, 1.2, m), 3),
             "ask": price[every],
@@ -247,34 +249,55 @@ def trade_day(n: int, root: Path) -> int:
     return n + m
 
 
-def order_flow(n: int, repeat: int) -> None:
+# ``python -m liqcli ARGS``, then its own peak RSS on stderr (VmHWM, Linux): the parent's
+# rusage of children would count this big process's pages at the fork.
+PEAK_RSS = """
+import runpy, sys
+sys.argv = ["liq", *sys.argv[1:]]
+try:
+    runpy.run_module("liqcli", run_name="__main__", alter_sys=True)
+finally:
+    try:
+        with open("/proc/self/status") as status:
+            kb = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+        print("peak-rss", *kb, file=sys.stderr)
+    except OSError:
+        pass
+"""
+
+
+def order_flow(n: int, repeat: int, days: int = 1) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        events = trade_day(n, Path(tmp))
+        events = sum(trade_day(n, Path(tmp), day) for day in range(days))
+        end = f"2025-01-{1 + days:02d}"
         command = [
-            sys.executable, "-m", "liqcli", "--data-dir", tmp, "backtest", "0", "BTCUSDT",
-            "--data", "trades", "--start", "2025-01-01", "--end", "2025-01-02", "-f", "json",
+            sys.executable, "-c", PEAK_RSS, "--data-dir", tmp, "backtest", "0", "BTCUSDT",
+            "--data", "trades", "--start", "2025-01-01", "--end", end, "-f", "json",
         ]  # fmt: skip
-        walls, cpus, doc = [], [], None
+        walls, cpus, peaks, doc = [], [], [], None
         for _ in range(repeat):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            out = subprocess.run(command, check=True, capture_output=True)
+            out = subprocess.run(command, check=True, capture_output=True, text=True)
             walls.append(time.perf_counter() - started)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            peaks += [
+                int(line.split()[1]) for line in out.stderr.splitlines() if "peak-rss" in line
+            ]
             doc = json.loads(out.stdout)
         assert doc is not None
         best = min(walls)
         print(
-            f"order flow, one day: {n:,} agg_trades + {events - n:,} book tops = {events:,} "
-            f"events through mode 0; {doc['metrics']['trades']} trades"
+            f"order flow, {days} day(s) of {n:,} agg_trades + {(events - n * days) // days:,} "
+            f"book tops = {events:,} events through mode 0; {doc['metrics']['trades']} trades"
         )
         print(
             f"whole command (liq backtest 0 BTCUSDT --data trades, start-up to printed JSON): "
             f"best {best:.2f} s wall = {best / events * 1e6:.2f} µs/event, CPU {min(cpus):.2f} s "
             "(the machine's other load shows in wall, not CPU); runs "
             + ", ".join(f"{w:.2f}" for w in walls)
-            + f"; peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB"
+            + (f"; peak RSS {max(peaks) / 1024:,.0f} MB" if peaks else "")
         )
 
 
@@ -316,11 +339,12 @@ def main() -> None:
     )
     parser.add_argument("--trades", type=int, default=1_000_000)
     parser.add_argument("--only-trades", action="store_true")
+    parser.add_argument("--days", type=int, default=1, help="days of --trades each (memory)")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"{os.cpu_count()} CPUs; figures are best of {args.repeat}")  # fmt: skip
     if args.trades:
-        order_flow(args.trades, args.repeat)
+        order_flow(args.trades, args.repeat, args.days)
     if args.only_trades:
         return
     frame = bars(args.bars)
