@@ -713,6 +713,8 @@ class _Driver:
                 total = rows if rows is not None else frame.height
                 parted = ", a part at a time" if frame.height < total else ""
                 progress.stage(f"computing the features of {total:,} events{parted}")
+            if progress is not None and rows is None:
+                progress.planned(frame.height)
             edge = self._feed_part(frame, carried, gates, edge, progress)
             # one part in memory at a time: nothing of this one is held while the next is read
             frame = self._tape = self._cols = self._marks = None
