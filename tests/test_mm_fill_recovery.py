@@ -36,6 +36,9 @@ async def short_then_cut_and_fill_the_bid(fake, s: Session) -> None:
     assert s.run.broker.stats.resyncs == 0  # the fill did happen while the stream was down
     fake.restore_private()
     await until(lambda: s.run.broker.stats.resyncs == 1, what="resync")
+    # the resync applies the missed fills, then reads the venue's position (a REST call):
+    # -0.1 until that answer is in, 0 once it is (a wrong answer would halt the broker)
+    await until(lambda: s.run.broker.venue_qty == 0, what="the venue's position after the resync")
 
 
 async def test_a_fill_made_while_the_stream_was_down_is_accounted_once(fake, tmp_path):
