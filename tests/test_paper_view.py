@@ -112,3 +112,39 @@ def test_a_quiet_detector_shows_no_stale_call():
     text = "\n".join(screen(session, 80, 24))
     assert "cascade QUIET $0.00/60s: no cascade now" in text
     assert "prepare_long_reversal" not in text
+
+
+def test_working_entries_and_blocks_of_five_modes_never_pass_24_lines():
+    """The fullest 80x24 case: five positions, five post-only entries working and five modes
+    blocked; the block lines give way (summed up in one line), nothing else does."""
+    from types import SimpleNamespace
+
+    session = btc_session()
+    rows = [
+        {
+            "mode": mode, "rank": rank, "balance": 10_000.0, "equity": 10_000.0,
+            "realized_pnl": 0.0, "unrealized_pnl": 0.0, "fees": 0.0, "funding": 0.0,
+            "trades": 1, "win_rate": None, "leverage": 5.0,
+            "position": {"side": "long", "qty": 0.1, "entry_price": 60_000.0,
+                         "liquidation_price": 54_000.0},
+            "blocks": 3, "last_block": f"VPIN 0.9{rank} > 0.7",
+        }
+        for rank, mode in enumerate(("cascade", "0", "1", "2", "3"), 1)
+    ]  # fmt: skip
+    session.leaderboard = lambda: rows
+    order = SimpleNamespace(
+        is_open=True, side=SimpleNamespace(value="buy"), remaining=0.1, price=59_990.0,
+        filled_qty=0.0,
+    )  # fmt: skip
+    session.modes = {r["mode"]: SimpleNamespace(working=SimpleNamespace(order=order)) for r in rows}
+    for height in (24, 27, 40):  # 22 lines before the blocks
+        lines = screen(session, 80, height)
+        assert len(lines) <= height and all(cell_len(line) <= 80 for line in lines), lines
+        assert sum("working: post-only buy" in line for line in lines) == 5
+        assert sum(" L 0.1 entry 60000 liq 54000" in line for line in lines) == 5
+        shown = [line for line in lines if " blocked: VPIN" in line]
+        summary = [line for line in lines if "more blocked:" in line]
+        if height >= 27:
+            assert len(shown) == 5 and not summary
+        else:
+            assert len(shown) == 1 and summary[0].startswith("4 more blocked: 0, 1, 2, 3"), lines

@@ -78,9 +78,11 @@ class _Dashboard:
         self.session, self.status = session, status
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
-        yield from self.parts(options.max_width)
+        yield from self.parts(options.max_width, options.height or options.size.height)
 
-    def parts(self, width: int) -> list:
+    def parts(self, width: int, height: int | None = None) -> list:
+        """The dashboard's lines for ``width`` columns; with ``height``, the modes' last-block
+        lines (the least urgent) give way first, summed up in one line, so it never scrolls."""
         from rich.table import Table
         from rich.text import Text
 
@@ -190,14 +192,27 @@ class _Dashboard:
                         overflow="ellipsis",
                     )
                 )
-        for row in rows:
-            if row["last_block"]:
-                parts.append(
-                    Text(
-                        f"{row['mode']:>7} blocked: {row['last_block']} ({row['blocks']:,})",
-                        style="yellow",
-                        no_wrap=True,
-                        overflow="ellipsis",
-                    )
+        blocked = [row for row in rows if row["last_block"]]
+        used = len(parts) + board.row_count  # one line each, the board's header and rows
+        room = len(blocked) if height is None else max(height - used, 0)
+        shown = blocked if len(blocked) <= room else blocked[: max(room - 1, 0)]
+        for row in shown:
+            parts.append(
+                Text(
+                    f"{row['mode']:>7} blocked: {row['last_block']} ({row['blocks']:,})",
+                    style="yellow",
+                    no_wrap=True,
+                    overflow="ellipsis",
                 )
+            )
+        if len(shown) < len(blocked) and room:
+            rest = blocked[len(shown) :]
+            parts.append(
+                Text(
+                    f"{len(rest)} more blocked: " + ", ".join(r["mode"] for r in rest),
+                    style="yellow",
+                    no_wrap=True,
+                    overflow="ellipsis",
+                )
+            )
         return parts
