@@ -65,6 +65,9 @@ def test_json_document_matches_the_engine_and_the_run_is_stored(data_dir):
     result = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "-f", "json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
+    # the README's shape and nothing else (a stray "_": [] once rode along)
+    assert set(doc) == {"strategy", "symbol", "params", "start", "end", "bars", "metrics",
+                        "trades", "run_id"}  # fmt: skip
     assert doc["strategy"] == "sma_cross" and doc["params"] == {"fast": 20, "slow": 50}
     assert doc["bars"] == N and doc["start"] == "2026-01-01T00:00:00.000Z"
     frame = klines().select(pl.col("ts").dt.epoch("ms"), "open", "high", "low", "close", "volume")
@@ -206,6 +209,7 @@ def test_grid_and_walk_forward(data_dir):
         "json",
     )
     assert wf.exit_code == 0, wf.output
+    assert set(json.loads(grid.stdout)) == set(json.loads(wf.stdout)) == {"runs"}
     folds = json.loads(wf.stdout)["runs"]
     assert [f["fold"] for f in folds] == [1, 2, 3]
     # each out-of-sample window starts where its training window ended
@@ -247,3 +251,16 @@ def test_the_real_command_in_a_subprocess(data_dir):
     )
     assert run.returncode == 0, run.stderr
     assert (data_dir / "eq.png").stat().st_size > 10_000
+
+
+def test_a_sweep_table_names_a_parameter_shared_by_every_run_once(data_dir):
+    table = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10", "--quiet")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0] == "in every run: slow=50"
+    header = lines[1].split()
+    assert header[0] == "fast" and "slow" not in header and "sharpe" in header
+    assert [line.split()[0] for line in lines[3:]] == ["5", "10"]
+    both = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10",
+               "--grid", "slow=30,60", "--quiet")  # fmt: skip
+    assert both.stdout.splitlines()[0].split()[:2] == ["fast", "slow"]  # nothing shared

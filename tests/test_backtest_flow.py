@@ -91,6 +91,17 @@ def test_a_recorded_paper_session_backtests_to_the_live_trades(tmp_path):
     for run in runs:
         want = live.filter(pl.col("mode") == run["strategy"]).sort("trade_id")
         assert [round(t["pnl"], 2) for t in run["trades"]] == [round(p, 2) for p in want["pnl"]]
+    # the table: modes side by side with the 1-minute Sharpe (a session is too short for the
+    # daily one), the parameters every mode shares on one line above
+    table = liq(tmp_path, "all", SYM, "--data", "session:night1", "--param",
+                "vpin_bucket_usd=1e9", "--quiet").stdout.splitlines()  # fmt: skip
+    assert table[0] == "in every run: dynamic_leverage=off vpin_bucket_usd=1000000000.0"
+    assert table[1].split() == ["mode", "leverage", "total_return", "sharpe_1m", "max_drawdown",
+                                "trades", "final_equity"]  # fmt: skip
+    cells = {row.split()[0]: row.split() for row in table[3:]}
+    for run in runs:
+        sharpe = run["metrics"]["sharpe_1m"]  # None: too few minutes in the session
+        assert cells[run["strategy"]][4] == ("n/a" if sharpe is None else f"{sharpe:,.6g}")
     stored = Store(tmp_path).read("backtest_runs")
     # mode 0 alone and mode 0 among all four are the same run: stored once
     assert set(stored["interval"]) == {"session:night1"} and stored.height == 4

@@ -55,7 +55,8 @@ longest time from a peak until back at it (or the end); calmar = cagr / max_draw
 (null without a losing trade); avg_trade = mean net PnL (after fees and funding); exposure =
 share of bars ending in a position; trades = closed round trips; fees = paid on every fill;
 funding = net paid (> 0 a cost); liquidations = positions liquidated; buy_and_hold_return = last
-close / first open - 1, alongside.
+close / first open - 1, alongside. A metric with too little to go on (one day of returns, no
+losing trade) is null in JSON, n/a in a table.
 """
 
 EPILOG = """\b
@@ -301,7 +302,8 @@ def backtest(
             ts,
             equity,
             bars["close"].to_numpy(),
-            title=f"{docs[0]['strategy']} {symbol} {interval} {_params_text(docs[0]['params'])}",
+            title=f"{docs[0]['strategy']} {symbol} {interval} {_params_text(docs[0]['params'])}"
+            f"  leverage {leverage:g}x",
             capital=capital,
             unit=quote_of(symbol),
         )
@@ -409,7 +411,7 @@ def _order_flow(
     if compare_leverage:
         rows = svc.compare(docs)
         if fmt == Format.json:
-            render([], "json", document={"runs": docs, "comparison": rows}, rows_key="_")
+            render([], "json", document={"runs": docs, "comparison": rows}, rows_key=None)
             return
         if fmt == Format.csv:
             render(rows, "csv")
@@ -606,7 +608,7 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
         for doc in docs:
             doc["trades"] = trade_rows(doc["trades"])
     if fmt == Format.json:
-        render([], "json", document=docs[0] if single else {"runs": docs}, rows_key="_")
+        render([], "json", document=docs[0] if single else {"runs": docs}, rows_key=None)
         return
     if single:
         doc = docs[0]
@@ -622,25 +624,40 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
         rows = [{"metric": k, "value": _fmt(v, k)} for k, v in m.items()]
         render(rows, "table")
         return
+    shared = _shared_params(docs) if fmt == Format.table else {}
+    if shared:  # one line, not a column repeating the same value on every row
+        typer.echo(f"in every run: {_params_text(shared)}")
     rows = []
     for doc in docs:
         m = doc["metrics"]
-        row = {"fold": doc.get("fold"), **doc["params"]} if "fold" in doc else dict(doc["params"])
-        if "data" in doc:  # order-flow modes side by side
+        params = {k: v for k, v in doc["params"].items() if k not in shared}
+        row = {"fold": doc.get("fold"), **params} if "fold" in doc else params
+        flow = "data" in doc  # order-flow modes side by side
+        if flow:
             row = {"mode": doc["strategy"], **row}
-        row.update(
-            total_return=m["total_return"],
-            sharpe=m["sharpe"],
-            max_drawdown=m["max_drawdown"],
-            trades=m["trades"],
-            final_equity=m["final_equity"],
-        )
+        row["total_return"] = m["total_return"]
+        # a day or two of events has too few daily returns for the daily Sharpe
+        row["sharpe_1m" if flow else "sharpe"] = m["sharpe_1m" if flow else "sharpe"]
+        row.update(max_drawdown=m["max_drawdown"], trades=m["trades"],
+                   final_equity=m["final_equity"])  # fmt: skip
         if "fold" in doc:
             row["test_start"] = doc["start"]
         if fmt == Format.table:
             row = {k: _fmt(v, k) for k, v in row.items()}
         rows.append(row)
     render(rows, fmt.value)
+
+
+def _shared_params(docs: list[dict]) -> dict:
+    """Parameters with one value in every run (of two or more)."""
+    if len(docs) < 2:
+        return {}
+    missing = object()
+    return {
+        k: v
+        for k, v in docs[0]["params"].items()
+        if all(d["params"].get(k, missing) == v for d in docs[1:])
+    }
 
 
 # Metrics that are fractions: a table shows them as percentages (json and csv keep fractions).
@@ -655,7 +672,7 @@ def _fmt(value, key: str | None = None):
         return f"{value * 100:,.2f} %"
     if isinstance(value, float):
         return f"{value:,.6g}" if abs(value) < 1000 else f"{value:,.2f}"
-    return "" if value is None else value
+    return "n/a" if value is None else value  # undefined: too few returns, no losing trade
 
 
 def register(app: typer.Typer) -> None:

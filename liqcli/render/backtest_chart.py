@@ -47,7 +47,8 @@ def draw_equity(
     top.axhline(capital, color="#bbbbbb", lw=0.6)
     top.set_ylabel(f"equity ({unit})" if unit else "equity")
     top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    top.legend(loc="upper left", frameon=False)
+    # framed: a line passing under the legend would otherwise run through its text
+    top.legend(loc="upper left", frameon=True, framealpha=0.9, edgecolor="#dddddd")
     top.set_title(f"{title}   final {final:,.2f} {unit or ''}".rstrip(), loc="left")
     top.grid(alpha=0.25)
     bottom.fill_between(when, dd, 0, color="#d62728", alpha=0.35, lw=0)

@@ -78,19 +78,23 @@ def render(
     fmt: str,
     *,
     document: dict[str, Any] | None = None,
-    rows_key: str = "rows",
+    rows_key: str | None = "rows",
     floatfmt: str | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Print rows as a table, JSON or CSV.
 
     For JSON the rows are the whole document (a list) unless ``document`` is given, in which case they
-    go under ``document[rows_key]`` (e.g. ``liq map``'s ``{"symbol": …, "bins": [...]}``).
+    go under ``document[rows_key]`` (e.g. ``liq map``'s ``{"symbol": …, "bins": [...]}``); with
+    ``rows_key=None`` the document is printed as it is.
     """
     out = out or sys.stdout
     rows = rows_of(data)
     if fmt == Format.json:
-        payload: Any = rows if document is None else {**document, rows_key: rows}
+        if document is None:
+            payload: Any = rows
+        else:
+            payload = document if rows_key is None else {**document, rows_key: rows}
         out.write(dumps(payload).decode() + "\n")
     elif fmt == Format.csv:
         columns = (
