@@ -236,9 +236,20 @@ def test_compare_leverage_runs_every_engine_on_the_same_events(tmp_path):
     assert r["sharpe_ok"] == (r["sharpe_change"] >= 0.10)
     opt = [t["optimal_leverage"] for t in rules["trades"]]
     assert r["mean_optimal"] == pytest.approx(float(np.mean(opt)))
-    table = liq(tmp_path, *args, "--compare-leverage")
+    table = liq(tmp_path, *args, "--compare-leverage", "--quiet")
     assert table.exit_code == 0, table.output
-    assert "mean_optimal" in table.stdout and "vol_target" in table.stdout
+    # three tables: the runs, the criteria against fixed, the leverage used and optimal
+    blocks = [b.splitlines() for b in table.stdout.split("\n\n")]
+    assert [len(b) for b in blocks] == [1 + 2 + 4, 1 + 2 + 3, 1 + 2 + 4]
+    runs_rows = {line.split()[1]: line.split() for line in blocks[0][3:]}
+    assert runs_rows["rules"][4:6] == [f"{rules['metrics']['sharpe_1m']:,.6g}", "(1m)"]
+    criteria = {line.split()[1]: line.split() for line in blocks[1][3:]}
+    change = f"{r['sharpe_change'] * 100:+,.2f}"
+    assert criteria["rules"][2:5] == [change, "%", "ok" if r["sharpe_ok"] else "no"]
+    assert criteria["rules"][-1] == ("yes" if r["meets_criteria"] else "no")
+    optimal = {line.split()[1]: line.split() for line in blocks[2][3:]}
+    assert optimal["rules"][3] == f"{r['mean_optimal']:,.6g}"
+    assert max(len(line) for b in blocks for line in b[1:]) <= 90  # was 150+, one table
 
 
 def test_missing_data_names_the_fetch_command(tmp_path):

@@ -420,15 +420,14 @@ def _order_flow(
             f"{symbol} {data}  {docs[0]['start']} -> {docs[0]['end']}  "
             f"({docs[0]['bars']:,} events): fixed vs dynamic leverage"
         )
-        render(_leverage_table(docs), "table")
+        render(_leverage_table(docs, rows), "table")
+        typer.echo("\nAgainst fixed (the seed's criteria: Sharpe +10 %, max drawdown -20 %):")
+        render(_criteria_table(rows), "table")
         typer.echo(
-            "Against fixed (seed's criteria: Sharpe +10 %, max drawdown -20 %); optimal leverage "
-            "per trade: stop-loss / max adverse excursion (1 for losers), clamped 1-20:"
+            "\nLeverage per trade, used and optimal (stop-loss / max adverse excursion;"
+            " losers 1; 1-20):"
         )
-        short = ("mode", "engine", "sharpe_used", "sharpe_change", "sharpe_ok",
-                 "max_drawdown_change", "drawdown_ok", "meets_criteria", "mean_used",
-                 "mean_optimal", "median_optimal")  # fmt: skip
-        render([{k: _fmt(r[k]) for k in short} for r in rows], "table")
+        render(_optimal_table(docs), "table")
         return
     _print(docs, fmt, single=len(docs) == 1, quiet=quiet)
 
@@ -574,27 +573,57 @@ def _deferred_signals() -> Iterator[None]:
         raise typer.Exit(128 + got[0])
 
 
-def _leverage_table(docs: list[dict]) -> list[dict]:
+def _leverage_table(docs: list[dict], comparison: list[dict]) -> list[dict]:
+    """The runs side by side, with the Sharpe the comparison uses (daily, or sharpe_1m when a
+    run is too short for daily returns)."""
+    used = {(r["mode"], r["engine"]): r["sharpe_used"] for r in comparison}
     rows = []
     for doc in docs:
-        m, opt = doc["metrics"], doc["optimal_leverage"]
+        m, engine = doc["metrics"], doc["params"]["dynamic_leverage"]
+        key = used.get((doc["strategy"], engine))
+        if key is None:  # fixed: what its mode's dynamic runs were compared on
+            key = next((k for (mode, _), k in used.items() if mode == doc["strategy"]), "sharpe")
         rows.append(
             {
                 "mode": doc["strategy"],
-                "engine": doc["params"]["dynamic_leverage"],
+                "engine": engine,
                 "total_return": _fmt(m["total_return"], "total_return"),
-                "sharpe": _fmt(m["sharpe"]),
-                "sharpe_1m": _fmt(m["sharpe_1m"]),
+                "sharpe": _fmt(m[key]) if key == "sharpe" else f"{_fmt(m[key])} (1m)",
                 "max_drawdown": _fmt(m["max_drawdown"], "max_drawdown"),
                 "trades": m["trades"],
-                "win_rate": _fmt(m["win_rate"], "win_rate"),
-                "mean_used": _fmt(opt["mean_used"]),
-                "mean_optimal": _fmt(opt["mean_optimal"]),
-                "median_optimal": _fmt(opt["median_optimal"]),
                 "final_equity": _fmt(m["final_equity"]),
             }
         )
     return rows
+
+
+def _criteria_table(comparison: list[dict]) -> list[dict]:
+    def change(value: float | None, ok: bool) -> str:
+        return "n/a" if value is None else f"{value * 100:+,.2f} % {'ok' if ok else 'no'}"
+
+    return [
+        {
+            "mode": r["mode"],
+            "engine": r["engine"],
+            "sharpe_change": change(r["sharpe_change"], r["sharpe_ok"]),
+            "max_drawdown_change": change(r["max_drawdown_change"], r["drawdown_ok"]),
+            "meets_criteria": "yes" if r["meets_criteria"] else "no",
+        }
+        for r in comparison
+    ]
+
+
+def _optimal_table(docs: list[dict]) -> list[dict]:
+    return [
+        {
+            "mode": doc["strategy"],
+            "engine": doc["params"]["dynamic_leverage"],
+            "mean_used": _fmt(doc["optimal_leverage"]["mean_used"]),
+            "mean_optimal": _fmt(doc["optimal_leverage"]["mean_optimal"]),
+            "median_optimal": _fmt(doc["optimal_leverage"]["median_optimal"]),
+        }
+        for doc in docs
+    ]
 
 
 def _params_text(params: dict) -> str:
