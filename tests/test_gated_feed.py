@@ -124,12 +124,20 @@ def run(store: Store, s: svc.FlowSettings, dynamics, gated: bool, part_rows=None
         for r in driver.runs
         for mode in r.session.modes.values()
     ]
-    return docs, equity, blocks, driver.events, driver.stepped
+    # the cascade modes' detectors, whole: windows, per-second closes, levels, the cascade
+    detectors = [
+        ({k: v for k, v in vars(mode.detector).items() if k != "_clock"}, mode._second)
+        for r in driver.runs
+        for mode in r.session.modes.values()
+        if mode.name == "cascade"
+    ]
+    return docs, equity, blocks, driver.events, driver.stepped, detectors
 
 
 def same(fast, slow) -> None:
-    docs, equity, blocks, events, _ = fast
+    docs, equity, blocks, events, _, detectors = fast
     assert docs == slow[0]
+    assert detectors == slow[5]
     assert blocks == slow[2]
     assert events == slow[3]
     for (ts, eq, px), (ts0, eq0, px0) in zip(equity, slow[1], strict=True):
@@ -168,11 +176,116 @@ def test_gated_feed_equals_feeding_every_row(tmp_path, seed, kw, dynamics):
         same(parted, slow)
 
 
-def test_the_gated_feed_applies_to_the_seed_modes_on_book_tops_only():
+def test_the_gated_feed_applies_to_every_mode_on_book_tops_only():
     driver = svc._Driver(settings(modes=("0", "cascade")), ("off",))
-    assert not driver.can_gate([])  # the cascade mode names no wake rows
+    assert driver.can_gate([])
     driver = svc._Driver(settings(), ("off",))
     assert driver.can_gate([]) and not driver.can_gate([(START, object())])
+
+
+def write_liquidations(root, seed: int, bursts: int = 10, singles: int = 600) -> None:
+    """One-sided bursts of ~90 s (a cascade each: $1-3M in the detector's minute), some into
+    the day's price gaps, and scattered singles too small to start one."""
+    rng = np.random.default_rng(seed)
+    span = HOURS * 3_600_000
+    starts = np.sort(rng.integers(0, span - 120_000, bursts))
+    per = rng.integers(25, 60, bursts)
+    ts = np.concatenate(
+        [s + np.sort(rng.integers(0, 90_000, k)) for s, k in zip(starts, per, strict=True)]
+    )
+    side = np.concatenate([np.full(k, "long" if j % 3 else "short") for j, k in enumerate(per)])
+    usd = rng.lognormal(10.8, 0.6, ts.size)
+    ts = np.concatenate([ts, rng.integers(0, span, singles)])
+    side = np.concatenate([side, np.where(rng.random(singles) < 0.5, "long", "short")])
+    usd = np.concatenate([usd, rng.uniform(1_000, 20_000, singles)])
+    Store(root).write(
+        "liquidations",
+        pl.DataFrame(
+            {
+                "ts": START + ts,
+                "side": side,
+                "price": 60_000.0,
+                "qty": usd / 60_000.0,
+                "notional_usd": np.round(usd, 2),
+                "venue_symbol": "BTCUSDT",
+                "received_ts": START + ts + 50,
+            }
+        ).with_columns(
+            pl.col("ts", "received_ts").cast(pl.Datetime("ms", "UTC")),
+            exchange=pl.lit("binance"),
+            symbol=pl.lit("BTCUSDT"),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "modes", "kw", "dynamics"),
+    [
+        (11, ("cascade",), {}, ("off",)),
+        (16, ("0", "cascade"), {"leverage": 25.0}, ("off", "kelly")),  # liquidations by the mark
+        (24, ("cascade",), {"funding": False}, svc.DYNAMIC),
+    ],
+)
+def test_the_cascade_mode_gated_equals_feeding_every_row(tmp_path, seed, modes, kw, dynamics):
+    write_day(tmp_path, seed, funding=kw.pop("funding", True))
+    write_liquidations(tmp_path, seed)
+    store, s = Store(tmp_path), settings(modes=modes, **kw)
+    slow = run(store, s, dynamics, gated=False)
+    fast = run(store, s, dynamics, gated=True)
+    cascade = [t for d in slow[0] if d["strategy"] == "cascade" for t in d["trades"]]
+    reasons = {t["exit_reason"] for t in cascade}
+    # not vacuous: the detector started cascades, the mode followed and reversed them and
+    # closed for several reasons, with rows skipped between
+    assert len(cascade) >= 8 and len(reasons) >= 2, (len(cascade), reasons)
+    if kw.get("leverage"):
+        assert "liquidation" in reasons
+    same(fast, slow)
+    assert fast[4] < slow[3] * 0.7, (fast[4], slow[3])
+    # in parts cut at whole minutes: the detector's window and the cascades run across cuts
+    same(run(store, s, dynamics, gated=True, part_rows=2_000, unit_ms=60_000), slow)
+
+
+def test_the_detector_fed_a_second_at_once_equals_it_fed_trade_by_trade():
+    from liqcli.analytics.cascade import LiquidationCascadeDetector
+    from liqcli.core.events import AggTrade, Liquidation
+
+    def clock() -> int:
+        return 0
+
+    rng = np.random.default_rng(3)
+    one, batched = (LiquidationCascadeDetector("BTCUSDT", clock=clock) for _ in range(2))
+    t, active = START, 0
+    for second in range(400):
+        t = START + second * 1000
+        liqs = rng.random() < 0.3
+        if liqs:  # a liquidation opens the second, as a stepped row would
+            ev = Liquidation(
+                "binance",
+                "BTCUSDT",
+                "long",
+                60_000.0,
+                10.0,
+                600_000.0 * rng.random(),
+                t,
+                "",
+                second,
+            )
+            assert one.feed(ev) == batched.feed(ev)
+        else:
+            assert one.tick(t) == batched.tick(t)
+        if rng.random() < 0.2:
+            continue  # a second of tops only
+        times = np.sort(rng.integers(t + 1, t + 1000, rng.integers(1, 12)))
+        prices = 60_000 * (1 + rng.normal(0, 1e-3, times.size))
+        for k, (ts, price) in enumerate(zip(times.tolist(), prices.tolist(), strict=True)):
+            one.feed(AggTrade("binance", "BTCUSDT", k, ts, price, 0.1, False))
+        batched.feed_second(times[0].item(), prices[0].item(), times[-1].item(), prices[-1].item())
+        assert vars(one) == vars(batched), second
+        active += one.active
+    assert 50 < active < 350  # cascades began and ended: the active branch was fed too
+    assert one.state() == batched.state()
+    with pytest.raises(ValueError):
+        batched.feed_second(t - 5_000, 1.0, t - 5_000, 1.0)  # before the last trade fed
 
 
 def reference_columns(frame: pl.DataFrame, bucket: float) -> dict[str, np.ndarray]:
@@ -253,3 +366,30 @@ def test_a_stored_row_missing_a_value_is_skipped_and_counted(tmp_path, caplog):
     assert docs == clean
     assert "skipped 2 stored agg_trades row(s) with a missing value" in caplog.text
     assert "skipped 1 stored book_tops row(s) with a missing value" in caplog.text
+
+
+def test_active_share_estimates_the_time_in_a_cascade():
+    from liqcli.analytics.cascade import active_share
+
+    t0 = START
+    none = np.zeros(0, np.int64)
+    assert active_share(none, np.zeros(0), 500_000.0, t0, t0 + 1_000_000) == 0.0
+    # $600k in one second at 100 s: hot for the window's 60 s, active for 60 s of quiet more
+    burst = np.array([t0 + 100_000])
+    assert active_share(burst, np.array([600_000.0]), 500_000.0, t0, t0 + 1_000_000) == 0.12
+    assert active_share(burst, np.array([400_000.0]), 500_000.0, t0, t0 + 1_000_000) == 0.0
+    # a year: coarser slots, about the same answer
+    year = 365 * 86_400_000
+    share = active_share(burst, np.array([600_000.0]), 500_000.0, t0, t0 + year)
+    assert 0 < share < 1e-5
+
+
+@pytest.mark.parametrize(("bursts", "gated"), [(10, True), (400, False)])
+def test_the_command_feeds_a_mostly_cascading_range_in_full(tmp_path, monkeypatch, bursts, gated):
+    write_day(tmp_path, 11, trades=4_000)
+    write_liquidations(tmp_path, 11, bursts=bursts)
+    used = []
+    monkeypatch.setattr(svc._Driver, "feed_gated", lambda self, *a: used.append("gated"))
+    monkeypatch.setattr(svc._Driver, "feed_tape", lambda self, *a: used.append("full"))
+    svc.run_flow(Store(tmp_path), settings(modes=("0", "cascade")), ("off",), warn=False)
+    assert used == ["gated" if gated else "full"]

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass, fields
 from itertools import pairwise
 
+import numpy as np
+
 from liqcli.core.events import LONG, AggTrade, Liquidation
 from liqcli.core.timeutil import iso_ms, now_ms
 from liqcli.errors import UsageError
@@ -169,6 +171,35 @@ def _pct(new: float | None, old: float | None) -> float | None:
     return round((new / old - 1.0) * 100.0, 4)
 
 
+def active_share(
+    ts_ms: np.ndarray,
+    notional_usd: np.ndarray,
+    building: float,
+    start_ms: int,
+    end_ms: int,
+    quiet_ms: int = 60_000,
+) -> float:
+    """About the share of [start_ms, end_ms) a detector fed these liquidations spends in a
+    cascade: the seconds whose trailing window holds ``building`` or more, each with the
+    ``quiet_ms`` after it (a cascade ends once quiet that long). An estimate, for choosing how
+    to feed a stored tape (the results are the same either way); coarser than a second over a
+    long range, so its arrays stay a few MB."""
+    span_s = max(1, (end_ms - start_ms + 999) // 1000)
+    if not ts_ms.size or span_s <= 0:
+        return 0.0
+    unit = max(1, -(-span_s // 2_000_000))  # seconds per slot
+    n = -(-span_s // unit)
+    slot = ((ts_ms - start_ms) // 1000 // unit).clip(0, n - 1)
+    per = np.bincount(slot, weights=notional_usd, minlength=n)
+    cum = np.concatenate(([0.0], np.cumsum(per)))
+    end = np.arange(1, n + 1)
+    window = max(1, WINDOW_S // unit)
+    hot = (cum[end] - cum[np.maximum(end - window, 0)]) >= building
+    after = np.concatenate(([0], np.cumsum(hot)))
+    quiet = max(1, quiet_ms // 1000 // unit)
+    return float(((after[end] - after[np.maximum(end - 1 - quiet, 0)]) > 0).mean())
+
+
 class LiquidationCascadeDetector:
     """One symbol's cascade state machine. See the module docstring for the model."""
 
@@ -273,6 +304,29 @@ class LiquidationCascadeDetector:
                     self._start_price = event.price
         elif kind is Liquidation and event.symbol == self.symbol:
             self._add_liquidation(event)
+        return self._flush() if self._out else _NO_ALERTS
+
+    def feed_second(
+        self, first_ts: int, first_price: float, last_ts: int, last_price: float
+    ) -> tuple[dict, ...]:
+        """As ``feed`` of this symbol's trades of one second in time order, given the first and
+        the last of them: the trades between move nothing ``feed`` keeps (the time within the
+        second, the price until the last). For a driver that skips rows it proved idle; the
+        trades come in time order, none before the last one fed (a stored tape's)."""
+        if first_ts < self._price_ts or last_ts // 1000 != first_ts // 1000:
+            raise ValueError("feed_second: one second of trades, none before the last fed")
+        if first_ts > self._now:
+            if first_ts // 1000 > self._sec:
+                self._advance(first_ts)
+            else:
+                self._now = first_ts
+        if self._price is None:
+            self._first_price, self._first_price_ts = first_price, first_ts
+        if self._active and self._start_price is None:
+            self._start_price = first_price
+        if last_ts > self._now:
+            self._now = last_ts
+        self._price, self._price_ts = last_price, last_ts
         return self._flush() if self._out else _NO_ALERTS
 
     def tick(self, now: int | None = None) -> tuple[dict, ...]:

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from liqcli.analytics.cascade import LiquidationCascadeDetector
 from liqcli.analytics.orderflow import OrderFlow
 from liqcli.core.events import AggTrade, Liquidation
@@ -40,18 +42,23 @@ from liqcli.trading.model import Fill, OrderSide
 from liqcli.trading.signal import STOPS, risk_level, size_fraction
 from liqcli.trading.strategies.seed import TIME_STOP_MS, ModeStats, SeedMode, _Entry
 from liqcli.trading.strategy import Context
+from liqcli.trading.wake import Columns
 
 DEFAULT_CASCADE_LEVERAGE = 3.0
 FOLLOW = {"follow_short": "SHORT", "follow_long": "LONG"}
 REVERSAL = {"prepare_long_reversal": "LONG", "prepare_short_reversal": "SHORT"}
 
 
+def _first_of_second(cols: Columns) -> np.ndarray:
+    """The rows that start a new second of event time (where ``on_event`` ticks the detector);
+    the first row of a tape part always (a part may start inside a second: woken for nothing)."""
+    sec = cols.ts // 1000
+    return np.concatenate(([True], sec[1:] != sec[:-1]))
+
+
 class CascadeMode(SeedMode):
     """Follows a liquidation cascade early and takes the reversal late. Records (orders, fills,
     closes, blocks) and the stored entry are the seed modes' (inherited ``on_fill``/``_block``)."""
-
-    # The detector is fed every trade and liquidation: no row can be skipped (``wake``).
-    next_wake = None
 
     def __init__(
         self,
@@ -137,6 +144,58 @@ class CascadeMode(SeedMode):
                 taken.add("reversal")
                 self._queued = (direction, action, state["confidence"])
                 self._close(pos, ctx, "reversal")
+
+    # -- where this mode can act, for a whole stored tape (``liqcli.trading.wake``) ----------
+
+    def next_wake(self, cols: Columns, start: int, ctx: Context) -> int:
+        """The first row ≥ ``start`` at which ``on_event`` could do more than keep the detector
+        and the adverse excursion current: while a cascade is active, the first row of the
+        next second (the detector's tick: an entry, or the end that closes a follow position);
+        a liquidation (a driver steps every one: only they start a cascade); for an open
+        position, where its stops on the mid or the time stop may hold; every row while an
+        order is in flight."""
+        if self.pending or self._queued is not None:
+            return start
+        pos = ctx.broker.position(self.symbol)
+        limit = (
+            int(cols.next_where("second", _first_of_second)[start])
+            if self.detector.active
+            else cols.size
+        )
+        if pos.qty == 0.0:
+            return limit
+        return self._exit_row(cols, start, pos, limit=limit)
+
+    def wake_key(self) -> tuple:
+        return (*super().wake_key(), self.detector.active, self._queued is not None)
+
+    def skipped_rows(
+        self, ts: np.ndarray, is_trade: np.ndarray, price: np.ndarray, exchange: str
+    ) -> None:
+        """Rows a driver proved idle (``next_wake``) were not fed: the detector still takes
+        them as ``on_event`` would, a tick at each new second's first row and that second's
+        trades (``feed_second``), so its window, prices and levels stay exact. No alert can
+        come of them: ticks are skipped only while no cascade is active (else each second's
+        first row is stepped), and within a second the trades only move the price."""
+        if not ts.size:
+            return
+        det = self.detector
+        sec = ts // 1000
+        firsts = np.flatnonzero(np.concatenate(([True], sec[1:] != sec[:-1])))
+        if self.exchange is None or self.exchange == exchange:
+            trades = np.flatnonzero(is_trade)
+        else:  # on_event feeds only the venue traded on
+            trades = np.empty(0, np.int64)
+        bounds = np.searchsorted(trades, np.append(firsts, ts.size))
+        for g, row in enumerate(firsts.tolist()):
+            second = int(sec[row])
+            if second > self._second:
+                self._second = second
+                det.tick(int(ts[row]))
+            lo, hi = bounds[g], bounds[g + 1]
+            if hi > lo:
+                f, last = int(trades[lo]), int(trades[hi - 1])
+                det.feed_second(int(ts[f]), float(price[f]), int(ts[last]), float(price[last]))
 
     def _exit_reason(self, pos: Any, ctx: Context) -> str:
         mark = self.flow.snapshot.mid

@@ -330,7 +330,28 @@ class SeedMode(BaseStrategy):
         if pos.qty == 0.0:
             rows = cols.next_where("entry", _may_enter)
             return int(rows[start])
-        n = cols.size
+        vpin = cols.vpin
+        against = cols.short if pos.qty > 0 else cols.long  # a strong reverse signal's side
+
+        def more(lo: int, hi: int, roi: np.ndarray) -> np.ndarray:
+            return ((vpin[lo:hi] > VPIN_EXIT) & (roi > -SLACK)) | (
+                against[lo:hi] > STRONG_REVERSE_SCORE - SLACK
+            )
+
+        return self._exit_row(cols, start, pos, more)
+
+    def wake_key(self) -> tuple:
+        """What ``next_wake``'s answer depends on besides the position (a driver asks again
+        when it changes)."""
+        return (id(self.entry), self.working is None, self.pending)
+
+    def _exit_row(
+        self, cols: Columns, start: int, pos: Any, more: Any = None, limit: int | None = None
+    ) -> int:
+        """The first row ≥ ``start`` where the stop-loss or take-profit (``_exit_reason``'s ROI
+        on the mid) or the time stop may close ``pos``, or ``more(lo, hi, roi)`` holds; at most
+        ``limit`` (a row woken anyway: no need to look further)."""
+        n = cols.size if limit is None else limit
         # ctx.now is the event's time (the tape is in time order): the time stop's row
         stop = int(np.searchsorted(cols.ts, pos.opened_ts + TIME_STOP_MS, side="left"))
         end = max(start, min(n, stop))
@@ -338,17 +359,12 @@ class SeedMode(BaseStrategy):
         sl, tp = (entry.stop_loss, entry.take_profit) if entry else STOPS["WARNING"]
         qty, price, fees, funding = pos.qty, pos.entry_price, pos.fees, pos.funding
         margin = pos.margin or 1e-12
-        mid, vpin = cols.mid, cols.vpin
-        against = cols.short if qty > 0 else cols.long  # a strong reverse signal's side
+        mid = cols.mid
 
         def exits(lo: int, hi: int) -> np.ndarray:
             roi = (qty * (mid[lo:hi] - price) - fees - funding) / margin  # _exit_reason's
-            return (
-                (roi <= -sl + SLACK)
-                | (roi >= tp - SLACK)
-                | ((vpin[lo:hi] > VPIN_EXIT) & (roi > -SLACK))
-                | (against[lo:hi] > STRONG_REVERSE_SCORE - SLACK)
-            )
+            hit = (roi <= -sl + SLACK) | (roi >= tp - SLACK)
+            return hit if more is None else hit | more(lo, hi, roi)
 
         return first_from(start, end, exits)
 
