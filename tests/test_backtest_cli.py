@@ -209,12 +209,25 @@ def test_grid_and_walk_forward(data_dir):
         "json",
     )
     assert wf.exit_code == 0, wf.output
-    assert set(json.loads(grid.stdout)) == set(json.loads(wf.stdout)) == {"runs"}
+    assert set(json.loads(grid.stdout)) == {"runs"}
+    assert set(json.loads(wf.stdout)) == {"runs", "out_of_sample"}
     folds = json.loads(wf.stdout)["runs"]
     assert [f["fold"] for f in folds] == [1, 2, 3]
     # each out-of-sample window starts where its training window ended
     for f in folds:
         assert f["trained_on"]["end"] < f["start"]
+    # the folds chained into one account: each starts with the previous one's final equity
+    oos = json.loads(wf.stdout)["out_of_sample"]
+    growth = np.prod([1 + f["metrics"]["total_return"] for f in folds])
+    assert oos["total_return"] == pytest.approx(growth - 1, rel=1e-12)
+    assert oos["final_equity"] == pytest.approx(10_000 * growth, rel=1e-12)
+    assert oos["trades"] == sum(f["metrics"]["trades"] for f in folds)
+    assert oos["max_drawdown"] >= max(f["metrics"]["max_drawdown"] for f in folds) - 1e-12
+    assert (oos["start"], oos["end"], oos["folds"]) == (folds[0]["start"], folds[-1]["end"], 3)
+    table = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10",
+                "--walk-forward", "3", "--quiet").stdout.splitlines()  # fmt: skip
+    assert table[-1].startswith("out of sample, the 3 folds chained (")
+    assert f"total_return {oos['total_return'] * 100:,.2f} %" in table[-1]
 
 
 def test_the_same_sweep_on_a_local_dask_cluster(data_dir):

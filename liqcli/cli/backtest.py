@@ -171,7 +171,8 @@ def backtest(
             "--walk-forward",
             help="K folds: pick the --grid's best (by sharpe; by total_return in a window too "
             "short for daily returns) on each window, test on the next; out-of-sample results "
-            "only. Each of the K+1 windows must hold bars.",
+            "only, per fold and chained into one account. Each of the K+1 windows must hold "
+            "bars.",
             show_default=False,
         ),
     ] = None,
@@ -307,10 +308,11 @@ def backtest(
             capital=capital,
             unit=quote_of(symbol),
         )
+    stitched = svc.out_of_sample(docs, capital) if kind_stored == "walk_forward" else None
     for doc, rid in zip(docs, ids, strict=True):
         doc.pop("_equity", None)
         doc["run_id"] = rid
-    _print(docs, fmt, single=kind_stored == "run", quiet=quiet)
+    _print(docs, fmt, single=kind_stored == "run", quiet=quiet, out_of_sample=stitched)
 
 
 def _order_flow(
@@ -630,14 +632,19 @@ def _params_text(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
+def _print(
+    docs: list[dict], fmt: Format, *, single: bool, quiet: bool, out_of_sample: dict | None = None
+) -> None:
     if fmt in (Format.json, Format.csv):  # the trades as printed rows (a table shows none)
         from liqcli.services.backtest import trade_rows
 
         for doc in docs:
             doc["trades"] = trade_rows(doc["trades"])
     if fmt == Format.json:
-        render([], "json", document=docs[0] if single else {"runs": docs}, rows_key=None)
+        document = docs[0] if single else {"runs": docs}
+        if out_of_sample is not None:
+            document["out_of_sample"] = out_of_sample
+        render([], "json", document=document, rows_key=None)
         return
     if single:
         doc = docs[0]
@@ -655,7 +662,8 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
         return
     shared = _shared_params(docs) if fmt == Format.table else {}
     if shared:  # one line, not a column repeating the same value on every row
-        typer.echo(f"in every run: {_params_text(shared)}")
+        chosen = "chosen in every fold" if "fold" in docs[0] else "in every run"
+        typer.echo(f"{chosen}: {_params_text(shared)}")
     rows = []
     for doc in docs:
         m = doc["metrics"]
@@ -675,6 +683,22 @@ def _print(docs: list[dict], fmt: Format, *, single: bool, quiet: bool) -> None:
             row = {k: _fmt(v, k) for k, v in row.items()}
         rows.append(row)
     render(rows, fmt.value)
+    if out_of_sample is not None and fmt == Format.table:
+        o = out_of_sample
+        typer.echo(
+            f"out of sample, the {o['folds']} folds chained ({o['start']} -> {o['end']}): "
+            + ", ".join(
+                f"{k} {_fmt(o[k], k)}"
+                for k in (
+                    "total_return",
+                    "cagr",
+                    "sharpe",
+                    "max_drawdown",
+                    "trades",
+                    "final_equity",
+                )
+            )
+        )
 
 
 def _shared_params(docs: list[dict]) -> dict:

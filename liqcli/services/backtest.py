@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 
 from liqcli import __version__
@@ -620,6 +621,43 @@ def walk_forward(
         run["trained_on"] = {"start": iso_ms(edges[k]), "end": iso_ms(edges[k + 1] - 1)}
         run["objective"] = used[k]
     return tested
+
+
+# The metrics of a walk-forward's stitched out-of-sample run (the trade-based ones stay per fold).
+OUT_OF_SAMPLE_METRICS = ("final_equity", "total_return", "cagr", "volatility", "sharpe",
+                         "sortino", "max_drawdown", "max_drawdown_duration_days", "calmar")  # fmt: skip
+
+
+def out_of_sample(folds: list[dict], capital: float) -> dict:
+    """A walk-forward's out-of-sample runs chained into one account: each fold starts with the
+    previous one's final equity (its equity curve scaled by the growth so far), and the metrics
+    are those of the chained curve over the whole tested range; trades summed."""
+    scale, ts_parts, eq_parts = 1.0, [], []
+    for doc in folds:
+        ts, equity = doc["_equity"]
+        ts_parts.append(ts)
+        eq_parts.append(equity * scale)
+        if equity.size:
+            scale *= float(equity[-1]) / capital
+    m = metrics.compute(
+        ts=np.concatenate(ts_parts),
+        equity=np.concatenate(eq_parts),
+        capital=capital,
+        trades=(),
+        fees=0.0,
+        funding=0.0,
+        liquidations=0,
+        exposure=0.0,
+        first_open=None,
+        last_close=None,
+    )
+    return {
+        "start": folds[0]["start"],
+        "end": folds[-1]["end"],
+        "folds": len(folds),
+        **{k: m[k] for k in OUT_OF_SAMPLE_METRICS},
+        "trades": sum(d["metrics"]["trades"] for d in folds),
+    }
 
 
 def window_edges(bars: pl.DataFrame, folds: int) -> list[int]:
