@@ -169,6 +169,7 @@ def backtest(
         int | None,
         typer.Option(
             "--walk-forward",
+            metavar="K",
             help="K folds: pick the --grid's best (by sharpe; by total_return in a window too "
             "short for daily returns) on each window, test on the next; out-of-sample results "
             "only, per fold and chained into one account. Each of the K+1 windows must hold "
