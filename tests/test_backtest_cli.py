@@ -277,3 +277,26 @@ def test_a_sweep_table_names_a_parameter_shared_by_every_run_once(data_dir):
     both = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10",
                "--grid", "slow=30,60", "--quiet")  # fmt: skip
     assert both.stdout.splitlines()[0].split()[:2] == ["fast", "slow"]  # nothing shared
+
+
+def test_a_walk_forward_chart_draws_the_folds_chained(data_dir, tmp_path, monkeypatch):
+    from liqcli.render import backtest_chart
+
+    drawn = {}
+    real = backtest_chart.draw_equity
+    monkeypatch.setattr(backtest_chart, "draw_equity",
+                        lambda *a, **k: (drawn.update(args=a, kw=k), real(*a, **k))[1])  # fmt: skip
+    png = tmp_path / "wf.png"
+    args = ["sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10", "--walk-forward", "3"]
+    result = liq(data_dir, *args, "--chart", str(png), "-f", "json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    _, ts, equity, closes = drawn["args"]
+    folds = json.loads(result.stdout)["runs"]
+    oos = json.loads(result.stdout)["out_of_sample"]
+    assert equity[-1] == pytest.approx(oos["final_equity"], rel=1e-12)  # the chained account
+    assert len(drawn["kw"]["splits"]) == 2 and "walk-forward, 3 folds" in drawn["kw"]["title"]
+    assert ts.size == sum(f["bars"] for f in folds) == closes.size  # buy-and-hold: tested range
+    grid_only = liq(data_dir, "sma_cross", "BTCUSDT", *RANGE, "--grid", "fast=5,10",
+                    "--chart", str(png))  # fmt: skip
+    assert grid_only.exit_code == 2 and "--chart draws one run" in grid_only.output

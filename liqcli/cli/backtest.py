@@ -192,7 +192,11 @@ def backtest(
     ] = "binance",
     chart: Annotated[
         Path | None,
-        typer.Option("--chart", help="Equity and drawdown PNG (single runs).", show_default=False),
+        typer.Option(
+            "--chart",
+            help="Equity and drawdown PNG (one run, or a walk-forward's folds chained).",
+            show_default=False,
+        ),
     ] = None,
     fmt: FormatOpt = Format.table,
     quiet: QuietOpt = False,
@@ -209,9 +213,11 @@ def backtest(
             raise UsageError(f"--chart {chart}: the chart is a PNG, name it *.png")
         if not chart.parent.is_dir():
             raise UsageError(f"--chart {chart}: directory {chart.parent} does not exist")
-        if grid or walk_forward_k or compare_leverage or strategy == "all" or "," in strategy:
+        sweep_only = grid and not walk_forward_k  # a walk-forward draws its folds chained
+        if sweep_only or compare_leverage or strategy == "all" or "," in strategy:
             raise UsageError(
-                "--chart draws one run: drop --grid/--walk-forward/--compare-leverage/all/mode lists"
+                "--chart draws one run or a walk-forward's folds: drop --grid (without "
+                "--walk-forward), --compare-leverage, all and mode lists"
             )
     if kind in ("trades", "session"):
         valid_name = all(c.isalnum() or c in "-_." for c in interval)
@@ -294,22 +300,25 @@ def backtest(
             progress.close()
     with _deferred_signals():  # all runs and their trades, or none of them
         ids = svc.store_runs(store, docs, config, kind_stored)
+    stitched = svc.out_of_sample(docs, capital) if kind_stored == "walk_forward" else None
     if chart is not None:
         from liqcli.core.money import quote_of
         from liqcli.render.backtest_chart import draw_equity
 
-        ts, equity = docs[0]["_equity"]
-        draw_equity(
-            chart,
-            ts,
-            equity,
-            bars["close"].to_numpy(),
-            title=f"{docs[0]['strategy']} {symbol} {interval} {_params_text(docs[0]['params'])}"
-            f"  leverage {leverage:g}x",
-            capital=capital,
-            unit=quote_of(symbol),
-        )
-    stitched = svc.out_of_sample(docs, capital) if kind_stored == "walk_forward" else None
+        splits: list[int] = []
+        if stitched is not None:
+            ts, equity = svc.chained_equity(docs, capital)
+            splits = [int(d["_equity"][0][0]) for d in docs[1:] if d["_equity"][0].size]
+            closes = bars["close"].to_numpy()[bars["ts"].to_numpy() >= ts[0]]  # tested range
+            title = (f"{docs[0]['strategy']} {symbol} {interval} walk-forward, {len(docs)} folds "
+                     f"out of sample  leverage {leverage:g}x")  # fmt: skip
+        else:
+            ts, equity = docs[0]["_equity"]
+            closes = bars["close"].to_numpy()
+            title = (f"{docs[0]['strategy']} {symbol} {interval} "
+                     f"{_params_text(docs[0]['params'])}  leverage {leverage:g}x")  # fmt: skip
+        draw_equity(chart, ts, equity, closes, title=title, capital=capital,
+                    unit=quote_of(symbol), splits=splits)  # fmt: skip
     for doc, rid in zip(docs, ids, strict=True):
         doc.pop("_equity", None)
         doc["run_id"] = rid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,11 @@ def draw_equity(
     title: str,
     capital: float,
     unit: str | None = None,
+    splits: Sequence[int] = (),
 ) -> Path:
     """Equity (in ``unit``, e.g. the symbol's quote asset) against buy-and-hold of the same
-    capital, the returns in the legend; the drawdown below, shaded, its worst point marked."""
+    capital, the returns in the legend; the drawdown below, shaded, its worst point marked;
+    ``splits`` (ms): where one part of the curve hands over to the next (walk-forward folds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,6 +67,9 @@ def draw_equity(
         bottom.set_title(
             f"max drawdown {dd[worst]:.1f} % ({day} UTC)", loc="left", fontsize=9, color="#d62728"
         )
+    for at in splits:
+        for ax in (top, bottom):
+            ax.axvline(np.datetime64(int(at), "ms"), color="#999999", lw=0.7, ls=":")
     locator = AutoDateLocator()
     bottom.xaxis.set_major_locator(locator)
     bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))

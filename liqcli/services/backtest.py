@@ -628,10 +628,8 @@ OUT_OF_SAMPLE_METRICS = ("final_equity", "total_return", "cagr", "volatility", "
                          "sortino", "max_drawdown", "max_drawdown_duration_days", "calmar")  # fmt: skip
 
 
-def out_of_sample(folds: list[dict], capital: float) -> dict:
-    """A walk-forward's out-of-sample runs chained into one account: each fold starts with the
-    previous one's final equity (its equity curve scaled by the growth so far), and the metrics
-    are those of the chained curve over the whole tested range; trades summed."""
+def chained_equity(folds: list[dict], capital: float) -> tuple[np.ndarray, np.ndarray]:
+    """The folds' equity curves as one account's: each fold's scaled by the growth before it."""
     scale, ts_parts, eq_parts = 1.0, [], []
     for doc in folds:
         ts, equity = doc["_equity"]
@@ -639,9 +637,17 @@ def out_of_sample(folds: list[dict], capital: float) -> dict:
         eq_parts.append(equity * scale)
         if equity.size:
             scale *= float(equity[-1]) / capital
+    return np.concatenate(ts_parts), np.concatenate(eq_parts)
+
+
+def out_of_sample(folds: list[dict], capital: float) -> dict:
+    """A walk-forward's out-of-sample runs chained into one account: each fold starts with the
+    previous one's final equity (its equity curve scaled by the growth so far), and the metrics
+    are those of the chained curve over the whole tested range; trades summed."""
+    ts, equity = chained_equity(folds, capital)
     m = metrics.compute(
-        ts=np.concatenate(ts_parts),
-        equity=np.concatenate(eq_parts),
+        ts=ts,
+        equity=equity,
         capital=capital,
         trades=(),
         fees=0.0,
