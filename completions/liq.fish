@@ -30,7 +30,7 @@ complete -c liq -n '__fish_seen_subcommand_from backtest' -l grid -x -d 'Sweep N
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l walk-forward -x -d 'K folds - pick the --grids best (by sharpe; by total_return in a window too shor'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l executor -x -d 'local (processes) or dask -//HOST -PORT (liq(dist)).'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l exchange -s e -x -a 'binance okx bybit' -d 'Whose stored data - klines, funding, agg_trades, book_tops, liquidations (liq fe'
-complete -c liq -n '__fish_seen_subcommand_from backtest' -l chart -r -F -d 'Equity and drawdown PNG (single runs).'
+complete -c liq -n '__fish_seen_subcommand_from backtest' -l chart -r -F -d 'Equity and drawdown PNG (one run, or a walk-forwards folds chained).'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l format -s f -x -a 'table json csv' -d 'Output format - table for people, json (one document) or csv.'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l quiet -s q -d 'No progress or warnings on stderr (for cron).'
 complete -c liq -n '__fish_seen_subcommand_from backtest' -l help -s h -d 'Show help'

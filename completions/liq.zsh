@@ -43,7 +43,7 @@ _liq() {
                     ''--walk-forward'[K folds - pick the --grids best (by sharpe; by total_return in a window too shor]:value: ' \
                     ''--executor'[local (processes) or dask -//HOST -PORT (liq(dist)).]:value: ' \
                     '(--exchange -e)'{--exchange,-e}'[Whose stored data - klines, funding, agg_trades, book_tops, liquidations (liq fe]:value:(binance okx bybit)' \
-                    ''--chart'[Equity and drawdown PNG (single runs).]:path:_files' \
+                    ''--chart'[Equity and drawdown PNG (one run, or a walk-forwards folds chained).]:path:_files' \
                     '(--format -f)'{--format,-f}'[Output format - table for people, json (one document) or csv.]:value:(table json csv)' \
                     '(--quiet -q)'{--quiet,-q}'[No progress or warnings on stderr (for cron).]' \
                     '(--help -h)'{--help,-h}'[Show help]' \
