@@ -603,3 +603,18 @@ def test_the_sim_broker_refuses_a_stop_order_it_cannot_trigger():
     broker = SimBroker(1_000, fees=Fees(0, 0))
     order = broker.submit(Order("BTCUSDT", OrderSide.SELL, 1.0, OrderType.STOP, price=90.0))
     assert order.status is OrderStatus.REJECTED and order.reject_reason == "stop_orders_unsupported"
+
+
+def test_sweep_workers_start_with_ctrl_c_ignored_and_the_command_keeps_its_handler():
+    """A worker's own SIGINT handling came only after its imports (~1 s): a Ctrl-C then printed
+    the worker's traceback (seen once under load). Workers now start with SIGINT ignored."""
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    from liqcli.services.quiet_spawn import QuietSpawnContext
+
+    before = signal.getsignal(signal.SIGINT)
+    with ProcessPoolExecutor(1, mp_context=QuietSpawnContext()) as pool:  # no initializer
+        in_worker = pool.submit(signal.getsignal, signal.SIGINT).result(timeout=60)
+    assert in_worker == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before

@@ -778,13 +778,14 @@ def open_executor(spec: str, jobs: int) -> tuple[Executor | None, Any]:
     if spec == "local":
         if jobs <= 1:
             return None, None
-        import multiprocessing as mp
         import os
         from concurrent.futures import ProcessPoolExecutor  # here: a single run never needs it
 
+        from liqcli.services.quiet_spawn import QuietSpawnContext
+
         workers = min(jobs, os.cpu_count() or 1)
         executor = ProcessPoolExecutor(
-            workers, mp_context=mp.get_context("spawn"), initializer=_worker_ignores_sigint
+            workers, mp_context=QuietSpawnContext(), initializer=_worker_ignores_sigint
         )
         return executor, executor
     if spec.startswith("dask://") or spec.startswith("tcp://"):
