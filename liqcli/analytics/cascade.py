@@ -185,7 +185,7 @@ def active_share(
     to feed a stored tape (the results are the same either way); coarser than a second over a
     long range, so its arrays stay a few MB."""
     span_s = max(1, (end_ms - start_ms + 999) // 1000)
-    if not ts_ms.size or span_s <= 0:
+    if not ts_ms.size:
         return 0.0
     unit = max(1, -(-span_s // 2_000_000))  # seconds per slot
     n = -(-span_s // unit)

@@ -189,13 +189,18 @@ class CascadeMode(SeedMode):
         bounds = np.searchsorted(trades, np.append(firsts, ts.size))
         for g, row in enumerate(firsts.tolist()):
             second = int(sec[row])
+            alerts: tuple[dict, ...] = ()
             if second > self._second:
                 self._second = second
-                det.tick(int(ts[row]))
+                alerts = det.tick(int(ts[row]))
             lo, hi = bounds[g], bounds[g + 1]
             if hi > lo:
                 f, last = int(trades[lo]), int(trades[hi - 1])
-                det.feed_second(int(ts[f]), float(price[f]), int(ts[last]), float(price[last]))
+                alerts += det.feed_second(
+                    int(ts[f]), float(price[f]), int(ts[last]), float(price[last])
+                )
+            if alerts:  # a row the mode would have acted on was skipped: never go on quietly
+                raise RuntimeError(f"gated feed skipped a cascade alert at {int(ts[row])} ms")
 
     def _exit_reason(self, pos: Any, ctx: Context) -> str:
         mark = self.flow.snapshot.mid
